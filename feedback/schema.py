@@ -1,0 +1,164 @@
+"""The event contract between serving and the learner: every event on every topic.
+
+JSON on the wire (`event.model_dump_json()`), one pydantic model per event type, each with
+`event_id`, `schema_version`, `ts` and a `type` discriminator. Message keys are the
+conversation id, so all events of one conversation land in one partition, in order.
+
+Topics:
+- rlhf.interactions  Interaction        one per generated answer (per choice)
+- rlhf.feedback      Thumbs | Pairwise  what users said about answers
+- rlhf.adapters      AdapterAnnounced | RoutingChanged
+- rlhf.deadletter    DeadLetter         anything malformed or unprocessable, with the reason
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+SCHEMA_VERSION = 1
+
+TOPIC_INTERACTIONS = "rlhf.interactions"
+TOPIC_FEEDBACK = "rlhf.feedback"
+TOPIC_ADAPTERS = "rlhf.adapters"
+TOPIC_DEADLETTER = "rlhf.deadletter"
+ALL_TOPICS = (TOPIC_INTERACTIONS, TOPIC_FEEDBACK, TOPIC_ADAPTERS, TOPIC_DEADLETTER)
+
+
+def new_event_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Event(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    event_id: str = Field(default_factory=new_event_id, min_length=1, max_length=64)
+    schema_version: int = SCHEMA_VERSION
+    ts: float = Field(default_factory=time.time, description="Unix time the event was created.")
+
+    def key(self) -> bytes:
+        """Kafka message key: keeps one conversation's events in one partition."""
+        return self.event_id.encode()
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class Interaction(Event):
+    """One generated answer (one choice of a chat completion)."""
+
+    type: Literal["interaction"] = "interaction"
+    response_id: str = Field(description="Id of this answer; feedback refers to it.")
+    completion_id: str = Field(description="Id of the chat completion (shared by its n choices).")
+    choice_index: int = 0
+    conversation_id: str = Field(description="Groups events of one conversation (partition key).")
+    user: str = Field("", description="The request's `user` or the authenticated identity.")
+    messages: list[Message] = Field(description="The prompt, as the client sent it.")
+    response: str = Field(description="The generated text.")
+    finish_reason: str | None = Field(None, description="`stop` (EOS or stop string) or `length` (cut off).")
+    model: str = Field(description="Base model name.")
+    adapter: str | None = Field(None, description="Adapter version that answered (`policy@v3`), None for base.")
+    sampling: dict[str, Any] = Field(default_factory=dict, description="temperature, top_p, max_tokens, seed, ...")
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    replica: str = ""
+
+    def key(self) -> bytes:
+        return self.conversation_id.encode()
+
+
+class Thumbs(Event):
+    """A user's thumbs up/down on one answer. Later thumbs by the same user on the same answer replace earlier ones."""
+
+    type: Literal["thumbs"] = "thumbs"
+    response_id: str
+    conversation_id: str
+    user: str = ""
+    value: Literal["up", "down"]
+    comment: str | None = None
+    adapter: str | None = None
+
+    def key(self) -> bytes:
+        return self.conversation_id.encode()
+
+    def dedupe_key(self) -> str:
+        """Feedback with the same dedupe key replaces, not adds."""
+        return f"thumbs:{self.user}:{self.response_id}"
+
+
+class Pairwise(Event):
+    """A user's choice between two answers to the same prompt."""
+
+    type: Literal["pairwise"] = "pairwise"
+    chosen_response_id: str
+    rejected_response_id: str
+    conversation_id: str
+    user: str = ""
+    chosen_adapter: str | None = None
+    rejected_adapter: str | None = None
+
+    def key(self) -> bytes:
+        return self.conversation_id.encode()
+
+    def dedupe_key(self) -> str:
+        a, b = sorted((self.chosen_response_id, self.rejected_response_id))
+        return f"pairwise:{self.user}:{a}:{b}"
+
+
+class AdapterAnnounced(Event):
+    """A new adapter version is in the adapter store; replicas verify and load it."""
+
+    type: Literal["adapter_announced"] = "adapter_announced"
+    version: str = Field(description="Adapter name and version, e.g. `policy@v3`.")
+    path: str = Field(description="Folder of the adapter, relative to the adapter store.")
+    manifest_sha256: str = Field(description="sha256 of manifest.json.")
+    parent: str | None = None
+    canary_fraction: float | None = Field(None, ge=0.0, le=1.0, description="Start as canary on this share of users.")
+    source: Literal["learner", "user"] = "learner"
+
+    def key(self) -> bytes:
+        return b"adapters"
+
+
+class RoutingChanged(Event):
+    """Operator action: make a version active (None = base model), or roll back."""
+
+    type: Literal["routing_changed"] = "routing_changed"
+    action: Literal["activate", "rollback", "canary"]
+    version: str | None = None
+    canary_fraction: float | None = Field(None, ge=0.0, le=1.0)
+
+    def key(self) -> bytes:
+        return b"adapters"
+
+
+class DeadLetter(Event):
+    """Something that could not be processed, kept with the reason."""
+
+    type: Literal["deadletter"] = "deadletter"
+    reason: str
+    source_topic: str | None = None
+    payload: str = Field(description="The original bytes, decoded as UTF-8 with replacement.")
+    origin: str = Field("", description="Component that gave up on it.")
+
+
+FeedbackEvent = Annotated[Union[Thumbs, Pairwise], Field(discriminator="type")]
+AnyEvent = Annotated[
+    Union[Interaction, Thumbs, Pairwise, AdapterAnnounced, RoutingChanged, DeadLetter], Field(discriminator="type")
+]
+_any = TypeAdapter(AnyEvent)
+
+
+def parse_event(raw: bytes | str) -> Interaction | Thumbs | Pairwise | AdapterAnnounced | RoutingChanged | DeadLetter:
+    """Parse one JSON event; raises pydantic.ValidationError on anything malformed."""
+    return _any.validate_json(raw)
+
+
+def encode(event: Event) -> bytes:
+    return event.model_dump_json().encode()

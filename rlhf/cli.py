@@ -1,0 +1,154 @@
+"""The `rlhf` command line.
+
+    rlhf serve   [--model NAME] [--host H] [--port N]     chat API (vLLM) + feedback
+    rlhf learn   [--model NAME]                           reward model + PPO on LoRA
+    rlhf broker  [--port N]                               embedded Kafka-compatible broker
+    rlhf up      [--model NAME]                           broker + serving + learner together
+    rlhf model prepare [--model NAME]                     make a model available offline
+    rlhf adapters list|publish PATH|activate VERSION|rollback
+
+Options given here override the `RLHF_*` environment variables (see rlhf/settings.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+
+def _apply_overrides(args: argparse.Namespace, names: tuple[str, ...]) -> None:
+    """Turn command-line options into RLHF_* variables, so child processes see them too."""
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None:
+            os.environ[f"RLHF_{name.upper()}"] = str(value)
+    from rlhf.settings import get_settings
+
+    get_settings.cache_clear()
+
+
+def _setup_logging() -> None:
+    from rlhf.settings import get_settings
+
+    logging.basicConfig(level=get_settings().log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def cmd_model_prepare(args: argparse.Namespace) -> int:
+    from rlhf.models import DEFAULT_MODEL, ModelError, check_coherent, resolve_model
+
+    _apply_overrides(args, ("model",))
+    _setup_logging()
+    from rlhf.settings import get_settings
+
+    name = get_settings().model
+    try:
+        path = resolve_model(name)
+    except ModelError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if name in (DEFAULT_MODEL, "gemma") and args.verify:
+        text = check_coherent(path)
+        print(f"check: greedy answer to the capital of France: {text.strip()!r}", file=sys.stderr)
+        if "Paris" not in text:
+            print("error: the prepared model does not answer coherently", file=sys.stderr)
+            return 1
+    print(path)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    _apply_overrides(args, ("model", "host", "port"))
+    _setup_logging()
+    from serving.app import run
+
+    return run()
+
+
+def cmd_learn(args: argparse.Namespace) -> int:
+    _apply_overrides(args, ("model",))
+    _setup_logging()
+    from learner.main import run
+
+    return run()
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    _setup_logging()
+    from feedback.broker import run
+
+    return run(port=args.port)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    _apply_overrides(args, ("model", "host", "port"))
+    _setup_logging()
+    from rlhf.up import run
+
+    return run()
+
+
+def cmd_adapters(args: argparse.Namespace) -> int:
+    _setup_logging()
+    from serving.adapters_cli import main
+
+    return main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rlhf", description="Online RLHF serving: a chat model that learns from its users.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="start the chat API (vLLM engine in-process)")
+    s.add_argument("--model", help="`gemma-3-270m` (default), `tiny`, or a local HF model folder")
+    s.add_argument("--host")
+    s.add_argument("--port", type=int)
+    s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("learn", help="start the learner (reward model + PPO on LoRA)")
+    s.add_argument("--model")
+    s.set_defaults(func=cmd_learn)
+
+    s = sub.add_parser("broker", help="start the embedded Kafka-compatible broker")
+    s.add_argument("--port", type=int, default=9092)
+    s.set_defaults(func=cmd_broker)
+
+    s = sub.add_parser("up", help="broker + serving + learner, embedded defaults")
+    s.add_argument("--model")
+    s.add_argument("--host")
+    s.add_argument("--port", type=int)
+    s.set_defaults(func=cmd_up)
+
+    m = sub.add_parser("model", help="model management")
+    msub = m.add_subparsers(dest="model_command", required=True)
+    s = msub.add_parser("prepare", help="make a model available offline; prints its folder last")
+    s.add_argument("--model")
+    s.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="skip the coherence check of the default model")
+    s.set_defaults(func=cmd_model_prepare)
+
+    a = sub.add_parser("adapters", help="list, publish, activate or roll back adapters")
+    asub = a.add_subparsers(dest="adapters_command", required=True)
+    asub.add_parser("list", help="list adapters in the store and what serving routes to")
+    s = asub.add_parser("publish", help="validate a PEFT adapter folder, store it and announce it")
+    s.add_argument("path")
+    s.add_argument("--canary", type=float, default=None, help="start as canary on this share of users")
+    s = asub.add_parser("activate", help="route all traffic to VERSION (`base` for no adapter)")
+    s.add_argument("version")
+    asub.add_parser("rollback", help="route traffic back to the previous version")
+    a.set_defaults(func=cmd_adapters)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""The one settings object of the service: every field is an `RLHF_*` environment variable.
+
+Serving, the learner, the broker launcher and the Kubernetes manifests all read this object;
+`tests/k8s/test_settings_names.py` checks that the manifests set only names defined here.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Secrets that ship in examples; the service refuses to run with them outside dev mode.
+PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "secret", "changethis"}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RLHF_", extra="ignore")
+
+    # --- model and engine -------------------------------------------------------------
+    model: str = Field("gemma-3-270m", description="`gemma-3-270m` (default), `tiny`, or a local HF model folder.")
+    served_model_name: str = Field("", description="Name clients put in `model`; defaults to the model's name.")
+    cache_dir: Path = Field(Path.home() / ".cache" / "rlhf", description="Where prepared models are kept.")
+    max_model_len: int = Field(2048, description="Context length the engine is started with (prompt + answer).")
+    gpu_memory_utilization: float = Field(0.1, description="vLLM memory share; on CPU the RAM fraction for KV cache.")
+    max_num_seqs: int = Field(64, description="Most sequences the engine schedules at once.")
+    max_lora_rank: int = Field(16, description="Largest LoRA rank the engine accepts.")
+    max_loras: int = Field(4, description="LoRA adapters the engine keeps resident at once.")
+    max_tokens_default: int = Field(256, description="max_tokens when a request gives none.")
+
+    # --- HTTP -------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Address serving listens on.")
+    port: int = Field(8000, description="Port serving listens on.")
+    admin_token: str = Field("", description="Bearer token for admin routes; empty disables them.")
+    hmac_key: str = Field("dev-only-insecure-key", description="Key that signs feedback tokens.")
+    dev_mode: bool = Field(True, description="Allow the built-in development HMAC key.")
+    replica_id: str = Field("", description="Name of this serving replica (defaults to host:port).")
+
+    # --- Kafka ------------------------------------------------------------------------
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, comma separated.")
+    topic_partitions: int = Field(3, description="Partitions for topics the service creates.")
+    topic_replication: int = Field(1, description="Replication factor for topics the service creates.")
+    topic_retention_ms: int = Field(7 * 24 * 3600 * 1000, description="Retention of created topics.")
+    feedback_rate_limit: int = Field(600, description="Feedback posts one user may make per minute.")
+    feedback_comment_max: int = Field(2000, description="Longest accepted feedback comment, in characters.")
+    spool_max_events: int = Field(100_000, description="Events the on-disk spool holds before it refuses more.")
+    response_ttl_s: int = Field(7 * 24 * 3600, description="How long a response id accepts feedback.")
+
+    # --- storage ----------------------------------------------------------------------
+    data_dir: Path = Field(Path(".data"), description="Spool, learner store and other local state.")
+    adapter_dir: Path = Field(Path(".data/adapters"), description="Adapter store shared by learner and serving.")
+
+    # --- routing ----------------------------------------------------------------------
+    canary_fraction: float = Field(0.0, description="Share of users routed to a canary adapter (0..1).")
+
+    # --- learner ----------------------------------------------------------------------
+    learner_port: int = Field(8001, description="Port of the learner's /metrics and /healthz.")
+    learner_min_feedback: int = Field(32, description="New feedback events that trigger a training round.")
+    learner_interval_s: float = Field(600.0, description="Seconds after which a round runs with any new feedback.")
+    learner_join_wait_s: float = Field(300.0, description="How long feedback waits for its interaction.")
+    kl_budget: float = Field(5.0, description="Largest mean KL(policy || base) per response a published adapter may have.")
+    rm_accuracy_floor: float = Field(0.6, description="Held-out accuracy the reward model needs before publishing.")
+
+    log_level: str = Field("INFO", description="Python logging level.")
+
+    @field_validator("canary_fraction")
+    @classmethod
+    def _fraction(cls, v: float) -> float:
+        if not 0.0 <= v <= 1.0:
+            raise ValueError("canary_fraction must be between 0 and 1")
+        return v
+
+    def check_secrets(self) -> None:
+        """Refuse placeholder secrets unless running in dev mode."""
+        if not self.dev_mode and (self.hmac_key in PLACEHOLDER_SECRETS or self.hmac_key == "dev-only-insecure-key"):
+            raise SystemExit("RLHF_HMAC_KEY must be set to a real secret when RLHF_DEV_MODE=false")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,173 @@
+"""Chat completions: request -> vLLM -> OpenAI-shaped answer, plus what feedback needs.
+
+Every completion gets a fresh id; each choice gets its own response id and a feedback token
+bound to the caller (`user`). One `Interaction` event per choice goes to `rlhf.interactions`
+before the answer (or the stream's last chunk) reaches the client, so feedback can never
+arrive for an answer the event log does not know.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from typing import AsyncIterator
+
+from feedback import tokens
+from feedback.schema import TOPIC_INTERACTIONS, Interaction, Message
+from serving import metrics
+from serving.engine import Engine
+from serving.protocol import (AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice,
+                              ChunkChoice, Delta, ResponseRef, RLHFInfo, Usage)
+from serving.routing import LoadedAdapter, Router
+
+log = logging.getLogger(__name__)
+
+
+class ChatService:
+    def __init__(self, engine: Engine, router: Router, settings, events=None):
+        self.engine = engine
+        self.router = router
+        self.settings = settings
+        self.events = events  # feedback.producer.EventPublisher, when wired
+        self.replica = settings.replica_id or f"{settings.host}:{settings.port}"
+
+    # ------------------------------------------------------------------ preparation
+    def _prepare(self, req: ChatCompletionRequest):
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                    for m in req.messages]
+        prompt_ids = self.engine.render(messages)
+        max_tokens = self.engine.fit_max_tokens(len(prompt_ids), req.wanted_tokens())
+        params = SamplingParams(
+            n=req.n, temperature=req.temperature, top_p=req.top_p, max_tokens=max_tokens, stop=req.stop,
+            seed=req.seed, presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
+            output_kind=RequestOutputKind.DELTA if req.stream else RequestOutputKind.FINAL_ONLY,
+        )
+        adapter = self.router.pick(req.user, req.model)
+        sampling = {"temperature": req.temperature, "top_p": req.top_p, "max_tokens": max_tokens, "n": req.n,
+                    "stop": req.stop, "seed": req.seed}
+        return messages, prompt_ids, params, adapter, sampling
+
+    def _model_name(self, adapter: LoadedAdapter | None) -> str:
+        return adapter.version if adapter else self.engine.served_name
+
+    def _rlhf_info(self, completion_hex: str, n: int, user: str, adapter: LoadedAdapter | None) -> RLHFInfo:
+        refs = []
+        for i in range(n):
+            rid = tokens.response_id(completion_hex, i)
+            refs.append(ResponseRef(index=i, response_id=rid, feedback_token=tokens.sign(self.settings.hmac_key, rid, user)))
+        return RLHFInfo(adapter=adapter.version if adapter else None, responses=refs)
+
+    async def _record(self, completion_hex: str, req: ChatCompletionRequest, messages, texts: list[str],
+                      finish: list[str | None], prompt_tokens: int, completion_tokens: list[int],
+                      adapter: LoadedAdapter | None, sampling: dict) -> None:
+        label = adapter.version if adapter else "base"
+        metrics.PROMPT_TOKENS.labels(label).inc(prompt_tokens)
+        for i, text in enumerate(texts):
+            metrics.GENERATED_TOKENS.labels(label).inc(completion_tokens[i])
+            metrics.COMPLETIONS.labels(label, finish[i] or "unknown").inc()
+        if self.events is None:
+            return
+        for i, text in enumerate(texts):
+            ev = Interaction(
+                response_id=tokens.response_id(completion_hex, i), completion_id=f"chatcmpl-{completion_hex}",
+                choice_index=i, conversation_id=completion_hex, user=req.user,
+                messages=[Message(**m) for m in messages], response=text, finish_reason=finish[i],
+                model=self.engine.served_name, adapter=adapter.version if adapter else None, sampling=sampling,
+                prompt_tokens=prompt_tokens, completion_tokens=completion_tokens[i], replica=self.replica,
+            )
+            await self.events.publish(TOPIC_INTERACTIONS, ev)
+
+    # ------------------------------------------------------------------ non-streaming
+    async def complete(self, req: ChatCompletionRequest) -> ChatCompletion:
+        messages, prompt_ids, params, adapter, sampling = self._prepare(req)
+        completion_hex = uuid.uuid4().hex
+        label = adapter.version if adapter else "base"
+        start = time.perf_counter()
+        final = None
+        metrics.INFLIGHT.inc()
+        try:
+            async for out in self.engine.generate(prompt_ids, params, f"chatcmpl-{completion_hex}",
+                                                  adapter.lora_request() if adapter else None):
+                final = out
+        finally:
+            metrics.INFLIGHT.dec()
+        metrics.TTFT.labels(label).observe(time.perf_counter() - start)  # no stream: first token = whole answer
+        outs = sorted(final.outputs, key=lambda o: o.index)
+        texts = [o.text for o in outs]
+        finish = [o.finish_reason for o in outs]
+        ctoks = [len(o.token_ids) for o in outs]
+        await self._record(completion_hex, req, messages, texts, finish, len(prompt_ids), ctoks, adapter, sampling)
+        return ChatCompletion(
+            id=f"chatcmpl-{completion_hex}", model=self._model_name(adapter),
+            choices=[Choice(index=o.index, message=AssistantMessage(content=o.text), finish_reason=o.finish_reason)
+                     for o in outs],
+            usage=Usage(prompt_tokens=len(prompt_ids), completion_tokens=sum(ctoks),
+                        total_tokens=len(prompt_ids) + sum(ctoks)),
+            rlhf=self._rlhf_info(completion_hex, req.n, req.user, adapter),
+        )
+
+    # ------------------------------------------------------------------ streaming (SSE)
+    def prepare_stream(self, req: ChatCompletionRequest):
+        """Validate and set up a stream; errors raise here, before any byte is sent."""
+        return self._prepare(req)
+
+    async def stream(self, req: ChatCompletionRequest, prepared) -> AsyncIterator[str]:
+        messages, prompt_ids, params, adapter, sampling = prepared
+        completion_hex = uuid.uuid4().hex
+        cid = f"chatcmpl-{completion_hex}"
+        created = int(time.time())
+        model = self._model_name(adapter)
+        label = adapter.version if adapter else "base"
+        texts = [""] * req.n
+        finish: list[str | None] = [None] * req.n
+        ctoks = [0] * req.n
+        started = [False] * req.n
+        start = time.perf_counter()
+        first = True
+
+        def sse(chunk: ChatCompletionChunk) -> str:
+            return f"data: {chunk.model_dump_json(exclude_none=False)}\n\n"
+
+        metrics.INFLIGHT.inc()
+        try:
+            async for out in self.engine.generate(prompt_ids, params, cid, adapter.lora_request() if adapter else None):
+                for o in out.outputs:
+                    i = o.index
+                    if first and o.token_ids:
+                        metrics.TTFT.labels(label).observe(time.perf_counter() - start)
+                        first = False
+                    delta = Delta(content=o.text)
+                    if not started[i]:
+                        delta.role = "assistant"
+                        started[i] = True
+                    texts[i] += o.text
+                    ctoks[i] += len(o.token_ids)
+                    if o.finish_reason is not None:
+                        finish[i] = o.finish_reason
+                    if o.text or delta.role:
+                        yield sse(ChatCompletionChunk(id=cid, created=created, model=model,
+                                                      choices=[ChunkChoice(index=i, delta=delta)]))
+        finally:
+            metrics.INFLIGHT.dec()
+        await self._record(completion_hex, req, messages, texts, finish, len(prompt_ids), ctoks, adapter, sampling)
+        # Finish reasons per choice, then one last chunk with usage (if asked) and the rlhf extension.
+        for i in range(req.n):
+            yield sse(ChatCompletionChunk(id=cid, created=created, model=model,
+                                          choices=[ChunkChoice(index=i, delta=Delta(), finish_reason=finish[i])]))
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        usage = Usage(prompt_tokens=len(prompt_ids), completion_tokens=sum(ctoks),
+                      total_tokens=len(prompt_ids) + sum(ctoks)) if include_usage else None
+        last = ChatCompletionChunk(id=cid, created=created, model=model, choices=[], usage=usage,
+                                   rlhf=self._rlhf_info(completion_hex, req.n, req.user, adapter))
+        yield sse(last)
+        yield "data: [DONE]\n\n"
+
+
+def sse_error(message: str) -> str:
+    return "data: " + json.dumps({"error": {"message": message, "type": "server_error", "param": None,
+                                            "code": None}}) + "\n\n"

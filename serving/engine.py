@@ -1,0 +1,93 @@
+"""The vLLM engine wrapper: one `AsyncLLM` in this process, started LoRA-ready.
+
+The engine core runs in a child process that vLLM spawns; callers must run under an
+`if __name__ == "__main__":` guard (the `rlhf` console script does).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import AsyncIterator
+
+from rlhf.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class PromptTooLong(ValueError):
+    """The rendered prompt (plus the requested answer) does not fit the context."""
+
+
+class Engine:
+    def __init__(self, settings: Settings, model_path: Path, served_name: str):
+        self.settings = settings
+        self.model_path = model_path
+        self.served_name = served_name
+        self.max_model_len = settings.max_model_len
+        self.llm = None  # vllm AsyncLLM, once started
+        self.tokenizer = None
+
+    async def start(self) -> None:
+        from transformers import AutoTokenizer
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        args = AsyncEngineArgs(
+            model=str(self.model_path),
+            served_model_name=[self.served_name],
+            max_model_len=self.settings.max_model_len,
+            gpu_memory_utilization=self.settings.gpu_memory_utilization,
+            max_num_seqs=self.settings.max_num_seqs,
+            enable_lora=True,
+            max_lora_rank=self.settings.max_lora_rank,
+            max_loras=self.settings.max_loras,
+            enforce_eager=True,
+            disable_log_stats=True,
+        )
+        log.info("starting vLLM engine for %s (%s)", self.served_name, self.model_path)
+        self.llm = AsyncLLM.from_engine_args(args)
+        self.max_model_len = self.llm.vllm_config.model_config.max_model_len
+        log.info("engine ready; max_model_len=%d", self.max_model_len)
+
+    @property
+    def ready(self) -> bool:
+        return self.llm is not None and not self.llm.errored
+
+    def shutdown(self) -> None:
+        if self.llm is not None:
+            self.llm.shutdown()
+            self.llm = None
+
+    def render(self, messages: list[dict]) -> list[int]:
+        """Chat template -> token ids, with exactly one <bos> in front when the model has one."""
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        bos = self.tokenizer.bos_token_id
+        if bos is not None and (not ids or ids[0] != bos):
+            ids = [bos] + ids
+        return ids
+
+    def fit_max_tokens(self, prompt_len: int, wanted: int | None) -> int:
+        room = self.max_model_len - prompt_len
+        if room <= 0:
+            raise PromptTooLong(
+                f"the prompt is {prompt_len} tokens; this model's context is {self.max_model_len} tokens")
+        if wanted is None:
+            return min(self.settings.max_tokens_default, room)
+        if wanted > room:
+            raise PromptTooLong(
+                f"max_tokens={wanted} plus the prompt's {prompt_len} tokens exceeds this model's "
+                f"context of {self.max_model_len} tokens (at most {room} tokens are left for the answer)")
+        return wanted
+
+    async def generate(self, prompt_ids: list[int], params, request_id: str, lora=None) -> AsyncIterator:
+        from vllm.inputs import TokensPrompt
+
+        async for out in self.llm.generate(TokensPrompt(prompt_token_ids=prompt_ids), params, request_id,
+                                           lora_request=lora):
+            yield out
+
+    def queue_depth(self) -> int:
+        return self.llm.get_num_unfinished_requests() if self.llm is not None else 0
