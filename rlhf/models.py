@@ -25,21 +25,32 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "gemma-3-270m"
 TINY_VERSION = "tiny-v1"  # bump when the recipe below changes, so caches rebuild
-GEMMA_VERSION = "gemma-3-270m-v1"
+GEMMA_VERSION = "gemma-3-270m-v2"
 
 CHAT_TEMPLATE_TINY = (
     "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
 
-# Gemma's own turn format; the GGUF of the base model may carry none.
-CHAT_TEMPLATE_GEMMA = (
+# The default model is Gemma 3 270M *base* (not instruction-tuned): it does not follow Gemma's
+# turn markup ("<start_of_turn>user ..." makes it echo the question), but it answers a plain
+# Question/Answer transcript well ("Paris"; "red, blue and yellow"). So its chat template
+# renders that transcript, and the model card below makes serving stop before the next "Question:".
+CHAT_TEMPLATE_QA = (
     "{{ bos_token }}{% for m in messages %}"
-    "{% set role = 'model' if m['role'] == 'assistant' else 'user' %}"
-    "{% if m['role'] == 'system' %}<start_of_turn>user\n{{ m['content'] }}<end_of_turn>\n"
-    "{% else %}<start_of_turn>{{ role }}\n{{ m['content'] }}<end_of_turn>\n{% endif %}"
-    "{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+    "{% if m['role'] == 'system' %}{{ m['content'] }}\n\n"
+    "{% elif m['role'] == 'user' %}Question: {{ m['content'] }}\nAnswer:"
+    "{% else %} {{ m['content'] }}\n{% endif %}"
+    "{% endfor %}"
 )
+QA_STOP = ["\nQuestion:", "\n\n"]
+MODEL_CARD = "rlhf_model.json"  # serving defaults that belong to a model: {"stop": [...]}
+
+
+def model_card(path: Path) -> dict:
+    """Serving defaults stored beside a prepared model (empty for other models)."""
+    f = Path(path) / MODEL_CARD
+    return json.loads(f.read_text()) if f.exists() else {}
 
 
 class ModelError(RuntimeError):
@@ -240,8 +251,7 @@ def build_gemma(final: Path) -> Path:
     tok.add_bos_token = True
     if hasattr(tok, "update_post_processor"):
         tok.update_post_processor()
-    if not tok.chat_template:
-        tok.chat_template = CHAT_TEMPLATE_GEMMA
+    tok.chat_template = CHAT_TEMPLATE_QA
     if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
         tok.pad_token = "<pad>"
     model.generation_config.bos_token_id = tok.bos_token_id
@@ -252,6 +262,7 @@ def build_gemma(final: Path) -> Path:
     cfg = json.loads(cfg_path.read_text())
     cfg["add_bos_token"] = True
     cfg_path.write_text(json.dumps(cfg, indent=2))
+    (tmp / MODEL_CARD).write_text(json.dumps({"stop": QA_STOP, "base_model": "google/gemma-3-270m"}, indent=2))
     _publish_dir(tmp, final)
     return final
 

@@ -25,6 +25,7 @@ class Settings(BaseSettings):
     cache_dir: Path = Field(Path.home() / ".cache" / "rlhf", description="Where prepared models are kept.")
     max_model_len: int = Field(2048, description="Context length the engine is started with (prompt + answer).")
     gpu_memory_utilization: float = Field(0.1, description="vLLM memory share; on CPU the RAM fraction for KV cache.")
+    kv_cache_gb: float = Field(1.0, description="KV cache size in GiB (on CPU: RAM); 0 derives it from gpu_memory_utilization.")
     max_num_seqs: int = Field(64, description="Most sequences the engine schedules at once.")
     max_lora_rank: int = Field(16, description="Largest LoRA rank the engine accepts.")
     max_loras: int = Field(4, description="LoRA adapters the engine keeps resident at once.")

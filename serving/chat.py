@@ -43,8 +43,9 @@ class ChatService:
         prompt_ids = self.engine.render(messages)
         max_tokens = self.engine.fit_max_tokens(len(prompt_ids), req.wanted_tokens())
         params = SamplingParams(
-            n=req.n, temperature=req.temperature, top_p=req.top_p, max_tokens=max_tokens, stop=req.stop,
-            seed=req.seed, presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
+            n=req.n, temperature=req.temperature, top_p=req.top_p, max_tokens=max_tokens,
+            stop=(req.stop or []) + self.engine.default_stop or None,
+            seed=req.seed, ignore_eos=req.ignore_eos, presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
             output_kind=RequestOutputKind.DELTA if req.stream else RequestOutputKind.FINAL_ONLY,
         )
         adapter = self.router.pick(req.user, req.model)

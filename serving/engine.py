@@ -27,18 +27,23 @@ class Engine:
         self.max_model_len = settings.max_model_len
         self.llm = None  # vllm AsyncLLM, once started
         self.tokenizer = None
+        self.default_stop: list[str] = []  # the model card's stop strings (base models' Q/A transcript)
 
     async def start(self) -> None:
         from transformers import AutoTokenizer
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        from rlhf.models import model_card
+
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        self.default_stop = model_card(self.model_path).get("stop", [])
         args = AsyncEngineArgs(
             model=str(self.model_path),
             served_model_name=[self.served_name],
             max_model_len=self.settings.max_model_len,
             gpu_memory_utilization=self.settings.gpu_memory_utilization,
+            kv_cache_memory_bytes=int(self.settings.kv_cache_gb * 2**30) if self.settings.kv_cache_gb > 0 else None,
             max_num_seqs=self.settings.max_num_seqs,
             enable_lora=True,
             max_lora_rank=self.settings.max_lora_rank,

@@ -52,6 +52,7 @@ class ChatCompletionRequest(BaseModel):
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     user: str = Field("", max_length=256, description="End-user id; feedback tokens are bound to it.")
+    ignore_eos: bool = False  # extension (as in vLLM): generate max_tokens even past EOS; for benchmarks
 
     @field_validator("stop")
     @classmethod
