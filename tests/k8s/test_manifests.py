@@ -1,0 +1,234 @@
+"""What the rendered overlays promise an operator, checked resource by resource.
+
+kubernetes-validate (k8s/check.sh) checks the built-in kinds against their schemas; these
+tests check the intent, and the content of the custom resources it cannot validate
+(Strimzi Kafka/KafkaNodePool/KafkaTopic, ServiceMonitor/PodMonitor/PrometheusRule).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from feedback.schema import ALL_TOPICS
+from tests.k8s.manifests import K8S, OVERLAYS, containers, find, one, pod_specs, render
+
+METRICS = [
+    "rlhf_http_requests_total", "rlhf_http_request_duration_seconds_bucket",
+    "rlhf_time_to_first_token_seconds_bucket", "rlhf_generated_tokens_total",
+    "rlhf_inflight_requests", "rlhf_engine_queue_depth", "rlhf_feedback_events_total",
+    "rlhf_spool_events", "rlhf_consumer_lag", "rlhf_learner_reward_mean", "rlhf_learner_kl",
+    "rlhf_learner_rm_accuracy", "rlhf_adapter_active_info",
+    "rlhf_learner_adapters_published_total", "rlhf_learner_adapters_rejected_total",
+]
+
+
+@pytest.fixture(scope="module", params=OVERLAYS)
+def overlay(request):
+    return request.param, render(request.param)
+
+
+def test_both_overlays_exist():
+    assert {"dev-cpu", "prod-gpu"} <= set(OVERLAYS)
+
+
+# --- serving ---------------------------------------------------------------------------
+
+def test_serving_probes(overlay):
+    _, docs = overlay
+    c = next(c for c in pod_specs(docs)["rlhf-serving"]["containers"] if c["name"] == "serving")
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    startup = c["startupProbe"]
+    assert startup["httpGet"]["path"] == "/healthz"
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 600, "model loading needs minutes"
+    assert c["resources"]["requests"] and c["resources"]["limits"]
+
+
+def test_serving_replicas_pdb_hpa_service(overlay):
+    name, docs = overlay
+    deploy = one(docs, "Deployment", "rlhf-serving")
+    labels = deploy["spec"]["template"]["metadata"]["labels"]
+    hpa = one(docs, "HorizontalPodAutoscaler", "rlhf-serving")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "rlhf-serving"
+    pdb = one(docs, "PodDisruptionBudget", "rlhf-serving")
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    svc = one(docs, "Service", "rlhf-serving")
+    assert svc["spec"]["selector"].items() <= labels.items()
+    assert svc["spec"]["ports"][0]["targetPort"] == "http"
+    anti = deploy["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    assert anti["preferredDuringSchedulingIgnoredDuringExecution"]
+    if name == "prod-gpu":
+        assert deploy["spec"]["replicas"] >= 2
+        assert hpa["spec"]["minReplicas"] >= 2
+        assert deploy["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+
+
+def test_prod_uses_gpus_and_dev_does_not():
+    for overlay in OVERLAYS:
+        pods = pod_specs(render(overlay))
+        for workload in ("rlhf-serving", "rlhf-learner"):
+            main = pods[workload]["containers"][0]
+            gpus = main["resources"]["limits"].get("nvidia.com/gpu")
+            assert (gpus == "1") if overlay == "prod-gpu" else gpus is None, (overlay, workload)
+
+
+# --- learner and storage ---------------------------------------------------------------
+
+def test_learner_is_a_single_writer(overlay):
+    _, docs = overlay
+    learner = one(docs, "Deployment", "rlhf-learner")
+    assert learner["spec"]["replicas"] == 1
+    assert learner["spec"]["strategy"]["type"] == "Recreate"
+    pod = learner["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["data"]["persistentVolumeClaim"]["claimName"] == "rlhf-learner-data"
+    pvc = one(docs, "PersistentVolumeClaim", "rlhf-learner-data")
+    assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert not find(docs, "HorizontalPodAutoscaler", "rlhf-learner")
+
+
+def test_only_the_learner_writes_adapters(overlay):
+    name, docs = overlay
+    pods = pod_specs(docs)
+    for workload, pod in pods.items():
+        for v in pod["volumes"]:
+            if v.get("persistentVolumeClaim", {}).get("claimName") != "rlhf-adapters":
+                continue
+            mounts = [m for c in containers(pod) for m in c.get("volumeMounts", []) if m["name"] == v["name"]]
+            assert mounts and all(m["mountPath"] == "/adapters" for m in mounts)
+            writable = not v["persistentVolumeClaim"].get("readOnly") and not all(m.get("readOnly") for m in mounts)
+            assert writable == (workload == "rlhf-learner"), workload
+    pvc = one(docs, "PersistentVolumeClaim", "rlhf-adapters")
+    if name == "prod-gpu":
+        assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+
+
+# --- security --------------------------------------------------------------------------
+
+def test_every_pod_is_locked_down(overlay):
+    _, docs = overlay
+    for workload, pod in pod_specs(docs).items():
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+        assert pod["automountServiceAccountToken"] is False
+        assert pod["enableServiceLinks"] is False, "service links inject RLHF_*-prefixed variables"
+        mounts = set()
+        for c in containers(pod):
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False, (workload, c["name"])
+            assert sc["readOnlyRootFilesystem"] is True, (workload, c["name"])
+            assert sc["capabilities"]["drop"] == ["ALL"], (workload, c["name"])
+            assert "privileged" not in sc or sc["privileged"] is False
+            mounts |= {m["mountPath"] for m in c.get("volumeMounts", [])}
+        assert {"/tmp", "/cache"} <= mounts, f"{workload} needs writable /tmp and cache"
+
+
+def test_network_policies_cover_the_app_pods(overlay):
+    _, docs = overlay
+    policies = find(docs, "NetworkPolicy")
+    by_target = {p["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/name"]: p for p in policies}
+    assert set(by_target) == {"rlhf-serving", "rlhf-learner"}
+    for p in policies:
+        assert p["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    learner_ports = {port["port"] for rule in by_target["rlhf-learner"]["spec"]["ingress"] for port in rule["ports"]}
+    assert learner_ports == {8001}
+    serving_ports = {port["port"] for rule in by_target["rlhf-serving"]["spec"]["ingress"] for port in rule["ports"]}
+    assert serving_ports == {8000}
+    kafka = one(docs, "Kafka", "rlhf-kafka")
+    peers = kafka["spec"]["kafka"]["listeners"][0]["networkPolicyPeers"]
+    assert {p["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for p in peers} == {"rlhf-serving", "rlhf-learner"}
+
+
+# --- Kafka -----------------------------------------------------------------------------
+
+def test_prod_kafka_is_durable():
+    docs = render("prod-gpu")
+    kafka = one(docs, "Kafka", "rlhf-kafka")
+    config = kafka["spec"]["kafka"]["config"]
+    assert config["default.replication.factor"] == 3
+    assert config["min.insync.replicas"] == 2
+    assert config["unclean.leader.election.enable"] is False
+    assert "zookeeper" not in kafka["spec"]
+    pools = find(docs, "KafkaNodePool")
+    assert sum(p["spec"]["replicas"] for p in pools) == 3
+    assert all({"controller", "broker"} <= set(p["spec"]["roles"]) for p in pools), "KRaft: no ZooKeeper"
+    assert all(p["metadata"]["labels"]["strimzi.io/cluster"] == "rlhf-kafka" for p in pools)
+    topics = find(docs, "KafkaTopic")
+    assert {t["spec"]["topicName"] for t in topics} == set(ALL_TOPICS)
+    for t in topics:
+        assert t["metadata"]["labels"]["strimzi.io/cluster"] == "rlhf-kafka"
+        assert t["spec"]["replicas"] == 3
+        assert t["spec"]["config"]["min.insync.replicas"] == 2
+        assert t["spec"]["config"]["unclean.leader.election.enable"] is False
+
+
+def test_dev_kafka_fits_one_node():
+    docs = render("dev-cpu")
+    assert sum(p["spec"]["replicas"] for p in find(docs, "KafkaNodePool")) == 1
+    for t in find(docs, "KafkaTopic"):
+        assert t["spec"]["replicas"] == 1 and t["spec"]["config"]["min.insync.replicas"] == 1
+    config = one(docs, "Kafka", "rlhf-kafka")["spec"]["kafka"]["config"]
+    assert config["default.replication.factor"] == 1 and config["min.insync.replicas"] == 1
+
+
+def test_bootstrap_points_at_the_strimzi_listener(overlay):
+    _, docs = overlay
+    cm = next(d for d in find(docs, "ConfigMap") if d["metadata"]["name"].startswith("rlhf-config"))
+    kafka = one(docs, "Kafka", "rlhf-kafka")
+    port = kafka["spec"]["kafka"]["listeners"][0]["port"]
+    assert cm["data"]["RLHF_KAFKA_BOOTSTRAP"] == f"rlhf-kafka-kafka-bootstrap:{port}"
+    replicas = {t["spec"]["replicas"] for t in find(docs, "KafkaTopic")}
+    assert replicas == {int(cm["data"]["RLHF_TOPIC_REPLICATION"])}
+
+
+# --- monitoring ------------------------------------------------------------------------
+
+def test_monitors_scrape_named_ports(overlay):
+    _, docs = overlay
+    pods = pod_specs(docs)
+    sm = one(docs, "ServiceMonitor", "rlhf-serving")
+    svc = one(docs, "Service", "rlhf-serving")
+    assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    assert sm["spec"]["endpoints"][0]["port"] in {p["name"] for p in svc["spec"]["ports"]}
+    assert sm["spec"]["endpoints"][0]["path"] == "/metrics"
+    pm = one(docs, "PodMonitor", "rlhf-learner")
+    learner = one(docs, "Deployment", "rlhf-learner")
+    assert pm["spec"]["selector"]["matchLabels"].items() <= learner["spec"]["template"]["metadata"]["labels"].items()
+    ports = {p["name"] for p in pods["rlhf-learner"]["containers"][0]["ports"]}
+    assert pm["spec"]["podMetricsEndpoints"][0]["port"] in ports
+
+
+def test_dashboard_shows_every_metric(overlay):
+    _, docs = overlay
+    cm = one(docs, "ConfigMap", "rlhf-grafana-dashboard")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dash = json.loads(cm["data"]["rlhf.json"])
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    text = "\n".join(exprs)
+    for metric in METRICS:
+        assert metric in text, f"dashboard has no panel for {metric}"
+    titles = " ".join(p["title"].lower() for p in dash["panels"])
+    for word in ("requests", "latency", "tokens", "feedback", "lag", "reward", "kl", "adapter version"):
+        assert word in titles, word
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))
+
+
+def test_queries_use_only_known_metrics(overlay):
+    _, docs = overlay
+    rule = one(docs, "PrometheusRule", "rlhf")
+    dash = json.loads(one(docs, "ConfigMap", "rlhf-grafana-dashboard")["data"]["rlhf.json"])
+    exprs = [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    exprs += [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    used = {m for e in exprs for m in re.findall(r"\b(rlhf_[a-z_]+)\b", e)}
+    assert used <= set(METRICS), f"unknown metric names: {sorted(used - set(METRICS))}"
+
+
+def test_readme_covers_the_operator_tasks():
+    text = (K8S / "README.md").read_text().lower()
+    for topic in ("strimzi", "gpu operator", "prometheus operator", "rlhf adapters publish",
+                  "rlhf adapters rollback", "s3", "networkpolicy", "torchrun", "existing kafka"):
+        assert topic in text, topic

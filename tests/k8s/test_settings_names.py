@@ -1,0 +1,158 @@
+"""The RLHF_* variables the manifests set are the ones the code reads (rlhf/settings.py).
+
+Names come from container `env` entries (plain values, downward API, Secret references) and
+from the keys of the `rlhf-config` ConfigMap the containers load with `envFrom`. Each must be
+a field of `rlhf.settings.Settings` (env name = "RLHF_" + field name in upper case), and
+together they must be exactly the set below: adding a setting to the manifests is a
+deliberate change to this list.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+from rlhf.settings import Settings
+from tests.k8s.manifests import K8S, OVERLAYS, ROOT, containers, find, pod_specs, render, source_docs
+
+# What the deployment sets, and why each is needed there.
+EXPECTED = {
+    "RLHF_MODEL",                   # gemma-3-270m (dev-cpu) or a model folder on a volume (prod-gpu)
+    "RLHF_HOST",                    # 0.0.0.0: reachable from the Service, not only loopback
+    "RLHF_PORT",                    # serving's port, matches containerPort/probes/Service
+    "RLHF_LEARNER_PORT",            # learner's /metrics and /healthz, matches its probes
+    "RLHF_DEV_MODE",                # false: refuse the built-in development HMAC key
+    "RLHF_KAFKA_BOOTSTRAP",         # the Strimzi bootstrap Service
+    "RLHF_TOPIC_PARTITIONS",        # if the code creates a topic first, same shape as KafkaTopic
+    "RLHF_TOPIC_REPLICATION",
+    "RLHF_DATA_DIR",                # /data: spool (serving), learner store (learner volume)
+    "RLHF_ADAPTER_DIR",             # /adapters: the ReadWriteMany adapter store
+    "RLHF_CACHE_DIR",               # /cache: prepared models, writable emptyDir
+    "RLHF_MAX_MODEL_LEN",
+    "RLHF_CANARY_FRACTION",
+    "RLHF_LOG_LEVEL",
+    "RLHF_GPU_MEMORY_UTILIZATION",  # per workload: serving and learner share no device budget
+    "RLHF_KV_CACHE_GB",             # serving: fixed on CPU (inside the memory limit), 0 on GPU
+    "RLHF_REPLICA_ID",              # the pod name, from the downward API
+    "RLHF_HMAC_KEY",                # from the Secret rlhf-secrets
+    "RLHF_ADMIN_TOKEN",             # from the Secret rlhf-secrets
+}
+SECRETS = {"RLHF_HMAC_KEY", "RLHF_ADMIN_TOKEN"}
+IMPORTANT = {"model", "kafka_bootstrap", "adapter_dir", "data_dir", "hmac_key", "admin_token"}
+
+
+def env_name(field: str) -> str:
+    return "RLHF_" + field.upper()
+
+
+SETTINGS_NAMES = {env_name(f) for f in Settings.model_fields}
+
+
+def names_in(docs: list[dict]) -> set[str]:
+    """RLHF_* names set by the workloads in `docs`: env entries and envFrom ConfigMap keys."""
+    configmaps = {d["metadata"]["name"]: d for d in find(docs, "ConfigMap")}
+    names = set()
+    for pod in pod_specs(docs).values():
+        for c in containers(pod):
+            names |= {e["name"] for e in c.get("env", [])}
+            for src in c.get("envFrom", []):
+                if "configMapRef" in src:
+                    names |= set(configmaps[src["configMapRef"]["name"]].get("data", {}))
+    return {n for n in names if n.startswith("RLHF_")}
+
+
+def names_in_sources() -> set[str]:
+    """The same, read from the files under k8s/ (base, patches, generator literals)."""
+    names = set()
+    for doc in source_docs():
+        if doc.get("kind") == "Kustomization":
+            for gen in doc.get("configMapGenerator", []):
+                names |= {lit.split("=", 1)[0] for lit in gen.get("literals", [])}
+        else:
+            for pod in pod_specs([doc]).values():
+                for c in containers(pod):
+                    names |= {e["name"] for e in c.get("env", [])}
+    return {n for n in names if n.startswith("RLHF_")}
+
+
+def test_expected_names_are_settings_fields():
+    assert EXPECTED <= SETTINGS_NAMES, f"not fields of Settings: {sorted(EXPECTED - SETTINGS_NAMES)}"
+
+
+def test_important_settings_are_set():
+    assert {env_name(f) for f in IMPORTANT} <= EXPECTED
+
+
+def test_source_files_set_exactly_the_expected_names():
+    found = names_in_sources()
+    assert found - SETTINGS_NAMES == set(), f"manifests set names Settings does not define: {sorted(found - SETTINGS_NAMES)}"
+    assert found == EXPECTED, f"missing {sorted(EXPECTED - found)}, unexpected {sorted(found - EXPECTED)}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_rendered_overlay_sets_exactly_the_expected_names(overlay):
+    found = names_in(render(overlay))
+    assert found - SETTINGS_NAMES == set(), f"{overlay} sets names Settings does not define: {sorted(found - SETTINGS_NAMES)}"
+    assert found == EXPECTED, f"{overlay}: missing {sorted(EXPECTED - found)}, unexpected {sorted(found - EXPECTED)}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_secrets_come_from_the_secret_only(overlay):
+    docs = render(overlay)
+    for cm in find(docs, "ConfigMap"):
+        assert not SECRETS & set(cm.get("data", {})), f"secret in ConfigMap {cm['metadata']['name']}"
+    for name, pod in pod_specs(docs).items():
+        for c in containers(pod):
+            for e in c.get("env", []):
+                if e["name"] in SECRETS:
+                    assert "value" not in e, f"{name}/{c['name']} sets {e['name']} in plain text"
+                    ref = e["valueFrom"]["secretKeyRef"]
+                    assert ref["name"] == "rlhf-secrets" and ref["key"] == e["name"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_each_container_gets_settings_the_code_accepts(overlay, monkeypatch):
+    """Build the Settings object from each container's environment, as the pod would."""
+    docs = render(overlay)
+    configmaps = {d["metadata"]["name"]: d for d in find(docs, "ConfigMap")}
+    for name, pod in pod_specs(docs).items():
+        for c in containers(pod):
+            for var in [v for v in os.environ if v.startswith("RLHF_")]:
+                monkeypatch.delenv(var)
+            for src in c.get("envFrom", []):
+                for k, v in configmaps[src["configMapRef"]["name"]].get("data", {}).items():
+                    monkeypatch.setenv(k, v)
+            for e in c.get("env", []):
+                if "value" in e:
+                    monkeypatch.setenv(e["name"], e["value"])
+                elif "secretKeyRef" in e.get("valueFrom", {}):
+                    monkeypatch.setenv(e["name"], "a-real-secret-of-32-characters!!")
+                elif "fieldRef" in e.get("valueFrom", {}):
+                    monkeypatch.setenv(e["name"], f"{name}-abc12")
+            s = Settings()
+            assert s.dev_mode is False, f"{overlay} {name}/{c['name']}: RLHF_DEV_MODE must be false"
+            assert s.host == "0.0.0.0"
+            assert str(s.data_dir) == "/data" and str(s.adapter_dir) == "/adapters" and str(s.cache_dir) == "/cache"
+            if c["name"] == "serving":
+                s.check_secrets()  # would exit if the HMAC key were a placeholder
+                assert s.admin_token, "serving needs the admin token"
+                ports = [p["containerPort"] for p in c["ports"]]
+                assert ports == [s.port]
+            if c["name"] == "learner":
+                assert [p["containerPort"] for p in c["ports"]] == [s.learner_port]
+
+
+def test_dockerfile_sets_only_settings_names():
+    text = (ROOT / "Dockerfile").read_text()
+    names = set(re.findall(r"\b(RLHF_[A-Z_]+)=", text))
+    assert names, "the Dockerfile sets the container defaults (host, data/adapter/cache dirs)"
+    assert names <= SETTINGS_NAMES, f"not fields of Settings: {sorted(names - SETTINGS_NAMES)}"
+
+
+def test_readme_mentions_only_settings_names():
+    text = (K8S / "README.md").read_text()
+    names = set(re.findall(r"\b(RLHF_[A-Z_]+[A-Z])\b", text))
+    assert names <= SETTINGS_NAMES, f"k8s/README.md names unknown settings: {sorted(names - SETTINGS_NAMES)}"
+
