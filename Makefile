@@ -36,7 +36,7 @@ up: install model
 serve: install model
 	$(BIN)/rlhf serve
 
-test: install tiny system-deps
+test: install model tiny system-deps
 	$(BIN)/python -m pytest tests -x -q --durations=15
 	bash k8s/check.sh
 
