@@ -34,19 +34,27 @@ fail() { SUMMARY+=("FAIL  $1"); FAILED=1; }
 say() { printf '== %s\n' "$*"; }
 
 # --- tools ------------------------------------------------------------------------------
+APT_UPDATED=0
+apt_install() {  # Debian packages, as root (or through sudo); apt-get update once, first
+  local sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  if [ "$APT_UPDATED" -eq 0 ]; then $sudo apt-get update -qq || return 1; APT_UPDATED=1; fi
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" > /dev/null
+}
+
 if ! command -v kubectl >/dev/null 2>&1; then
   say "installing kubectl (Debian package kubernetes-client)"
-  SUDO=""
-  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-  if ! { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq kubernetes-client >/dev/null; }; then
-    echo "k8s/check.sh: could not install kubernetes-client" >&2
-    exit 1
-  fi
+  apt_install kubernetes-client || { echo "k8s/check.sh: could not install kubernetes-client" >&2; exit 1; }
 fi
 
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.tools" 2>/dev/null)" != "$TOOLS" ]; then
   say "installing $TOOLS into .venv-k8s"
-  python3 -m venv "$VENV" || { echo "k8s/check.sh: python3 -m venv failed" >&2; exit 1; }
+  if ! python3 -m venv "$VENV" 2>/dev/null; then
+    # Debian's python3 has venv/ensurepip in a separate package.
+    rm -rf "$VENV"
+    apt_install python3-venv && python3 -m venv "$VENV" \
+      || { echo "k8s/check.sh: could not create .venv-k8s" >&2; exit 1; }
+  fi
   echo '*' > "$VENV/.gitignore"  # keep the tool venv out of git
   # shellcheck disable=SC2086
   if ! "$VENV/bin/pip" install -q --disable-pip-version-check $TOOLS; then
