@@ -1,0 +1,296 @@
+"""`rlhf adapters ...`: the adapter store and routing, from the command line.
+
+    rlhf adapters list                      store contents and what every replica routes to
+    rlhf adapters publish PATH [--canary F] bring your own PEFT adapter: validate, store, announce
+    rlhf adapters activate VERSION          route all traffic to VERSION (`base`: no adapter)
+    rlhf adapters rollback                  end a canary, or go back to the previous version
+
+Changes are events on `rlhf.adapters` (AdapterAnnounced, RoutingChanged), so every serving
+replica follows them; nothing here talks to a replica except to confirm the switch when
+`RLHF_HOST:RLHF_PORT` serves. Exit codes: 0 done, 1 refused or nothing to do, 2 unreachable.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+from feedback.schema import TOPIC_ADAPTERS, AdapterAnnounced, RoutingChanged, encode
+
+
+def _err(msg: str) -> None:
+    print(f"error: {msg}", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- validation
+def safetensors_shapes(path: Path) -> dict[str, list[int]]:
+    """Tensor name -> shape from a safetensors header (no torch needed)."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) != 8:
+            raise ValueError(f"{path.name} is not a safetensors file")
+        (n,) = struct.unpack("<Q", head)
+        if n > 100_000_000:
+            raise ValueError(f"{path.name} is not a safetensors file")
+        header = json.loads(f.read(n))
+    return {k: v["shape"] for k, v in header.items() if k != "__metadata__"}
+
+
+def check_peft_adapter(path: Path, model_path: Path, max_rank: int) -> dict:
+    """Refuse anything serving could not load on this base model; returns the adapter config.
+
+    Checks: a LoRA adapter_config.json; weights only as safetensors; rank within the engine's
+    limit; every LoRA tensor belongs to a linear layer of the base model with matching shapes
+    (the model is built on the meta device, so no weights are read)."""
+    if not path.is_dir():
+        raise ValueError(f"{path} is not a folder (expected a PEFT adapter folder from save_pretrained)")
+    cfg_path = path / "adapter_config.json"
+    if not cfg_path.is_file():
+        raise ValueError(f"{path} has no adapter_config.json")
+    config = json.loads(cfg_path.read_text())
+    if config.get("peft_type", "LORA").upper() != "LORA":
+        raise ValueError(f"only LoRA adapters are supported, not {config.get('peft_type')}")
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        pickled = [p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt")]
+        hint = f" (found {', '.join(pickled)}: pickled weights are refused; save with safe_serialization=True)" \
+            if pickled else ""
+        raise ValueError(f"{path} has no .safetensors weights{hint}")
+    rank = int(config.get("r", 0))
+    if not 0 < rank <= max_rank:
+        raise ValueError(f"LoRA rank r={rank} is outside 1..{max_rank} (RLHF_MAX_LORA_RANK)")
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path))
+    modules = dict(model.named_modules())
+    seen = 0
+    for wfile in weights:
+        for name, shape in safetensors_shapes(wfile).items():
+            m = re.match(r"^base_model\.model\.(.+)\.(lora_A|lora_B)(?:\.[^.]+)?\.weight$", name)
+            if not m:
+                raise ValueError(f"{wfile.name}: {name} is not a LoRA weight of a linear layer")
+            module = modules.get(m.group(1))
+            if not isinstance(module, torch.nn.Linear):
+                raise ValueError(f"{name}: the base model has no linear layer {m.group(1)!r} (another base model?)")
+            want = [rank, module.in_features] if m.group(2) == "lora_A" else [module.out_features, rank]
+            if list(shape) != want:
+                raise ValueError(f"{name}: shape {shape} does not fit the base model's {m.group(1)} "
+                                 f"(expected {want}; another base model?)")
+            seen += 1
+    if not seen:
+        raise ValueError(f"{path}: no LoRA weights found")
+    return config
+
+
+def adapter_name_for(path: Path) -> str:
+    """The store name of a brought-in adapter: its folder name, cleaned (`my-adapter@v1`)."""
+    name = re.sub(r"[^a-z0-9_-]+", "-", path.resolve().name.lower()).strip("-_")
+    if not name or not name[0].isalpha():
+        name = "user-" + name if name else "user"
+    return name[:48]
+
+
+# ----------------------------------------------------------------------------- Kafka and serving
+def _announce(settings, events: list) -> None:
+    from kafka import KafkaProducer
+
+    from feedback.topics import bootstrap_servers, ensure_topics
+
+    ensure_topics(settings, (TOPIC_ADAPTERS,))
+    producer = KafkaProducer(bootstrap_servers=bootstrap_servers(settings), acks="all", enable_idempotence=True,
+                             max_block_ms=10_000, request_timeout_ms=10_000)
+    try:
+        for ev in events:
+            producer.send(TOPIC_ADAPTERS, key=ev.key(), value=encode(ev)).get(timeout=15)
+    finally:
+        producer.close(timeout=5)
+
+
+def _confirm(settings, expect_active: str | None, expect_canary: str | None = "keep", wait_s: float = 10.0) -> None:
+    """If a replica serves at RLHF_HOST:RLHF_PORT, wait until it routes as expected and say so."""
+    import httpx
+
+    url = f"http://{settings.host}:{settings.port}/v1/adapters"
+    deadline = time.monotonic() + wait_s
+    info = None
+    while time.monotonic() < deadline:
+        try:
+            info = httpx.get(url, timeout=2).json()
+        except (httpx.HTTPError, ValueError):
+            return  # no replica here to confirm with; the event is on the topic
+        if info.get("active") == expect_active and (expect_canary == "keep" or info.get("canary") == expect_canary):
+            print(f"serving at {settings.host}:{settings.port} now answers with {info.get('active') or 'the base model'}"
+                  + (f" (canary {info['canary']} on {info['canary_fraction']:.0%})" if info.get("canary") else ""))
+            return
+        time.sleep(0.2)
+    if info is not None:
+        print(f"warning: serving at {settings.host}:{settings.port} still routes to {info.get('active')}; "
+              "it may be catching up or have refused the adapter (see its log)", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- commands
+def cmd_list(settings) -> int:
+    from learner.adapter_store import list_adapters
+    from serving.adapters import replay_state
+
+    stored = list_adapters(settings.adapter_dir)
+    state, live = replay_state(settings)
+    roles = {}
+    for role, v in (("active", state.active), ("canary", state.canary), ("previous", state.previous)):
+        if v:
+            roles.setdefault(v, []).append(role)
+    print(f"adapter store: {Path(settings.adapter_dir).resolve()} ({len(stored)} versions)")
+    if stored:
+        print(f"{'VERSION':<24} {'SOURCE':<8} {'PARENT':<20} {'CREATED':<19}  ROUTING")
+    for a in stored:
+        created = datetime.fromtimestamp(a["created_at"]).strftime("%Y-%m-%d %H:%M:%S") if a.get("created_at") else "-"
+        routing = ", ".join(roles.get(a["version"], [])) or ("refused" if a["version"] in state.refused else
+                                                              "announced" if a["version"] in state.known else "-")
+        print(f"{a['version']:<24} {a.get('source') or '-':<8} {a.get('parent') or '-':<20} {created:<19}  {routing}")
+    print(f"active: {state.active or 'base model'}" + (f"; canary: {state.canary} on {state.canary_fraction:.0%} of users"
+                                                       if state.canary else ""))
+    if not live:
+        print(f"(broker at {settings.kafka_bootstrap} unreachable: routing shown from the store's snapshot)")
+    return 0
+
+
+def cmd_publish(settings, path: Path, canary: float | None, name: str | None) -> int:
+    from learner.adapter_store import AdapterError, write_adapter
+    from rlhf.models import resolve_model
+    from serving.adapters import verify_known
+
+    if canary is not None and not 0.0 <= canary <= 1.0:
+        _err("--canary must be between 0 and 1")
+        return 1
+    try:
+        check_peft_adapter(path, resolve_model(settings.model), settings.max_lora_rank)
+        version, rel, sha = write_adapter(settings.adapter_dir, name or adapter_name_for(path), path,
+                                          base_model=settings.model, source_kind="user",
+                                          extra={"imported_from": str(path.resolve())})
+        verify_known(settings, version, rel, sha)
+    except (ValueError, AdapterError, OSError) as e:
+        _err(f"refused {path}: {e}")
+        return 1
+    print(f"stored {path} as {version} in {Path(settings.adapter_dir).resolve() / rel}")
+    try:
+        _announce(settings, [AdapterAnnounced(version=version, path=rel, manifest_sha256=sha,
+                                              canary_fraction=canary, source="user")])
+    except Exception as e:
+        _err(f"could not announce {version} on {settings.kafka_bootstrap}: {e}; "
+             f"once the broker is up, `rlhf adapters activate {version}` announces it")
+        return 2
+    fraction = canary if canary is not None else settings.canary_fraction
+    print(f"announced {version}: " + (f"canary on {fraction:.0%} of users" if fraction > 0 else "active on every replica"))
+    _confirm(settings, None if fraction > 0 else version, version if fraction > 0 else "keep")
+    return 0
+
+
+def cmd_activate(settings, version: str) -> int:
+    from learner.adapter_store import list_adapters
+    from rlhf.models import model_display_name
+    from serving.adapters import replay_state, verify_known
+
+    target = None if version in ("base", model_display_name(settings.model)) else version
+    state, live = replay_state(settings)
+    if not live:
+        _err(f"broker at {settings.kafka_bootstrap} unreachable")
+        return 2
+    events: list = []
+    if target is None or target in state.known:
+        events.append(RoutingChanged(action="activate", version=target))
+    else:
+        stored = {a["version"]: a for a in list_adapters(settings.adapter_dir)}
+        if target not in stored:
+            _err(f"unknown version {target!r}; `rlhf adapters list` shows the store")
+            return 1
+        a = stored[target]
+        try:  # in the store but not on the topic (e.g. the broker lost its log): announce it, active at once
+            verify_known(settings, target, a["path"], a["manifest_sha256"])
+        except Exception as e:
+            _err(f"refused {target}: {e}")
+            return 1
+        events.append(AdapterAnnounced(version=target, path=a["path"], manifest_sha256=a["manifest_sha256"],
+                                       parent=a.get("parent"), canary_fraction=0.0,
+                                       source="user" if a.get("source") == "user" else "learner"))
+    try:
+        _announce(settings, events)
+    except Exception as e:
+        _err(f"could not publish on {settings.kafka_bootstrap}: {e}")
+        return 2
+    print(f"activated {target or 'the base model'} (was {state.active or 'the base model'})")
+    _confirm(settings, target)
+    return 0
+
+
+def cmd_rollback(settings) -> int:
+    from serving.adapters import replay_state
+
+    state, live = replay_state(settings)
+    if not live:
+        _err(f"broker at {settings.kafka_bootstrap} unreachable")
+        return 2
+    if state.canary is not None:
+        what, expect, canary = f"ended the canary {state.canary}; all traffic on {state.active or 'the base model'}", \
+            state.active, None
+    elif state.history:
+        what, expect, canary = f"rolled back {state.active or 'the base model'} -> {state.previous or 'the base model'}", \
+            state.previous, "keep"
+    else:
+        _err(f"nothing to roll back to: {state.active or 'the base model'} is the only version routed so far")
+        return 1
+    try:
+        _announce(settings, [RoutingChanged(action="rollback")])
+    except Exception as e:
+        _err(f"could not publish on {settings.kafka_bootstrap}: {e}")
+        return 2
+    print(what)
+    _confirm(settings, expect, canary)
+    return 0
+
+
+def cmd_canary(settings, version: str, fraction: float) -> int:
+    from serving.adapters import replay_state
+
+    target = None if version in ("none", "off") else version
+    state, live = replay_state(settings)
+    if not live:
+        _err(f"broker at {settings.kafka_bootstrap} unreachable")
+        return 2
+    if target is not None and target not in state.known:
+        _err(f"unknown version {target!r}; publish it first")
+        return 1
+    _announce(settings, [RoutingChanged(action="canary", version=target, canary_fraction=fraction)])
+    print(f"canary: {target} on {fraction:.0%} of users" if target else "canary ended")
+    _confirm(settings, state.active, target)
+    return 0
+
+
+def main(args) -> int:
+    import logging
+
+    from rlhf.settings import get_settings
+
+    for noisy in ("kafka", "httpx"):  # their INFO lines bury the answer
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    settings = get_settings()
+    cmd = args.adapters_command
+    if cmd == "list":
+        return cmd_list(settings)
+    if cmd == "publish":
+        return cmd_publish(settings, Path(args.path), args.canary, getattr(args, "name", None))
+    if cmd == "activate":
+        return cmd_activate(settings, args.version)
+    if cmd == "rollback":
+        return cmd_rollback(settings)
+    if cmd == "canary":  # if the parser offers it: `rlhf adapters canary VERSION FRACTION`
+        return cmd_canary(settings, args.version, float(args.fraction))
+    _err(f"unknown adapters command {cmd!r}")
+    return 1

@@ -1,0 +1,115 @@
+"""Adapter routes: what this replica has loaded and routes to, and the admin switches.
+
+    GET  /v1/adapters                         loaded versions, active / canary / previous
+    POST /v1/admin/adapters/activate  {"version": "policy@v3" | "base"}
+    POST /v1/admin/adapters/rollback  {}
+    POST /v1/admin/adapters/canary    {"version": "policy@v4", "fraction": 0.1}   (version null or fraction 0 ends it)
+
+Admin routes need `Authorization: Bearer $RLHF_ADMIN_TOKEN`: 404 when no token is configured
+(the routes do not exist then), 403 for a missing or wrong one. They do not change routing
+here: they publish a `RoutingChanged` on `rlhf.adapters`, which every replica (this one
+included) follows. The answer waits briefly for this replica to apply it: 200 with the new
+state once applied, 202 if it is still on its way (e.g. the broker is slow).
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from feedback.schema import TOPIC_ADAPTERS, RoutingChanged
+from serving.protocol import error_body
+
+router = APIRouter()
+
+APPLY_WAIT_S = 5.0  # how long an admin call waits for this replica to apply its change
+
+
+def _follower(request: Request):
+    follower = getattr(request.app.state, "adapters", None)
+    if follower is None:
+        raise HTTPException(503, error_body("the model is still loading; retry shortly", type_="server_error",
+                                            code="not_ready"))
+    return follower
+
+
+@router.get("/v1/adapters")
+async def list_adapters(request: Request):
+    return _follower(request).describe()
+
+
+# ---------------------------------------------------------------------------------- admin
+def require_admin(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
+    token = request.app.state.settings.admin_token
+    if not token:
+        raise HTTPException(404, error_body("Not Found", code="not_found"))
+    scheme, _, given = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        raise HTTPException(403, error_body("admin routes need Authorization: Bearer <RLHF_ADMIN_TOKEN>",
+                                            code="forbidden"))
+
+
+Admin = Annotated[None, Depends(require_admin)]
+
+
+class ActivateBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: str | None = Field(description="A loaded or announced version, or `base` (or null) for no adapter.")
+
+
+class CanaryBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: str | None = Field(description="The canary version; null ends the canary.")
+    fraction: float = Field(0.1, ge=0.0, le=1.0, description="Share of users (sticky by user id).")
+
+
+def _base(request: Request, version: str | None) -> str | None:
+    """`base`, the base model's name or null all mean: no adapter."""
+    if version in (None, "", "base", request.app.state.router.base_name):
+        return None
+    return version
+
+
+def _known(request: Request, version: str | None) -> None:
+    follower = _follower(request)
+    if version is not None and version not in follower.state.known:
+        raise HTTPException(404, error_body(
+            f"unknown adapter version {version!r}; known: {sorted(follower.state.known) or 'none'}",
+            param="version", code="unknown_adapter"))
+
+
+async def _publish(request: Request, ev: RoutingChanged):
+    follower = _follower(request)
+    await request.app.state.events.publish(TOPIC_ADAPTERS, ev)
+    applied, why = await follower.wait_applied(ev.event_id, APPLY_WAIT_S)
+    body = {"event_id": ev.event_id, "action": ev.action, "applied": applied, "note": why,
+            **follower.state.describe()}
+    return JSONResponse(body, status_code=200 if applied else 202)
+
+
+@router.post("/v1/admin/adapters/activate")
+async def activate(body: ActivateBody, request: Request, _: Admin):
+    version = _base(request, body.version)
+    _known(request, version)
+    return await _publish(request, RoutingChanged(action="activate", version=version))
+
+
+@router.post("/v1/admin/adapters/rollback")
+async def rollback(request: Request, _: Admin):
+    state = _follower(request).state
+    if state.canary is None and not state.history:
+        raise HTTPException(409, error_body("nothing to roll back to", code="no_previous_version"))
+    return await _publish(request, RoutingChanged(action="rollback"))
+
+
+@router.post("/v1/admin/adapters/canary")
+async def canary(body: CanaryBody, request: Request, _: Admin):
+    version = _base(request, body.version)
+    _known(request, version)
+    if version is not None and version == _follower(request).state.active:
+        raise HTTPException(409, error_body(f"{version} is already active", param="version", code="already_active"))
+    return await _publish(request, RoutingChanged(action="canary", version=version, canary_fraction=body.fraction))

@@ -1,0 +1,449 @@
+"""Adapter hot-swap, canary and rollback against real processes: Tansu, `rlhf serve` (tiny model on
+vLLM, LoRA-enabled) and the `rlhf adapters` command line.
+
+The module has its own broker so its announcements do not reach the session's shared server.
+Replica A serves every test; replica B (same broker, same adapter store, no admin token) joins
+late, which is also the check that a new replica rebuilds the routing the others have.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from feedback.schema import AdapterAnnounced, DeadLetter, Interaction, RoutingChanged
+from learner.adapter_store import write_adapter
+from serving.adapters import RoutingState
+from serving.routing import user_bucket
+from tests.conftest import ROOT, free_port
+from tests.serving.loras import announce, make_lora, read_topic, train_lora, wait_until
+
+TOKEN = "test-admin-token"
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+PROMPT = [{"role": "user", "content": "Tell me about cats."}]
+
+
+# ---------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """Own broker + adapter store shared by the replicas of this module."""
+    from feedback.broker import start_broker, stop_broker
+
+    port = free_port()
+    proc = start_broker(port)
+    store = tmp_path_factory.mktemp("adapters")
+    yield {"RLHF_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}", "RLHF_ADAPTER_DIR": str(store), "RLHF_MAX_LORAS": "4"}
+    stop_broker(proc)
+
+
+@pytest.fixture(scope="module")
+def replica_a(server_factory, env):
+    return server_factory(**env, RLHF_ADMIN_TOKEN=TOKEN, RLHF_REPLICA_ID="replica-a")
+
+
+@pytest.fixture(scope="module")
+def loras(tmp_path_factory, tiny_model_path) -> list[Path]:
+    d = tmp_path_factory.mktemp("loras")
+    return [make_lora(tiny_model_path, d / f"lora{i}", seed=i) for i in range(6)]
+
+
+def store(env, src: Path, name: str = "policy") -> tuple[str, str, str]:
+    return write_adapter(env["RLHF_ADAPTER_DIR"], name, src, base_model="tiny")
+
+
+def publish(env, src: Path, name: str = "policy", canary: float | None = None) -> AdapterAnnounced:
+    version, rel, sha = store(env, src, name)
+    ev = AdapterAnnounced(version=version, path=rel, manifest_sha256=sha, canary_fraction=canary)
+    announce(env["RLHF_KAFKA_BOOTSTRAP"], ev)
+    return ev
+
+
+def adapters(server) -> dict:
+    return httpx.get(server.url + "/v1/adapters", timeout=10).json()
+
+
+def wait_active(server, version: str | None, timeout_s: float = 20.0) -> dict:
+    return wait_until(lambda: (info := adapters(server))["active"] == version and info,
+                      timeout_s, what=f"{server.url} active == {version}")
+
+
+def chat(server, user: str = "u", model: str | None = None, max_tokens: int = 8) -> dict:
+    body = {"messages": PROMPT, "max_tokens": max_tokens, "user": user, "temperature": 0.0}
+    if model:
+        body["model"] = model
+    r = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def cli(env, server, *args, timeout: float = 120) -> subprocess.CompletedProcess:
+    e = {**os.environ, **env, "RLHF_MODEL": "tiny", "RLHF_PORT": str(server.port), "RLHF_HOST": "127.0.0.1"}
+    return subprocess.run([sys.executable, "-m", "rlhf.cli", "adapters", *args], env=e, cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def metric(server, name: str, labels: str = "") -> float:
+    text = httpx.get(server.url + "/metrics", timeout=10).text
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and labels in line and not line.startswith("#"):
+            m = re.match(rf"^{re.escape(name)}(\{{[^}}]*\}})? (\S+)$", line)
+            if m:
+                total += float(m.group(2))
+    return total
+
+
+# ---------------------------------------------------------------------------------- pure state machine
+def _ann(v: str, canary: float | None = None) -> AdapterAnnounced:
+    n = v.split("@v")[1]
+    return AdapterAnnounced(version=v, path=f"policy/v{n}", manifest_sha256="x" * 64, canary_fraction=canary)
+
+
+def test_routing_state_machine():
+    s = RoutingState()
+    s.apply(_ann("policy@v1"))
+    s.apply(_ann("policy@v2"))
+    assert (s.active, s.previous) == ("policy@v2", "policy@v1")
+    assert s.apply(_ann("policy@v3", canary=0.25)) is None
+    assert (s.active, s.canary, s.canary_fraction) == ("policy@v2", "policy@v3", 0.25)
+    s.apply(RoutingChanged(action="rollback"))  # the newest change was the canary: it ends
+    assert (s.active, s.canary) == ("policy@v2", None)
+    s.apply(RoutingChanged(action="rollback"))
+    assert s.active == "policy@v1"
+    s.apply(RoutingChanged(action="rollback"))
+    assert s.active is None  # the base model
+    assert s.apply(RoutingChanged(action="rollback")) == "nothing to roll back to"
+    assert s.apply(RoutingChanged(action="activate", version="policy@v9")).startswith("unknown version")
+    s.apply(RoutingChanged(action="activate", version="policy@v3"))
+    assert s.apply(_ann("policy@v4"), refused="sha256 mismatch").startswith("refused")
+    assert s.active == "policy@v3" and "policy@v4" not in s.known
+
+
+def test_routing_state_snapshot_round_trip_skips_seen_events():
+    s = RoutingState()
+    events = [_ann("policy@v1"), _ann("policy@v2"), RoutingChanged(action="rollback")]
+    for ev in events:
+        s.apply(ev)
+    restored = RoutingState.from_json(json.loads(json.dumps(s.to_json())))
+    assert restored.describe() == s.describe()
+    assert all(restored.seen(ev.event_id) for ev in events)  # a replay applies none of them twice
+    assert restored.known.keys() == s.known.keys()
+
+
+def test_cli_refuses_pickled_weights(tmp_path, env, loras):
+    src = tmp_path / "pickled"
+    src.mkdir()
+    shutil.copy(loras[0] / "adapter_config.json", src)
+    (src / "adapter_model.bin").write_bytes(b"\x80\x04not really a pickle")
+    r = subprocess.run([sys.executable, "-m", "rlhf.cli", "adapters", "publish", str(src)],
+                       env={**os.environ, **env, "RLHF_MODEL": "tiny"}, cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 1
+    assert "pickled weights are refused" in r.stderr
+    assert not (Path(env["RLHF_ADAPTER_DIR"]) / "pickled").exists()
+
+
+def test_cli_refuses_an_adapter_for_another_base_model(tmp_path, env, loras):
+    src = tmp_path / "other"
+    shutil.copytree(loras[0], src)
+    # Same tensor names, shapes of a model with another hidden size.
+    from safetensors.torch import load_file, save_file
+
+    w = load_file(src / "adapter_model.safetensors")
+    save_file({k: (v.new_zeros(v.shape[0], 2 * v.shape[1]) if "lora_A" in k else v) for k, v in w.items()},
+              src / "adapter_model.safetensors")
+    r = subprocess.run([sys.executable, "-m", "rlhf.cli", "adapters", "publish", str(src)],
+                       env={**os.environ, **env, "RLHF_MODEL": "tiny"}, cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 1, r.stdout
+    assert "does not fit the base model" in r.stderr
+
+
+# ---------------------------------------------------------------------------------- against replica A
+def test_admin_routes_need_the_token(replica_a):
+    url = replica_a.url + "/v1/admin/adapters/rollback"
+    assert httpx.post(url, timeout=10).status_code == 403
+    assert httpx.post(url, headers={"Authorization": "Bearer wrong"}, timeout=10).status_code == 403
+    assert httpx.post(url, headers=ADMIN, timeout=10).status_code == 409  # nothing to roll back to yet
+    info = adapters(replica_a)
+    assert info["active"] is None and info["base"] == "tiny" and info["following"] is True
+
+
+def test_publish_with_the_cli_then_served(replica_a, env, loras, tmp_path):
+    src = tmp_path / "my-adapter"
+    shutil.copytree(loras[0], src)
+    r = cli(env, replica_a, "publish", str(src))
+    assert r.returncode == 0, r.stderr
+    assert "stored" in r.stdout and "my-adapter@v1" in r.stdout
+    assert "now answers with my-adapter@v1" in r.stdout  # confirmed by the replica at RLHF_PORT
+    info = adapters(replica_a)
+    assert info["active"] == "my-adapter@v1" and info["previous"] is None and info["can_rollback"]
+    assert [a["version"] for a in info["data"]] == ["my-adapter@v1"]
+    assert info["data"][0]["source"] == "user"
+
+    routed = chat(replica_a)
+    assert routed["model"] == "my-adapter@v1" and routed["rlhf"]["adapter"] == "my-adapter@v1"
+    base = chat(replica_a, model="tiny")
+    assert base["model"] == "tiny" and base["rlhf"]["adapter"] is None  # the base stays selectable
+    assert base["choices"][0]["message"]["content"] != routed["choices"][0]["message"]["content"]
+    models = [m["id"] for m in httpx.get(replica_a.url + "/v1/models").json()["data"]]
+    assert models == ["tiny", "my-adapter@v1"]
+    assert metric(replica_a, "rlhf_adapter_active_info", 'version="my-adapter@v1"') == 1.0
+
+    listing = cli(env, replica_a, "list")
+    assert listing.returncode == 0, listing.stderr
+    assert re.search(r"my-adapter@v1\s+user\s.*active", listing.stdout), listing.stdout
+
+
+def _stream_worker(url: str, user: str, stop: threading.Event, results: list, lock: threading.Lock) -> None:
+    rng = random.Random(user)
+    with httpx.Client(timeout=60) as client:
+        while not stop.is_set():
+            rec = {"user": user, "start": time.time(), "models": set(), "adapter": "?", "error": None}
+            body = {"messages": PROMPT, "max_tokens": 32, "temperature": 1.0, "seed": rng.randrange(1 << 30),
+                    "stream": True, "user": user}
+            try:
+                with client.stream("POST", url + "/v1/chat/completions", json=body) as r:
+                    if r.status_code != 200:
+                        rec["error"] = f"HTTP {r.status_code}: {r.read()!r}"
+                    else:
+                        done = False
+                        for line in r.iter_lines():
+                            if not line.startswith("data: "):
+                                continue
+                            if line == "data: [DONE]":
+                                done = True
+                                continue
+                            chunk = json.loads(line[6:])
+                            if "error" in chunk:
+                                rec["error"] = chunk["error"]
+                            rec["models"].add(chunk["model"])
+                            if chunk.get("rlhf"):
+                                rec["adapter"] = chunk["rlhf"]["adapter"]
+                                rec["response_id"] = chunk["rlhf"]["responses"][0]["response_id"]
+                        if not done and not rec["error"]:
+                            rec["error"] = "stream ended without [DONE]"
+            except httpx.HTTPError as e:
+                rec["error"] = repr(e)
+            rec["end"] = time.time()
+            with lock:
+                results.append(rec)
+
+
+def test_hot_swap_under_load(replica_a, env, loras):
+    """8 concurrent streams; publish a new version mid-way: no failed request, every response from
+    exactly one version, and new requests get the new version within the issue's 2 s bound."""
+    old = adapters(replica_a)["active"]
+    results, lock, stop = [], threading.Lock(), threading.Event()
+    threads = [threading.Thread(target=_stream_worker, args=(replica_a.url, f"load{i}", stop, results, lock))
+               for i in range(8)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(4.0)
+        ev = publish(env, loras[1])
+        t_announced = ev.ts
+        wait_active(replica_a, ev.version)
+        time.sleep(5.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    failed = [r for r in results if r["error"]]
+    assert not failed, failed[:3]
+    for r in results:  # attributable to exactly one version: every chunk and the extension agree
+        assert len(r["models"]) == 1, r
+        (model,) = r["models"]
+        assert r["adapter"] == (None if model == "tiny" else model), r
+        assert model in (old or "tiny", ev.version), r
+    before = [r for r in results if r["end"] < t_announced]
+    after = [r for r in results if r["start"] > t_announced + 2.0]
+    assert before and after, (len(before), len(after))
+    assert all(r["models"] == {old or "tiny"} for r in before)
+    # The issue's bound, asserted as such (not tighter): typically the switch takes well under 0.5 s.
+    assert all(r["models"] == {ev.version} for r in after), [r for r in after if r["models"] != {ev.version}][:3]
+    first_new = min(r["start"] for r in results if r["models"] == {ev.version})
+    print(f"\nhot swap: {len(results)} requests, 0 failed; first request served by {ev.version} started "
+          f"{first_new - t_announced:+.3f} s after the announcement")
+
+    # The event log agrees: each answer's Interaction names the adapter that answered.
+    by_id = {e.response_id: e.adapter for e in read_topic(env["RLHF_KAFKA_BOOTSTRAP"], "rlhf.interactions")
+             if isinstance(e, Interaction)}
+    for r in results:
+        assert by_id.get(r["response_id"], "missing") == r["adapter"], r
+
+
+def test_tampered_adapter_is_refused_and_active_kept(replica_a, env, loras):
+    active = adapters(replica_a)["active"]
+    refused_before = metric(replica_a, "rlhf_adapter_refused_total")
+    version, rel, sha = store(env, loras[2])
+    weights = Path(env["RLHF_ADAPTER_DIR"]) / rel / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one byte changed after the manifest was written
+    weights.write_bytes(bytes(data))
+    announce(env["RLHF_KAFKA_BOOTSTRAP"], AdapterAnnounced(version=version, path=rel, manifest_sha256=sha))
+
+    # Pickled weights smuggled into the store with a consistent manifest: refused as well.
+    evil = Path(env["RLHF_ADAPTER_DIR"]) / "evil" / "v1"
+    evil.mkdir(parents=True)
+    shutil.copy(loras[2] / "adapter_config.json", evil)
+    (evil / "adapter_model.bin").write_bytes(b"\x80\x04pickle")
+    import hashlib
+
+    files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in evil.iterdir()}
+    manifest = json.dumps({"format": 1, "version": "evil@v1", "files": files}).encode()
+    (evil / "manifest.json").write_bytes(manifest)
+    announce(env["RLHF_KAFKA_BOOTSTRAP"], AdapterAnnounced(version="evil@v1", path="evil/v1",
+                                                           manifest_sha256=hashlib.sha256(manifest).hexdigest()))
+
+    def dead_letters():
+        found = [e for e in read_topic(env["RLHF_KAFKA_BOOTSTRAP"], "rlhf.deadletter")
+                 if isinstance(e, DeadLetter) and e.origin == "serving:replica-a"]
+        return [e for e in found if version in e.reason or "evil@v1" in e.reason]
+
+    letters = wait_until(lambda: len(dead_letters()) >= 2 and dead_letters(), 20, 0.5, "two dead letters")
+    assert any(version in e.reason and "sha256" in e.reason for e in letters), letters
+    assert any("evil@v1" in e.reason and "adapter_model.bin" in e.reason for e in letters), letters
+    assert metric(replica_a, "rlhf_adapter_refused_total") == refused_before + 2
+    info = adapters(replica_a)
+    assert info["active"] == active
+    assert version not in info["known"] and "evil@v1" not in info["known"]
+    assert chat(replica_a)["rlhf"]["adapter"] == active
+
+
+def test_canary_is_sticky_per_user_and_can_be_promoted(replica_a, env, loras):
+    active = adapters(replica_a)["active"]
+    ev = publish(env, loras[3], canary=0.5)
+    info = wait_until(lambda: (i := adapters(replica_a))["canary"] == ev.version and i, 20, what="canary")
+    assert info["active"] == active and info["canary_fraction"] == 0.5
+    users = [f"user-{i}" for i in range(24)]
+    served = {u: chat(replica_a, u)["rlhf"]["adapter"] for u in users}
+    for u in users:
+        assert served[u] == (ev.version if user_bucket(u) < 0.5 else active), u
+    assert set(served.values()) == {active, ev.version}
+    assert all(chat(replica_a, u)["rlhf"]["adapter"] == served[u] for u in users[:6])  # sticky
+    assert metric(replica_a, "rlhf_adapter_canary_info", f'version="{ev.version}"') == 0.5
+    assert metric(replica_a, "rlhf_completions_total", f'adapter="{ev.version}"') > 0  # comparable per version
+
+    r = httpx.post(replica_a.url + "/v1/admin/adapters/activate", json={"version": ev.version}, headers=ADMIN,
+                   timeout=20)
+    assert r.status_code == 200 and r.json()["applied"], r.text
+    assert r.json()["active"] == ev.version and r.json()["canary"] is None
+    assert {chat(replica_a, u)["rlhf"]["adapter"] for u in users[:8]} == {ev.version}
+
+
+def test_rollback_on_every_replica(replica_a, server_factory, env, loras):
+    """Replica B joins late (rebuilding what A routes to), then `rlhf adapters rollback` moves both."""
+    first = publish(env, loras[4])
+    wait_active(replica_a, first.version)
+    second = publish(env, loras[5])
+    wait_active(replica_a, second.version)
+
+    replica_b = server_factory(**env, RLHF_REPLICA_ID="replica-b")  # no admin token on this one
+    info_b = adapters(replica_b)  # ready means replayed: no waiting here
+    assert info_b["active"] == second.version and info_b["previous"] == first.version
+    assert chat(replica_b)["rlhf"]["adapter"] == second.version
+    assert httpx.post(replica_b.url + "/v1/admin/adapters/rollback", headers=ADMIN).status_code == 404
+
+    r = cli(env, replica_a, "rollback")
+    assert r.returncode == 0, r.stderr
+    assert f"rolled back {second.version} -> {first.version}" in r.stdout
+    for replica in (replica_a, replica_b):
+        wait_active(replica, first.version, timeout_s=10)
+        assert chat(replica)["rlhf"]["adapter"] == first.version
+
+    # An admin call on A changes routing on B too (both follow rlhf.adapters).
+    r = httpx.post(replica_a.url + "/v1/admin/adapters/activate", json={"version": "base"}, headers=ADMIN, timeout=20)
+    assert r.status_code == 200, r.text
+    wait_active(replica_b, None, timeout_s=10)
+    assert chat(replica_b)["rlhf"]["adapter"] is None
+    r = cli(env, replica_a, "activate", second.version)
+    assert r.returncode == 0, r.stderr
+    for replica in (replica_a, replica_b):
+        wait_active(replica, second.version, timeout_s=10)
+
+    # Unused versions were unloaded: at most max_loras - 1 stay, always with active and previous.
+    for replica in (replica_a, replica_b):
+        info = adapters(replica)
+        loaded = [a["version"] for a in info["data"]]
+        assert len(loaded) <= 3, loaded
+        assert info["active"] in loaded and (info["previous"] is None or info["previous"] in loaded)
+
+
+# ---------------------------------------------------------------------------------- the loop
+WORD = "happy"  # the simulated user likes answers that say it (the tiny model does in ~13 % of answers)
+
+
+def _likes(text: str) -> bool:
+    return re.search(rf"\b{WORD}\b", text.lower()) is not None
+
+
+def _ask(server, prompts: list[str], user: str, feedback: bool) -> list[bool]:
+    """n=2 answers per prompt; the user's verdict on each; with `feedback`, sent via /v1/feedback."""
+    verdicts = []
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        for i, p in enumerate(prompts):
+            r = client.post("/v1/chat/completions", json={
+                "messages": [{"role": "user", "content": p}], "n": 2, "max_tokens": 48, "temperature": 1.0,
+                "seed": i, "user": user}).json()
+            texts = [c["message"]["content"] for c in r["choices"]]
+            likes = [_likes(t) for t in texts]
+            verdicts += likes
+            if not feedback:
+                continue
+            refs = r["rlhf"]["responses"]
+            if likes[0] != likes[1]:
+                win = 0 if likes[0] else 1
+                body = {"type": "pairwise", "chosen": {k: refs[win][k] for k in ("response_id", "feedback_token")},
+                        "rejected": {k: refs[1 - win][k] for k in ("response_id", "feedback_token")}}
+                assert client.post("/v1/feedback", json=body).status_code == 202
+            for ref, like in zip(refs, likes):
+                body = {"type": "thumbs", "response_id": ref["response_id"], "feedback_token": ref["feedback_token"],
+                        "value": "up" if like else "down"}
+                assert client.post("/v1/feedback", json=body).status_code == 202
+    return verdicts
+
+
+def test_feedback_loop_raises_the_approval_rate(replica_a, env, tiny_model_path, tmp_path):
+    """A simulated user rates base-model answers through the HTTP API; an adapter fitted to what
+    it liked (read back from rlhf.feedback + rlhf.interactions) is published with the CLI, serving
+    swaps to it, and the same user approves more of its answers to fresh prompts."""
+    from rlhf.models import tiny_prompts
+
+    r = httpx.post(replica_a.url + "/v1/admin/adapters/activate", json={"version": "base"}, headers=ADMIN, timeout=20)
+    assert r.status_code == 200 and r.json()["active"] is None, r.text
+    user = "simulated-user"
+    base_verdicts = _ask(replica_a, tiny_prompts(80, seed=11), user, feedback=True)
+    base_rate = sum(base_verdicts) / len(base_verdicts)
+
+    # What the learner would do, reduced to its simplest form: fit the liked answers.
+    bootstrap = env["RLHF_KAFKA_BOOTSTRAP"]
+    interactions = {e.response_id: e for e in read_topic(bootstrap, "rlhf.interactions") if isinstance(e, Interaction)}
+    liked = {e.response_id for e in read_topic(bootstrap, "rlhf.feedback")
+             if getattr(e, "user", None) == user and getattr(e, "value", None) == "up"}
+    examples = [([m.model_dump() for m in interactions[rid].messages], interactions[rid].response)
+                for rid in liked if rid in interactions]
+    assert len(examples) >= 5, f"only {len(examples)} liked answers on the topics"
+    src = train_lora(tiny_model_path, tmp_path / "liked", examples)
+
+    r = cli(env, replica_a, "publish", str(src))
+    assert r.returncode == 0, r.stderr
+    version = re.search(r"as (liked@v\d+)", r.stdout).group(1)
+    wait_active(replica_a, version, timeout_s=10)
+
+    new_verdicts = _ask(replica_a, tiny_prompts(80, seed=12), user, feedback=False)
+    new_rate = sum(new_verdicts) / len(new_verdicts)
+    print(f"\napproval of fresh answers: base {base_rate:.2f} -> {version} {new_rate:.2f} "
+          f"({len(examples)} liked answers fitted)")
+    assert new_rate > base_rate + 0.15, (base_rate, new_rate)
