@@ -85,11 +85,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = engine
         app.state.chat = ChatService(engine, app.state.router, settings, app.state.events)
         metrics.QUEUE_DEPTH.set_function(engine.queue_depth)
+        # --- adapters (issue 5): follow rlhf.adapters, load/route/roll back (serving/adapters.py) ---
+        from serving.adapters import AdapterFollower
+
+        app.state.adapters = AdapterFollower(settings, engine, app.state.router, app.state.events)
+        await app.state.adapters.start()
+        # --- end adapters ---
         metrics.ENGINE_READY.set(1)
         try:
             yield
         finally:
             metrics.ENGINE_READY.set(0)
+            await app.state.adapters.stop()  # adapters (issue 5)
             engine.shutdown()
             await app.state.events.close()
 
@@ -97,12 +104,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.router = Router(served_name, settings.canary_fraction)
     app.state.engine = None
+    app.state.adapters = None  # serving.adapters.AdapterFollower, once the engine runs (issue 5)
     app.add_middleware(metrics.MetricsMiddleware)
     _install_error_handlers(app)
 
     from serving import routes_feedback
 
     app.include_router(routes_feedback.router)
+
+    # --- adapters (issue 5): GET /v1/adapters, admin routes, the chat page at GET / ---
+    from serving import routes_adapters, routes_page
+
+    app.include_router(routes_adapters.router)
+    app.include_router(routes_page.router)
+    # --- end adapters ---
 
     @app.get("/healthz")
     async def healthz():
