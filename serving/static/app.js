@@ -1,0 +1,281 @@
+// The chat page. Plain JavaScript, no build step; only the public API:
+//   POST /v1/chat/completions (streamed; `user` = a per-browser id kept in localStorage)
+//   POST /v1/feedback         (thumbs, pairwise: the wire shapes of DESIGN.md)
+//   GET  /v1/adapters         (which adapter version serves, for the header and the model menu)
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = {
+  user: browserUserId(),
+  history: [],      // [{role, content}] sent with the next request
+  busy: false,
+  base: null,       // base model name, from /v1/adapters
+};
+
+function browserUserId() {
+  const KEY = "rlhf-user-id";
+  let id = localStorage.getItem(KEY);
+  if (!id) {
+    const bytes = new Uint8Array(12);
+    crypto.getRandomValues(bytes);
+    id = "web-" + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+    localStorage.setItem(KEY, id);
+  }
+  return id;
+}
+
+// ------------------------------------------------------------------------------ API calls
+async function errorText(res) {
+  try {
+    const body = await res.json();
+    return (body.error && body.error.message) || JSON.stringify(body);
+  } catch (_) {
+    return `HTTP ${res.status}`;
+  }
+}
+
+// Streams one chat completion; onDelta(choiceIndex, text) for each piece.
+// Resolves to {model, rlhf} from the last chunk (rlhf carries response ids and feedback tokens).
+async function streamCompletion(body, onDelta) {
+  const res = await fetch("/v1/chat/completions", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ ...body, stream: true, user: state.user }),
+  });
+  if (!res.ok) throw new Error(await errorText(res));
+  const reader = res.body.getReader();
+  const decoder = new TextDecoder();
+  let buf = "", model = null, rlhf = null;
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buf += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buf.indexOf("\n\n")) >= 0) {
+      const event = buf.slice(0, cut);
+      buf = buf.slice(cut + 2);
+      for (const line of event.split("\n")) {
+        if (!line.startsWith("data: ")) continue;
+        const data = line.slice(6);
+        if (data === "[DONE]") continue;
+        const chunk = JSON.parse(data);
+        if (chunk.error) throw new Error(chunk.error.message);
+        model = chunk.model || model;
+        for (const c of chunk.choices || []) {
+          if (c.delta && c.delta.content) onDelta(c.index, c.delta.content);
+        }
+        if (chunk.rlhf) rlhf = chunk.rlhf;
+      }
+    }
+  }
+  if (!rlhf) throw new Error("the answer ended without its feedback ids");
+  return { model, rlhf };
+}
+
+async function postFeedback(body) {
+  const res = await fetch("/v1/feedback", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(body),
+  });
+  if (!res.ok) throw new Error(await errorText(res));
+  return res.json();
+}
+
+// ------------------------------------------------------------------------------ rendering
+function el(tag, props = {}, children = []) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(props)) {
+    if (k === "text") node.textContent = v;
+    else if (k === "class") node.className = v;
+    else if (k.startsWith("data-") || k.startsWith("aria-")) node.setAttribute(k, v);
+    else node[k] = v;
+  }
+  for (const c of children) node.appendChild(c);
+  return node;
+}
+
+function showError(message) {
+  const box = $("error");
+  box.textContent = message || "";
+  box.hidden = !message;
+}
+
+function adapterLabel(adapter) {
+  return adapter ? adapter : `base model${state.base ? " (" + state.base + ")" : ""}`;
+}
+
+// One answer box: the text, which adapter wrote it, and its feedback buttons.
+function answerBox(turn, index, pair) {
+  const msg = el("div", { class: "msg", "data-testid": "answer-text" });
+  const adapter = el("span", { class: "adapter", "data-testid": "adapter", text: "…" });
+  const status = el("span", { class: "done", "data-testid": "feedback-status" });
+  const up = el("button", { type: "button", text: "👍", title: "good answer", "aria-label": "thumbs up",
+                            "aria-pressed": "false", "data-testid": "thumbs-up", disabled: true });
+  const down = el("button", { type: "button", text: "👎", title: "bad answer", "aria-label": "thumbs down",
+                              "aria-pressed": "false", "data-testid": "thumbs-down", disabled: true });
+  const meta = el("div", { class: "meta" }, [adapter, up, down]);
+  let prefer = null;
+  if (pair) {
+    prefer = el("button", { type: "button", text: "this one is better", "data-testid": "prefer", disabled: true });
+    meta.appendChild(prefer);
+  }
+  meta.appendChild(status);
+  const box = el("div", { class: "answer", "data-testid": "answer" }, [msg, meta]);
+  const answer = { turn, index, box, msg, adapter, status, up, down, prefer, text: "", ref: null, adapterName: null };
+
+  const thumbs = async (value) => {
+    try {
+      await postFeedback({ type: "thumbs", response_id: answer.ref.response_id,
+                           feedback_token: answer.ref.feedback_token, value });
+      up.setAttribute("aria-pressed", String(value === "up"));
+      down.setAttribute("aria-pressed", String(value === "down"));
+      status.textContent = value === "up" ? "thanks!" : "thanks, noted";
+      showError("");
+    } catch (e) {
+      showError("feedback failed: " + e.message);
+    }
+  };
+  up.onclick = () => thumbs("up");
+  down.onclick = () => thumbs("down");
+  if (prefer) prefer.onclick = () => choose(turn, index);
+  return answer;
+}
+
+function ready(answer, ref, adapterName) {
+  answer.ref = ref;
+  answer.adapterName = adapterName;
+  answer.adapter.textContent = adapterLabel(adapterName);
+  answer.box.dataset.adapter = adapterName || "base";
+  answer.box.dataset.responseId = ref.response_id;
+  answer.up.disabled = answer.down.disabled = false;
+  if (answer.prefer) answer.prefer.disabled = false;
+}
+
+// Pairwise: the pressed answer is chosen, the other rejected; the conversation goes on with it.
+async function choose(turn, index) {
+  const chosen = turn.answers[index], rejected = turn.answers[1 - index];
+  try {
+    await postFeedback({
+      type: "pairwise",
+      chosen: { response_id: chosen.ref.response_id, feedback_token: chosen.ref.feedback_token },
+      rejected: { response_id: rejected.ref.response_id, feedback_token: rejected.ref.feedback_token },
+    });
+  } catch (e) {
+    showError("feedback failed: " + e.message);
+    return;
+  }
+  showError("");
+  for (const a of turn.answers) {
+    a.prefer.disabled = true;
+    a.box.classList.add(a === chosen ? "chosen" : "not-chosen");
+  }
+  chosen.status.textContent = "preferred — thanks!";
+  turn.historyEntry.content = chosen.text;
+}
+
+// ------------------------------------------------------------------------------ a turn
+async function send(text) {
+  const model = $("model").value || undefined;
+  const compare = $("compare").checked;
+  const second = $("compare-with").value;
+  const twoModels = compare && second && second !== (model || "");
+  const log = $("log");
+  const hint = log.querySelector(".hint");
+  if (hint) hint.remove();
+
+  state.history.push({ role: "user", content: text });
+  const messages = state.history.slice();
+  log.appendChild(el("div", { class: "turn user" }, [el("div", { class: "msg", "data-testid": "user-text", text })]));
+  const row = el("div", { class: "answers" + (compare ? " pair" : "") });
+  log.appendChild(el("div", { class: "turn" }, [row]));
+
+  const turn = { answers: [], historyEntry: { role: "assistant", content: "" } };
+  const count = compare ? 2 : 1;
+  for (let i = 0; i < count; i++) {
+    turn.answers.push(answerBox(turn, i, compare));
+    row.appendChild(turn.answers[i].box);
+  }
+  const write = (answer) => (_, piece) => {
+    answer.text += piece;
+    answer.msg.textContent = answer.text;
+    log.lastElementChild.scrollIntoView({ block: "end" });
+  };
+
+  if (twoModels) {
+    // Two adapters answer the same prompt: two requests, one answer each.
+    const runs = [model, second].map((m, i) =>
+      streamCompletion({ model: m, messages }, write(turn.answers[i])).then(({ rlhf }) =>
+        ready(turn.answers[i], rlhf.responses[0], rlhf.adapter)));
+    await Promise.all(runs);
+  } else {
+    const { rlhf } = await streamCompletion({ model, messages, n: count }, (i, piece) => write(turn.answers[i])(i, piece));
+    for (const ref of rlhf.responses) ready(turn.answers[ref.index], ref, rlhf.adapter);
+  }
+  turn.historyEntry.content = turn.answers[0].text; // until a preference says otherwise
+  state.history.push(turn.historyEntry);
+}
+
+// ------------------------------------------------------------------------------ which adapter serves
+async function refreshAdapters() {
+  try {
+    const res = await fetch("/v1/adapters");
+    if (!res.ok) throw new Error(await errorText(res));
+    const info = await res.json();
+    state.base = info.base;
+    let text = `answering with ${adapterLabel(info.active)}`;
+    if (info.canary) text += ` · trying ${info.canary} on ${Math.round(info.canary_fraction * 100)}% of users`;
+    $("serving").textContent = text;
+    $("serving").dataset.active = info.active || "base";
+    const names = [info.base, ...info.data.map((a) => a.version)];
+    for (const select of [$("model"), $("compare-with")]) {
+      const keep = select.value;
+      while (select.options.length > 1) select.remove(1);
+      for (const n of names) select.appendChild(el("option", { value: n, text: n === info.base ? `${n} (base)` : n }));
+      select.value = names.includes(keep) ? keep : "";
+    }
+  } catch (e) {
+    $("serving").textContent = "serving status unavailable";
+  }
+}
+
+// ------------------------------------------------------------------------------ wiring
+$("composer").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const text = $("input").value.trim();
+  if (!text || state.busy) return;
+  state.busy = true;
+  $("send").disabled = true;
+  $("input").value = "";
+  showError("");
+  try {
+    await send(text);
+  } catch (e) {
+    showError("the answer failed: " + e.message);
+    state.history.pop(); // the user message that got no answer
+  } finally {
+    state.busy = false;
+    $("send").disabled = false;
+    $("input").focus();
+  }
+});
+
+$("input").addEventListener("keydown", (ev) => {
+  if (ev.key === "Enter" && !ev.shiftKey) {
+    ev.preventDefault();
+    $("composer").requestSubmit();
+  }
+});
+
+$("compare").addEventListener("change", () => {
+  $("compare-with-label").hidden = !$("compare").checked;
+});
+
+$("new-chat").addEventListener("click", () => {
+  state.history = [];
+  $("log").replaceChildren();
+  showError("");
+});
+
+refreshAdapters();
+setInterval(refreshAdapters, 5000);
