@@ -1,0 +1,449 @@
+"""The learner store: one SQLite file (`RLHF_DATA_DIR/learner.sqlite3`) that survives restarts.
+
+What is in it:
+- `events`       every event id ever stored: a redelivered event is recognised and skipped.
+- `interactions` one row per generated answer (response id), with its prompt and text.
+- `feedback`     one row per dedupe key (`thumbs:user:response`, `pairwise:user:a:b`): a later
+                 thumbs by the same user on the same answer replaces the earlier one, never adds.
+                 `status` is `pending` until every answer it refers to has arrived (`joined`),
+                 or `dead` after `learner_join_wait_s` without them. `seq` is given when a row
+                 becomes usable, so "feedback since the last round" is `seq > rounds.feedback_hwm`.
+- `outbox`       dead letters waiting to be sent to `rlhf.deadletter` (sent at least once).
+- `rounds`, `reward_models`, `adapters`: what the learner trained, kept and published.
+- `meta`         counters, and the routing state of `rlhf.adapters` (serving's own state machine).
+
+Exactly-once effect from at-least-once delivery: `ingest()` stores a whole poll batch in one
+transaction (WAL, synchronous=FULL) and only then does the caller commit the Kafka offsets.
+Killed before the SQLite commit, nothing was stored and Kafka redelivers; killed after it,
+the redelivered events are found in `events` and skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from feedback.schema import (
+    AdapterAnnounced, DeadLetter, Interaction, Pairwise, RoutingChanged, Thumbs, TOPIC_FEEDBACK,
+)
+
+STORE_FILE = "learner.sqlite3"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    event_id    TEXT PRIMARY KEY,
+    topic       TEXT NOT NULL,
+    type        TEXT NOT NULL,
+    ts          REAL NOT NULL,
+    received_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS interactions (
+    response_id     TEXT PRIMARY KEY,
+    event_id        TEXT NOT NULL,
+    completion_id   TEXT NOT NULL,
+    conversation_id TEXT NOT NULL,
+    user            TEXT NOT NULL,
+    messages        TEXT NOT NULL,   -- JSON list of {role, content}
+    prompt_key      TEXT NOT NULL,   -- sha256 of `messages`, groups answers to one prompt
+    response        TEXT NOT NULL,
+    finish_reason   TEXT,
+    model           TEXT NOT NULL,
+    adapter         TEXT,
+    sampling        TEXT NOT NULL,
+    ts              REAL NOT NULL,
+    split           TEXT NOT NULL    -- 'train' | 'heldout'
+);
+CREATE TABLE IF NOT EXISTS feedback (
+    dedupe_key      TEXT PRIMARY KEY,
+    event_id        TEXT NOT NULL,
+    type            TEXT NOT NULL,   -- 'thumbs' | 'pairwise'
+    user            TEXT NOT NULL,
+    conversation_id TEXT NOT NULL,
+    response_id     TEXT,            -- thumbs
+    value           INTEGER,         -- thumbs: 1 up, 0 down
+    chosen_id       TEXT,            -- pairwise
+    rejected_id     TEXT,            -- pairwise
+    ts              REAL NOT NULL,
+    received_at     REAL NOT NULL,   -- learner clock: when this version of the row arrived
+    status          TEXT NOT NULL,   -- 'pending' | 'joined' | 'dead'
+    reason          TEXT,
+    seq             INTEGER,         -- set when the row becomes usable (joined)
+    split           TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS feedback_status ON feedback(status, seq);
+CREATE INDEX IF NOT EXISTS feedback_resp ON feedback(response_id);
+CREATE INDEX IF NOT EXISTS feedback_chosen ON feedback(chosen_id);
+CREATE INDEX IF NOT EXISTS feedback_rejected ON feedback(rejected_id);
+CREATE TABLE IF NOT EXISTS outbox (
+    event_id   TEXT PRIMARY KEY,
+    topic      TEXT NOT NULL,
+    payload    BLOB NOT NULL,
+    key        BLOB,
+    created_at REAL NOT NULL,
+    sent_at    REAL
+);
+CREATE TABLE IF NOT EXISTS rounds (
+    id             INTEGER PRIMARY KEY,
+    started_at     REAL NOT NULL,
+    finished_at    REAL,
+    status         TEXT NOT NULL,    -- running | published | rejected | failed | aborted
+    feedback_hwm   INTEGER NOT NULL, -- feedback with seq <= this was available to the round
+    feedback_count INTEGER NOT NULL,
+    candidate      TEXT,
+    reason         TEXT,
+    metrics        TEXT
+);
+CREATE TABLE IF NOT EXISTS reward_models (
+    version    INTEGER PRIMARY KEY,
+    path       TEXT NOT NULL,
+    round_id   INTEGER,
+    created_at REAL NOT NULL,
+    metrics    TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS adapters (
+    version         TEXT PRIMARY KEY,
+    path            TEXT,
+    parent          TEXT,
+    manifest_sha256 TEXT,
+    status          TEXT NOT NULL,   -- published | rejected | announced (by someone else)
+    reason          TEXT,
+    round_id        INTEGER,
+    created_at      REAL NOT NULL,
+    metrics         TEXT
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT
+);
+"""
+
+
+def split_of(conversation_id: str, heldout_fraction: float) -> str:
+    """Stable train/held-out split by conversation: its prompts and its feedback stay together."""
+    h = int.from_bytes(hashlib.sha256(conversation_id.encode()).digest()[:8], "big") / 2**64
+    return "heldout" if h < heldout_fraction else "train"
+
+
+def prompt_key(messages: list[dict]) -> str:
+    return hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass
+class IngestResult:
+    new: int = 0           # events stored for the first time
+    duplicates: int = 0    # already stored (redelivery), skipped
+    joined: int = 0        # feedback rows that became usable
+    pending: int = 0       # feedback rows now waiting for their interaction
+    replaced: int = 0      # feedback that replaced an earlier one with the same dedupe key
+
+
+class Store:
+    """One connection per thread: create a Store in each thread that uses it."""
+
+    def __init__(self, path: Path | str, heldout_fraction: float = 0.2, *, adapter_dir: Path | str | None = None,
+                 default_canary_fraction: float = 0.0):
+        self.path = Path(path)
+        self.adapter_dir = Path(adapter_dir) if adapter_dir else None
+        self.default_canary_fraction = default_canary_fraction
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.heldout_fraction = heldout_fraction
+        self.db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=True)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("PRAGMA busy_timeout=60000")
+        with self.tx():  # not executescript(): it commits on its own, outside our transaction
+            for statement in _statements(SCHEMA):
+                self.db.execute(statement)
+
+    @classmethod
+    def open(cls, settings, heldout_fraction: float = 0.2) -> "Store":
+        """The store of these settings: RLHF_DATA_DIR/learner.sqlite3, following RLHF_ADAPTER_DIR."""
+        return cls(Path(settings.data_dir) / STORE_FILE, heldout_fraction, adapter_dir=settings.adapter_dir,
+                   default_canary_fraction=settings.canary_fraction)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # ------------------------------------------------------------------ transactions
+    class _Tx:
+        def __init__(self, db: sqlite3.Connection):
+            self.db = db
+
+        def __enter__(self):
+            self.db.execute("BEGIN IMMEDIATE")
+            return self.db
+
+        def __exit__(self, exc_type, exc, tb):
+            self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+            return False
+
+    def tx(self) -> "_Tx":
+        return Store._Tx(self.db)
+
+    def _next_seq(self) -> int:
+        row = self.db.execute("SELECT value FROM meta WHERE key='seq'").fetchone()
+        seq = int(row["value"]) + 1 if row else 1
+        self.db.execute("INSERT INTO meta(key, value) VALUES('seq', ?) "
+                        "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (str(seq),))
+        return seq
+
+    # ------------------------------------------------------------------ ingest
+    def ingest(self, items: Iterable[tuple[str, Any]], now: float | None = None) -> IngestResult:
+        """Store (topic, event) pairs in ONE transaction; commit Kafka offsets only after this returns."""
+        now = time.time() if now is None else now
+        res = IngestResult()
+        with self.tx():
+            for topic, ev in items:
+                if ev is None:
+                    continue
+                cur = self.db.execute("INSERT OR IGNORE INTO events(event_id, topic, type, ts, received_at) "
+                                      "VALUES(?,?,?,?,?)", (ev.event_id, topic, ev.type, ev.ts, now))
+                if cur.rowcount == 0:
+                    res.duplicates += 1
+                    continue
+                res.new += 1
+                if isinstance(ev, Interaction):
+                    self._add_interaction(ev, res)
+                elif isinstance(ev, (Thumbs, Pairwise)):
+                    self._add_feedback(ev, now, res)
+                elif isinstance(ev, (AdapterAnnounced, RoutingChanged)):
+                    self._apply_routing(ev)
+        return res
+
+    def _add_interaction(self, ev: Interaction, res: IngestResult) -> None:
+        messages = [m.model_dump() for m in ev.messages]
+        cur = self.db.execute(
+            "INSERT OR IGNORE INTO interactions(response_id, event_id, completion_id, conversation_id, user, "
+            "messages, prompt_key, response, finish_reason, model, adapter, sampling, ts, split) "
+            "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (ev.response_id, ev.event_id, ev.completion_id, ev.conversation_id, ev.user, json.dumps(messages),
+             prompt_key(messages), ev.response, ev.finish_reason, ev.model, ev.adapter, json.dumps(ev.sampling),
+             ev.ts, split_of(ev.conversation_id, self.heldout_fraction)))
+        if cur.rowcount == 0:
+            return
+        rid = ev.response_id
+        for row in self.db.execute("SELECT * FROM feedback WHERE status='pending' AND "
+                                   "(response_id=? OR chosen_id=? OR rejected_id=?)", (rid, rid, rid)).fetchall():
+            self._try_join(row["dedupe_key"], res)
+
+    def _add_feedback(self, ev: Thumbs | Pairwise, now: float, res: IngestResult) -> None:
+        key = ev.dedupe_key()
+        old = self.db.execute("SELECT ts FROM feedback WHERE dedupe_key=?", (key,)).fetchone()
+        if old is not None:
+            if ev.ts < old["ts"]:
+                return  # an older opinion arriving late does not replace a newer one
+            res.replaced += 1
+        if isinstance(ev, Thumbs):
+            fields = dict(response_id=ev.response_id, value=1 if ev.value == "up" else 0,
+                          chosen_id=None, rejected_id=None)
+        else:
+            fields = dict(response_id=None, value=None, chosen_id=ev.chosen_response_id,
+                          rejected_id=ev.rejected_response_id)
+        self.db.execute(
+            "INSERT OR REPLACE INTO feedback(dedupe_key, event_id, type, user, conversation_id, response_id, value, "
+            "chosen_id, rejected_id, ts, received_at, status, reason, seq, split) "
+            "VALUES(?,?,?,?,?,?,?,?,?,?,?,'pending',NULL,NULL,?)",
+            (key, ev.event_id, ev.type, ev.user, ev.conversation_id, fields["response_id"], fields["value"],
+             fields["chosen_id"], fields["rejected_id"], ev.ts, now,
+             split_of(ev.conversation_id, self.heldout_fraction)))
+        if not self._try_join(key, res):
+            res.pending += 1
+
+    def _try_join(self, key: str, res: IngestResult) -> bool:
+        row = self.db.execute("SELECT * FROM feedback WHERE dedupe_key=?", (key,)).fetchone()
+        ids = [row["response_id"]] if row["type"] == "thumbs" else [row["chosen_id"], row["rejected_id"]]
+        found = {r["response_id"]: r for r in self.db.execute(
+            f"SELECT response_id, prompt_key FROM interactions WHERE response_id IN ({','.join('?' * len(ids))})",
+            ids).fetchall()}
+        if len(found) < len(set(ids)):
+            return False
+        if row["type"] == "pairwise" and (row["chosen_id"] == row["rejected_id"]
+                                          or found[row["chosen_id"]]["prompt_key"]
+                                          != found[row["rejected_id"]]["prompt_key"]):
+            self._kill(row, "pairwise responses do not answer the same prompt")
+            return True
+        self.db.execute("UPDATE feedback SET status='joined', seq=? WHERE dedupe_key=?", (self._next_seq(), key))
+        res.joined += 1
+        return True
+
+    def _kill(self, row: sqlite3.Row, reason: str) -> None:
+        """Mark feedback dead and queue a dead letter for it (same transaction)."""
+        self.db.execute("UPDATE feedback SET status='dead', reason=? WHERE dedupe_key=?", (reason, row["dedupe_key"]))
+        payload = {k: row[k] for k in row.keys()}
+        dl = DeadLetter(reason=reason, source_topic=TOPIC_FEEDBACK, payload=json.dumps(payload), origin="learner")
+        self.db.execute("INSERT OR IGNORE INTO outbox(event_id, topic, payload, key, created_at) VALUES(?,?,?,?,?)",
+                        (dl.event_id, "rlhf.deadletter", dl.model_dump_json().encode(), row["conversation_id"].encode(),
+                         time.time()))
+
+    def expire_pending(self, join_wait_s: float, now: float | None = None) -> int:
+        """Feedback that waited longer than join_wait_s for its interaction goes to the dead-letter outbox."""
+        now = time.time() if now is None else now
+        with self.tx():
+            rows = self.db.execute("SELECT * FROM feedback WHERE status='pending' AND received_at < ?",
+                                   (now - join_wait_s,)).fetchall()
+            for row in rows:
+                self._kill(row, f"interaction not received within {join_wait_s:g} s of the feedback")
+        return len(rows)
+
+    def unsent_outbox(self, limit: int = 500) -> list[sqlite3.Row]:
+        return self.db.execute("SELECT * FROM outbox WHERE sent_at IS NULL ORDER BY created_at LIMIT ?",
+                               (limit,)).fetchall()
+
+    def mark_sent(self, event_ids: list[str]) -> None:
+        with self.tx():
+            self.db.executemany("UPDATE outbox SET sent_at=? WHERE event_id=?", [(time.time(), e) for e in event_ids])
+
+    # ------------------------------------------------------------------ adapters and routing
+    def _routing(self):
+        from serving.adapters import RoutingState
+
+        raw = self.get_meta("routing")
+        return (RoutingState.from_json(json.loads(raw), self.default_canary_fraction) if raw
+                else RoutingState(self.default_canary_fraction))
+
+    def _apply_routing(self, ev: AdapterAnnounced | RoutingChanged) -> None:
+        """Follow `rlhf.adapters` with serving's own state machine, so "the adapter serving now"
+        means here what it means on every replica."""
+        from learner.adapter_store import AdapterError, verify_adapter
+
+        state = self._routing()
+        refused = None
+        if isinstance(ev, AdapterAnnounced):
+            try:
+                manifest = verify_adapter(self.adapter_dir, ev.path, ev.manifest_sha256) if self.adapter_dir else {}
+                if manifest and manifest.get("version") != ev.version:
+                    raise AdapterError(f"announced as {ev.version} but the manifest says {manifest.get('version')}")
+            except (AdapterError, OSError) as e:
+                refused = str(e)
+        state.apply(ev, refused=refused)
+        self.set_meta("routing", json.dumps(state.to_json()))
+
+    def serving_adapter(self) -> dict | None:
+        """The version serving routes default traffic to (None: the base model): {version, path, ...}."""
+        state = self._routing()
+        if state.active is None or state.active not in state.known:
+            return None
+        k = state.known[state.active]
+        return {"version": k.version, "path": k.path, "manifest_sha256": k.manifest_sha256, "parent": k.parent}
+
+    def record_adapter(self, version: str, status: str, *, path: str | None = None, parent: str | None = None,
+                       manifest_sha256: str | None = None, reason: str | None = None, round_id: int | None = None,
+                       metrics: dict | None = None) -> None:
+        with self.tx():
+            self.db.execute(
+                "INSERT INTO adapters(version, path, parent, manifest_sha256, status, reason, round_id, created_at, "
+                "metrics) VALUES(?,?,?,?,?,?,?,?,?) ON CONFLICT(version) DO UPDATE SET path=excluded.path, "
+                "parent=excluded.parent, manifest_sha256=excluded.manifest_sha256, status=excluded.status, "
+                "reason=excluded.reason, round_id=excluded.round_id, metrics=excluded.metrics",
+                (version, path, parent, manifest_sha256, status, reason, round_id, time.time(),
+                 json.dumps(metrics or {})))
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row["value"] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                        (key, value))
+
+    # ------------------------------------------------------------------ rounds
+    def feedback_hwm(self) -> int:
+        row = self.db.execute("SELECT MAX(seq) AS m FROM feedback WHERE status='joined'").fetchone()
+        return int(row["m"] or 0)
+
+    def last_round(self, finished_only: bool = True) -> dict | None:
+        q = "SELECT * FROM rounds" + (" WHERE finished_at IS NOT NULL AND status != 'aborted'" if finished_only else "")
+        row = self.db.execute(q + " ORDER BY id DESC LIMIT 1").fetchone()
+        return dict(row) if row else None
+
+    def new_feedback_count(self) -> int:
+        """Usable feedback that arrived (or was replaced) since the last finished round."""
+        last = self.last_round()
+        hwm = last["feedback_hwm"] if last else 0
+        row = self.db.execute("SELECT COUNT(*) AS n FROM feedback WHERE status='joined' AND seq > ?", (hwm,)).fetchone()
+        return int(row["n"])
+
+    def abort_unfinished_rounds(self) -> int:
+        """Rounds left `running` by a killed learner: their feedback counts as new again."""
+        with self.tx():
+            cur = self.db.execute("UPDATE rounds SET status='aborted', finished_at=?, reason='learner stopped "
+                                  "during the round' WHERE finished_at IS NULL", (time.time(),))
+        return cur.rowcount
+
+    def start_round(self) -> tuple[int, int, int]:
+        """A new round over all usable feedback so far; returns (round id, feedback hwm, feedback count)."""
+        with self.tx():
+            hwm = self.feedback_hwm()
+            n = self.db.execute("SELECT COUNT(*) AS n FROM feedback WHERE status='joined' AND seq <= ?",
+                                (hwm,)).fetchone()["n"]
+            cur = self.db.execute("INSERT INTO rounds(started_at, status, feedback_hwm, feedback_count) "
+                                  "VALUES(?, 'running', ?, ?)", (time.time(), hwm, n))
+        return int(cur.lastrowid), hwm, int(n)
+
+    def finish_round(self, round_id: int, status: str, *, candidate: str | None = None, reason: str | None = None,
+                     metrics: dict | None = None) -> None:
+        with self.tx():
+            self.db.execute("UPDATE rounds SET finished_at=?, status=?, candidate=?, reason=?, metrics=? WHERE id=?",
+                            (time.time(), status, candidate, reason, json.dumps(metrics or {}), round_id))
+
+    # ------------------------------------------------------------------ training data
+    def feedback_examples(self, split: str, max_seq: int | None = None) -> list[dict]:
+        """Joined feedback with its interactions: dicts with `type` and the texts the reward model needs."""
+        q = ("SELECT f.*, a.messages AS a_messages, a.response AS a_response, a.finish_reason AS a_finish, "
+             "b.response AS b_response, b.finish_reason AS b_finish FROM feedback f "
+             "JOIN interactions a ON a.response_id = COALESCE(f.response_id, f.chosen_id) "
+             "LEFT JOIN interactions b ON b.response_id = f.rejected_id "
+             "WHERE f.status='joined' AND f.split=?" + (" AND f.seq <= ?" if max_seq is not None else "") +
+             " ORDER BY f.seq")
+        rows = self.db.execute(q, (split, max_seq) if max_seq is not None else (split,)).fetchall()
+        out = []
+        for r in rows:
+            ex = {"type": r["type"], "key": r["dedupe_key"], "seq": r["seq"], "messages": json.loads(r["a_messages"])}
+            if r["type"] == "thumbs":
+                ex.update(response=r["a_response"], finish_reason=r["a_finish"], label=int(r["value"]))
+            else:
+                ex.update(chosen=r["a_response"], chosen_finish=r["a_finish"],
+                          rejected=r["b_response"], rejected_finish=r["b_finish"])
+            out.append(ex)
+        return out
+
+    def prompts(self, split: str, limit: int | None = None) -> list[list[dict]]:
+        """Distinct prompts (message lists) of logged interactions, newest first."""
+        q = ("SELECT messages, MAX(ts) AS t FROM interactions WHERE split=? GROUP BY prompt_key ORDER BY t DESC"
+             + (" LIMIT ?" if limit else ""))
+        rows = self.db.execute(q, (split, limit) if limit else (split,)).fetchall()
+        return [json.loads(r["messages"]) for r in rows]
+
+    def record_reward_model(self, path: str, round_id: int | None, metrics: dict) -> int:
+        with self.tx():
+            cur = self.db.execute("INSERT INTO reward_models(path, round_id, created_at, metrics) VALUES(?,?,?,?)",
+                                  (path, round_id, time.time(), json.dumps(metrics)))
+        return int(cur.lastrowid)
+
+    def latest_reward_model(self) -> dict | None:
+        row = self.db.execute("SELECT * FROM reward_models ORDER BY version DESC LIMIT 1").fetchone()
+        if not row:
+            return None
+        return {**dict(row), "metrics": json.loads(row["metrics"])}
+
+    def counts(self) -> dict[str, int]:
+        one = lambda q: int(self.db.execute(q).fetchone()[0])  # noqa: E731
+        return {
+            "events": one("SELECT COUNT(*) FROM events"),
+            "interactions": one("SELECT COUNT(*) FROM interactions"),
+            "feedback_joined": one("SELECT COUNT(*) FROM feedback WHERE status='joined'"),
+            "feedback_pending": one("SELECT COUNT(*) FROM feedback WHERE status='pending'"),
+            "feedback_dead": one("SELECT COUNT(*) FROM feedback WHERE status='dead'"),
+            "outbox_unsent": one("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL"),
+            "rounds": one("SELECT COUNT(*) FROM rounds"),
+        }
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]
