@@ -37,8 +37,8 @@ serve: install model
 	$(BIN)/rlhf serve
 
 test: install model tiny system-deps
-	$(BIN)/python -m pytest tests -x -q --durations=15
 	bash k8s/check.sh
+	$(BIN)/python -m pytest tests -q --durations=20
 
 bench: install model tiny
 	$(BIN)/python bench/serving.py
