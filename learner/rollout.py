@@ -1,0 +1,80 @@
+"""Rollouts with vLLM inside the learner: one offline `vllm.LLM` engine, LoRA-enabled.
+
+Every new set of policy weights gets a NEW LoRA name and id (`lora()`): vLLM caches adapters
+and prefix blocks by id, so reloading new weights under an old id could sample from the old
+policy. The engine runs in its own process (vLLM spawns the engine core); scripts that create
+one need the `if __name__ == "__main__":` guard.
+
+    engine = RolloutEngine(model_path, max_model_len=512)
+    samples = engine.generate([prompt_ids, ...], temperature=1.0, max_tokens=48,
+                              lora=engine.lora("/path/to/peft_adapter", "policy-step-3"))
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Sample:
+    prompt_index: int        # which of the prompts passed to generate()
+    prompt_ids: list[int]
+    response_ids: list[int]  # generated ids; ends with the stop token when finished
+    text: str                # decoded answer, without the stop token
+    finished: bool           # stopped on EOS / end of turn (False: cut off at max_tokens)
+
+
+class RolloutEngine:
+    def __init__(self, model_path: Path | str, *, max_model_len: int = 512, max_lora_rank: int = 16,
+                 max_loras: int = 2, gpu_memory_utilization: float = 0.1, seed: int = 0,
+                 stop_token_ids: list[int] | None = None):
+        from vllm import LLM
+
+        self.model_path = str(model_path)
+        self.stop_token_ids = stop_token_ids
+        log.info("starting the rollout engine (vLLM) on %s", self.model_path)
+        self.llm = LLM(model=self.model_path, enable_lora=True, max_lora_rank=max_lora_rank, max_loras=max_loras,
+                       enforce_eager=True, gpu_memory_utilization=gpu_memory_utilization,
+                       max_model_len=max_model_len, seed=seed)
+        self.max_model_len = max_model_len
+        self._ids = itertools.count(1)
+
+    def lora(self, path: Path | str, label: str):
+        """A LoRARequest with a name and id never used before in this engine."""
+        from vllm.lora.request import LoRARequest
+
+        lid = next(self._ids)
+        return LoRARequest(f"{label}#{lid}", lid, str(path))
+
+    def generate(self, prompts: list[list[int]], *, n: int = 1, temperature: float = 1.0, top_p: float = 1.0,
+                 max_tokens: int = 64, lora=None, seed: int | None = None) -> list[Sample]:
+        """Sample n answers per prompt; returns them prompt by prompt (n consecutive samples each)."""
+        from vllm import SamplingParams
+
+        if not prompts:
+            return []
+        kept = [(i, p) for i, p in enumerate(prompts) if len(p) + max_tokens <= self.max_model_len]
+        if len(kept) < len(prompts):
+            log.warning("skipping %d prompts longer than %d tokens", len(prompts) - len(kept),
+                        self.max_model_len - max_tokens)
+        params = [SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+                                 stop_token_ids=self.stop_token_ids, seed=None if seed is None else seed + i)
+                  for i, _ in kept]
+        outs = self.llm.generate([{"prompt_token_ids": p} for _, p in kept], params, lora_request=lora,
+                                 use_tqdm=False)
+        samples = []
+        for (i, p), out in zip(kept, outs):
+            for c in out.outputs:
+                samples.append(Sample(i, list(p), list(c.token_ids), c.text, c.finish_reason == "stop"))
+        return samples
+
+    def close(self) -> None:
+        try:
+            self.llm.llm_engine.engine_core.shutdown()
+        except Exception:  # noqa: BLE001 - best effort; the engine process also exits with ours
+            pass

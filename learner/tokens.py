@@ -1,0 +1,87 @@
+"""Turning prompts and answers into token ids, the same way serving does, and padding them.
+
+Serving renders the chat template to text and tokenizes it with `add_special_tokens=False`
+(the template writes `<bos>` itself); the learner does exactly the same, so the reward model
+and the policy see what serving saw. Rollouts hand vLLM token ids, never text.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+# Tokens that end an assistant turn in common chat templates (besides the model's EOS).
+END_OF_TURN = ("<|end|>", "<end_of_turn>", "<|im_end|>", "<|eot_id|>")
+
+
+def load_tokenizer(model_path: Path | str):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_path))
+    if tok.pad_token_id is None:
+        raise ValueError("the model's tokenizer has no pad token; the learner needs EOS distinct from pad")
+    return tok
+
+
+def stop_token_ids(tokenizer) -> list[int]:
+    """EOS plus the template's end-of-turn token: a response that ends with one of these was finished."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    vocab = tokenizer.get_vocab()
+    ids |= {vocab[t] for t in END_OF_TURN if t in vocab}
+    ids.discard(tokenizer.pad_token_id)
+    return sorted(ids)
+
+
+def encode_prompt(tokenizer, messages: list[dict]) -> list[int]:
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def encode_response(tokenizer, text: str, finished: bool) -> list[int]:
+    """A logged answer as token ids; a finished answer ends with EOS, as vLLM's output did."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else stop_token_ids(tokenizer)[0]
+    return ids + [eos] if finished else ids
+
+
+def pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) ids and attention mask, sequences left-aligned."""
+    width = max(1, max(map(len, seqs)))
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+def pad_prompt_response(prompts: list[list[int]], responses: list[list[int]], pad_id: int):
+    """Prompts left-padded to P, responses right-padded to R, so every response starts at column P.
+
+    Returns ids (B, P+R), attention mask (B, P+R), response ids (B, R), response mask (B, R), P.
+    """
+    P = max(map(len, prompts))
+    R = max(1, max(map(len, responses)))
+    B = len(prompts)
+    ids = torch.full((B, P + R), pad_id, dtype=torch.long)
+    mask = torch.zeros((B, P + R), dtype=torch.long)
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        ids[i, P - len(p): P] = torch.tensor(p, dtype=torch.long)
+        mask[i, P - len(p): P] = 1
+        if r:
+            ids[i, P: P + len(r)] = torch.tensor(r, dtype=torch.long)
+            mask[i, P: P + len(r)] = 1
+    return ids, mask, ids[:, P:], mask[:, P:].float(), P
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens only, so left padding does not shift them."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the right-most real token in each row (B,)."""
+    T = attention_mask.shape[1]
+    idx = torch.arange(T, device=attention_mask.device).expand_as(attention_mask)
+    return (idx * attention_mask.long()).max(dim=1).values
