@@ -1,0 +1,95 @@
+"""The gate: a candidate adapter is published only when it is measurably better and still close.
+
+Three conditions, all on data the candidate was not trained on:
+1. Reward: on held-out prompts (from conversations kept out of training), the candidate's mean
+   reward beats the adapter serving now (or the base model) by more than `min_reward_gain`
+   and by more than `z` standard errors of the per-prompt difference. Both policies answer
+   the same prompts with the same sampling seeds; reward = the normalised reward-model score,
+   minus the missing-EOS penalty for answers cut off without EOS (what PPO optimised).
+2. KL: the candidate's mean KL to the reference (base, adapter off) per answer, Σ_t log π/π_ref
+   over its own samples, is at most `RLHF_KL_BUDGET`.
+3. Reward model: its held-out accuracy is at least `RLHF_RM_ACCURACY_FLOOR`: the lower of
+   pairwise accuracy (when there are `min_heldout_pairs` held-out pairs) and thumbs AUC (when
+   there are `min_heldout_thumbs` ups and as many downs). No held-out feedback: no publishing.
+
+Otherwise the candidate is kept (data dir, `candidates/round-N`) with every failed reason.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+
+
+@dataclass
+class GateConfig:
+    """How the gate measures (the thresholds it enforces are operator settings: kl_budget, rm_accuracy_floor)."""
+
+    max_prompts: int = 64
+    """Held-out prompts evaluated (newest first)."""
+    min_prompts: int = 4
+    """Fewer held-out prompts than this: not enough evidence, do not publish."""
+    samples_per_prompt: int = 4
+    """Answers per prompt and policy, averaged per prompt before comparing."""
+    min_reward_gain: float = 0.0
+    """Smallest mean reward gain (normalised units: std of the current policy's rewards)."""
+    z: float = 1.0
+    """The gain must also exceed z standard errors of the per-prompt differences."""
+    min_heldout_pairs: int = 8
+    """Held-out pairs needed for pairwise accuracy to count."""
+    min_heldout_thumbs: int = 4
+    """Held-out ups (and as many downs) needed for the thumbs AUC to count."""
+    seed: int = 1234
+    """Sampling seed, the same for candidate and serving policy."""
+
+
+@dataclass
+class GateDecision:
+    publish: bool
+    reasons: list[str] = field(default_factory=list)  # why not (empty when publishing)
+    metrics: dict = field(default_factory=dict)
+
+
+def reward_model_accuracy(rm_metrics: dict, cfg: GateConfig) -> float | None:
+    """The reward model's held-out accuracy the gate uses, or None when there is too little held-out feedback."""
+    measures = []
+    if rm_metrics.get("rm_heldout_pairs", 0) >= cfg.min_heldout_pairs:
+        measures.append(rm_metrics["rm_pairwise_accuracy"])
+    ups = rm_metrics.get("rm_heldout_ups", 0)
+    downs = rm_metrics.get("rm_heldout_thumbs", 0) - ups
+    if min(ups, downs) >= cfg.min_heldout_thumbs and not math.isnan(rm_metrics.get("rm_thumbs_auc", math.nan)):
+        measures.append(rm_metrics["rm_thumbs_auc"])
+    return min(measures) if measures else None
+
+
+def per_prompt_means(rewards: list[float], n_prompts: int, per_prompt: int) -> list[float]:
+    return [statistics.fmean(rewards[i * per_prompt:(i + 1) * per_prompt]) for i in range(n_prompts)]
+
+
+def decide(candidate: list[float], serving: list[float], kl_per_answer: list[float], rm_accuracy: float | None,
+           *, kl_budget: float, rm_accuracy_floor: float, cfg: GateConfig) -> GateDecision:
+    """candidate/serving: mean reward per held-out prompt (same prompts, same order)."""
+    reasons = []
+    n = min(len(candidate), len(serving))
+    diffs = [c - s for c, s in zip(candidate, serving)]
+    gain = statistics.fmean(diffs) if diffs else math.nan
+    se = statistics.stdev(diffs) / math.sqrt(n) if n > 1 else math.inf
+    kl = statistics.fmean(kl_per_answer) if kl_per_answer else math.nan
+    metrics = {"gate_prompts": n, "reward_candidate": statistics.fmean(candidate) if candidate else math.nan,
+               "reward_serving": statistics.fmean(serving) if serving else math.nan,
+               "reward_gain": gain, "reward_gain_se": se, "kl_candidate": kl,
+               "rm_accuracy": rm_accuracy if rm_accuracy is not None else math.nan,
+               "kl_budget": kl_budget, "rm_accuracy_floor": rm_accuracy_floor}
+    if n < cfg.min_prompts:
+        reasons.append(f"only {n} held-out prompts (need {cfg.min_prompts})")
+    elif not (gain > cfg.min_reward_gain and gain > cfg.z * se):
+        reasons.append(f"reward gain {gain:+.3f} ± {se:.3f} over the serving policy is not enough "
+                       f"(need > {cfg.min_reward_gain:g} and > {cfg.z:g} standard errors)")
+    if math.isnan(kl) or kl > kl_budget:
+        reasons.append(f"KL to the base {kl:.3f} nats per answer exceeds the budget {kl_budget:g}")
+    if rm_accuracy is None:
+        reasons.append("not enough held-out feedback to measure the reward model")
+    elif rm_accuracy < rm_accuracy_floor:
+        reasons.append(f"reward-model held-out accuracy {rm_accuracy:.3f} is below the floor {rm_accuracy_floor:g}")
+    return GateDecision(not reasons, reasons, metrics)

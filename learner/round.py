@@ -1,0 +1,314 @@
+"""One training round: reward model update -> PPO on the policy LoRA -> gate -> publish or keep.
+
+    learner = Learner(get_settings())          # opens the store; the vLLM engine starts on first use
+    result = learner.run_round()               # RoundResult(status='published'|'rejected', ...)
+
+Steps, each logged with its duration:
+1. Reward model: continue from the newest version; train on feedback new since then plus a
+   replay sample; measure held-out pairwise accuracy and thumbs AUC.
+2. Normalise rewards: sample the policy serving now (vLLM) on training prompts and set the
+   reward model's mean/std so those answers score mean 0, std 1. Save the version.
+3. PPO: policy LoRA initialised from the serving adapter (or fresh), `ppo.steps` iterations on
+   prompts of logged interactions (train split).
+4. Gate (learner/gate.py) on held-out prompts: reward gain, KL budget, reward-model accuracy.
+5. Publish (learner/publish.py) to the adapter store + `rlhf.adapters`, or keep the candidate
+   in `RLHF_DATA_DIR/candidates/round-N` with the reasons.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from learner.gate import GateConfig, decide, reward_model_accuracy
+from learner.ppo import PPOConfig
+from learner.reward import RewardConfig
+from learner.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LearnerConfig:
+    """Everything the learner tunes, beside the operator settings (RLHF_*). Load overrides from JSON."""
+
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    """Reward model hyperparameters (learner/reward.py)."""
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    """PPO hyperparameters (learner/ppo.py)."""
+    gate: GateConfig = field(default_factory=GateConfig)
+    """How candidates are measured before publishing (learner/gate.py)."""
+    heldout_fraction: float = 0.2
+    """Share of conversations kept out of training, for the gate and reward-model accuracy."""
+    max_train_prompts: int = 1024
+    """Newest distinct training prompts PPO samples from."""
+    norm_samples: int = 64
+    """Answers of the serving policy used to normalise rewards (mean 0, std 1)."""
+    adapter_name: str = "policy"
+    """Published versions are `<adapter_name>@vN` in `<adapter dir>/<adapter_name>/vN`."""
+    keep_candidates: int = 5
+    """Rejected candidates kept on disk (newest)."""
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "LearnerConfig":
+        parts = {"reward": RewardConfig, "ppo": PPOConfig, "gate": GateConfig}
+        kwargs = {}
+        for k, v in data.items():
+            if k in parts:
+                sub = parts[k]
+                names = {f.name for f in dataclasses.fields(sub)}
+                unknown = set(v) - names
+                if unknown:
+                    raise ValueError(f"unknown {k} options: {sorted(unknown)}")
+                kwargs[k] = sub(**{n: tuple(x) if isinstance(x, list) else x for n, x in v.items()})
+            elif k in {f.name for f in dataclasses.fields(cls)}:
+                kwargs[k] = v
+            else:
+                raise ValueError(f"unknown learner option {k!r}")
+        return cls(**kwargs)
+
+    @classmethod
+    def from_file(cls, path: Path | str) -> "LearnerConfig":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+@dataclass
+class RoundResult:
+    round_id: int
+    status: str                  # published | rejected | skipped
+    reasons: list[str]
+    metrics: dict
+    version: str | None = None   # published version
+    candidate_dir: Path | None = None
+
+
+class Learner:
+    """The training side of the learner: store + tokenizer + (lazily) the vLLM rollout engine."""
+
+    def __init__(self, settings, cfg: LearnerConfig | None = None, *, store: Store | None = None, engine=None):
+        from learner.tokens import load_tokenizer, stop_token_ids
+        from rlhf.models import model_display_name, resolve_model
+
+        self.settings = settings
+        self.cfg = cfg or LearnerConfig()
+        self.model_path = resolve_model(settings.model)
+        self.model_name = model_display_name(settings.model)
+        self.tokenizer = load_tokenizer(self.model_path)
+        self.stop_ids = stop_token_ids(self.tokenizer)
+        self.store = store or Store.open(settings, self.cfg.heldout_fraction)
+        self.data_dir = Path(settings.data_dir)
+        self._engine = engine
+        self.rng = random.Random(self.cfg.ppo.seed)
+
+    @property
+    def engine(self):
+        if self._engine is None:
+            from learner.rollout import RolloutEngine
+
+            self._engine = RolloutEngine(self.model_path, max_model_len=self.settings.max_model_len,
+                                         max_lora_rank=self.settings.max_lora_rank, max_loras=2,
+                                         gpu_memory_utilization=self.settings.gpu_memory_utilization,
+                                         seed=self.cfg.ppo.seed, stop_token_ids=self.stop_ids)
+        return self._engine
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+
+    # ---------------------------------------------------------------------------- helpers
+    def encode_prompts(self, messages_list: list[list[dict]]) -> list[list[int]]:
+        from learner.tokens import encode_prompt
+
+        limit = self.settings.max_model_len - self.cfg.ppo.max_new_tokens
+        out = [encode_prompt(self.tokenizer, m) for m in messages_list]
+        return [p for p in out if len(p) <= limit]
+
+    def serving_adapter_dir(self) -> tuple[str | None, Path | None]:
+        """(version, folder) of the adapter serving now, verified; (None, None) for the base model."""
+        from learner.adapter_store import AdapterError, resolve_inside, verify_adapter
+
+        serving = self.store.serving_adapter()
+        if not serving:
+            return None, None
+        try:
+            verify_adapter(self.settings.adapter_dir, serving["path"], serving["manifest_sha256"])
+        except AdapterError as e:
+            log.warning("serving adapter %s does not verify (%s); starting from the base model",
+                        serving["version"], e)
+            return None, None
+        return serving["version"], resolve_inside(self.settings.adapter_dir, serving["path"])
+
+    def _rewards(self, rm, samples) -> list[float]:
+        seqs = [s.prompt_ids + s.response_ids for s in samples]
+        scores = rm.score_ids(seqs, self.tokenizer.pad_token_id, self.cfg.reward.eval_batch_size)
+        return [r - (0.0 if s.finished else self.cfg.ppo.missing_eos_penalty) for r, s in zip(scores, samples)]
+
+    def _save_reward_model(self, rm, round_id: int, metrics: dict) -> int:
+        prev = self.store.latest_reward_model()
+        version = (prev["version"] if prev else 0) + 1
+        final = self.data_dir / "reward" / f"v{version}"
+        tmp = final.with_name(final.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(final, ignore_errors=True)  # left by a learner killed before recording it
+        rm.save(tmp)
+        tmp.rename(final)
+        return self.store.record_reward_model(str(final), round_id, metrics)
+
+    def _prune_candidates(self) -> None:
+        folder = self.data_dir / "candidates"
+        if folder.is_dir():
+            old = sorted(folder.iterdir(), key=lambda p: p.stat().st_mtime)[: -self.cfg.keep_candidates or None]
+            for p in old:
+                shutil.rmtree(p, ignore_errors=True)
+
+    # ---------------------------------------------------------------------------- the round
+    def run_round(self, on_progress: Callable[[str, dict], None] | None = None) -> RoundResult:
+        from learner.ppo import PPOTrainer
+        from learner.reward import RewardModel, RewardTrainer
+
+        cfg, store, settings = self.cfg, self.store, self.settings
+        progress = on_progress or (lambda stage, m: None)
+        round_id, hwm, n_feedback = store.start_round()
+        t_round = time.perf_counter()
+        metrics: dict = {"round": round_id, "feedback_count": n_feedback}
+        log.info("round %d: %d feedback events (through seq %d)", round_id, n_feedback, hwm)
+        try:
+            # ---- 1. reward model ---------------------------------------------------------
+            t = time.perf_counter()
+            train_ex = store.feedback_examples("train", hwm)
+            held_ex = store.feedback_examples("heldout", hwm)
+            prev = store.latest_reward_model()
+            rm = (RewardModel.load(self.model_path, prev["path"]) if prev
+                  else RewardModel.create(self.model_path, cfg.reward))
+            rm_trainer = RewardTrainer(rm, self.tokenizer, cfg.reward)
+            since = prev["metrics"].get("trained_through_seq", 0) if prev else 0
+            metrics.update(rm_trainer.update(train_ex, since))
+            metrics.update(rm_trainer.evaluate(held_ex))
+            metrics["rm_accuracy"] = reward_model_accuracy(metrics, cfg.gate)
+            metrics["time_reward_model"] = time.perf_counter() - t
+            log.info("round %d: reward model trained on %d examples in %.1f s; held-out pairwise accuracy %.3f "
+                     "(%d pairs), thumbs AUC %.3f (%d)", round_id, metrics["rm_train_examples"],
+                     metrics["time_reward_model"], metrics["rm_pairwise_accuracy"], metrics["rm_heldout_pairs"],
+                     metrics["rm_thumbs_auc"], metrics["rm_heldout_thumbs"])
+            progress("reward_model", metrics)
+
+            # ---- 2. prompts, serving policy, normalisation --------------------------------
+            t = time.perf_counter()
+            train_prompts = self.encode_prompts(store.prompts("train", cfg.max_train_prompts))
+            held_prompts = self.encode_prompts(store.prompts("heldout", cfg.gate.max_prompts))
+            if not train_prompts:
+                raise RuntimeError("no training prompts: no logged interactions in the train split")
+            parent, serving_dir = self.serving_adapter_dir()
+            serving_lora = self.engine.lora(serving_dir, parent) if serving_dir else None
+            norm_prompts = [self.rng.choice(train_prompts) for _ in range(cfg.norm_samples)]
+            samples = self.engine.generate(norm_prompts, temperature=cfg.ppo.temperature,
+                                           max_tokens=cfg.ppo.max_new_tokens, lora=serving_lora,
+                                           seed=self.rng.randrange(2**31))
+            raw = rm.score_ids([s.prompt_ids + s.response_ids for s in samples], self.tokenizer.pad_token_id,
+                               cfg.reward.eval_batch_size, normalised=False)
+            rm.set_normalisation(raw)
+            rm_version = self._save_reward_model(rm, round_id, {
+                **{k: v for k, v in metrics.items() if k.startswith("rm_")}, "trained_through_seq": hwm,
+                "norm_mean": float(rm.norm_mean), "norm_std": float(rm.norm_std)})
+            metrics.update(rm_version=rm_version, parent=parent, norm_mean=float(rm.norm_mean),
+                           norm_std=float(rm.norm_std), time_normalise=time.perf_counter() - t)
+            log.info("round %d: reward model v%d normalised on %d answers of %s (mean %.3f, std %.3f)", round_id,
+                     rm_version, len(samples), parent or "the base model", rm.norm_mean, rm.norm_std)
+
+            # ---- 3. PPO ------------------------------------------------------------------
+            t = time.perf_counter()
+            workdir = self.data_dir / "ppo" / f"round-{round_id}"
+            beta = store.get_meta("kl_coef")
+            ppo = PPOTrainer(self.model_path, self.tokenizer, cfg.ppo, rm, init_adapter=serving_dir, workdir=workdir,
+                             kl_coef=float(beta) if beta else None)
+            history = defaultdict(list)
+            for k in range(cfg.ppo.steps):
+                stats = ppo.step(self.engine, train_prompts)
+                for key, v in stats.items():
+                    history[key].append(v)
+                log.info("round %d: PPO %d/%d score %+.3f kl %.3f (β %.4f) pg %.4f vf %.4f clip %.3f eos %.2f "
+                         "len %.1f %.1f s", round_id, k + 1, cfg.ppo.steps, stats["score"], stats["kl"],
+                         stats["kl_coef"], stats["policy_loss"], stats["value_loss"], stats["clipfrac"],
+                         stats["eos_fraction"], stats["response_tokens"],
+                         stats["time_rollout"] + stats["time_score"] + stats["time_update"])
+                progress("ppo_step", {**stats, "step": k + 1})
+            last = {key: v[-1] for key, v in history.items()}
+            metrics.update({f"ppo_{key}": v for key, v in last.items()})
+            metrics["ppo_score_first"] = history["score"][0] if history["score"] else math.nan
+            metrics["time_ppo"] = time.perf_counter() - t
+            store.set_meta("kl_coef", repr(ppo.kl_ctl.value))
+            cand_dir = self.data_dir / "candidates" / f"round-{round_id}"
+            shutil.rmtree(cand_dir, ignore_errors=True)
+            ppo.save_policy(cand_dir)
+            shutil.rmtree(workdir, ignore_errors=True)
+
+            # ---- 4. gate -----------------------------------------------------------------
+            t = time.perf_counter()
+            g = cfg.gate
+            held = held_prompts[: g.max_prompts]
+            cand_lora = self.engine.lora(cand_dir, f"candidate-r{round_id}")
+            gen = dict(n=g.samples_per_prompt, temperature=cfg.ppo.temperature, max_tokens=cfg.ppo.max_new_tokens,
+                       seed=g.seed)
+            cand_samples = self.engine.generate(held, lora=cand_lora, **gen)
+            serv_samples = self.engine.generate(held, lora=serving_lora, **gen)
+            cand_r = _per_prompt(cand_samples, self._rewards(rm, cand_samples))
+            serv_r = _per_prompt(serv_samples, self._rewards(rm, serv_samples))
+            common = sorted(set(cand_r) & set(serv_r))
+            kl = ppo.answer_kl(cand_samples)
+            decision = decide([cand_r[i] for i in common], [serv_r[i] for i in common], kl, metrics["rm_accuracy"],
+                              kl_budget=settings.kl_budget, rm_accuracy_floor=settings.rm_accuracy_floor, cfg=g)
+            metrics.update(decision.metrics)
+            metrics["eos_fraction_candidate"] = sum(s.finished for s in cand_samples) / max(1, len(cand_samples))
+            metrics["time_gate"] = time.perf_counter() - t
+            log.info("round %d: gate: reward %.3f vs serving %.3f (gain %+.3f ± %.3f), KL %.3f (budget %g), "
+                     "RM accuracy %s (floor %g) -> %s", round_id, metrics["reward_candidate"],
+                     metrics["reward_serving"], metrics["reward_gain"], metrics["reward_gain_se"],
+                     metrics["kl_candidate"], settings.kl_budget, _fmt(metrics["rm_accuracy"]),
+                     settings.rm_accuracy_floor, "publish" if decision.publish else "; ".join(decision.reasons))
+            del ppo, rm, rm_trainer
+            gc.collect()
+
+            # ---- 5. publish or keep ------------------------------------------------------
+            metrics["round_seconds"] = time.perf_counter() - t_round
+            clean = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, type(None)))}
+            if decision.publish:
+                from learner.publish import publish_adapter
+
+                ev = publish_adapter(store, settings, cand_dir, name=cfg.adapter_name, parent=parent,
+                                     base_model=self.model_name, metrics=clean, feedback_count=n_feedback,
+                                     round_id=round_id)
+                store.finish_round(round_id, "published", candidate=ev.version, metrics=clean)
+                shutil.rmtree(cand_dir, ignore_errors=True)
+                return RoundResult(round_id, "published", [], metrics, ev.version, None)
+            reason = "; ".join(decision.reasons)
+            store.record_adapter(f"candidate-r{round_id}", "rejected", path=str(cand_dir), parent=parent,
+                                 reason=reason, round_id=round_id, metrics=clean)
+            store.finish_round(round_id, "rejected", candidate=str(cand_dir), reason=reason, metrics=clean)
+            self._prune_candidates()
+            return RoundResult(round_id, "rejected", decision.reasons, metrics, None, cand_dir)
+        except BaseException as e:
+            store.finish_round(round_id, "failed", reason=f"{type(e).__name__}: {e}",
+                               metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float, str))})
+            raise
+
+
+def _per_prompt(samples, rewards: list[float]) -> dict[int, float]:
+    """Mean reward per prompt index."""
+    acc: dict[int, list[float]] = defaultdict(list)
+    for s, r in zip(samples, rewards):
+        acc[s.prompt_index].append(r)
+    return {i: sum(v) / len(v) for i, v in acc.items()}
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
