@@ -1,0 +1,295 @@
+"""`rlhf learn`: consume feedback, train when there is enough of it, publish what is better.
+
+Two threads and one HTTP server in one process:
+- consume (background thread): `rlhf.interactions`, `rlhf.feedback`, `rlhf.adapters` ->
+  learner store (one SQLite transaction per poll batch) -> then commit the Kafka offsets.
+  Every few seconds: feedback that waited too long for its interaction -> dead-letter outbox;
+  outbox (dead letters, announcements) -> Kafka.
+- train (main thread): a round runs when at least `RLHF_LEARNER_MIN_FEEDBACK` new usable
+  feedback events arrived since the last round, or `RLHF_LEARNER_INTERVAL_S` passed since it
+  and there is any new feedback (learner/round.py). vLLM's engine starts with the first round.
+- `GET /metrics` (Prometheus) and `GET /healthz` on `RLHF_LEARNER_PORT`.
+
+Learner hyperparameters (reward model, PPO, gate) default to `learner.round.LearnerConfig`;
+a JSON file named by `RLHF_LEARNER_CONFIG` overrides any of them, e.g.
+`{"ppo": {"steps": 16}, "reward": {"learning_rate": 1e-3}}`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
+
+from feedback.schema import TOPIC_ADAPTERS, TOPIC_FEEDBACK, TOPIC_INTERACTIONS
+
+log = logging.getLogger("learner")
+
+GROUP_ID = "rlhf-learner"
+TOPICS = (TOPIC_INTERACTIONS, TOPIC_FEEDBACK, TOPIC_ADAPTERS)
+
+# ---------------------------------------------------------------------------- metrics
+# (the consumer exports rlhf_consumer_lag{topic,group} itself, in the same registry)
+EVENTS = Counter("rlhf_learner_events", "Events stored in the learner store (new event ids only)", ["topic"])
+DUPLICATES = Counter("rlhf_learner_duplicate_events", "Redelivered events recognised by event id and skipped")
+FEEDBACK = Gauge("rlhf_learner_feedback", "Feedback rows in the learner store", ["status"])
+NEW_FEEDBACK = Gauge("rlhf_learner_new_feedback", "Usable feedback since the last round (trigger counts this)")
+RM_ACCURACY = Gauge("rlhf_learner_rm_accuracy", "Held-out reward-model accuracy of the latest version",
+                    ["measure"])
+REWARD_MEAN = Gauge("rlhf_learner_reward_mean", "Mean normalised reward in the latest round", ["policy"])
+KL = Gauge("rlhf_learner_kl", "KL(policy || base) per answer, nats", ["stage"])
+KL_COEF = Gauge("rlhf_learner_kl_coef", "Adaptive KL penalty coefficient β")
+POLICY_LOSS = Gauge("rlhf_learner_policy_loss", "PPO clipped policy loss (last iteration)")
+VALUE_LOSS = Gauge("rlhf_learner_value_loss", "PPO clipped value loss (last iteration)")
+CLIPFRAC = Gauge("rlhf_learner_clipfrac", "Fraction of answer tokens where the PPO ratio was clipped")
+PPO_TOKENS = Gauge("rlhf_learner_ppo_tokens_per_second", "Answer tokens per second of a PPO iteration")
+ROUND_SECONDS = Histogram("rlhf_learner_round_seconds", "Duration of a training round",
+                          buckets=(10, 30, 60, 120, 300, 600, 1200, 3600, 7200))
+ROUNDS = Counter("rlhf_learner_rounds", "Training rounds by outcome", ["status"])
+PUBLISHED = Counter("rlhf_learner_adapters_published", "Adapters that passed the gate and were published")
+REJECTED = Counter("rlhf_learner_adapters_rejected", "Candidate adapters kept back by the gate")
+ROUND_RUNNING = Gauge("rlhf_learner_round_running", "1 while a training round runs")
+
+
+def _set(gauge, value, *labels) -> None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return
+    (gauge.labels(*labels) if labels else gauge).set(value)
+
+
+# ---------------------------------------------------------------------------- consume thread
+class ConsumeLoop(threading.Thread):
+    """Kafka -> learner store -> commit offsets. Owns its consumer, store connection and producer."""
+
+    HOUSEKEEPING_S = 2.0
+
+    def __init__(self, settings, heldout_fraction: float, stop: threading.Event):
+        super().__init__(name="learner-consume", daemon=True)
+        self.settings = settings
+        self.heldout_fraction = heldout_fraction
+        self.stop = stop
+        self.error: str | None = None
+        self.last_poll = time.monotonic()
+        self.consumed = 0
+
+    def run(self) -> None:
+        from feedback.consumer import EventConsumer
+        from learner.publish import OutboxSender
+        from learner.store import Store
+
+        store = Store.open(self.settings, self.heldout_fraction)
+        consumer = EventConsumer(self.settings, TOPICS, group_id=GROUP_ID, from_beginning=True)
+        sender = None
+        next_housekeeping = 0.0
+        last_log, logged = time.monotonic(), 0
+        try:
+            while not self.stop.is_set():
+                try:
+                    records = consumer.poll(1.0)
+                    self.last_poll = time.monotonic()
+                    if records:
+                        res = store.ingest([(r.topic, r.event) for r in records])   # durable first...
+                        consumer.commit()                                            # ...then the offsets
+                        for topic, n in res.by_topic.items():
+                            EVENTS.labels(topic).inc(n)
+                        if res.duplicates:
+                            DUPLICATES.inc(res.duplicates)
+                        self.consumed += res.new
+                    if time.monotonic() >= next_housekeeping:
+                        next_housekeeping = time.monotonic() + self.HOUSEKEEPING_S
+                        expired = store.expire_pending(self.settings.learner_join_wait_s)
+                        if expired:
+                            log.warning("%d feedback events never met their interaction within %g s: "
+                                        "sent to the dead-letter topic", expired, self.settings.learner_join_wait_s)
+                        if store.unsent_outbox(1):
+                            sender = sender or OutboxSender(self.settings)
+                            sender.flush(store)
+                        counts = store.counts()
+                        for status in ("joined", "pending", "dead"):
+                            FEEDBACK.labels(status).set(counts[f"feedback_{status}"])
+                        NEW_FEEDBACK.set(store.new_feedback_count())
+                    self.error = None
+                    if self.consumed > logged and time.monotonic() - last_log > 30:
+                        log.info("consumed %d new events so far (%s)", self.consumed, store.counts())
+                        last_log, logged = time.monotonic(), self.consumed
+                except Exception as e:  # noqa: BLE001 - keep consuming; offsets are not committed
+                    self.error = f"{type(e).__name__}: {e}"
+                    log.warning("consume loop: %s; retrying", self.error)
+                    self.stop.wait(2.0)
+        finally:
+            consumer.close()
+            if sender is not None:
+                sender.close()
+            store.close()
+
+
+# ---------------------------------------------------------------------------- HTTP
+class _Handler(BaseHTTPRequestHandler):
+    state: dict = {}
+
+    def do_GET(self):  # noqa: N802 - http.server's naming
+        if self.path.startswith("/metrics"):
+            body, ctype, code = generate_latest(REGISTRY), CONTENT_TYPE_LATEST, 200
+        elif self.path.startswith("/healthz"):
+            consumer: ConsumeLoop | None = self.state.get("consumer")
+            alive = consumer is not None and consumer.is_alive()
+            info = {"status": "ok" if alive else "consumer stopped", "consumer_alive": alive,
+                    "consumer_error": consumer.error if consumer else None,
+                    "round_running": self.state.get("round_running", False),
+                    "last_round": self.state.get("last_round")}
+            body, ctype, code = json.dumps(info).encode(), "application/json", 200 if alive else 503
+        else:
+            body, ctype, code = b"not found\n", "text/plain", 404
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, fmt, *args):  # quiet: Prometheus scrapes often
+        pass
+
+
+def start_http(host: str, port: int, state: dict) -> ThreadingHTTPServer:
+    handler = type("Handler", (_Handler,), {"state": state})
+    server = ThreadingHTTPServer((host, port), handler)
+    threading.Thread(target=server.serve_forever, name="learner-http", daemon=True).start()
+    return server
+
+
+# ---------------------------------------------------------------------------- rounds
+def should_train(store, settings, since_last: float) -> tuple[bool, int, str]:
+    """(run a round?, new feedback, why) — the trigger documented in docs/learner.md."""
+    new = store.new_feedback_count()
+    if new >= settings.learner_min_feedback:
+        return True, new, f"{new} new feedback events (>= {settings.learner_min_feedback})"
+    if new > 0 and since_last >= settings.learner_interval_s:
+        return True, new, f"{new} new feedback events and {since_last:.0f} s since the last round"
+    return False, new, ""
+
+
+def report_round(result) -> None:
+    m = result.metrics
+    _set(RM_ACCURACY, m.get("rm_pairwise_accuracy"), "pairwise")
+    _set(RM_ACCURACY, m.get("rm_thumbs_auc"), "thumbs_auc")
+    _set(RM_ACCURACY, m.get("rm_accuracy"), "gate")
+    _set(REWARD_MEAN, m.get("reward_candidate"), "candidate")
+    _set(REWARD_MEAN, m.get("reward_serving"), "serving")
+    _set(REWARD_MEAN, m.get("ppo_score"), "ppo")
+    _set(KL, m.get("kl_candidate"), "candidate")
+    _set(KL, m.get("ppo_kl"), "ppo")
+    if m.get("round_seconds"):
+        ROUND_SECONDS.observe(m["round_seconds"])
+    ROUNDS.labels(result.status).inc()
+    (PUBLISHED if result.status == "published" else REJECTED).inc()
+
+
+def on_progress(stage: str, m: dict) -> None:
+    if stage == "ppo_step":
+        _set(POLICY_LOSS, m.get("policy_loss"))
+        _set(VALUE_LOSS, m.get("value_loss"))
+        _set(CLIPFRAC, m.get("clipfrac"))
+        _set(KL, m.get("kl"), "ppo")
+        _set(KL_COEF, m.get("kl_coef"))
+        _set(REWARD_MEAN, m.get("score"), "ppo")
+        _set(PPO_TOKENS, m.get("tokens_per_s"))
+    elif stage == "reward_model":
+        _set(RM_ACCURACY, m.get("rm_pairwise_accuracy"), "pairwise")
+        _set(RM_ACCURACY, m.get("rm_thumbs_auc"), "thumbs_auc")
+
+
+class _Stop(BaseException):
+    """Raised in the main thread by SIGTERM/SIGINT while a round runs."""
+
+
+def load_config():
+    from learner.round import LearnerConfig
+
+    path = os.environ.get("RLHF_LEARNER_CONFIG", "")
+    return LearnerConfig.from_file(path) if path else LearnerConfig()
+
+
+def run() -> int:
+    from learner.round import Learner
+    from learner.store import Store
+    from rlhf.models import ModelError
+    from rlhf.settings import get_settings
+
+    settings = get_settings()
+    logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLogger().level))  # chatty at INFO
+    try:
+        cfg = load_config()
+        learner = Learner(settings, cfg)
+    except (ModelError, ValueError, OSError) as e:
+        log.error("cannot start the learner: %s", e)
+        return 2
+    store: Store = learner.store
+    aborted = store.abort_unfinished_rounds()
+    if aborted:
+        log.warning("%d round(s) were interrupted by a stop; their feedback counts as new again", aborted)
+
+    stop = threading.Event()
+    state: dict = {"round_running": False, "last_round": store.last_round()}
+    running = {"round": False}
+
+    def on_signal(signum, frame):
+        log.info("signal %d: stopping", signum)
+        stop.set()
+        if running["round"]:
+            raise _Stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    consumer = ConsumeLoop(settings, cfg.heldout_fraction, stop)
+    state["consumer"] = consumer
+    consumer.start()
+    http = start_http(settings.host, settings.learner_port, state)
+    log.info("learner up: model %s, store %s, metrics on :%d; trains on >= %d new feedback or every %g s",
+             settings.model, store.path, settings.learner_port, settings.learner_min_feedback,
+             settings.learner_interval_s)
+    started = time.time()
+    try:
+        while not stop.is_set():
+            last = store.last_round()
+            since = time.time() - (last["finished_at"] if last else started)
+            go, new, why = should_train(store, settings, since)
+            NEW_FEEDBACK.set(new)
+            if not go:
+                stop.wait(1.0)
+                continue
+            log.info("starting a round: %s", why)
+            running["round"] = True
+            state["round_running"] = True
+            ROUND_RUNNING.set(1)
+            try:
+                result = learner.run_round(on_progress)
+                report_round(result)
+                log.info("round %d %s%s", result.round_id, result.status,
+                         f" as {result.version}" if result.version else ": " + "; ".join(result.reasons))
+            except _Stop:
+                break
+            except Exception:  # noqa: BLE001 - a failed round is recorded; wait for new feedback
+                log.exception("round failed")
+                ROUNDS.labels("failed").inc()
+            finally:
+                running["round"] = False
+                state["round_running"] = False
+                ROUND_RUNNING.set(0)
+                state["last_round"] = store.last_round(finished_only=False)
+    except _Stop:
+        pass
+    finally:
+        stop.set()
+        consumer.join(timeout=15)
+        learner.close()
+        http.shutdown()
+        log.info("learner stopped")
+    return 0

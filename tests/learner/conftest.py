@@ -1,0 +1,147 @@
+"""Fixtures for the learner tests: a real `rlhf learn` subprocess, and a Kafka producer for events."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT, free_port
+
+# Small, fast settings for the tiny model (hyperparameters a real deployment leaves at their defaults).
+FAST_CONFIG = {
+    "reward": {"batch_size": 16, "epochs": 3, "min_steps": 30},
+    "ppo": {"steps": 10, "rollout_batch_size": 32, "minibatch_size": 8, "ppo_epochs": 4, "max_new_tokens": 48},
+    "gate": {"max_prompts": 32, "samples_per_prompt": 4, "min_heldout_pairs": 6, "min_heldout_thumbs": 3},
+    "norm_samples": 64,
+}
+
+
+class LearnerProcess:
+    """`python -m rlhf.cli learn` in its own session (so a SIGKILL takes its vLLM engine along)."""
+
+    def __init__(self, tmp: Path, env: dict):
+        self.tmp = tmp
+        self.port = free_port()
+        self.data_dir = tmp / "data"
+        self.adapter_dir = tmp / "adapters"
+        self.log_path = tmp / "learner.log"
+        cfg_path = tmp / "learner.json"
+        if not cfg_path.exists():
+            cfg_path.write_text(json.dumps(FAST_CONFIG))
+        self.env = {**os.environ, "RLHF_MODEL": "tiny", "RLHF_DATA_DIR": str(self.data_dir),
+                    "RLHF_ADAPTER_DIR": str(self.adapter_dir), "RLHF_MAX_MODEL_LEN": "512",
+                    "RLHF_LEARNER_PORT": str(self.port), "RLHF_LEARNER_CONFIG": str(cfg_path),
+                    "RLHF_LOG_LEVEL": "INFO", **{k: str(v) for k, v in env.items()}}
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "LearnerProcess":
+        log = open(self.log_path, "ab")
+        log.write(f"\n===== start {time.strftime('%X')} =====\n".encode())
+        log.flush()
+        self.proc = subprocess.Popen([sys.executable, "-m", "rlhf.cli", "learn"], env=self.env, cwd=ROOT,
+                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL the learner and everything it started (vLLM's engine processes)."""
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(30)
+
+    def stop(self, timeout: float = 60.0) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return None
+        finally:
+            try:  # the vLLM engine processes of a learner that exited
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def tail(self, n: int = 80) -> str:
+        return "\n".join(self.log().splitlines()[-n:])
+
+    def query(self, sql: str, args: tuple = ()) -> list[tuple]:
+        """Read the learner store from outside (WAL: readers do not block the writer)."""
+        path = self.data_dir / "learner.sqlite3"
+        if not path.exists():
+            return []
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+        try:
+            return db.execute(sql, args).fetchall()
+        except sqlite3.OperationalError:  # tables not created yet
+            return []
+        finally:
+            db.close()
+
+    def metrics(self) -> str:
+        return httpx.get(self.url + "/metrics", timeout=5).text
+
+    def wait(self, what: str, cond, timeout: float, every: float = 0.05):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = cond()
+            if value:
+                return value
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"learner exited ({self.proc.returncode}) while waiting for {what}:\n"
+                                     f"{self.tail()}")
+            time.sleep(every)
+        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}:\n{self.tail()}")
+
+
+@pytest.fixture
+def learner_factory(tmp_path):
+    made: list[LearnerProcess] = []
+
+    def make(**env) -> LearnerProcess:
+        lp = LearnerProcess(tmp_path, env)
+        made.append(lp)
+        return lp
+
+    yield make
+    for lp in made:
+        if lp.alive():
+            lp.kill()
+
+
+def metric_value(text: str, name: str, labels: str = "") -> float | None:
+    """Value of one sample in Prometheus text format (`labels` like 'policy="candidate"')."""
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        if head == name or (labels and head == f"{name}{{{labels}}}"):
+            return float(value)
+    return None

@@ -1,0 +1,78 @@
+"""A simulated user with one hidden preference: answers containing a given word are better.
+
+Used by the learning tests: the user sees two answers to a prompt (a chat completion with
+n=2) and, when exactly one contains the word, picks it (pairwise); on other answers it gives a
+thumbs up if the word is there and down if not. `preference_rate` measures how often a policy
+(base or adapter) writes the word, by sampling with vLLM.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import uuid
+
+from feedback.schema import (TOPIC_FEEDBACK, TOPIC_INTERACTIONS, Interaction, Message, Pairwise, Thumbs)
+
+WORD = "happy"  # the tiny model writes it in about 13 % of its answers
+
+
+def has_word(text: str, word: str = WORD) -> bool:
+    return re.search(rf"\b{re.escape(word)}\b", text.lower()) is not None
+
+
+def user_choice(a: str, b: str, word: str = WORD) -> int | None:
+    """0 or 1: the answer the user prefers; None when both or neither have the word (no opinion)."""
+    ha, hb = has_word(a, word), has_word(b, word)
+    if ha == hb:
+        return None
+    return 0 if ha else 1
+
+
+def synthetic_events(engine, tokenizer, questions: list[str], *, word: str = WORD, thumbs_share: float = 0.3,
+                     seed: int = 0, model: str = "tiny", max_tokens: int = 48):
+    """Interactions sampled from the base model (n=2 per question) and the user's feedback on them.
+
+    Returns (events, stats) where events is a list of (topic, event) in the order a real
+    stream would carry them (interactions before the feedback on them)."""
+    from learner.tokens import encode_prompt
+
+    rng = random.Random(seed)
+    prompts = [encode_prompt(tokenizer, [{"role": "user", "content": q}]) for q in questions]
+    samples = engine.generate(prompts, n=2, temperature=1.0, max_tokens=max_tokens, seed=seed)
+    events, stats = [], {"pairwise": 0, "thumbs": 0, "interactions": 0}
+    for i, q in enumerate(questions):
+        pair = [s for s in samples if s.prompt_index == i]
+        conv, completion, user = uuid.uuid4().hex, "c_" + uuid.uuid4().hex, f"user{rng.randrange(20)}"
+        rids = []
+        for k, s in enumerate(pair):
+            rid = "r_" + uuid.uuid4().hex
+            rids.append(rid)
+            events.append((TOPIC_INTERACTIONS, Interaction(
+                response_id=rid, completion_id=completion, choice_index=k, conversation_id=conv, user=user,
+                messages=[Message(role="user", content=q)], response=s.text,
+                finish_reason="stop" if s.finished else "length", model=model, sampling={"temperature": 1.0, "n": 2},
+                prompt_tokens=len(s.prompt_ids), completion_tokens=len(s.response_ids))))
+            stats["interactions"] += 1
+        choice = user_choice(pair[0].text, pair[1].text, word)
+        if choice is not None and rng.random() >= thumbs_share:
+            events.append((TOPIC_FEEDBACK, Pairwise(chosen_response_id=rids[choice],
+                                                    rejected_response_id=rids[1 - choice],
+                                                    conversation_id=conv, user=user)))
+            stats["pairwise"] += 1
+        elif choice is not None or rng.random() < 0.5:  # no clear preference: only some users bother
+            k = rng.randrange(2)
+            events.append((TOPIC_FEEDBACK, Thumbs(response_id=rids[k], conversation_id=conv, user=user,
+                                                  value="up" if has_word(pair[k].text, word) else "down")))
+            stats["thumbs"] += 1
+    return events, stats
+
+
+def preference_rate(engine, tokenizer, questions: list[str], *, lora=None, word: str = WORD, n: int = 4,
+                    seed: int = 99, max_tokens: int = 48) -> float:
+    """Share of sampled answers (temperature 1) that contain the word."""
+    from learner.tokens import encode_prompt
+
+    prompts = [encode_prompt(tokenizer, [{"role": "user", "content": q}]) for q in questions]
+    samples = engine.generate(prompts, n=n, temperature=1.0, max_tokens=max_tokens, lora=lora, seed=seed)
+    return sum(has_word(s.text, word) for s in samples) / max(1, len(samples))
