@@ -123,8 +123,13 @@ def main() -> None:
     name = model_display_name(args.model)
     levels = [int(c) for c in args.concurrency.split(",")]
     results: dict[str, dict[int, dict]] = {}
+    # A real broker, as in production: every completion publishes its Interaction events.
+    from feedback.broker import start_broker, stop_broker
+
+    broker_port = free_port()
+    broker = start_broker(broker_port)
     env = {**os.environ, "RLHF_MODEL": args.model, "RLHF_MAX_MODEL_LEN": "1024",
-           "RLHF_KAFKA_BOOTSTRAP": "127.0.0.1:1"}  # no broker: interactions go to the spool, as in an outage
+           "RLHF_KAFKA_BOOTSTRAP": f"127.0.0.1:{broker_port}"}
 
     # 1. this server
     port = free_port()
@@ -139,6 +144,7 @@ def main() -> None:
                                                          args.max_tokens)) for c in levels}
     finally:
         stop(proc)
+        stop_broker(broker)
 
     # 2. vLLM's own OpenAI server, same engine settings
     port = free_port()
