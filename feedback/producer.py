@@ -25,6 +25,7 @@ waits on the network itself.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 import weakref
@@ -94,6 +95,8 @@ class EventPublisher:
         self._send_pool = ThreadPoolExecutor(1, thread_name_prefix="kafka-send")  # producer.send() may block
         self._disk_pool = ThreadPoolExecutor(1, thread_name_prefix="spool")  # fsyncs
         self._connect_pool = ThreadPoolExecutor(1, thread_name_prefix="kafka-connect")  # slow when the broker is down
+        self._results: collections.deque = collections.deque()  # (future, result, exc) from producer threads
+        self._results_scheduled = False
         self._pending: list[tuple[tuple[str, bytes | None, bytes], asyncio.Future]] = []  # awaiting fsync
         self._flushing: asyncio.Task | None = None
         self._wake: asyncio.Event | None = None
@@ -117,6 +120,7 @@ class EventPublisher:
             self._disk_pool, Spool, self.settings.data_dir / "spool", self.settings.spool_max_events)
         _current = weakref.ref(self)
         if len(self.spool):
+            self._degraded = True
             log.info("spool holds %d events from an earlier run; draining them first", len(self.spool))
         try:
             await asyncio.wait_for(asyncio.shield(self._connect()), connect_wait_s)
@@ -168,6 +172,7 @@ class EventPublisher:
                     log.warning("kafka did not ack %s within %.1f s (%s); spooling until it does", topic,
                                 self.send_timeout_s, type(e).__name__)
         await self._spool_append(topic, key, value)
+        self._degraded = True
         EVENTS_SPOOLED.labels(topic).inc()
         self._count_feedback(topic, event)
 
@@ -226,34 +231,50 @@ class EventPublisher:
             _force_close(producer)
 
     def _submit(self, items: list[tuple[str, bytes | None, bytes]], futs: list[asyncio.Future]) -> None:
-        """On the send thread: hand records to the producer; acks resolve `futs` on the loop."""
-        loop, producer = self._loop, self._producer
+        """Hand records to the producer; each ack or error resolves its future on the loop.
 
-        def resolve(fut: asyncio.Future, result=None, exc: BaseException | None = None) -> None:
+        Runs on the send thread, or on the loop itself when send() cannot block (see _send)."""
+        producer = self._producer
+        for (topic, key, value), fut in zip(items, futs):
+            if fut.done():  # timed out while queued for the send thread: do not send at all
+                continue
+            if producer is None:
+                self._resolve_later(fut, None, KafkaError("no producer"))
+                continue
+            try:
+                kf = producer.send(topic, key=key, value=value)
+            except Exception as e:  # KafkaTimeoutError on metadata, closed producer
+                self._resolve_later(fut, None, e if isinstance(e, KafkaError) else KafkaError(repr(e)))
+                continue
+            kf.add_callback(lambda md, f=fut: self._resolve_later(f, md, None))
+            kf.add_errback(lambda e, f=fut: self._resolve_later(f, None, e))
+
+    def _resolve_later(self, fut: asyncio.Future, result, exc: BaseException | None) -> None:
+        """Any thread: queue a result; one loop callback resolves everything queued (fewer wake-ups)."""
+        self._results.append((fut, result, exc))
+        if not self._results_scheduled:
+            self._results_scheduled = True
+            self._loop.call_soon_threadsafe(self._resolve_queued)
+
+    def _resolve_queued(self) -> None:
+        self._results_scheduled = False  # before draining: a result queued meanwhile schedules another pass
+        while self._results:
+            fut, result, exc = self._results.popleft()
             if fut.done():  # the caller gave up waiting
-                return
+                continue
             if exc is not None:
                 fut.set_exception(exc)
             else:
                 fut.set_result(result)
 
-        for (topic, key, value), fut in zip(items, futs):
-            if fut.done():  # timed out while queued for this thread: do not send at all
-                continue
-            if producer is None:
-                loop.call_soon_threadsafe(resolve, fut, None, KafkaError("no producer"))
-                continue
-            try:
-                kf = producer.send(topic, key=key, value=value)
-            except Exception as e:  # KafkaTimeoutError on metadata, buffer full, closed producer
-                loop.call_soon_threadsafe(resolve, fut, None, e if isinstance(e, KafkaError) else KafkaError(repr(e)))
-                continue
-            kf.add_callback(lambda md, f=fut: loop.call_soon_threadsafe(resolve, f, md))
-            kf.add_errback(lambda e, f=fut: loop.call_soon_threadsafe(resolve, f, None, e))
-
     async def _send(self, topic: str, key: bytes | None, value: bytes):
         fut = self._loop.create_future()
-        self._send_pool.submit(self._submit, [(topic, key, value)], [fut])
+        producer = self._producer
+        if producer is not None and producer._metadata.partitions_for_topic(topic):  # kafka-python internal, as send() checks
+            # partitions known: send() only appends to the producer's buffer, no network wait
+            self._submit([(topic, key, value)], [fut])
+        else:  # send() may wait up to max_block_ms for metadata: not on the loop
+            self._send_pool.submit(self._submit, [(topic, key, value)], [fut])
         return await fut
 
     # ------------------------------------------------------------------ spool side
