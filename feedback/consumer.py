@@ -24,7 +24,8 @@
   serving replica uses its own group id for rlhf.adapters).
 - `lag()` -> {topic: messages not yet returned}; also the gauge `rlhf_consumer_lag{topic,group}`,
   refreshed by `poll()` every few seconds.
-- If the broker is down, `poll()` waits `timeout_s` and returns [] (it reconnects by itself).
+- If the broker is down, `poll()` returns [] (the first attempt to connect can take about 3 s;
+  later ones are retried every 2 s) and reconnects by itself.
 
 Blocking (kafka-python): in asyncio code call it via `asyncio.to_thread`, from one thread.
 Tansu note: its ListOffsets answers the last batch's base offset + 1, not the end of the log,
@@ -41,7 +42,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import KafkaError
+from kafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 from kafka.structs import OffsetAndMetadata
 from prometheus_client import Counter, Gauge
 from pydantic import ValidationError
@@ -103,7 +104,9 @@ class EventConsumer:
         try:
             try:
                 ensure_topics(self.settings, tuple(self.topics), timeout_s=3.0)
-            except KafkaError as e:
+            except (KafkaTimeoutError, KafkaConnectionError):
+                raise  # no broker: do not wait a second time for the consumer's bootstrap
+            except KafkaError as e:  # e.g. not allowed to create topics: they may exist anyway
                 log.warning("could not ensure topics %s: %s", self.topics, e)
             consumer = KafkaConsumer(
                 bootstrap_servers=bootstrap_servers(self.settings), group_id=self.group_id,
