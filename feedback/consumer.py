@@ -7,6 +7,7 @@
                 store.add(rec.event)
         store.flush()
         consumer.commit()                    # offsets of everything poll() returned so far
+        # (or, if processing failed: consumer.rewind() -> poll() returns the same records again)
     consumer.close()
 
 - `Record`: topic, partition, offset, key, value (raw bytes), event (`schema.parse_event`, or
@@ -92,6 +93,8 @@ class EventConsumer:
         self._consumer: KafkaConsumer | None = None
         self._producer: KafkaProducer | None = None  # for rlhf.deadletter, created on first need
         self._to_commit: dict[TopicPartition, int] = {}  # next offset to read, per partition returned
+        self._rewind_to: dict[TopicPartition, int] = {}  # first offset returned since the last commit
+        self._ids_since_commit: list[str] = []
         self._last_lag = 0.0
         self._retry_at = 0.0
 
@@ -157,7 +160,9 @@ class EventConsumer:
             raise DeadLetterError(f"could not publish to {TOPIC_DEADLETTER}: {e!r}") from e
         out = []
         for rec in records:
-            self._to_commit[TopicPartition(rec.topic, rec.partition)] = rec.offset + 1
+            tp = TopicPartition(rec.topic, rec.partition)
+            self._rewind_to.setdefault(tp, rec.offset)
+            self._to_commit[tp] = rec.offset + 1
             if rec.event is not None:
                 eid = rec.event.event_id
                 if eid in self._seen:
@@ -165,6 +170,7 @@ class EventConsumer:
                     CONSUMER_DUPLICATES.labels(rec.topic, self.group_id).inc()
                     continue
                 self._seen[eid] = None
+                self._ids_since_commit.append(eid)
                 if len(self._seen) > self._dedupe_size:
                     self._seen.popitem(last=False)
             out.append(rec)
@@ -179,6 +185,19 @@ class EventConsumer:
         offsets = {tp: OffsetAndMetadata(off, "", -1) for tp, off in self._to_commit.items()}
         self._consumer.commit(offsets=offsets)
         self._to_commit.clear()
+        self._rewind_to.clear()
+        self._ids_since_commit.clear()
+
+    def rewind(self) -> None:
+        """Processing failed: the next poll() returns again everything since the last commit."""
+        if self._consumer is not None:
+            for tp, offset in self._rewind_to.items():
+                self._consumer.seek(tp, offset)
+        for eid in self._ids_since_commit:
+            self._seen.pop(eid, None)
+        self._to_commit.clear()
+        self._rewind_to.clear()
+        self._ids_since_commit.clear()
 
     def lag(self) -> dict[str, int]:
         """Messages on each topic after this consumer's position (sum over partitions)."""

@@ -75,3 +75,27 @@ def test_poll_without_broker_returns_empty(tmp_path):
     assert c.lag() == {}
     c.commit()
     c.close()
+
+
+def test_rewind_returns_the_uncommitted_records_again(own_broker, tmp_path):
+    bootstrap, _ = own_broker
+    settings = Settings(kafka_bootstrap=bootstrap, data_dir=tmp_path, topic_partitions=2)
+    ensure_topics(settings)
+    evs = [Thumbs(response_id=f"r_{i:032x}_0", conversation_id=f"{i:032x}", value="up") for i in range(6)]
+    producer = KafkaProducer(bootstrap_servers=bootstrap)
+    for ev in evs[:3]:
+        producer.send(TOPIC_FEEDBACK, key=ev.key(), value=encode(ev))
+    producer.flush()
+    c = EventConsumer(settings, [TOPIC_FEEDBACK], group_id="rewinder")
+    first = {r.event.event_id for r in poll_until(c, 3)}
+    c.commit()
+    for ev in evs[3:]:
+        producer.send(TOPIC_FEEDBACK, key=ev.key(), value=encode(ev))
+    producer.flush()
+    second = {r.event.event_id for r in poll_until(c, 3)}
+    assert second == {ev.event_id for ev in evs[3:]}
+    c.rewind()  # e.g. the store failed to write them
+    again = {r.event.event_id for r in poll_until(c, 3)}
+    assert again == second and not (again & first)
+    c.close()
+    producer.close()
