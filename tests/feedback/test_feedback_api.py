@@ -145,3 +145,28 @@ def test_repeated_feedback_gets_new_events_with_one_dedupe_key(server, broker, m
     evs = [as_event(m) for m in fb if m["event_id"] in ids]
     evs = list({e.event_id: e for e in evs}.values())
     assert len(evs) == 2 and evs[0].dedupe_key() == evs[1].dedupe_key()  # the later one replaces the first
+
+
+def test_tokens_with_prompt_digest_allow_pairs_across_requests(server, broker):
+    """Two requests with the same prompt (the page's two-model compare): comparable when the
+    tokens carry equal prompt digests; the tokens' adapters land in the events."""
+    user = "dave"
+    ra, rb, rc = (tokens.response_id(f"{i:032x}", 0) for i in (0xA1, 0xB2, 0xC3))
+    same = tokens.prompt_digest([{"role": "user", "content": "Which is better?"}])
+    diff = tokens.prompt_digest([{"role": "user", "content": "Something else"}])
+    a = {"response_id": ra, "feedback_token": tokens.sign(DEV_KEY, ra, user, adapter="policy@v1", prompt=same)}
+    b = {"response_id": rb, "feedback_token": tokens.sign(DEV_KEY, rb, user, adapter="policy@v2", prompt=same)}
+    c = {"response_id": rc, "feedback_token": tokens.sign(DEV_KEY, rc, user, prompt=diff)}
+    assert post(server, {"type": "pairwise", "chosen": a, "rejected": c}).status_code == 422
+    r = post(server, {"type": "pairwise", "chosen": b, "rejected": a})
+    assert r.status_code == 202, r.text
+    t = post(server, {"type": "thumbs", **b, "value": "up"})
+    assert t.status_code == 202, t.text
+    want = {r.json()["event_id"], t.json()["event_id"]}
+    fb = read_topic(broker, "rlhf.feedback", until=lambda m: want <= {x["event_id"] for x in m})
+    evs = {m["event_id"]: as_event(m) for m in fb if m["event_id"] in want}
+    p, th = evs[r.json()["event_id"]], evs[t.json()["event_id"]]
+    assert (p.chosen_adapter, p.rejected_adapter, p.user) == ("policy@v2", "policy@v1", user)
+    assert th.adapter == "policy@v2"
+    assert 'rlhf_feedback_events_total{adapter="policy@v2",type="pairwise"}' in \
+        httpx.get(server.url + "/metrics", timeout=10).text
