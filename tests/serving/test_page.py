@@ -1,0 +1,113 @@
+"""The chat page in a real headless Chromium (Debian's `chromium`, driven by Playwright) against the
+session's real server and broker: chat, thumbs up, compare mode; the events are read back from
+the topics with an independent consumer.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from feedback.schema import Interaction, Pairwise, Thumbs
+from tests.serving.loras import read_topic, wait_until
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: `make system-deps` installs Debian's chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    context = browser.new_context()
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    pg.set_default_timeout(60_000)
+    pg.goto(server.url + "/")
+    yield pg
+    context.close()
+    assert not errors, errors
+
+
+def send(page, text: str) -> None:
+    page.get_by_test_id("input").fill(text)
+    page.get_by_test_id("send").click()
+    page.wait_for_function("() => !document.querySelector('[data-testid=send]').disabled"
+                           " && document.querySelectorAll('[data-testid=answer]').length > 0")
+
+
+def feedback_events(broker, kind):
+    return [e for e in read_topic(broker, "rlhf.feedback") if isinstance(e, kind)]
+
+
+def test_chat_then_thumbs_up_reaches_the_feedback_topic(page, broker):
+    assert page.title() == "rlhf chat"
+    page.wait_for_function("() => document.querySelector('[data-testid=serving]').dataset.active !== undefined")
+    assert "answering with base model (tiny)" in page.get_by_test_id("serving").inner_text()
+
+    send(page, "Tell me about cats.")
+    answer = page.get_by_test_id("answer").last
+    assert answer.get_by_test_id("answer-text").inner_text().strip()
+    assert answer.get_by_test_id("adapter").inner_text() == "base model (tiny)"
+    assert page.get_by_test_id("error").is_hidden()
+    response_id = answer.get_attribute("data-response-id")
+    user = page.evaluate("localStorage.getItem('rlhf-user-id')")
+    assert response_id.startswith("r_") and user.startswith("web-")
+
+    answer.get_by_test_id("thumbs-up").click()
+    page.wait_for_function("() => document.querySelector('[data-testid=feedback-status]').textContent !== ''")
+    assert answer.get_by_test_id("thumbs-up").get_attribute("aria-pressed") == "true"
+    assert page.get_by_test_id("error").is_hidden(), page.get_by_test_id("error").inner_text()
+
+    thumbs = wait_until(lambda: [e for e in feedback_events(broker, Thumbs) if e.response_id == response_id],
+                        20, 0.5, "the Thumbs event on rlhf.feedback")
+    assert len(thumbs) == 1
+    assert thumbs[0].value == "up" and thumbs[0].user == user
+
+    # The same browser keeps its id: a reload shows the same user.
+    page.reload()
+    assert page.evaluate("localStorage.getItem('rlhf-user-id')") == user
+
+
+def test_compare_mode_records_a_pairwise_event(page, broker):
+    page.get_by_test_id("compare").check()
+    send(page, "What do you think of rain?")
+    answers = page.get_by_test_id("answer")
+    assert answers.count() == 2
+    left, right = answers.nth(0), answers.nth(1)
+    ids = [left.get_attribute("data-response-id"), right.get_attribute("data-response-id")]
+    assert ids[0] != ids[1] and ids[0].rsplit("_", 1)[0] == ids[1].rsplit("_", 1)[0]  # two choices of one request
+    assert right.get_by_test_id("adapter").inner_text() == "base model (tiny)"
+    chosen_text = right.get_by_test_id("answer-text").inner_text()
+
+    right.get_by_test_id("prefer").click()
+    page.wait_for_function("() => document.querySelectorAll('.answer.chosen').length === 1")
+    assert page.get_by_test_id("error").is_hidden(), page.get_by_test_id("error").inner_text()
+    assert left.get_by_test_id("prefer").is_disabled()
+
+    pair = wait_until(lambda: [e for e in feedback_events(broker, Pairwise) if e.chosen_response_id == ids[1]],
+                      20, 0.5, "the Pairwise event on rlhf.feedback")
+    assert pair[0].rejected_response_id == ids[0]
+
+    # The conversation goes on with the preferred answer.
+    page.get_by_test_id("compare").uncheck()
+    send(page, "And snow?")
+    follow_id = page.get_by_test_id("answer").last.get_attribute("data-response-id")
+    inter = wait_until(lambda: [e for e in read_topic(broker, "rlhf.interactions")
+                                if isinstance(e, Interaction) and e.response_id == follow_id], 20, 0.5, "interaction")
+    assert [m.role for m in inter[0].messages] == ["user", "assistant", "user"]
+    assert inter[0].messages[1].content.strip() == chosen_text.strip()
