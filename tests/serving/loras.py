@@ -28,7 +28,7 @@ def make_lora(model_path: Path, out: Path, seed: int, rank: int = 8) -> Path:
 
 
 def train_lora(model_path: Path, out: Path, examples: list[tuple[list[dict], str]], *, steps: int = 60,
-               lr: float = 3e-3, seed: int = 0) -> Path:
+               lr: float = 3e-3, seed: int = 0, target_modules=("q_proj", "v_proj")) -> Path:
     """Supervised steps on liked answers: loss on the answer tokens only (the prompt is context)."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -37,7 +37,7 @@ def train_lora(model_path: Path, out: Path, examples: list[tuple[list[dict], str
     torch.manual_seed(seed)
     tok = AutoTokenizer.from_pretrained(model_path)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_path),
-                           LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
+                           LoraConfig(r=8, lora_alpha=16, target_modules=list(target_modules), lora_dropout=0.0))
     rows = []
     for messages, answer in examples:
         prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

@@ -9,6 +9,7 @@ late, which is also the check that a new replica rebuilds the routing the others
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import re
@@ -435,7 +436,8 @@ def test_feedback_loop_raises_the_approval_rate(replica_a, env, tiny_model_path,
     examples = [([m.model_dump() for m in interactions[rid].messages], interactions[rid].response)
                 for rid in liked if rid in interactions]
     assert len(examples) >= 5, f"only {len(examples)} liked answers on the topics"
-    src = train_lora(tiny_model_path, tmp_path / "liked", examples)
+    src = train_lora(tiny_model_path, tmp_path / "liked", examples, steps=80, lr=5e-3,
+                     target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"))
 
     r = cli(env, replica_a, "publish", str(src))
     assert r.returncode == 0, r.stderr
@@ -446,4 +448,7 @@ def test_feedback_loop_raises_the_approval_rate(replica_a, env, tiny_model_path,
     new_rate = sum(new_verdicts) / len(new_verdicts)
     print(f"\napproval of fresh answers: base {base_rate:.2f} -> {version} {new_rate:.2f} "
           f"({len(examples)} liked answers fitted)")
-    assert new_rate > base_rate + 0.15, (base_rate, new_rate)
+    # One-sided two-proportion z-test: the rise is not sampling noise (z > 2.33: p < 0.01).
+    pooled = (sum(base_verdicts) + sum(new_verdicts)) / (len(base_verdicts) + len(new_verdicts))
+    z = (new_rate - base_rate) / math.sqrt(pooled * (1 - pooled) * (1 / len(base_verdicts) + 1 / len(new_verdicts)))
+    assert z > 2.33, (base_rate, new_rate, z)
