@@ -110,9 +110,9 @@ function answerBox(turn, index, pair) {
   const msg = el("div", { class: "msg", "data-testid": "answer-text" });
   const adapter = el("span", { class: "adapter", "data-testid": "adapter", text: "…" });
   const status = el("span", { class: "done", "data-testid": "feedback-status" });
-  const up = el("button", { type: "button", text: "👍", title: "good answer", "aria-label": "thumbs up",
+  const up = el("button", { type: "button", text: "👍 good", title: "good answer", "aria-label": "thumbs up",
                             "aria-pressed": "false", "data-testid": "thumbs-up", disabled: true });
-  const down = el("button", { type: "button", text: "👎", title: "bad answer", "aria-label": "thumbs down",
+  const down = el("button", { type: "button", text: "👎 bad", title: "bad answer", "aria-label": "thumbs down",
                               "aria-pressed": "false", "data-testid": "thumbs-down", disabled: true });
   const meta = el("div", { class: "meta" }, [adapter, up, down]);
   let prefer = null;
