@@ -11,7 +11,9 @@ tokens from a few chat completions, then measures, each for `--seconds`:
 - broker down, closed loop: the broker paused (SIGSTOP): every post is fsynced to the spool;
 - then the broker resumes and the time to drain the spool is reported.
 
-Each post is acked by Kafka (acks=all) or fsynced before its 202. The load generator is a
+Each post is acked by Kafka (acks=all) or fsynced before its 202. The server's CPU time per
+post (from /proc) is printed too: unlike rates and latencies it hardly depends on what else
+runs on the machine. The load generator is a
 minimal keep-alive HTTP/1.1 client on asyncio streams (cheaper than httpx), because it shares
 the 2 cores with the server. A benchmark, not a test: numbers on a shared machine are noisy.
 With `--url`, it only measures an existing server (broker-up phases, no broker control).
@@ -50,6 +52,16 @@ class Conn:
         self.reader = self.writer = None
 
     async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        fresh = self.writer is None
+        try:
+            return await self._post(path, body)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            if fresh:
+                raise
+            self.writer = None  # the server closed an idle keep-alive connection: once more on a new one
+            return await self._post(path, body)
+
+    async def _post(self, path: str, body: bytes) -> tuple[int, bytes]:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         self.writer.write(f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
@@ -99,6 +111,7 @@ async def open_loop(url: str, bodies: list[bytes], seconds: float, rate: float, 
         codes[status] = codes.get(status, 0) + 1
         idle.append(conn)
 
+    behind = False
     for k in range(total):
         scheduled = start + k / rate
         delay = scheduled - time.perf_counter()
@@ -106,9 +119,11 @@ async def open_loop(url: str, bodies: list[bytes], seconds: float, rate: float, 
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(one(k, scheduled)))
         if len(tasks) - len(lat) > max_conns:  # the server fell far behind: stop adding load
+            behind = True
             break
     await asyncio.gather(*tasks)
-    return {"n": len(lat), "wall": time.perf_counter() - start, "lat": lat, "codes": codes}
+    return {"n": len(lat), "wall": time.perf_counter() - start, "lat": lat, "codes": codes,
+            "note": f"fell behind the schedule: stopped after {len(tasks)} of {total}" if behind else ""}
 
 
 # ---------------------------------------------------------------------------- set-up
@@ -159,11 +174,27 @@ def start_stack(tmp: Path):
     raise SystemExit("server not ready in 600 s")
 
 
+def cpu_s(pid: int | None) -> float:
+    """CPU seconds (user + system) the process has used so far: robust to other load on the machine."""
+    if pid is None:
+        return float("nan")
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measured(pid: int | None, coro) -> dict:
+    c0 = cpu_s(pid)
+    res = await coro
+    res["cpu_us"] = (cpu_s(pid) - c0) / max(1, res["n"]) * 1e6
+    return res
+
+
 def row(name: str, res: dict) -> str:
     ok = sum(v for k, v in res["codes"].items() if 200 <= k < 300)
     bad = res["n"] - ok
-    return (f"| {name:<28} | {res['n']:>6} | {res['n'] / res['wall']:>8.0f} | {pct(res['lat'], .5):>7.1f} | "
-            f"{pct(res['lat'], .9):>7.1f} | {pct(res['lat'], .99):>7.1f} | {max(res['lat']) * 1000:>7.1f} | {bad:>5} |")
+    return (f"| {name:<29} | {res['n']:>6} | {res['n'] / res['wall']:>8.0f} | {pct(res['lat'], .5):>7.1f} | "
+            f"{pct(res['lat'], .9):>7.1f} | {pct(res['lat'], .99):>7.1f} | {max(res['lat']) * 1000:>7.1f} | {bad:>5} | "
+            f"{res['cpu_us']:>8.0f} | {res.get('note', '')}")
 
 
 async def main_async(args) -> int:
@@ -176,19 +207,22 @@ async def main_async(args) -> int:
         broker, server, url = start_stack(tmp)
     try:
         bodies = feedback_bodies(url, args.users)
+        load0 = os.getloadavg()[0]  # other work on the machine skews every number below
         await closed_loop(url, bodies, 2.0, args.concurrency)  # warm-up
-        rows = [row(f"broker up, {args.concurrency} clients", await closed_loop(url, bodies, args.seconds,
-                                                                                args.concurrency)),
-                row(f"broker up, open loop {args.rate:.0f}/s", await open_loop(url, bodies, args.seconds, args.rate))]
+        pid = server.pid if server is not None else None
+        rows = [row(f"broker up, {args.concurrency} clients",
+                    await measured(pid, closed_loop(url, bodies, args.seconds, args.concurrency))),
+                row(f"broker up, open loop {args.rate:.0f}/s",
+                    await measured(pid, open_loop(url, bodies, args.seconds, args.rate)))]
         drain = None
         if broker is not None:
             os.kill(broker.pid, signal.SIGSTOP)
             try:
                 await closed_loop(url, bodies, 3.0, args.concurrency)  # the first posts wait out the 1.5 s ack timeout
                 rows.append(row(f"broker down, {args.concurrency} clients",
-                                await closed_loop(url, bodies, args.seconds, args.concurrency)))
+                                await measured(pid, closed_loop(url, bodies, args.seconds, args.concurrency))))
                 rows.append(row(f"broker down, open loop {args.rate:.0f}/s",
-                                await open_loop(url, bodies, args.seconds, args.rate)))
+                                await measured(pid, open_loop(url, bodies, args.seconds, args.rate))))
                 spooled = metric(url, "rlhf_spool_events")
             finally:
                 os.kill(broker.pid, signal.SIGCONT)
@@ -197,9 +231,11 @@ async def main_async(args) -> int:
                 await asyncio.sleep(0.2)
             drain = (spooled, time.perf_counter() - t)
         print(f"\nPOST /v1/feedback, {args.seconds:.0f} s per phase, {len(bodies)} distinct bodies, "
-              f"{os.cpu_count()} cores\n")
-        print("| phase                        |  posts |  posts/s | p50 ms  | p90 ms  | p99 ms  | max ms  | non-2xx |")
-        print("| ---------------------------- | -----: | -------: | ------: | ------: | ------: | ------: | ----: |")
+              f"{os.cpu_count()} cores, load average before: {load0:.1f}\n")
+        print("| phase                         |  posts |  posts/s | p50 ms  | p90 ms  | p99 ms  | max ms  | non-2xx | "
+              "server CPU us/post | note |")
+        print("| ----------------------------- | -----: | -------: | ------: | ------: | ------: | ------: | ----: | "
+              "-------: | --- |")
         for r in rows:
             print(r)
         if drain:

@@ -82,6 +82,12 @@ def _force_close(producer: KafkaProducer, timeout: float = 0.0) -> None:
         sender.force_close()
 
 
+def _retrieve(fut: asyncio.Future) -> None:
+    """Mark a future's exception as seen (asyncio otherwise logs it when nobody awaits it)."""
+    if not fut.cancelled():
+        fut.exception()
+
+
 class EventPublisher:
     DRAIN_BATCH = 500  # spooled events sent per round trip of the drain task
     DRAIN_WAIT_S = 10.0  # a drain batch not acked by then: recreate the producer and retry
@@ -283,6 +289,7 @@ class EventPublisher:
         if self.spool is None:
             raise RuntimeError("EventPublisher.start() was not awaited")
         fut = self._loop.create_future()
+        fut.add_done_callback(_retrieve)  # the caller may be gone (client disconnected) by the time it is written
         self._pending.append(((topic, key, value), fut))
         if self._flushing is None:
             self._flushing = asyncio.create_task(self._flush_pending())
@@ -353,6 +360,8 @@ class EventPublisher:
             return 0
         rows = [(it.topic, it.key, it.value) for it in items]
         futs = [self._loop.create_future() for _ in items]
+        for fut in futs:  # results can arrive after this task stopped waiting (closed, cancelled)
+            fut.add_done_callback(_retrieve)
         self._send_pool.submit(self._submit, rows, futs)
         _, waiting = await asyncio.wait(futs, timeout=self.DRAIN_WAIT_S)
         done_through, published = None, []
