@@ -96,7 +96,7 @@ async def closed_loop(url: str, bodies: list[bytes], seconds: float, concurrency
     return {"n": len(lat), "wall": time.perf_counter() - start, "lat": lat, "codes": codes}
 
 
-async def open_loop(url: str, bodies: list[bytes], seconds: float, rate: float, max_conns: int = 256) -> dict:
+async def open_loop(url: str, bodies: list[bytes], seconds: float, rate: float, max_conns: int = 1000) -> dict:
     """Send post k at start + k/rate on a free connection; latency from that scheduled time."""
     u = urlsplit(url)
     idle: list[Conn] = []
