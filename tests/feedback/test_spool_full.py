@@ -1,0 +1,58 @@
+"""A full spool answers 503 (never a silent drop): the feedback route with a real EventPublisher,
+no broker at all, and a spool of 3 events, served over real HTTP by uvicorn in a thread."""
+
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import asynccontextmanager
+
+import httpx
+import uvicorn
+from fastapi import FastAPI
+from prometheus_client import REGISTRY
+
+from feedback import tokens
+from feedback.producer import EventPublisher
+from feedback.spool import Spool
+from rlhf.settings import Settings
+from serving import routes_feedback
+from tests.conftest import free_port
+
+
+def test_full_spool_answers_503_and_counts_the_drop(tmp_path):
+    settings = Settings(kafka_bootstrap=f"127.0.0.1:{free_port()}", data_dir=tmp_path, spool_max_events=3)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        app.state.events = EventPublisher(settings)
+        await app.state.events.start(connect_wait_s=0.5)
+        yield
+        await app.state.events.close(drain_wait_s=0.1)
+
+    app = FastAPI(lifespan=lifespan)
+    app.state.settings = settings
+    app.include_router(routes_feedback.router)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        rid = tokens.response_id("ab" * 16, 0)
+        body = {"type": "thumbs", "response_id": rid, "feedback_token": tokens.sign(settings.hmac_key, rid, "erin"),
+                "value": "up"}
+        dropped = REGISTRY.get_sample_value("rlhf_spool_dropped_total") or 0.0
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            assert [client.post("/v1/feedback", json=body).status_code for _ in range(3)] == [202] * 3
+            r = client.post("/v1/feedback", json=body)
+        assert r.status_code == 503 and int(r.headers["Retry-After"]) > 0
+        assert r.json()["error"]["code"] == "spool_full"
+        assert REGISTRY.get_sample_value("rlhf_spool_dropped_total") == dropped + 1
+        assert REGISTRY.get_sample_value("rlhf_spool_events") == 3
+    finally:
+        server.should_exit = True
+        thread.join(30)
+    assert len(Spool(tmp_path / "spool", 3)) == 3  # the accepted three wait on disk for the broker
