@@ -33,7 +33,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from kafka import KafkaProducer
-from kafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
+from kafka.errors import (CorruptRecordError, InvalidRecordError, InvalidTopicError, KafkaConnectionError, KafkaError,
+                          KafkaTimeoutError, MessageSizeTooLargeError, RecordListTooLargeError)
 from prometheus_client import Counter, Gauge
 
 from feedback.schema import TOPIC_DEADLETTER, TOPIC_FEEDBACK, DeadLetter, Event, encode
@@ -52,6 +53,11 @@ SPOOL_DROPPED = Counter("rlhf_spool_dropped", "Events refused because the spool 
 EVENTS_SPOOLED = Counter("rlhf_events_spooled", "Events written to the spool instead of Kafka", ["topic"])
 EVENTS_PUBLISHED = Counter("rlhf_events_published", "Events acked by Kafka (directly or from the spool)", ["topic"])
 FEEDBACK_EVENTS = Counter("rlhf_feedback_events", "Feedback events accepted (durable)", ["type", "adapter"])
+
+# Errors for which a record is moved to rlhf.deadletter instead of being retried; anything
+# else (timeouts, a closed or missing producer, authorization) is retried until it works.
+REFUSED_FOREVER = (MessageSizeTooLargeError, RecordListTooLargeError, InvalidRecordError, CorruptRecordError,
+                   InvalidTopicError)
 
 _current: weakref.ref | None = None  # the publisher the spool gauges describe (one per process)
 
@@ -366,7 +372,7 @@ class EventPublisher:
         _, waiting = await asyncio.wait(futs, timeout=self.DRAIN_WAIT_S)
         done_through, published = None, []
         for it, fut in zip(items, futs):
-            if not fut.done() or (fut.exception() is not None and getattr(fut.exception(), "retriable", True)):
+            if not fut.done() or (fut.exception() is not None and not isinstance(fut.exception(), REFUSED_FOREVER)):
                 break  # keep order: stop at the first record still to retry
             if fut.exception() is not None:  # the broker will never take it (e.g. too large): keep it, with why
                 await self._deadletter_refused(it, fut.exception())

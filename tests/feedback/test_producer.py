@@ -143,3 +143,26 @@ def test_publish_deadletter(own_broker, tmp_path):
     (m,) = [x for x in msgs if x["event_id"] == ev.event_id]
     assert m["reason"] == "not json" and m["source_topic"] == TOPIC_FEEDBACK and m["origin"] == "test"
     assert m["payload"].endswith("{oops")
+
+
+def test_a_record_kafka_refuses_forever_goes_to_the_deadletter_topic(own_broker, tmp_path):
+    bootstrap, _ = own_broker
+    huge = Thumbs(response_id=f"r_{CONV}_0", conversation_id=CONV, value="up", comment="x" * 2_000_000)
+    after = thumbs(1)
+
+    async def main():
+        pub = EventPublisher(make_settings(bootstrap, tmp_path))
+        await pub.start()
+        try:
+            await pub.publish(TOPIC_FEEDBACK, huge)  # over max_request_size: kept in the spool first
+            await pub.publish(TOPIC_FEEDBACK, after)  # queued behind it, in order
+            await wait_drained(pub)
+        finally:
+            await pub.close()
+
+    asyncio.run(main())
+    dl = read_topic(bootstrap, TOPIC_DEADLETTER, until=lambda m: len(m) >= 1)
+    assert len(dl) == 1 and "MessageSizeTooLarge" in dl[0]["reason"] and dl[0]["source_topic"] == TOPIC_FEEDBACK
+    assert huge.event_id in dl[0]["payload"]  # the start of the original, truncated
+    fb = read_topic(bootstrap, TOPIC_FEEDBACK, until=lambda m: any(x["event_id"] == after.event_id for x in m))
+    assert [m["event_id"] for m in fb] == [after.event_id]
