@@ -312,7 +312,9 @@ class PPOTrainer:
             with self.policy.disable_adapter():  # the reference: the same weights with the LoRA off
                 ref_logprobs.append(answer_logprobs(self.policy, b_ids, b_mask, P, cfg.temperature))
             values.append(self.critic(b_ids, b_mask, P))
-            raw_scores.append(self.rm(b_ids, b_mask))
+            answer = torch.zeros_like(b_mask)
+            answer[:, P:] = b_mask[:, P:]
+            raw_scores.append(self.rm(b_ids, b_mask, answer))
         logprobs, ref_logprobs = torch.cat(logprobs) * rmask, torch.cat(ref_logprobs) * rmask
         values = torch.cat(values) * rmask
         finished = torch.tensor([s.finished for s in samples])

@@ -1,8 +1,9 @@
 """Reward model: a scalar head on the base model with its own LoRA, fitted to users' signals.
 
-    r(prompt, answer) = w · h_last + c      h_last: the base model's last hidden state at the
-                                            answer's final token (its EOS when it finished),
-                                            computed with the reward LoRA switched on.
+    r(prompt, answer) = w · h̄ + c      h̄: the base model's last hidden states (reward LoRA on),
+                                      averaged over the answer's tokens (`pooling="mean"`,
+                                      see RewardConfig for the measurement) or taken at
+                                      the answer's final token (`pooling="last"`)
 
 Why a head on the base model and not a small separate encoder: the base model already reads
 the prompts and answers the policy writes (same tokenizer, same template), a LoRA keeps the
@@ -23,6 +24,7 @@ of the current policy get mean 0 and std 1.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
@@ -33,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from learner.tokens import encode_prompt, encode_response, last_token_index, pad_right, position_ids
+from learner.tokens import encode_prompt, encode_response, last_token_index, pad_pairs, position_ids
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +72,20 @@ class RewardConfig:
     """Most examples one update trains on (newest first)."""
     thumbs_weight: float = 1.0
     """Weight of the thumbs loss beside the pairwise loss."""
+    balance_thumbs: bool = True
+    """Weight ups and downs so each class counts equally: when one is rare (most answers get
+    the same thumb) the rare one carries the signal, and unweighted it is lost in the bias b.
+    Measured on the tiny model, 350 thumbs with 9 % ups: held-out AUC 0.46 unweighted."""
     max_grad_norm: float = 1.0
     """Gradient clipping norm."""
     max_length: int = 512
     """Longest prompt + answer in tokens; longer examples are cut from the left of the prompt."""
+    pooling: str = "mean"
+    """What the head reads: `mean` of the last hidden states over the answer's tokens, or the
+    `last` token's (TRL's choice). Measured on the tiny model, a word-level preference, held-out
+    pairwise accuracy over 150 pairs after training on 150 pairs + 350 thumbs, seeds 0/1/2:
+    `last` 0.57 / 1.0 / 1.0 (and 0.51 from the thumbs alone), `mean` 1.0 / 0.98 / 0.96 (0.95
+    from the thumbs alone): the answer mean gives the head every answer token directly."""
     eval_batch_size: int = 32
     """Sequences per forward pass when scoring."""
     seed: int = 0
@@ -88,9 +100,10 @@ def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torc
     return -F.logsigmoid(r_chosen - r_rejected).sum()
 
 
-def thumbs_loss(r: torch.Tensor, labels: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """Logistic loss of P(up) = σ(r - b), summed over answers (B,) -> scalar."""
-    return F.binary_cross_entropy_with_logits(r - bias, labels.float(), reduction="sum")
+def thumbs_loss(r: torch.Tensor, labels: torch.Tensor, bias: torch.Tensor,
+                weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Logistic loss of P(up) = σ(r - b), summed over answers (B,) -> scalar (optionally weighted per answer)."""
+    return F.binary_cross_entropy_with_logits(r - bias, labels.float(), weight=weights, reduction="sum")
 
 
 def pairwise_accuracy(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> float:
@@ -114,8 +127,11 @@ def auc(scores: list[float], labels: list[int]) -> float:
 # The model
 # ------------------------------------------------------------------------------------------
 class RewardModel(nn.Module):
-    def __init__(self, backbone: nn.Module, hidden_size: int):
+    def __init__(self, backbone: nn.Module, hidden_size: int, pooling: str = "mean"):
         super().__init__()
+        if pooling not in ("mean", "last"):
+            raise ValueError(f"pooling must be 'mean' or 'last', not {pooling!r}")
+        self.pooling = pooling
         self.backbone = backbone                 # base model (no LM head) + reward LoRA (peft)
         self.head = nn.Linear(hidden_size, 1)    # h_last -> scalar
         self.thumbs_bias = nn.Parameter(torch.zeros(()))  # b in P(up) = σ(r - b)
@@ -130,7 +146,7 @@ class RewardModel(nn.Module):
         base = AutoModel.from_pretrained(str(model_path), dtype=torch.float32)
         lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
                           target_modules=list(cfg.target_modules), bias="none")
-        rm = cls(get_peft_model(base, lora), base.config.hidden_size)
+        rm = cls(get_peft_model(base, lora), base.config.hidden_size, cfg.pooling)
         g = torch.Generator().manual_seed(cfg.seed)
         with torch.no_grad():  # small random head (as TRL): a zero head would give the LoRA no gradient
             rm.head.weight.normal_(0.0, 1.0 / math.sqrt(base.config.hidden_size + 1), generator=g)
@@ -145,7 +161,8 @@ class RewardModel(nn.Module):
 
         base = AutoModel.from_pretrained(str(model_path), dtype=torch.float32)
         backbone = PeftModel.from_pretrained(base, str(Path(ckpt) / "lora"), is_trainable=True)
-        rm = cls(backbone, base.config.hidden_size)
+        meta = json.loads((Path(ckpt) / "reward_model.json").read_text())
+        rm = cls(backbone, base.config.hidden_size, meta["pooling"])
         rm.load_state_dict(load_file(str(Path(ckpt) / "head.safetensors")), strict=False)
         return rm
 
@@ -156,25 +173,37 @@ class RewardModel(nn.Module):
         self.backbone.save_pretrained(str(ckpt / "lora"))
         state = {k: v.detach().contiguous() for k, v in self.state_dict().items() if not k.startswith("backbone.")}
         save_file(state, str(ckpt / "head.safetensors"))
+        (ckpt / "reward_model.json").write_text(json.dumps({"pooling": self.pooling}))
 
-    def raw(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Unnormalised reward of each row (B,); any padding (left or right) is fine."""
+    def raw(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+            answer_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Unnormalised reward of each row (B,); any padding (left or right) is fine.
+
+        answer_mask (B, T): 1 on the answer's tokens, for mean pooling (None: every real token)."""
         h = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
                           position_ids=position_ids(attention_mask)).last_hidden_state  # (B, T, H)
-        last = h[torch.arange(h.shape[0]), last_token_index(attention_mask)]           # (B, H)
-        return self.head(last).squeeze(-1)                                               # (B,)
+        if self.pooling == "last":
+            pooled = h[torch.arange(h.shape[0]), last_token_index(attention_mask)]     # (B, H)
+        else:
+            m = (attention_mask if answer_mask is None else answer_mask * attention_mask).unsqueeze(-1).to(h.dtype)
+            m = torch.where(m.sum(1, keepdim=True) > 0, m, attention_mask.unsqueeze(-1).to(h.dtype))  # empty answer
+            pooled = (h * m).sum(1) / m.sum(1)                                             # (B, H)
+        return self.head(pooled).squeeze(-1)                                               # (B,)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                answer_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Normalised reward (B,): mean 0, std 1 over the current policy's answers."""
-        return (self.raw(input_ids, attention_mask) - self.norm_mean) / self.norm_std
+        return (self.raw(input_ids, attention_mask, answer_mask) - self.norm_mean) / self.norm_std
 
     @torch.no_grad()
-    def score_ids(self, seqs: list[list[int]], pad_id: int, batch_size: int = 32, normalised: bool = True) -> list[float]:
+    def score_ids(self, pairs: list[tuple[list[int], list[int]]], pad_id: int, batch_size: int = 32,
+                  normalised: bool = True) -> list[float]:
+        """Rewards of (prompt ids, answer ids) pairs."""
         self.eval()
         out: list[float] = []
-        for i in range(0, len(seqs), batch_size):
-            ids, mask = pad_right(seqs[i: i + batch_size], pad_id)
-            r = self(ids, mask) if normalised else self.raw(ids, mask)
+        for i in range(0, len(pairs), batch_size):
+            ids, mask, answer = pad_pairs(pairs[i: i + batch_size], pad_id)
+            r = self(ids, mask, answer) if normalised else self.raw(ids, mask, answer)
             out.extend(r.tolist())
         return out
 
@@ -203,14 +232,16 @@ class RewardTrainer:
                                            weight_decay=self.cfg.weight_decay)
         self.rng = random.Random(self.cfg.seed)
         self._cache: dict[tuple, list[int]] = {}
+        self._class_weights = torch.ones(2)  # (down, up), set from the thumbs of each update
 
     # -- text -> ids -----------------------------------------------------------------------
-    def encode(self, messages: list[dict], response: str, finish_reason: str | None) -> list[int]:
+    def encode(self, messages: list[dict], response: str, finish_reason: str | None) -> tuple[list[int], list[int]]:
+        """(prompt ids, answer ids), the prompt cut from the left to fit max_length."""
         key = (repr(messages), response, finish_reason)
         if key not in self._cache:
             p = encode_prompt(self.tokenizer, messages)
-            r = encode_response(self.tokenizer, response, finished=finish_reason == "stop")
-            self._cache[key] = (p + r)[-self.cfg.max_length:]
+            r = encode_response(self.tokenizer, response, finished=finish_reason == "stop")[: self.cfg.max_length]
+            self._cache[key] = (p[max(0, len(p) + len(r) - self.cfg.max_length):], r)
         return self._cache[key]
 
     def _batch_loss(self, batch: list[dict]) -> tuple[torch.Tensor, dict]:
@@ -224,8 +255,8 @@ class RewardTrainer:
             else:
                 seqs.append(self.encode(ex["messages"], ex["response"], ex["finish_reason"]))
                 thumbs.append((len(seqs) - 1, ex["label"]))
-        ids, mask = pad_right(seqs, self.tokenizer.pad_token_id)
-        r = self.rm.raw(ids, mask)                                              # (S,)
+        ids, mask, answer = pad_pairs(seqs, self.tokenizer.pad_token_id)
+        r = self.rm.raw(ids, mask, answer)                                      # (S,)
         loss = r.new_zeros(())
         stats = {}
         if pairs:
@@ -234,7 +265,8 @@ class RewardTrainer:
             stats["bt_acc"] = pairwise_accuracy(r[c].detach(), r[j].detach())
         if thumbs:
             idx, y = torch.tensor(thumbs).T
-            loss = loss + self.cfg.thumbs_weight * thumbs_loss(r[idx], y, self.rm.thumbs_bias)
+            w = self._class_weights[y] if self.cfg.balance_thumbs else None
+            loss = loss + self.cfg.thumbs_weight * thumbs_loss(r[idx], y, self.rm.thumbs_bias, w)
         return loss / len(batch), stats
 
     def step(self, batch: list[dict]) -> float:
@@ -256,6 +288,10 @@ class RewardTrainer:
         chosen += self.rng.sample(old, max(k, 0))
         if not chosen:
             return {"rm_train_examples": 0, "rm_loss": float("nan"), "rm_steps": 0}
+        ups = sum(1 for e in chosen if e["type"] == "thumbs" and e["label"] == 1)
+        downs = sum(1 for e in chosen if e["type"] == "thumbs" and e["label"] == 0)
+        if ups and downs:  # w_c = n / (2 n_c): mean weight 1, each class half of the total
+            self._class_weights = torch.tensor([(ups + downs) / (2 * downs), (ups + downs) / (2 * ups)])
         losses = []
         per_epoch = math.ceil(len(chosen) / self.cfg.batch_size)
         epochs = min(max(self.cfg.epochs, math.ceil(self.cfg.min_steps / per_epoch)), self.cfg.max_epochs)

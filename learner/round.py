@@ -149,7 +149,7 @@ class Learner:
         return serving["version"], resolve_inside(self.settings.adapter_dir, serving["path"])
 
     def _rewards(self, rm, samples) -> list[float]:
-        seqs = [s.prompt_ids + s.response_ids for s in samples]
+        seqs = [(s.prompt_ids, s.response_ids) for s in samples]
         scores = rm.score_ids(seqs, self.tokenizer.pad_token_id, self.cfg.reward.eval_batch_size)
         return [r - (0.0 if s.finished else self.cfg.ppo.missing_eos_penalty) for r, s in zip(scores, samples)]
 
@@ -214,7 +214,7 @@ class Learner:
             samples = self.engine.generate(norm_prompts, temperature=cfg.ppo.temperature,
                                            max_tokens=cfg.ppo.max_new_tokens, lora=serving_lora,
                                            seed=self.rng.randrange(2**31))
-            raw = rm.score_ids([s.prompt_ids + s.response_ids for s in samples], self.tokenizer.pad_token_id,
+            raw = rm.score_ids([(s.prompt_ids, s.response_ids) for s in samples], self.tokenizer.pad_token_id,
                                cfg.reward.eval_batch_size, normalised=False)
             rm.set_normalisation(raw)
             rm_version = self._save_reward_model(rm, round_id, {

@@ -56,6 +56,15 @@ def pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
     return ids, mask
 
 
+def pad_pairs(pairs: list[tuple[list[int], list[int]]], pad_id: int):
+    """(prompt, answer) id lists -> right-padded ids (B, T), attention mask (B, T), answer mask (B, T)."""
+    ids, mask = pad_right([p + a for p, a in pairs], pad_id)
+    answer = torch.zeros_like(mask)
+    for i, (p, a) in enumerate(pairs):
+        answer[i, len(p): len(p) + len(a)] = 1
+    return ids, mask, answer
+
+
 def pad_prompt_response(prompts: list[list[int]], responses: list[list[int]], pad_id: int):
     """Prompts left-padded to P, responses right-padded to R, so every response starts at column P.
 

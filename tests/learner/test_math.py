@@ -163,3 +163,10 @@ def test_reward_model_accuracy_takes_the_lower_measure():
     assert reward_model_accuracy(m, g) == 0.7
     assert reward_model_accuracy({**m, "rm_heldout_ups": 1}, g) == 0.9  # too few ups: AUC does not count
     assert reward_model_accuracy({"rm_heldout_pairs": 1, "rm_pairwise_accuracy": 1.0}, g) is None
+
+
+def test_balanced_thumbs_weights_by_hand():
+    # 1 up, 3 downs: w_up = 4 / (2·1) = 2, w_down = 4 / (2·3) = 2/3; every r - b = 0 -> each term log 2
+    r, y, b = torch.zeros(4), torch.tensor([1, 0, 0, 0]), torch.tensor(0.0)
+    w = torch.tensor([2.0, 2 / 3, 2 / 3, 2 / 3])
+    assert thumbs_loss(r, y, b, w).item() == pytest.approx((2.0 + 3 * 2 / 3) * math.log(2), rel=1e-6)
