@@ -99,6 +99,9 @@ def _bootstrap(settings) -> tuple[str, int]:
 
 
 def run() -> int:
+    import logging
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # the readiness polls are not news
     settings = get_settings()
     data_dir = Path(settings.data_dir).expanduser().resolve()
     adapter_dir = Path(settings.adapter_dir).expanduser().resolve()

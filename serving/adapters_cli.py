@@ -114,8 +114,9 @@ def _announce(settings, events: list) -> None:
         producer.close(timeout=5)
 
 
-def _confirm(settings, expect_active: str | None, expect_canary: str | None = "keep", wait_s: float = 10.0) -> None:
-    """If a replica serves at RLHF_HOST:RLHF_PORT, wait until it routes as expected and say so."""
+def _confirm(settings, expect_active: str | None = "keep", expect_canary: str | None = "keep",
+             wait_s: float = 10.0) -> None:
+    """If a replica serves at RLHF_HOST:RLHF_PORT, wait until it routes as expected ("keep": any) and say so."""
     import httpx
 
     url = f"http://{settings.host}:{settings.port}/v1/adapters"
@@ -126,7 +127,8 @@ def _confirm(settings, expect_active: str | None, expect_canary: str | None = "k
             info = httpx.get(url, timeout=2).json()
         except (httpx.HTTPError, ValueError):
             return  # no replica here to confirm with; the event is on the topic
-        if info.get("active") == expect_active and (expect_canary == "keep" or info.get("canary") == expect_canary):
+        if (expect_active == "keep" or info.get("active") == expect_active) and \
+                (expect_canary == "keep" or info.get("canary") == expect_canary):
             print(f"serving at {settings.host}:{settings.port} now answers with {info.get('active') or 'the base model'}"
                   + (f" (canary {info['canary']} on {info['canary_fraction']:.0%})" if info.get("canary") else ""))
             return
@@ -189,7 +191,7 @@ def cmd_publish(settings, path: Path, canary: float | None, name: str | None) ->
         return 2
     fraction = canary if canary is not None else settings.canary_fraction
     print(f"announced {version}: " + (f"canary on {fraction:.0%} of users" if fraction > 0 else "active on every replica"))
-    _confirm(settings, None if fraction > 0 else version, version if fraction > 0 else "keep")
+    _confirm(settings, "keep" if fraction > 0 else version, version if fraction > 0 else "keep")
     return 0
 
 

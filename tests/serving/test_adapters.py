@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from feedback.schema import AdapterAnnounced, DeadLetter, Interaction, RoutingChanged
+from feedback.schema import AdapterAnnounced, DeadLetter, Interaction, RoutingChanged, encode
 from learner.adapter_store import write_adapter
 from serving.adapters import RoutingState
 from serving.routing import user_bucket
@@ -251,9 +251,14 @@ def test_hot_swap_under_load(replica_a, env, loras):
                for i in range(8)]
     for t in threads:
         t.start()
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=env["RLHF_KAFKA_BOOTSTRAP"])  # connected before the clock starts
+    version, rel, sha = store(env, loras[1])
     try:
         time.sleep(4.0)
-        ev = publish(env, loras[1])
+        ev = AdapterAnnounced(version=version, path=rel, manifest_sha256=sha)  # ts: the announcement's time
+        producer.send("rlhf.adapters", key=ev.key(), value=encode(ev)).get(timeout=15)
         t_announced = ev.ts
         wait_active(replica_a, ev.version)
         time.sleep(5.0)
@@ -261,6 +266,7 @@ def test_hot_swap_under_load(replica_a, env, loras):
         stop.set()
         for t in threads:
             t.join(60)
+        producer.close(timeout=5)
     failed = [r for r in results if r["error"]]
     assert not failed, failed[:3]
     for r in results:  # attributable to exactly one version: every chunk and the extension agree
@@ -325,23 +331,26 @@ def test_tampered_adapter_is_refused_and_active_kept(replica_a, env, loras):
 
 def test_canary_is_sticky_per_user_and_can_be_promoted(replica_a, env, loras):
     active = adapters(replica_a)["active"]
-    ev = publish(env, loras[3], canary=0.5)
-    info = wait_until(lambda: (i := adapters(replica_a))["canary"] == ev.version and i, 20, what="canary")
-    assert info["active"] == active and info["canary_fraction"] == 0.5
+    r = cli(env, replica_a, "publish", str(loras[3]), "--canary", "0.5")
+    assert r.returncode == 0, r.stderr
+    assert "announced lora3@v1: canary on 50% of users" in r.stdout and "(canary lora3@v1 on 50%)" in r.stdout
+    version = "lora3@v1"
+    info = adapters(replica_a)
+    assert info["active"] == active and info["canary"] == version and info["canary_fraction"] == 0.5
     users = [f"user-{i}" for i in range(24)]
     served = {u: chat(replica_a, u)["rlhf"]["adapter"] for u in users}
     for u in users:
-        assert served[u] == (ev.version if user_bucket(u) < 0.5 else active), u
-    assert set(served.values()) == {active, ev.version}
+        assert served[u] == (version if user_bucket(u) < 0.5 else active), u
+    assert set(served.values()) == {active, version}
     assert all(chat(replica_a, u)["rlhf"]["adapter"] == served[u] for u in users[:6])  # sticky
-    assert metric(replica_a, "rlhf_adapter_canary_info", f'version="{ev.version}"') == 0.5
-    assert metric(replica_a, "rlhf_completions_total", f'adapter="{ev.version}"') > 0  # comparable per version
+    assert metric(replica_a, "rlhf_adapter_canary_info", f'version="{version}"') == 0.5
+    assert metric(replica_a, "rlhf_completions_total", f'adapter="{version}"') > 0  # comparable per version
 
-    r = httpx.post(replica_a.url + "/v1/admin/adapters/activate", json={"version": ev.version}, headers=ADMIN,
+    r = httpx.post(replica_a.url + "/v1/admin/adapters/activate", json={"version": version}, headers=ADMIN,
                    timeout=20)
     assert r.status_code == 200 and r.json()["applied"], r.text
-    assert r.json()["active"] == ev.version and r.json()["canary"] is None
-    assert {chat(replica_a, u)["rlhf"]["adapter"] for u in users[:8]} == {ev.version}
+    assert r.json()["active"] == version and r.json()["canary"] is None
+    assert {chat(replica_a, u)["rlhf"]["adapter"] for u in users[:8]} == {version}
 
 
 def test_rollback_on_every_replica(replica_a, server_factory, env, loras):
