@@ -11,7 +11,7 @@ Details of RLHF with PPO" (2022), and Ziegler et al. (2019):
 
     sample y ~ π(·|x) at temperature T                                    (vLLM)
     logp_t  = log π(y_t | x, y_<t) at the same T, ref_t the same without the LoRA
-    score   = RM(x, y) normalised; minus `missing_eos_penalty` if y was cut off without EOS
+    score   = RM(x, text(y)) normalised; minus `missing_eos_penalty` if y was cut off without EOS
     r_t     = -β (logp_t - ref_t)     + score at the final token t = |y| - 1
     A_t     = GAE(r, V; γ, λ), whitened over the batch; returns R_t = A_t + V_t (before whitening)
     L_pg    = mean_t max(-A_t ρ_t, -A_t clip(ρ_t, 1 - ε, 1 + ε)),  ρ_t = exp(logp'_t - logp_t)
@@ -305,20 +305,19 @@ class PPOTrainer:
                                                      [s.response_ids for s in samples], self.pad_id)
         self.policy.eval()
         self.critic.eval()
-        logprobs, ref_logprobs, values, raw_scores = [], [], [], []
+        logprobs, ref_logprobs, values = [], [], []
         for i in range(0, len(samples), cfg.forward_batch_size):
             b_ids, b_mask = ids[i: i + cfg.forward_batch_size], mask[i: i + cfg.forward_batch_size]
             logprobs.append(answer_logprobs(self.policy, b_ids, b_mask, P, cfg.temperature))
             with self.policy.disable_adapter():  # the reference: the same weights with the LoRA off
                 ref_logprobs.append(answer_logprobs(self.policy, b_ids, b_mask, P, cfg.temperature))
             values.append(self.critic(b_ids, b_mask, P))
-            answer = torch.zeros_like(b_mask)
-            answer[:, P:] = b_mask[:, P:]
-            raw_scores.append(self.rm(b_ids, b_mask, answer))
         logprobs, ref_logprobs = torch.cat(logprobs) * rmask, torch.cat(ref_logprobs) * rmask
         values = torch.cat(values) * rmask
         finished = torch.tensor([s.finished for s in samples])
-        scores = torch.cat(raw_scores) - cfg.missing_eos_penalty * (~finished).float()
+        # the reward model reads each answer's text like a logged one (tokens + EOS if finished)
+        scores = torch.tensor(self.rm.score_samples(samples, self.tokenizer, cfg.forward_batch_size))
+        scores = scores - cfg.missing_eos_penalty * (~finished).float()
         rewards, kl = kl_penalised_rewards(logprobs, ref_logprobs, rmask, scores, self.kl_ctl.value)
         advantages, returns = gae(rewards, values, rmask, cfg.gamma, cfg.lam)
         advantages = masked_whiten(advantages, rmask)

@@ -207,6 +207,11 @@ class RewardModel(nn.Module):
             out.extend(r.tolist())
         return out
 
+    def score_samples(self, samples, tokenizer, batch_size: int = 32, normalised: bool = True) -> list[float]:
+        """Rewards of rollouts (learner/rollout.py Sample), read from their text like logged answers."""
+        pairs = [(s.prompt_ids, encode_response(tokenizer, s.text, s.finished)) for s in samples]
+        return self.score_ids(pairs, tokenizer.pad_token_id, batch_size, normalised)
+
     @torch.no_grad()
     def set_normalisation(self, raw_rewards: list[float]) -> None:
         """Make answers of the current policy score mean 0, std 1 (from raw rewards of its samples)."""

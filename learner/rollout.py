@@ -24,19 +24,19 @@ log = logging.getLogger(__name__)
 class Sample:
     prompt_index: int        # which of the prompts passed to generate()
     prompt_ids: list[int]
-    response_ids: list[int]  # generated ids; ends with the stop token when finished
-    text: str                # decoded answer, without the stop token
-    finished: bool           # stopped on EOS / end of turn (False: cut off at max_tokens)
+    response_ids: list[int]  # generated ids (the policy's actions), incl. EOS / the stop string's tokens
+    text: str                # decoded answer, without EOS or the stop string
+    finished: bool           # stopped on EOS or a stop string (False: cut off at max_tokens)
 
 
 class RolloutEngine:
     def __init__(self, model_path: Path | str, *, max_model_len: int = 512, max_lora_rank: int = 16,
                  max_loras: int = 2, gpu_memory_utilization: float = 0.1, seed: int = 0,
-                 stop_token_ids: list[int] | None = None):
+                 stop: list[str] | None = None):
         from vllm import LLM
 
         self.model_path = str(model_path)
-        self.stop_token_ids = stop_token_ids
+        self.stop = stop or None  # serving's stop strings for this model; EOS always stops
         log.info("starting the rollout engine (vLLM) on %s", self.model_path)
         self.llm = LLM(model=self.model_path, enable_lora=True, max_lora_rank=max_lora_rank, max_loras=max_loras,
                        enforce_eager=True, gpu_memory_utilization=gpu_memory_utilization,
@@ -63,7 +63,7 @@ class RolloutEngine:
             log.warning("skipping %d prompts longer than %d tokens", len(prompts) - len(kept),
                         self.max_model_len - max_tokens)
         params = [SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
-                                 stop_token_ids=self.stop_token_ids, seed=None if seed is None else seed + i)
+                                 stop=self.stop, seed=None if seed is None else seed + i)
                   for i, _ in kept]
         outs = self.llm.generate([{"prompt_token_ids": p} for _, p in kept], params, lora_request=lora,
                                  use_tqdm=False)

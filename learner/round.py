@@ -96,7 +96,7 @@ class Learner:
     """The training side of the learner: store + tokenizer + (lazily) the vLLM rollout engine."""
 
     def __init__(self, settings, cfg: LearnerConfig | None = None, *, store: Store | None = None, engine=None):
-        from learner.tokens import load_tokenizer, stop_token_ids
+        from learner.tokens import load_tokenizer, stop_strings
         from rlhf.models import model_display_name, resolve_model
 
         self.settings = settings
@@ -104,7 +104,7 @@ class Learner:
         self.model_path = resolve_model(settings.model)
         self.model_name = model_display_name(settings.model)
         self.tokenizer = load_tokenizer(self.model_path)
-        self.stop_ids = stop_token_ids(self.tokenizer)
+        self.stop = stop_strings(self.model_path)
         self.store = store or Store.open(settings, self.cfg.heldout_fraction)
         self.data_dir = Path(settings.data_dir)
         self._engine = engine
@@ -118,7 +118,7 @@ class Learner:
             self._engine = RolloutEngine(self.model_path, max_model_len=self.settings.max_model_len,
                                          max_lora_rank=self.settings.max_lora_rank, max_loras=2,
                                          gpu_memory_utilization=self.settings.gpu_memory_utilization,
-                                         seed=self.cfg.ppo.seed, stop_token_ids=self.stop_ids)
+                                         seed=self.cfg.ppo.seed, stop=self.stop)
         return self._engine
 
     def close(self) -> None:
@@ -149,8 +149,7 @@ class Learner:
         return serving["version"], resolve_inside(self.settings.adapter_dir, serving["path"])
 
     def _rewards(self, rm, samples) -> list[float]:
-        seqs = [(s.prompt_ids, s.response_ids) for s in samples]
-        scores = rm.score_ids(seqs, self.tokenizer.pad_token_id, self.cfg.reward.eval_batch_size)
+        scores = rm.score_samples(samples, self.tokenizer, self.cfg.reward.eval_batch_size)
         return [r - (0.0 if s.finished else self.cfg.ppo.missing_eos_penalty) for r, s in zip(scores, samples)]
 
     def _save_reward_model(self, rm, round_id: int, metrics: dict) -> int:
@@ -214,8 +213,7 @@ class Learner:
             samples = self.engine.generate(norm_prompts, temperature=cfg.ppo.temperature,
                                            max_tokens=cfg.ppo.max_new_tokens, lora=serving_lora,
                                            seed=self.rng.randrange(2**31))
-            raw = rm.score_ids([(s.prompt_ids, s.response_ids) for s in samples], self.tokenizer.pad_token_id,
-                               cfg.reward.eval_batch_size, normalised=False)
+            raw = rm.score_samples(samples, self.tokenizer, cfg.reward.eval_batch_size, normalised=False)
             rm.set_normalisation(raw)
             rm_version = self._save_reward_model(rm, round_id, {
                 **{k: v for k, v in metrics.items() if k.startswith("rm_")}, "trained_through_seq": hwm,

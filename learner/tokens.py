@@ -1,8 +1,9 @@
 """Turning prompts and answers into token ids, the same way serving does, and padding them.
 
 Serving renders the chat template to text and tokenizes it with `add_special_tokens=False`
-(the template writes `<bos>` itself); the learner does exactly the same, so the reward model
-and the policy see what serving saw. Rollouts hand vLLM token ids, never text.
+(adding `<bos>` only if the template did not), and stops on EOS or the model card's stop
+strings; the learner does exactly the same, so the reward model and the policy see what
+serving saw. Rollouts hand vLLM token ids, never text.
 """
 
 from __future__ import annotations
@@ -10,10 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-
-# Tokens that end an assistant turn in common chat templates (besides the model's EOS).
-END_OF_TURN = ("<|end|>", "<end_of_turn>", "<|im_end|>", "<|eot_id|>")
-
 
 def load_tokenizer(model_path: Path | str):
     from transformers import AutoTokenizer
@@ -24,25 +21,30 @@ def load_tokenizer(model_path: Path | str):
     return tok
 
 
-def stop_token_ids(tokenizer) -> list[int]:
-    """EOS plus the template's end-of-turn token: a response that ends with one of these was finished."""
-    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    vocab = tokenizer.get_vocab()
-    ids |= {vocab[t] for t in END_OF_TURN if t in vocab}
-    ids.discard(tokenizer.pad_token_id)
-    return sorted(ids)
+def stop_strings(model_path: Path | str) -> list[str]:
+    """Stop strings serving uses for this model (its model card; e.g. the base Gemma's Q/A transcript)."""
+    from rlhf.models import model_card
+
+    return list(model_card(Path(model_path)).get("stop", []))
 
 
 def encode_prompt(tokenizer, messages: list[dict]) -> list[int]:
+    """Chat template -> ids with exactly one <bos> in front (as serving's `engine.render`)."""
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    bos = tokenizer.bos_token_id
+    if bos is not None and (not ids or ids[0] != bos):
+        ids = [bos] + ids
+    return ids
 
 
 def encode_response(tokenizer, text: str, finished: bool) -> list[int]:
-    """A logged answer as token ids; a finished answer ends with EOS, as vLLM's output did."""
+    """An answer's text as the reward model reads it: its tokens, then EOS if it finished.
+
+    Logged answers and rollouts both go through this (from their text), so the reward model
+    sees them the same way whether serving stopped on EOS or on a stop string."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else stop_token_ids(tokenizer)[0]
-    return ids + [eos] if finished else ids
+    return ids + [tokenizer.eos_token_id] if finished and tokenizer.eos_token_id is not None else ids
 
 
 def pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

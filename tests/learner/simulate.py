@@ -1,8 +1,8 @@
 """A simulated user with one hidden preference: answers containing a given word are better.
 
 Used by the learning tests: the user sees two answers to a prompt (a chat completion with
-n=2) and, when exactly one contains the word, picks it (pairwise); on other answers it gives a
-thumbs up if the word is there and down if not. `preference_rate` measures how often a policy
+n=2) and, when exactly one contains the word, picks it (pairwise) or rates one of them; when
+neither or both do, it sometimes rates one: thumbs up if the word is there, down if not. `preference_rate` measures how often a policy
 (base or adapter) writes the word, by sampling with vLLM.
 """
 
@@ -29,7 +29,21 @@ def user_choice(a: str, b: str, word: str = WORD) -> int | None:
     return 0 if ha else 1
 
 
-def synthetic_events(engine, tokenizer, questions: list[str], *, word: str = WORD, thumbs_share: float = 0.3,
+def user_feedback(rng: random.Random, a: str, b: str, *, word: str = WORD, thumbs_share: float = 0.2):
+    """What the user does with two answers: ("pairwise", chosen, rejected), ("thumbs", index, "up"|"down"), or None.
+
+    A clear preference (exactly one has the word) becomes a pairwise choice, or a thumbs on one
+    answer `thumbs_share` of the time; without one, half the users rate one answer, half skip."""
+    choice = user_choice(a, b, word)
+    if choice is not None and rng.random() >= thumbs_share:
+        return "pairwise", choice, 1 - choice
+    if choice is not None or rng.random() < 0.5:
+        k = rng.randrange(2)
+        return "thumbs", k, "up" if has_word((a, b)[k], word) else "down"
+    return None
+
+
+def synthetic_events(engine, tokenizer, questions: list[str], *, word: str = WORD, thumbs_share: float = 0.2,
                      seed: int = 0, model: str = "tiny", max_tokens: int = 48):
     """Interactions sampled from the base model (n=2 per question) and the user's feedback on them.
 
@@ -54,16 +68,15 @@ def synthetic_events(engine, tokenizer, questions: list[str], *, word: str = WOR
                 finish_reason="stop" if s.finished else "length", model=model, sampling={"temperature": 1.0, "n": 2},
                 prompt_tokens=len(s.prompt_ids), completion_tokens=len(s.response_ids))))
             stats["interactions"] += 1
-        choice = user_choice(pair[0].text, pair[1].text, word)
-        if choice is not None and rng.random() >= thumbs_share:
-            events.append((TOPIC_FEEDBACK, Pairwise(chosen_response_id=rids[choice],
-                                                    rejected_response_id=rids[1 - choice],
+        action = user_feedback(rng, pair[0].text, pair[1].text, word=word, thumbs_share=thumbs_share)
+        if action and action[0] == "pairwise":
+            events.append((TOPIC_FEEDBACK, Pairwise(chosen_response_id=rids[action[1]],
+                                                    rejected_response_id=rids[action[2]],
                                                     conversation_id=conv, user=user)))
             stats["pairwise"] += 1
-        elif choice is not None or rng.random() < 0.5:  # no clear preference: only some users bother
-            k = rng.randrange(2)
-            events.append((TOPIC_FEEDBACK, Thumbs(response_id=rids[k], conversation_id=conv, user=user,
-                                                  value="up" if has_word(pair[k].text, word) else "down")))
+        elif action:
+            events.append((TOPIC_FEEDBACK, Thumbs(response_id=rids[action[1]], conversation_id=conv, user=user,
+                                                  value=action[2])))
             stats["thumbs"] += 1
     return events, stats
 
