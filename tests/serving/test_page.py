@@ -111,3 +111,22 @@ def test_compare_mode_records_a_pairwise_event(page, broker):
                                 if isinstance(e, Interaction) and e.response_id == follow_id], 20, 0.5, "interaction")
     assert [m.role for m in inter[0].messages] == ["user", "assistant", "user"]
     assert inter[0].messages[1].content.strip() == chosen_text.strip()
+
+
+def test_compare_two_models_pairs_answers_of_two_requests(page, broker):
+    """"second answer from" a named model: two requests with the same messages, one answer each;
+    the feedback route accepts the pair because both tokens carry the same prompt digest."""
+    page.get_by_test_id("compare").check()
+    page.wait_for_function("() => document.querySelectorAll('[data-testid=compare-with] option').length > 1")
+    page.get_by_test_id("compare-with").select_option("tiny")
+    send(page, "Do you like music?")
+    answers = page.get_by_test_id("answer")
+    assert answers.count() == 2
+    ids = [answers.nth(i).get_attribute("data-response-id") for i in range(2)]
+    assert ids[0].rsplit("_", 1)[0] != ids[1].rsplit("_", 1)[0]  # two completions
+    answers.nth(0).get_by_test_id("prefer").click()
+    page.wait_for_function("() => document.querySelectorAll('.answer.chosen').length === 1")
+    assert page.get_by_test_id("error").is_hidden(), page.get_by_test_id("error").inner_text()
+    pair = wait_until(lambda: [e for e in feedback_events(broker, Pairwise) if e.chosen_response_id == ids[0]],
+                      20, 0.5, "the Pairwise event on rlhf.feedback")
+    assert pair[0].rejected_response_id == ids[1]
