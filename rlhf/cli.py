@@ -5,7 +5,7 @@
     rlhf broker  [--port N]                               embedded Kafka-compatible broker
     rlhf up      [--model NAME]                           broker + serving + learner together
     rlhf model prepare [--model NAME]                     make a model available offline
-    rlhf adapters list|publish PATH|activate VERSION|rollback
+    rlhf adapters list|publish PATH|activate VERSION|rollback|canary VERSION FRACTION
 
 Options given here override the `RLHF_*` environment variables (see rlhf/settings.py).
 """
@@ -135,9 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     s = asub.add_parser("publish", help="validate a PEFT adapter folder, store it and announce it")
     s.add_argument("path")
     s.add_argument("--canary", type=float, default=None, help="start as canary on this share of users")
+    s.add_argument("--name", default=None, help="adapter name (default: the folder's name)")
     s = asub.add_parser("activate", help="route all traffic to VERSION (`base` for no adapter)")
     s.add_argument("version")
     asub.add_parser("rollback", help="route traffic back to the previous version")
+    s = asub.add_parser("canary", help="send a sticky share of users to VERSION")
+    s.add_argument("version")
+    s.add_argument("fraction", type=float, help="share of users, 0..1")
     a.set_defaults(func=cmd_adapters)
     return p
 
