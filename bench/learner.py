@@ -1,0 +1,247 @@
+"""Learner throughput beside TRL: reward-model examples/s, PPO iteration time and tokens/s.
+
+    .venv/bin/python bench/learner.py                              # tiny and gemma-3-270m
+    .venv/bin/python bench/learner.py --models tiny --iterations 3
+    .venv/bin/python bench/learner.py --skip-trl                   # ours only
+
+Same work on both sides (LoRA r=8 on q,k,v,o,gate,up,down; fp32 on CPU; learning rates,
+batch sizes, answer length and temperature equal):
+- reward model: pairs of (prompt, chosen, rejected), batch 16, one optimiser step per batch.
+  Ours: learner/reward.py `RewardTrainer.step`. TRL: `trl.RewardTrainer` (sequence-classification
+  head + LoRA), timed by a callback from its second step on.
+- policy optimisation: 32 answers of at most 48 new tokens per iteration, 4 epochs over
+  minibatches of 8 (16 optimiser steps), KL penalty to the base, our reward model as reward.
+  Ours: learner/ppo.py `PPOTrainer.step` (rollouts with vLLM under a new LoRA id, critic,
+  GAE). TRL 1.16 no longer ships a PPO trainer, so the comparison is its RLOO trainer
+  configured the same way (16 prompts x 2 generations, num_iterations=4, beta=0.1), which
+  samples with transformers `generate` (TRL's vLLM mode needs a GPU) and has no critic.
+Times exclude the first (warm-up) step on both sides and are medians over the timed steps (the
+CI machine is shared; the load average is printed). Needs `trl` (the `bench` extra).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("RLHF_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".cache" / "rlhf"))
+
+log = logging.getLogger("bench.learner")
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+RM_BATCH, RM_LR = 16, 2e-3
+ROLLOUTS, MINIBATCH, EPOCHS, MAX_NEW, LR, BETA = 32, 8, 4, 48, 3e-4, 0.1
+
+
+def pairs_data(n: int, seed: int = 0) -> list[dict]:
+    """Pairs of answers of the kind the tiny model writes (lengths like real feedback)."""
+    from rlhf.models import tiny_dialogues
+
+    ds = tiny_dialogues(2 * n, seed)
+    return [{"type": "pairwise", "seq": i + 1, "messages": [ds[2 * i][0]], "chosen": ds[2 * i][1]["content"],
+             "chosen_finish": "stop", "rejected": ds[2 * i + 1][1]["content"], "rejected_finish": "stop"}
+            for i in range(n)]
+
+
+# ------------------------------------------------------------------------------------------ ours
+def ours_reward(model_path, tokenizer, steps: int) -> dict:
+    from learner.reward import RewardConfig, RewardModel, RewardTrainer
+
+    cfg = RewardConfig(learning_rate=RM_LR, batch_size=RM_BATCH)
+    rm = RewardModel.create(model_path, cfg)
+    tr = RewardTrainer(rm, tokenizer, cfg)
+    data = pairs_data(RM_BATCH * (steps + 1))
+    times = []
+    for i in range(steps + 1):
+        t = time.perf_counter()
+        tr.step(data[i * RM_BATCH:(i + 1) * RM_BATCH])
+        times.append(time.perf_counter() - t)
+    step_s = statistics.median(times[1:])
+    return {"rm_step_s": step_s, "rm_examples_per_s": RM_BATCH / step_s}
+
+
+def ours_ppo(model_path, tokenizer, iterations: int, engine) -> dict:
+    from learner.ppo import PPOConfig, PPOTrainer
+    from learner.reward import RewardConfig, RewardModel
+    from learner.tokens import encode_prompt
+    from rlhf.models import tiny_prompts
+
+    cfg = PPOConfig(rollout_batch_size=ROLLOUTS, minibatch_size=MINIBATCH, ppo_epochs=EPOCHS,
+                    max_new_tokens=MAX_NEW, learning_rate=LR, init_kl_coef=BETA, adaptive_kl=False)
+    rm = RewardModel.create(model_path, RewardConfig())
+    with tempfile.TemporaryDirectory() as d:
+        ppo = PPOTrainer(model_path, tokenizer, cfg, rm, workdir=d)
+        prompts = [encode_prompt(tokenizer, [{"role": "user", "content": q}]) for q in tiny_prompts(256, seed=5)]
+        stats = []
+        for k in range(iterations + 1):
+            t = time.perf_counter()
+            s = ppo.step(engine, prompts)
+            s["wall"] = time.perf_counter() - t
+            stats.append(s)
+            log.info("ours PPO %d/%d: %.1f s (rollout %.1f, score %.1f, update %.1f), %d tokens", k + 1,
+                     iterations + 1, s["wall"], s["time_rollout"], s["time_score"], s["time_update"], s["tokens"])
+    rest = stats[1:]
+    return {"ppo_step_s": statistics.median(s["wall"] for s in rest),
+            "ppo_tokens_per_s": statistics.median(s["tokens"] / s["wall"] for s in rest),
+            "ppo_rollout_s": statistics.median(s["time_rollout"] for s in rest),
+            "ppo_update_s": statistics.median(s["time_score"] + s["time_update"] for s in rest)}
+
+
+# ------------------------------------------------------------------------------------------ TRL
+class StepTimer:
+    """A TrainerCallback that records when each optimiser step ends."""
+
+    def __new__(cls):
+        from transformers import TrainerCallback
+
+        class _Timer(TrainerCallback):
+            def __init__(self):
+                self.ends: list[float] = []
+                self.start = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kw):
+                self.ends.append(time.perf_counter())
+
+        return _Timer()
+
+
+def trl_reward(model_path, tokenizer, steps: int) -> dict:
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import RewardConfig as TRLRewardConfig
+    from trl import RewardTrainer
+
+    data = pairs_data(RM_BATCH * (steps + 1))
+    ds = Dataset.from_list([{"chosen": d["messages"] + [{"role": "assistant", "content": d["chosen"]}],
+                             "rejected": d["messages"] + [{"role": "assistant", "content": d["rejected"]}]}
+                            for d in data])
+    with tempfile.TemporaryDirectory() as d:
+        args = TRLRewardConfig(output_dir=d, per_device_train_batch_size=RM_BATCH, learning_rate=RM_LR,
+                               max_steps=steps + 1, logging_steps=1000, save_strategy="no", report_to="none",
+                               use_cpu=True, bf16=False, max_length=512, gradient_checkpointing=False,
+                               dataloader_num_workers=0, model_init_kwargs={"dtype": "float32"})
+        timer = StepTimer()
+        trainer = RewardTrainer(model=str(model_path), args=args, train_dataset=ds, processing_class=tokenizer,
+                                peft_config=LoraConfig(r=8, lora_alpha=16, target_modules=TARGETS,
+                                                       task_type="SEQ_CLS"),
+                                callbacks=[timer])
+        trainer.train()
+    step_s = statistics.median(b - a for a, b in zip(timer.ends, timer.ends[1:]))
+    return {"rm_step_s": step_s, "rm_examples_per_s": RM_BATCH / step_s}
+
+
+def trl_rloo(model_path, tokenizer, iterations: int) -> dict:
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import RLOOConfig, RLOOTrainer
+
+    from learner.reward import RewardConfig, RewardModel
+    from learner.tokens import encode_prompt, encode_response
+    from rlhf.models import tiny_prompts
+
+    rm = RewardModel.create(model_path, RewardConfig()).eval()
+
+    def reward(prompts, completions, **kw) -> list[float]:  # our reward model, as for ours
+        pairs = [(encode_prompt(tokenizer, p), encode_response(tokenizer, c[0]["content"], True))
+                 for p, c in zip(prompts, completions)]
+        return rm.score_ids(pairs, tokenizer.pad_token_id)
+
+    lengths: list[int] = []
+
+    def count(prompts, completions, completion_ids, **kw) -> list[float]:
+        lengths.extend(len(c) for c in completion_ids)
+        return [0.0] * len(completions)
+
+    ds = Dataset.from_list([{"prompt": [{"role": "user", "content": q}]} for q in tiny_prompts(256, seed=5)])
+    steps_per_gen = ROLLOUTS // MINIBATCH
+    with tempfile.TemporaryDirectory() as d:
+        args = RLOOConfig(output_dir=d, per_device_train_batch_size=MINIBATCH, num_generations=2,
+                          steps_per_generation=steps_per_gen, num_iterations=EPOCHS, max_completion_length=MAX_NEW,
+                          temperature=1.0, beta=BETA, learning_rate=LR, max_grad_norm=1.0,
+                          max_steps=(iterations + 1) * steps_per_gen * EPOCHS, logging_steps=1000,
+                          save_strategy="no", report_to="none", use_cpu=True, bf16=False,
+                          reward_weights=[1.0, 0.0], model_init_kwargs={"dtype": torch.float32})
+        timer = StepTimer()
+        trainer = RLOOTrainer(model=str(model_path), reward_funcs=[reward, count], args=args, train_dataset=ds,
+                              processing_class=tokenizer,
+                              peft_config=LoraConfig(r=8, lora_alpha=16, target_modules=TARGETS),
+                              callbacks=[timer])
+        trainer.train()
+    per_iter = steps_per_gen * EPOCHS
+    # an iteration = one generation batch + its updates; skip the first
+    ends = timer.ends
+    iter_times = [ends[(k + 1) * per_iter - 1] - ends[k * per_iter - 1] for k in range(1, iterations + 1)]
+    tokens = [sum(lengths[k * ROLLOUTS:(k + 1) * ROLLOUTS]) for k in range(1, iterations + 1)]
+    return {"ppo_step_s": statistics.median(iter_times),
+            "ppo_tokens_per_s": statistics.median(n / t for n, t in zip(tokens, iter_times))}
+
+
+# ------------------------------------------------------------------------------------------ main
+def bench_model(name: str, iterations: int, rm_steps: int, skip_trl: bool) -> dict:
+    import torch
+
+    from learner.rollout import RolloutEngine
+    from learner.tokens import load_tokenizer, stop_strings
+    from rlhf.models import resolve_model
+
+    torch.manual_seed(0)
+    path = resolve_model(name)
+    tok = load_tokenizer(path)
+    out = {"ours": {}, "trl": {}}
+    log.info("%s: reward model, ours", name)
+    out["ours"].update(ours_reward(path, tok, rm_steps))
+    if not skip_trl:
+        log.info("%s: reward model, TRL RewardTrainer", name)
+        out["trl"].update(trl_reward(path, tok, rm_steps))
+    engine = RolloutEngine(path, max_model_len=512, stop=stop_strings(path))
+    try:
+        log.info("%s: PPO, ours", name)
+        out["ours"].update(ours_ppo(path, tok, iterations, engine))
+    finally:
+        engine.close()
+        del engine
+    if not skip_trl:
+        log.info("%s: RLOO, TRL", name)
+        out["trl"].update(trl_rloo(path, tok, iterations))
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="tiny,gemma-3-270m")
+    p.add_argument("--iterations", type=int, default=3, help="timed PPO/RLOO iterations (after one warm-up)")
+    p.add_argument("--rm-steps", type=int, default=10, help="timed reward-model steps (after one warm-up)")
+    p.add_argument("--skip-trl", action="store_true")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    for noisy in ("vllm", "httpx", "datasets", "transformers", "trl"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    load0 = tuple(round(x, 1) for x in os.getloadavg())
+    results = {}
+    for name in args.models.split(","):
+        results[name] = bench_model(name.strip(), args.iterations, args.rm_steps, args.skip_trl)
+    print(f"\n{'model':<14} {'metric':<26} {'ours':>10} {'TRL':>10} {'ours/TRL':>9}")
+    rows = [("rm_examples_per_s", "RM pairs/s (higher better)"), ("rm_step_s", "RM step s"),
+            ("ppo_step_s", "PPO/RLOO iteration s"), ("ppo_tokens_per_s", "PPO/RLOO answer tokens/s"),
+            ("ppo_rollout_s", "  of which rollout s (vLLM)"), ("ppo_update_s", "  of which score+update s")]
+    for name, r in results.items():
+        for key, label in rows:
+            a, b = r["ours"].get(key), r["trl"].get(key)
+            if a is None:
+                continue
+            ratio = f"{a / b:9.2f}" if b else f"{'':>9}"
+            print(f"{name:<14} {label:<26} {a:10.3f} {b if b is not None else float('nan'):10.3f} {ratio}")
+    print(f"\nthreads: torch {__import__('torch').get_num_threads()}, cpus {os.cpu_count()}; "
+          f"load average at start {load0}, at end {tuple(round(x, 1) for x in os.getloadavg())}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
