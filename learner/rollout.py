@@ -31,8 +31,8 @@ class Sample:
 
 class RolloutEngine:
     def __init__(self, model_path: Path | str, *, max_model_len: int = 512, max_lora_rank: int = 16,
-                 max_loras: int = 2, gpu_memory_utilization: float = 0.1, seed: int = 0,
-                 stop: list[str] | None = None):
+                 max_loras: int = 2, gpu_memory_utilization: float = 0.1, kv_cache_gb: float = 0.0,
+                 seed: int = 0, stop: list[str] | None = None):
         from vllm import LLM
 
         self.model_path = str(model_path)
@@ -40,7 +40,8 @@ class RolloutEngine:
         log.info("starting the rollout engine (vLLM) on %s", self.model_path)
         self.llm = LLM(model=self.model_path, enable_lora=True, max_lora_rank=max_lora_rank, max_loras=max_loras,
                        enforce_eager=True, gpu_memory_utilization=gpu_memory_utilization,
-                       max_model_len=max_model_len, seed=seed)
+                       max_model_len=max_model_len, seed=seed,
+                       kv_cache_memory_bytes=int(kv_cache_gb * 2**30) if kv_cache_gb > 0 else None)
         self.max_model_len = max_model_len
         self._ids = itertools.count(1)
 

@@ -118,6 +118,7 @@ class Learner:
             self._engine = RolloutEngine(self.model_path, max_model_len=self.settings.max_model_len,
                                          max_lora_rank=self.settings.max_lora_rank, max_loras=2,
                                          gpu_memory_utilization=self.settings.gpu_memory_utilization,
+                                         kv_cache_gb=self.settings.kv_cache_gb,
                                          seed=self.cfg.ppo.seed, stop=self.stop)
         return self._engine
 

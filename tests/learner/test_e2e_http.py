@@ -72,6 +72,7 @@ def word_rate(server, model: str, questions: list[str], n: int = 4) -> float:
     return sum(hits) / len(hits)
 
 
+@pytest.mark.timeout(2400)  # a shared 2-core machine: serving, the user and the learner compete for it
 def test_simulated_user_through_http_moves_the_policy(env, server_factory, learner_factory):
     server = server_factory(**env, RLHF_FEEDBACK_RATE_LIMIT=100000)
     learner = learner_factory(**env, RLHF_LEARNER_MIN_FEEDBACK=350, RLHF_LEARNER_INTERVAL_S=100000,
@@ -94,7 +95,7 @@ def test_simulated_user_through_http_moves_the_policy(env, server_factory, learn
         assert not [r for r in rounds if r[1] in ("rejected", "failed")], (rounds, learner.tail())
         return info["active"] == "policy@v1" and info
 
-    learner.wait("the learner to publish and serving to route to it", published, timeout=900, every=2.0)
+    learner.wait("the learner to publish and serving to route to it", published, timeout=1800, every=2.0)
 
     # 3. what the learner reports
     metrics = learner.metrics()

@@ -69,6 +69,7 @@ def rm_accuracy_on_fresh_pairs(learner, seed: int) -> tuple[float, int]:
     return m["rm_pairwise_accuracy"], m["rm_heldout_pairs"]
 
 
+@pytest.mark.timeout(1800)  # shared 2-core machine; about 3 minutes when it is quiet
 def test_learns_a_hidden_preference_and_publishes(learner):
     # 1. the user's feedback on 700 prompts answered twice by the base model (~400 feedback events)
     events, stats = synthetic_events(learner.engine, learner.tokenizer, tiny_prompts(700, seed=11), seed=1,
