@@ -95,8 +95,12 @@ class ConsumeLoop(threading.Thread):
                     records = consumer.poll(1.0)
                     self.last_poll = time.monotonic()
                     if records:
-                        res = store.ingest([(r.topic, r.event) for r in records])   # durable first...
-                        consumer.commit()                                            # ...then the offsets
+                        try:
+                            res = store.ingest([(r.topic, r.event) for r in records])  # durable first...
+                        except Exception:
+                            consumer.rewind()  # not stored: read the batch again
+                            raise
+                        consumer.commit()                                              # ...then the offsets
                         for topic, n in res.by_topic.items():
                             EVENTS.labels(topic).inc(n)
                         if res.duplicates:
@@ -119,7 +123,7 @@ class ConsumeLoop(threading.Thread):
                     if self.consumed > logged and time.monotonic() - last_log > 30:
                         log.info("consumed %d new events so far (%s)", self.consumed, store.counts())
                         last_log, logged = time.monotonic(), self.consumed
-                except Exception as e:  # noqa: BLE001 - keep consuming; offsets are not committed
+                except Exception as e:  # noqa: BLE001 - keep consuming; what was not stored is not committed
                     self.error = f"{type(e).__name__}: {e}"
                     log.warning("consume loop: %s; retrying", self.error)
                     self.stop.wait(2.0)
