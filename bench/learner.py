@@ -22,6 +22,7 @@ CI machine is shared; the load average is printed). Needs `trl` (the `bench` ext
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import statistics
@@ -200,13 +201,15 @@ def bench_model(name: str, iterations: int, rm_steps: int, skip_trl: bool) -> di
     if not skip_trl:
         log.info("%s: reward model, TRL RewardTrainer", name)
         out["trl"].update(trl_reward(path, tok, rm_steps))
-    engine = RolloutEngine(path, max_model_len=512, stop=stop_strings(path))
+    gc.collect()
+    engine = RolloutEngine(path, max_model_len=512, stop=stop_strings(path), kv_cache_gb=0.5)
     try:
         log.info("%s: PPO, ours", name)
         out["ours"].update(ours_ppo(path, tok, iterations, engine))
     finally:
         engine.close()
         del engine
+        gc.collect()
     if not skip_trl:
         log.info("%s: RLOO, TRL", name)
         out["trl"].update(trl_rloo(path, tok, iterations))
@@ -224,20 +227,19 @@ def main() -> int:
     for noisy in ("vllm", "httpx", "datasets", "transformers", "trl"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     load0 = tuple(round(x, 1) for x in os.getloadavg())
-    results = {}
-    for name in args.models.split(","):
-        results[name] = bench_model(name.strip(), args.iterations, args.rm_steps, args.skip_trl)
-    print(f"\n{'model':<14} {'metric':<26} {'ours':>10} {'TRL':>10} {'ours/TRL':>9}")
     rows = [("rm_examples_per_s", "RM pairs/s (higher better)"), ("rm_step_s", "RM step s"),
             ("ppo_step_s", "PPO/RLOO iteration s"), ("ppo_tokens_per_s", "PPO/RLOO answer tokens/s"),
             ("ppo_rollout_s", "  of which rollout s (vLLM)"), ("ppo_update_s", "  of which score+update s")]
-    for name, r in results.items():
+    lines = [f"{'model':<14} {'metric':<28} {'ours':>10} {'TRL':>10} {'ours/TRL':>9}"]
+    for name in args.models.split(","):
+        r = bench_model(name.strip(), args.iterations, args.rm_steps, args.skip_trl)
         for key, label in rows:
             a, b = r["ours"].get(key), r["trl"].get(key)
             if a is None:
                 continue
             ratio = f"{a / b:9.2f}" if b else f"{'':>9}"
-            print(f"{name:<14} {label:<26} {a:10.3f} {b if b is not None else float('nan'):10.3f} {ratio}")
+            lines.append(f"{name:<14} {label:<28} {a:10.3f} {b if b is not None else float('nan'):10.3f} {ratio}")
+        print("\n" + "\n".join(lines), flush=True)  # after each model, so a later failure keeps these
     print(f"\nthreads: torch {__import__('torch').get_num_threads()}, cpus {os.cpu_count()}; "
           f"load average at start {load0}, at end {tuple(round(x, 1) for x in os.getloadavg())}")
     return 0
