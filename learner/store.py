@@ -24,7 +24,7 @@ import hashlib
 import json
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -140,6 +140,7 @@ class IngestResult:
     joined: int = 0        # feedback rows that became usable
     pending: int = 0       # feedback rows now waiting for their interaction
     replaced: int = 0      # feedback that replaced an earlier one with the same dedupe key
+    by_topic: dict = field(default_factory=dict)  # topic -> new events
 
 
 class Store:
@@ -208,6 +209,7 @@ class Store:
                     res.duplicates += 1
                     continue
                 res.new += 1
+                res.by_topic[topic] = res.by_topic.get(topic, 0) + 1
                 if isinstance(ev, Interaction):
                     self._add_interaction(ev, res)
                 elif isinstance(ev, (Thumbs, Pairwise)):
