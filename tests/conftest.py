@@ -63,7 +63,7 @@ class ServerProcess:
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 240.0) -> "ServerProcess":
+    def start(self, timeout: float = 600.0) -> "ServerProcess":
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "rlhf.cli", "serve"], env=self.env,
                                      stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -101,13 +101,13 @@ def server_factory(tmp_path_factory, tiny_model_path):
     """Start extra serving processes (tiny model) with given RLHF_* overrides; all stopped at the end."""
     started: list[ServerProcess] = []
 
-    def make(**env) -> ServerProcess:
+    def make(start_timeout: float = 600.0, **env) -> ServerProcess:
         d = tmp_path_factory.mktemp("serve")
         base = {"RLHF_MODEL": "tiny", "RLHF_DATA_DIR": str(d / "data"), "RLHF_ADAPTER_DIR": str(d / "adapters"),
                 "RLHF_MAX_MODEL_LEN": "512", "RLHF_LOG_LEVEL": "INFO"}
         s = ServerProcess({**base, **{k: str(v) for k, v in env.items()}}, d / "server.log")
         started.append(s)
-        return s.start()
+        return s.start(start_timeout)
 
     yield make
     for s in started:
