@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import signal
 import threading
 import time
@@ -216,7 +215,9 @@ class _Stop(BaseException):
 def load_config():
     from learner.round import LearnerConfig
 
-    path = os.environ.get("RLHF_LEARNER_CONFIG", "")
+    from rlhf.settings import get_settings
+
+    path = get_settings().learner_config
     return LearnerConfig.from_file(path) if path else LearnerConfig()
 
 

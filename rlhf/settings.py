@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     learner_min_feedback: int = Field(32, description="New feedback events that trigger a training round.")
     learner_interval_s: float = Field(600.0, description="Seconds after which a round runs with any new feedback.")
     learner_join_wait_s: float = Field(300.0, description="How long feedback waits for its interaction.")
+    learner_config: str = Field("", description="JSON file overriding learner.round.LearnerConfig fields.")
     kl_budget: float = Field(5.0, description="Largest mean KL(policy || base) per response a published adapter may have.")
     rm_accuracy_floor: float = Field(0.6, description="Held-out accuracy the reward model needs before publishing.")
 
