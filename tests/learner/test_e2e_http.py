@@ -111,7 +111,7 @@ def test_simulated_user_through_http_moves_the_policy(env, server_factory, learn
     acc = metric_value(metrics, "rlhf_learner_rm_accuracy", 'measure="gate"')
     gain = (metric_value(metrics, "rlhf_learner_reward_mean", 'policy="candidate"')
             - metric_value(metrics, "rlhf_learner_reward_mean", 'policy="serving"'))
-    assert kl is not None and 0.0 < kl <= 5.0
+    assert kl is not None and 0.0 < kl <= 8.0
     assert acc >= 0.6 and gain > 0
     for name in ("rlhf_learner_policy_loss", "rlhf_learner_value_loss", "rlhf_learner_clipfrac",
                  "rlhf_learner_round_seconds_count"):
