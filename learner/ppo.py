@@ -90,8 +90,9 @@ class PPOConfig:
     """Subtracted from the (normalised) score of an answer cut off without EOS."""
     max_grad_norm: float = 1.0
     """Gradient clipping norm."""
-    forward_batch_size: int = 16
-    """Sequences per no-grad forward pass while scoring rollouts."""
+    forward_batch_size: int = 8
+    """Sequences per no-grad forward pass while scoring rollouts (Gemma's 262k-token vocabulary
+    makes the logits of 8 answers of 48 tokens 400 MB)."""
     seed: int = 0
     """Seed for minibatch shuffling and sampling."""
 
@@ -237,12 +238,15 @@ def answer_logprobs(policy, ids: torch.Tensor, mask: torch.Tensor, P: int, tempe
     lm = policy.get_base_model()                                     # the LoRA layers live inside it
     h = lm.get_decoder()(input_ids=ids, attention_mask=mask,
                          position_ids=position_ids(mask)).last_hidden_state  # (B, P+R, H)
-    logits = lm.get_output_embeddings()(h[:, P - 1: -1])               # (B, R, V)
+    logits = lm.get_output_embeddings()(h[:, P - 1: -1]).float()      # (B, R, V)
     cap = getattr(lm.config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap
-    logp = F.log_softmax(logits.float() / temperature, dim=-1)
-    return logp.gather(-1, ids[:, P:].unsqueeze(-1)).squeeze(-1)       # (B, R)
+    if temperature != 1.0:
+        logits = logits.div_(temperature)  # in place: nothing saved for backward holds these values
+    # log softmax at the chosen token = logit - logsumexp: one (B, R, V) tensor instead of three
+    chosen = logits.gather(-1, ids[:, P:].unsqueeze(-1)).squeeze(-1)    # (B, R)
+    return chosen - torch.logsumexp(logits, dim=-1)                      # (B, R)
 
 
 # ------------------------------------------------------------------------------------------
