@@ -133,6 +133,7 @@ def trl_reward(model_path, tokenizer, steps: int) -> dict:
                                                        task_type="SEQ_CLS"),
                                 callbacks=[timer])
         trainer.train()
+        del trainer
     step_s = statistics.median(b - a for a, b in zip(timer.ends, timer.ends[1:]))
     return {"rm_step_s": step_s, "rm_examples_per_s": RM_BATCH / step_s}
 
@@ -198,6 +199,7 @@ def bench_model(name: str, iterations: int, rm_steps: int, skip_trl: bool) -> di
     out = {"ours": {}, "trl": {}}
     log.info("%s: reward model, ours", name)
     out["ours"].update(ours_reward(path, tok, rm_steps))
+    gc.collect()
     if not skip_trl:
         log.info("%s: reward model, TRL RewardTrainer", name)
         out["trl"].update(trl_reward(path, tok, rm_steps))

@@ -2,7 +2,8 @@
 
     policy     = frozen base + trainable policy LoRA (starts from the adapter serving now)
     reference  = the same base with the adapter switched off (peft `disable_adapter()`): no copy
-    critic     = a second base instance + its own value LoRA + a value head initialised to zero
+    critic     = the base + its own value LoRA + a value head initialised to zero (the frozen base
+                 weights of policy, critic and reward model are one set of tensors in memory)
     rollouts   = vLLM (learner/rollout.py), with the current LoRA saved under a new name and id;
                  the log-probs used for training are recomputed here, never taken from vLLM
 
@@ -197,6 +198,38 @@ class FixedKLController:
 # ------------------------------------------------------------------------------------------
 # Models
 # ------------------------------------------------------------------------------------------
+def _frozen_params(module: nn.Module) -> dict[str, tuple[nn.Module, str, nn.Parameter]]:
+    """Frozen parameters by a name that ignores peft's wrapping (`base_model.model.`, `.base_layer`)."""
+    out = {}
+    for mod_name, mod in module.named_modules():
+        for pname, p in mod._parameters.items():
+            if p is None or p.requires_grad:
+                continue
+            name = f"{mod_name}.{pname}".replace(".base_layer", "")
+            for prefix in ("base_model.model.", "model."):
+                if name.startswith(prefix):
+                    name = name[len(prefix):]
+            out[name] = (mod, pname, p)
+    return out
+
+
+@torch.no_grad()
+def share_frozen_weights(src: nn.Module, dst: nn.Module) -> int:
+    """Point dst's frozen base weights at src's identical tensors; returns how many were shared.
+
+    Policy, critic and reward model all run on the same frozen base: one copy in memory
+    instead of three (Gemma 3 270M in fp32: 1.1 GB instead of 3.2 GB). Only tensors with the
+    same name, shape and values are shared, so a different checkpoint is left alone."""
+    have = {n: p for n, (_, _, p) in _frozen_params(src).items()}
+    shared = 0
+    for name, (mod, pname, p) in _frozen_params(dst).items():
+        q = have.get(name)
+        if q is not None and q is not p and q.shape == p.shape and q.dtype == p.dtype and torch.equal(q, p):
+            mod._parameters[pname] = q
+            shared += 1
+    return shared
+
+
 class ValueModel(nn.Module):
     """Critic: base model + its own LoRA + a linear head, zero-initialised so V ≡ 0 at the start."""
 
@@ -284,6 +317,10 @@ class PPOTrainer:
         torch.manual_seed(cfg.seed)
         self.policy = load_policy(model_path, cfg, init_adapter)
         self.critic = ValueModel(model_path, cfg)
+        decoder = self.policy.get_base_model().get_decoder()
+        n_critic = share_frozen_weights(decoder, self.critic.backbone)
+        n_rm = share_frozen_weights(decoder, self.rm.backbone)
+        log.debug("sharing frozen base weights: %d tensors with the critic, %d with the reward model", n_critic, n_rm)
         self.params = [p for p in [*self.policy.parameters(), *self.critic.parameters()] if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, eps=1e-5)
         beta = cfg.init_kl_coef if kl_coef is None or not cfg.adaptive_kl else kl_coef

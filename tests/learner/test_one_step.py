@@ -64,6 +64,13 @@ def test_one_ppo_update(tiny_model_path, tokenizer, tmp_path):
                ("Cats are warm.", True), ("Yes, cats are big and", False)]
     samples = [Sample(i, prompt, encode_response(tokenizer, t, fin), t, fin)
                for i, (t, fin) in enumerate(answers * 2)]
+    # one copy of the frozen base: the critic and the reward model use the policy's tensors
+    dec = dict(ppo.policy.get_base_model().get_decoder().named_parameters())
+    critic = dict(ppo.critic.backbone.named_parameters())
+    q_policy = dec["layers.0.self_attn.q_proj.base_layer.weight"]
+    assert critic["base_model.model.layers.0.self_attn.q_proj.base_layer.weight"] is q_policy
+    assert dict(rm.backbone.named_parameters())["base_model.model.embed_tokens.weight"] is dec["embed_tokens.weight"]
+
     exp = ppo.make_experience(samples)
     # value head starts at zero; the reference equals the policy before any update
     assert torch.count_nonzero(exp.values) == 0
