@@ -73,6 +73,15 @@ class Child:
         if self.alive():
             self.proc.terminate()
 
+    def reap_group(self) -> None:
+        """Kill what the child left behind in its process group (vLLM's engine core outlives a
+        killed parent); the child is its group's leader (own session), so pgid == pid."""
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
     def wait_stopped(self, deadline: float) -> None:
         if self.proc is None:
             return
@@ -173,6 +182,7 @@ def run() -> int:
                     continue
                 now = time.monotonic()
                 c.restarts = [t for t in c.restarts if now - t < RESTART_WINDOW_S]
+                c.reap_group()
                 print(f"rlhf up: `rlhf {c.name}` exited with code {c.proc.returncode}; end of its log:\n"
                       f"{tail(c.log_path)}", file=sys.stderr, flush=True)
                 if len(c.restarts) >= RESTARTS_ALLOWED:
@@ -216,6 +226,7 @@ def run() -> int:
             c.terminate()
         for c in children:
             c.wait_stopped(deadline)
+            c.reap_group()
         if broker is not None:
             stop_broker(broker)
         say("stopped")
