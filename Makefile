@@ -44,6 +44,7 @@ bench: install model tiny
 	$(BIN)/python bench/serving.py --model tiny
 	$(BIN)/python bench/feedback.py
 	$(BIN)/python bench/swap.py
+	$(BIN)/python bench/learner.py --skip-trl
 
 clean:
 	rm -rf .data .pytest_cache

@@ -16,7 +16,7 @@ batch sizes, answer length and temperature equal):
   configured the same way (16 prompts x 2 generations, num_iterations=4, beta=0.1), which
   samples with transformers `generate` (TRL's vLLM mode needs a GPU) and has no critic.
 Times exclude the first (warm-up) step on both sides and are medians over the timed steps (the
-CI machine is shared; the load average is printed). Needs `trl` (the `bench` extra).
+CI machine is shared; the load average is printed). Needs `trl` for the comparison (`.venv/bin/pip install trl==1.16.0`; not in the `bench` extra because it pulls datasets, pandas and pyarrow), or `--skip-trl`.
 """
 
 from __future__ import annotations
