@@ -148,7 +148,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return JSONResponse(error_body("the model is still loading; retry shortly", type_="server_error",
                                            code="not_ready"), status_code=503, headers={"Retry-After": "5"})
         if req.stream:
-            prepared = chat.prepare_stream(req)  # raises 4xx before the stream starts
+            prepared = chat.prepare(req)  # raises 4xx before the stream starts
             return StreamingResponse(chat.stream(req, prepared), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         return await chat.complete(req)

@@ -35,7 +35,8 @@ class ChatService:
         self.replica = settings.replica_id or f"{settings.host}:{settings.port}"
 
     # ------------------------------------------------------------------ preparation
-    def _prepare(self, req: ChatCompletionRequest):
+    def prepare(self, req: ChatCompletionRequest):
+        """Render, size and route one request; bad input raises here, before any byte is sent."""
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -102,7 +103,7 @@ class ChatService:
 
     # ------------------------------------------------------------------ non-streaming
     async def complete(self, req: ChatCompletionRequest) -> ChatCompletion:
-        messages, prompt_ids, params, adapter, sampling = self._prepare(req)
+        messages, prompt_ids, params, adapter, sampling = self.prepare(req)
         completion_hex = uuid.uuid4().hex
         label = adapter.version if adapter else "base"
         start = time.perf_counter()
@@ -131,10 +132,6 @@ class ChatService:
         )
 
     # ------------------------------------------------------------------ streaming (SSE)
-    def prepare_stream(self, req: ChatCompletionRequest):
-        """Validate and set up a stream; errors raise here, before any byte is sent."""
-        return self._prepare(req)
-
     async def stream(self, req: ChatCompletionRequest, prepared) -> AsyncIterator[str]:
         messages, prompt_ids, params, adapter, sampling = prepared
         completion_hex = uuid.uuid4().hex
