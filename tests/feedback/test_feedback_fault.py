@@ -67,6 +67,14 @@ class Stack:
         os.kill(self.broker.pid, signal.SIGCONT)
 
 
+def assert_spool_drains(server, timeout_s: float = 60) -> None:
+    """The server's spool empties once the broker takes events again."""
+    deadline = time.monotonic() + timeout_s
+    while metric(server, "rlhf_spool_events") > 0 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert metric(server, "rlhf_spool_events") == 0
+
+
 @pytest.fixture(scope="module")
 def stack(server_factory, tmp_path_factory):
     from feedback.broker import stop_broker
@@ -115,10 +123,7 @@ def test_broker_paused_during_1000_posts_loses_nothing(stack):
 
     on_topic = ids_on_topic(stack.bootstrap, set(users), posted_ids)
     assert set(on_topic) == posted_ids  # exactly the 1,000: none lost, none invented (copies share an id)
-    deadline = time.monotonic() + 60
-    while metric(stack.server, "rlhf_spool_events") > 0 and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert metric(stack.server, "rlhf_spool_events") == 0
+    assert_spool_drains(stack.server)
 
 
 def test_restart_while_the_spool_holds_events_loses_nothing(stack):
@@ -140,10 +145,7 @@ def test_restart_while_the_spool_holds_events_loses_nothing(stack):
     stack.server = stack.start_server()  # same data dir: drains what the earlier run left
     on_topic = ids_on_topic(stack.bootstrap, {user}, posted_ids)
     assert set(on_topic) == posted_ids
-    deadline = time.monotonic() + 60
-    while metric(stack.server, "rlhf_spool_events") > 0 and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert metric(stack.server, "rlhf_spool_events") == 0
+    assert_spool_drains(stack.server)
 
 
 def test_rate_limit_answers_429_and_publishes_nothing_more(stack):
