@@ -75,12 +75,8 @@ def stop_broker(proc: subprocess.Popen, timeout: float = 10.0) -> None:
 
 def run(port: int = 9092, host: str = "127.0.0.1") -> int:
     """`rlhf broker`: run in the foreground until Ctrl-C or SIGTERM."""
-    try:
-        proc = start_broker(port, host)
-    except BrokerError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"broker listening on {host}:{port} (memory storage; set RLHF_KAFKA_BOOTSTRAP={host}:{port})", flush=True)
+    # Handlers first: the port opens before start_broker returns, and a SIGTERM sent as soon as
+    # the port answers must still stop the broker cleanly rather than kill this process.
     stopping = False
 
     def _stop(*_):
@@ -89,6 +85,12 @@ def run(port: int = 9092, host: str = "127.0.0.1") -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    try:
+        proc = start_broker(port, host)
+    except BrokerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"broker listening on {host}:{port} (memory storage; set RLHF_KAFKA_BOOTSTRAP={host}:{port})", flush=True)
     while not stopping and proc.poll() is None:
         time.sleep(0.2)
     code = proc.poll()
