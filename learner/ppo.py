@@ -87,6 +87,10 @@ class PPOConfig:
     """Target KL(policy || reference) per answer, in nats (kept below the operator's kl_budget)."""
     kl_horizon: int = 256
     """Answers over which the adaptive controller moves β by at most ±20 %·n/horizon."""
+    kl_stop_fraction: float = 0.8
+    """KL guard: when an iteration's sampled KL to the base goes above this share of the
+    operator's `kl_budget` (and above the previous iteration's), the round stops PPO and keeps
+    the policy from before the update that crossed it (0 disables the guard)."""
     missing_eos_penalty: float = 1.0
     """Subtracted from the (normalised) score of an answer cut off without EOS."""
     max_grad_norm: float = 1.0
@@ -330,6 +334,18 @@ class PPOTrainer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.rng = random.Random(cfg.seed)
         self.iteration = 0
+
+    # -- KL guard ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def policy_state(self) -> dict[str, torch.Tensor]:
+        """A copy of the trainable policy weights (the LoRA): small, kept to undo an update."""
+        return {n: p.detach().clone() for n, p in self.policy.named_parameters() if p.requires_grad}
+
+    @torch.no_grad()
+    def restore_policy(self, state: dict[str, torch.Tensor]) -> None:
+        params = dict(self.policy.named_parameters())
+        for n, t in state.items():
+            params[n].copy_(t)
 
     # -- rollout side ------------------------------------------------------------------------
     def save_policy(self, folder: Path | str) -> Path:

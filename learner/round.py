@@ -231,8 +231,21 @@ class Learner:
             ppo = PPOTrainer(self.model_path, self.tokenizer, cfg.ppo, rm, init_adapter=serving_dir, workdir=workdir,
                              kl_coef=float(beta) if beta else None)
             history = defaultdict(list)
+            kl_limit = cfg.ppo.kl_stop_fraction * settings.kl_budget
+            before_last = None  # the policy before the latest update (restored by the KL guard)
             for k in range(cfg.ppo.steps):
+                state = ppo.policy_state() if kl_limit > 0 else None
                 stats = ppo.step(self.engine, train_prompts)
+                if kl_guard_trips(history["kl"], stats["kl"], kl_limit):
+                    # the rollouts just sampled came from the policy after the last update, and its KL
+                    # crossed the limit: undo that update and stop here
+                    ppo.restore_policy(before_last)
+                    metrics["ppo_kl_guard"] = k
+                    log.info("round %d: PPO stopped after %d iterations: the policy's KL %.3f went over %.0f%% "
+                             "of the budget (%.3f); keeping the policy from before the last update", round_id,
+                             k, stats["kl"], 100 * cfg.ppo.kl_stop_fraction, kl_limit)
+                    break
+                before_last = state
                 for key, v in stats.items():
                     history[key].append(v)
                 log.info("round %d: PPO %d/%d score %+.3f kl %.3f (β %.4f) pg %.4f vf %.4f clip %.3f eos %.2f "
@@ -299,6 +312,14 @@ class Learner:
             store.finish_round(round_id, "failed", reason=f"{type(e).__name__}: {e}",
                                metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float, str))})
             raise
+
+
+def kl_guard_trips(previous_kls: list[float], kl: float, limit: float) -> bool:
+    """Whether the KL guard stops PPO: the KL sampled from the policy after the last update is
+    over the limit and grew with that update. Not on the first iteration (there is no update
+    to undo), and not while the KL is falling (a round starting from an adapter already near
+    the budget may still train, and its KL penalty pulls it back)."""
+    return limit > 0 and bool(previous_kls) and kl > limit and kl > previous_kls[-1]
 
 
 def _per_prompt(samples, rewards: list[float]) -> dict[int, float]:

@@ -170,3 +170,15 @@ def test_balanced_thumbs_weights_by_hand():
     r, y, b = torch.zeros(4), torch.tensor([1, 0, 0, 0]), torch.tensor(0.0)
     w = torch.tensor([2.0, 2 / 3, 2 / 3, 2 / 3])
     assert thumbs_loss(r, y, b, w).item() == pytest.approx((2.0 + 3 * 2 / 3) * math.log(2), rel=1e-6)
+
+
+def test_kl_guard():
+    from learner.round import kl_guard_trips
+
+    limit = 0.8 * 5.0
+    assert not kl_guard_trips([], 9.0, limit)                # first iteration: no update to undo
+    assert not kl_guard_trips([1.0, 2.5], 3.9, limit)        # under the limit
+    assert kl_guard_trips([1.0, 2.5], 4.1, limit)            # crossed it with the last update
+    assert not kl_guard_trips([5.0, 4.6], 4.3, limit)        # over, but falling: let PPO pull it back
+    assert kl_guard_trips([5.0, 4.3], 4.4, limit)            # over and growing again
+    assert not kl_guard_trips([1.0, 2.5], 9.0, 0.0)          # disabled

@@ -80,6 +80,7 @@ def test_one_ppo_update(tiny_model_path, tokenizer, tmp_path):
     assert exp.finished.tolist() == [True, False, True, False] * 2
 
     pol_before, critic_before, rm_before = snapshot(ppo.policy), snapshot(ppo.critic), snapshot(rm)
+    kept = ppo.policy_state()  # what the KL guard keeps to undo an update
     stats = ppo.train_on(exp)
     assert all(torch.isfinite(torch.tensor(v)) for v in stats.values())
     pol_moved, pol_frozen = changed(ppo.policy, pol_before)
@@ -95,6 +96,11 @@ def test_one_ppo_update(tiny_model_path, tokenizer, tmp_path):
     assert not torch.allclose(after.logprobs, after.ref_logprobs)
     assert torch.allclose(after.ref_logprobs, exp.ref_logprobs)
     assert after.kl.abs().max() > 0
+
+    # the KL guard's undo: the policy is back where it was before the update, to the bit
+    ppo.restore_policy(kept)
+    assert changed(ppo.policy, pol_before) == (set(), set())
+    assert torch.equal(ppo.make_experience(samples).logprobs, exp.logprobs)
 
     # the saved adapter is what vLLM and the store expect
     folder = ppo.save_policy(tmp_path / "adapter")
