@@ -391,6 +391,36 @@ def test_rollback_on_every_replica(replica_a, server_factory, env, loras):
         assert info["active"] in loaded and (info["previous"] is None or info["previous"] in loaded)
 
 
+def test_a_replica_rebuilds_from_the_store_when_the_broker_lost_its_data(replica_a, server_factory, env, loras):
+    """The embedded broker keeps its topics in memory. A replica started against a broker that lost
+    them (a new, empty one) rebuilds routing from the adapter store's snapshot, serves what the
+    others serve, and then follows the new broker's announcements."""
+    from feedback.broker import start_broker, stop_broker
+
+    ev = publish(env, loras[2])
+    wait_active(replica_a, ev.version)
+    want = adapters(replica_a)
+    assert want["previous"] is not None  # earlier tests left a history: check it survives too
+
+    port = free_port()
+    empty = start_broker(port)
+    try:
+        fresh = {**env, "RLHF_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}"}
+        replica_c = server_factory(**fresh, RLHF_REPLICA_ID="replica-c")
+        info = adapters(replica_c)
+        assert (info["active"], info["previous"]) == (want["active"], want["previous"])
+        assert want["active"] in [a["version"] for a in info["data"]]  # loaded from the store, verified
+        assert chat(replica_c)["rlhf"]["adapter"] == want["active"]
+        assert read_topic(fresh["RLHF_KAFKA_BOOTSTRAP"], "rlhf.adapters", timeout_s=3) == []  # really empty
+
+        newer = publish(fresh, loras[3])
+        wait_active(replica_c, newer.version)
+        assert chat(replica_c)["rlhf"]["adapter"] == newer.version
+        replica_c.stop()
+    finally:
+        stop_broker(empty)
+
+
 # ---------------------------------------------------------------------------------- the loop
 WORD = "happy"  # the simulated user likes answers that say it (the tiny model does in ~13 % of answers)
 
