@@ -97,7 +97,7 @@ class Learner:
 
     def __init__(self, settings, cfg: LearnerConfig | None = None, *, store: Store | None = None, engine=None):
         from learner.tokens import load_tokenizer, stop_strings
-        from rlhf.models import model_display_name, resolve_model
+        from rlhf.models import context_length, model_display_name, resolve_model
 
         self.settings = settings
         self.cfg = cfg or LearnerConfig()
@@ -109,13 +109,14 @@ class Learner:
         self.data_dir = Path(settings.data_dir)
         self._engine = engine
         self.rng = random.Random(self.cfg.ppo.seed)
+        self.max_model_len = context_length(self.model_path, settings.max_model_len)
 
     @property
     def engine(self):
         if self._engine is None:
             from learner.rollout import RolloutEngine
 
-            self._engine = RolloutEngine(self.model_path, max_model_len=self.settings.max_model_len,
+            self._engine = RolloutEngine(self.model_path, max_model_len=self.max_model_len,
                                          max_lora_rank=self.settings.max_lora_rank, max_loras=2,
                                          gpu_memory_utilization=self.settings.gpu_memory_utilization,
                                          kv_cache_gb=self.settings.kv_cache_gb,
@@ -130,7 +131,7 @@ class Learner:
     def encode_prompts(self, messages_list: list[list[dict]]) -> list[list[int]]:
         from learner.tokens import encode_prompt
 
-        limit = self.settings.max_model_len - self.cfg.ppo.max_new_tokens
+        limit = self.max_model_len - self.cfg.ppo.max_new_tokens
         out = [encode_prompt(self.tokenizer, m) for m in messages_list]
         return [p for p in out if len(p) <= limit]
 

@@ -57,6 +57,20 @@ class ModelError(RuntimeError):
     """A model setting that cannot be resolved to a usable local folder."""
 
 
+def context_length(path: Path, wanted: int) -> int:
+    """The context the engines start with: `wanted` (RLHF_MAX_MODEL_LEN), capped at what the model
+    was built for (`max_position_embeddings`), so `--model tiny` works with the default setting."""
+    try:
+        config = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return wanted
+    limit = config.get("max_position_embeddings") or config.get("text_config", {}).get("max_position_embeddings")
+    if isinstance(limit, int) and 0 < limit < wanted:
+        log.info("context length %d capped at the model's %d positions", wanted, limit)
+        return limit
+    return wanted
+
+
 def cache_root() -> Path:
     from rlhf.settings import get_settings
 

@@ -23,7 +23,7 @@ class Settings(BaseSettings):
     model: str = Field("gemma-3-270m", description="`gemma-3-270m` (default), `tiny`, or a local HF model folder.")
     served_model_name: str = Field("", description="Name clients put in `model`; defaults to the model's name.")
     cache_dir: Path = Field(Path.home() / ".cache" / "rlhf", description="Where prepared models are kept.")
-    max_model_len: int = Field(2048, description="Context length the engine is started with (prompt + answer).")
+    max_model_len: int = Field(2048, description="Context length the engines start with (prompt + answer), capped at the model's own.")
     gpu_memory_utilization: float = Field(0.1, description="vLLM memory share; on CPU the RAM fraction for KV cache.")
     kv_cache_gb: float = Field(1.0, description="KV cache size in GiB (on CPU: RAM); 0 derives it from gpu_memory_utilization.")
     max_num_seqs: int = Field(64, description="Most sequences the engine schedules at once.")

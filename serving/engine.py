@@ -34,14 +34,14 @@ class Engine:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        from rlhf.models import model_card
+        from rlhf.models import context_length, model_card
 
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.default_stop = model_card(self.model_path).get("stop", [])
         args = AsyncEngineArgs(
             model=str(self.model_path),
             served_model_name=[self.served_name],
-            max_model_len=self.settings.max_model_len,
+            max_model_len=context_length(self.model_path, self.settings.max_model_len),
             gpu_memory_utilization=self.settings.gpu_memory_utilization,
             kv_cache_memory_bytes=int(self.settings.kv_cache_gb * 2**30) if self.settings.kv_cache_gb > 0 else None,
             max_num_seqs=self.settings.max_num_seqs,

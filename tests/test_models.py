@@ -40,6 +40,13 @@ def test_tiny_model_is_small_llama_with_chat_template(tiny_model_path):
     assert tok.eos_token_id != tok.pad_token_id
 
 
+def test_context_length_is_capped_at_the_models_positions(tiny_model_path):
+    from rlhf.models import context_length
+
+    assert context_length(tiny_model_path, 2048) == 1024  # the default setting on the tiny model
+    assert context_length(tiny_model_path, 512) == 512
+
+
 def test_unknown_model_is_a_clear_cli_error(tmp_path):
     r = rlhf("model", "prepare", "--model", str(tmp_path / "nope"))
     assert r.returncode == 2

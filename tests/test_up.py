@@ -80,7 +80,7 @@ def test_up_starts_supervises_and_stops_everything(tmp_path, tiny_model_path):
     port, bport, lport = free_port(), free_port(), free_port()
     env = {**os.environ, "RLHF_DATA_DIR": str(tmp_path / "data"), "RLHF_ADAPTER_DIR": str(tmp_path / "adapters"),
            "RLHF_KAFKA_BOOTSTRAP": f"127.0.0.1:{bport}", "RLHF_LEARNER_PORT": str(lport),
-           "RLHF_MAX_MODEL_LEN": "512", "PYTHONUNBUFFERED": "1"}
+           "PYTHONUNBUFFERED": "1"}  # the default context (2048) too: capped at the tiny model's 1024
     proc = subprocess.Popen([sys.executable, "-m", "rlhf.cli", "up", "--model", "tiny", "--port", str(port)],
                             env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out = Output(proc.stdout)
