@@ -35,12 +35,14 @@ class RolloutEngine:
                  seed: int = 0, stop: list[str] | None = None):
         from vllm import LLM
 
+        from rlhf.models import vllm_scheduling
+
         self.model_path = str(model_path)
         self.stop = stop or None  # serving's stop strings for this model; EOS always stops
         log.info("starting the rollout engine (vLLM) on %s", self.model_path)
         self.llm = LLM(model=self.model_path, enable_lora=True, max_lora_rank=max_lora_rank, max_loras=max_loras,
                        enforce_eager=True, gpu_memory_utilization=gpu_memory_utilization,
-                       max_model_len=max_model_len, seed=seed,
+                       max_model_len=max_model_len, seed=seed, **vllm_scheduling(max_model_len, 4096),
                        kv_cache_memory_bytes=int(kv_cache_gb * 2**30) if kv_cache_gb > 0 else None)
         self.max_model_len = max_model_len
         self._ids = itertools.count(1)

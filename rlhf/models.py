@@ -71,6 +71,16 @@ def context_length(path: Path, wanted: int) -> int:
     return wanted
 
 
+def vllm_scheduling(context: int, token_budget: int) -> dict:
+    """Engine arguments that never split a prompt across engine steps (both engines use them).
+
+    With chunked prefill, vLLM rewinds a seeded request's generator when its prompt is split,
+    and a CPU generator cannot be rewound: the engine dies ("CPU Generator does not use
+    offset") the first time seeded requests' prompts exceed one step's token budget. Without
+    it, a prompt waits until it fits whole; the budget must then hold the longest prompt."""
+    return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(context, token_budget)}
+
+
 def cache_root() -> Path:
     from rlhf.settings import get_settings
 

@@ -15,6 +15,10 @@ from rlhf.settings import Settings
 log = logging.getLogger(__name__)
 
 
+class EngineStopped(RuntimeError):
+    """The vLLM engine core is gone (killed, out of memory, crashed): this replica cannot answer."""
+
+
 class PromptTooLong(ValueError):
     """The rendered prompt (plus the requested answer) does not fit the context."""
 
@@ -34,14 +38,15 @@ class Engine:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        from rlhf.models import context_length, model_card
+        from rlhf.models import context_length, model_card, vllm_scheduling
 
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.default_stop = model_card(self.model_path).get("stop", [])
         args = AsyncEngineArgs(
             model=str(self.model_path),
             served_model_name=[self.served_name],
-            max_model_len=context_length(self.model_path, self.settings.max_model_len),
+            max_model_len=(context := context_length(self.model_path, self.settings.max_model_len)),
+            **vllm_scheduling(context, 2048),  # 2048: vLLM's own budget for serving on CPU
             gpu_memory_utilization=self.settings.gpu_memory_utilization,
             kv_cache_memory_bytes=int(self.settings.kv_cache_gb * 2**30) if self.settings.kv_cache_gb > 0 else None,
             max_num_seqs=self.settings.max_num_seqs,
@@ -87,12 +92,21 @@ class Engine:
                 f"context of {self.max_model_len} tokens (at most {room} tokens are left for the answer)")
         return wanted
 
+    @property
+    def dead(self) -> bool:
+        """Started once, and its engine core has since died."""
+        return self.llm is not None and self.llm.errored
+
     async def generate(self, prompt_ids: list[int], params, request_id: str, lora=None) -> AsyncIterator:
         from vllm.inputs import TokensPrompt
+        from vllm.v1.engine.exceptions import EngineDeadError
 
-        async for out in self.llm.generate(TokensPrompt(prompt_token_ids=prompt_ids), params, request_id,
-                                           lora_request=lora):
-            yield out
+        try:
+            async for out in self.llm.generate(TokensPrompt(prompt_token_ids=prompt_ids), params, request_id,
+                                               lora_request=lora):
+                yield out
+        except EngineDeadError as e:
+            raise EngineStopped("the inference engine of this replica stopped; it is restarting, retry shortly") from e
 
     def queue_depth(self) -> int:
         return self.llm.get_num_unfinished_requests() if self.llm is not None else 0

@@ -55,6 +55,25 @@ def test_seed_reproduces_sampling(openai_client):
     assert a.choices[0].message.content == b.choices[0].message.content
 
 
+def test_concurrent_seeded_requests_with_long_prompts(openai_client, server):
+    """Seeded requests whose prompts together exceed one engine step's token budget. With vLLM's
+    chunked prefill, a prompt split across steps rewinds its seeded generator, which a CPU
+    generator cannot do: the engine died ("CPU Generator does not use offset") and every later
+    request failed. The engine now starts with chunked prefill off, so prompts wait whole."""
+    long = [{"role": "user", "content": " ".join(["Tell me about cats and the sun."] * 50)}]
+
+    def ask(i):
+        return openai_client.chat.completions.create(model="tiny", messages=long, max_tokens=8, temperature=1.0,
+                                                     seed=i, n=2)
+
+    with cf.ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(ask, range(16)))
+    assert all(len(r.choices) == 2 and r.usage.prompt_tokens > 300 for r in results)
+    assert sum(r.usage.prompt_tokens for r in results) > 2048  # more than one step's budget
+    assert httpx.get(server.url + "/readyz", timeout=10).status_code == 200
+    assert openai_client.chat.completions.create(model="tiny", messages=PROMPT, max_tokens=4, seed=1).choices
+
+
 def test_n2_gives_two_choices_with_their_own_response_ids(openai_client):
     r = openai_client.chat.completions.create(model="tiny", messages=PROMPT, max_tokens=24, n=2, temperature=1.0,
                                               seed=7)
