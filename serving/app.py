@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -22,7 +24,7 @@ from rlhf.models import model_display_name, resolve_model
 from rlhf.settings import Settings, get_settings
 from serving import metrics
 from serving.chat import ChatService
-from serving.engine import Engine, PromptTooLong
+from serving.engine import Engine, EngineStopped, PromptTooLong
 from serving.protocol import ChatCompletionRequest, ModelCard, ModelList, error_body
 from serving.routing import Router
 
@@ -62,6 +64,11 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def _too_long(request: Request, exc: PromptTooLong):
         return JSONResponse(error_body(str(exc), param="max_tokens", code="context_length_exceeded"), status_code=400)
 
+    @app.exception_handler(EngineStopped)
+    async def _engine_stopped(request: Request, exc: EngineStopped):
+        return JSONResponse(error_body(str(exc), type_="server_error", code="engine_stopped"), status_code=503,
+                            headers={"Retry-After": "10"})
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
         log.exception("unhandled error on %s", request.url.path)
@@ -92,9 +99,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await app.state.adapters.start()
         # --- end adapters ---
         metrics.ENGINE_READY.set(1)
+        watcher = asyncio.create_task(_watch_engine(app, engine))
         try:
             yield
         finally:
+            watcher.cancel()
             metrics.ENGINE_READY.set(0)
             await app.state.adapters.stop()  # adapters (issue 5)
             engine.shutdown()
@@ -104,6 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.router = Router(served_name, settings.canary_fraction)
     app.state.engine = None
+    app.state.engine_died = False
     app.state.adapters = None  # serving.adapters.AdapterFollower, once the engine runs (issue 5)
     app.add_middleware(metrics.MetricsMiddleware)
     _install_error_handlers(app)
@@ -120,7 +130,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # --- end adapters ---
 
     @app.get("/healthz")
-    async def healthz():
+    async def healthz(request: Request):
+        if request.app.state.engine_died:  # the process is up but useless: let the orchestrator restart it
+            return JSONResponse({"status": "engine stopped"}, status_code=503)
         return {"status": "ok"}
 
     @app.get("/readyz")
@@ -156,11 +168,33 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+ENGINE_DIED_EXIT = 3
+
+
+async def _watch_engine(app: FastAPI, engine: Engine, every_s: float = 1.0) -> None:
+    """When the engine core dies (killed, out of memory, crashed), this replica can only fail
+    requests: say so (503 on /readyz and /healthz, `engine_stopped` on requests), then stop the
+    process so its supervisor (`rlhf up`, Kubernetes) starts a fresh one."""
+    while not engine.dead:
+        await asyncio.sleep(every_s)
+    app.state.engine_died = True
+    metrics.ENGINE_READY.set(0)
+    log.critical("the vLLM engine core died; stopping this process (exit code %d) so that it is restarted",
+                 ENGINE_DIED_EXIT)
+    server = getattr(app.state, "uvicorn", None)
+    if server is not None:
+        server.should_exit = True  # uvicorn's graceful shutdown: open requests get their 503s
+    else:  # run by another ASGI server
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def run() -> int:
     import uvicorn
 
     settings = get_settings()
     app = create_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
-                timeout_graceful_shutdown=30)
-    return 0
+    app.state.uvicorn = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port,
+                                                      log_level=settings.log_level.lower(),
+                                                      timeout_graceful_shutdown=30))
+    app.state.uvicorn.run()
+    return ENGINE_DIED_EXIT if app.state.engine_died else 0

@@ -9,6 +9,7 @@ arrive for an answer the event log does not know.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
@@ -18,9 +19,9 @@ from feedback import tokens
 from feedback.producer import SpoolFull
 from feedback.schema import TOPIC_INTERACTIONS, Interaction, Message
 from serving import metrics
-from serving.engine import Engine
+from serving.engine import Engine, EngineStopped
 from serving.protocol import (AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice,
-                              ChunkChoice, Delta, ResponseRef, RLHFInfo, Usage)
+                              ChunkChoice, Delta, ResponseRef, RLHFInfo, Usage, error_body)
 from serving.routing import LoadedAdapter, Router
 
 log = logging.getLogger(__name__)
@@ -168,6 +169,9 @@ class ChatService:
                     if o.text or delta.role:
                         yield sse(ChatCompletionChunk(id=cid, created=created, model=model,
                                                       choices=[ChunkChoice(index=i, delta=delta)]))
+        except EngineStopped as e:  # the status line is sent: end the stream with an error event, no [DONE]
+            yield f"data: {json.dumps(error_body(str(e), type_='server_error', code='engine_stopped'))}\n\n"
+            return
         finally:
             metrics.INFLIGHT.dec()
         recorded = await self._record(completion_hex, req, messages, texts, finish, len(prompt_ids), ctoks, adapter,
