@@ -312,6 +312,10 @@ class Learner:
         except BaseException as e:
             store.finish_round(round_id, "failed", reason=f"{type(e).__name__}: {e}",
                                metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float, str))})
+            if type(e).__name__ == "EngineDeadError" and self._engine is not None:
+                log.error("the rollout engine died; the next round starts a new one")
+                self._engine.close()
+                self._engine = None
             raise
 
 
