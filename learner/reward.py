@@ -60,12 +60,17 @@ class RewardConfig:
     batch_size: int = 16
     """Feedback examples per optimiser step (a pair counts as one example)."""
     epochs: int = 3
-    """Passes over (new feedback + replay sample) per incremental update..."""
-    min_steps: int = 30
-    """...repeated (up to max_epochs) until at least this many optimiser steps: few examples
-    still get enough optimisation to find the feature users reward."""
-    max_epochs: int = 10
-    """Upper bound on passes per update."""
+    """Passes over (new feedback + replay sample) per incremental update, at least..."""
+    min_steps: int = 60
+    """...and at least this many optimiser steps; then more passes follow while the last pass's
+    mean loss is above `target_loss`, up to `max_steps`. The fit often sits on a plateau near
+    log 2 before it finds the feature users reward: measured on the tiny model, 268 examples of
+    a word preference, 6 seeds, a fixed 51 steps ended at held-out accuracy 0.50-0.71; 100
+    steps at 0.71-1.0; 150 steps at 0.96-1.0."""
+    target_loss: float = 0.3
+    """Mean loss of a pass under which training stops (after min_steps): fitted well enough."""
+    max_steps: int = 200
+    """Upper bound on optimiser steps per update (noisy feedback never reaches target_loss)."""
     replay_ratio: float = 1.0
     """Older examples replayed per new example, so earlier feedback is not forgotten."""
     max_examples: int = 2048
@@ -297,18 +302,23 @@ class RewardTrainer:
         downs = sum(1 for e in chosen if e["type"] == "thumbs" and e["label"] == 0)
         if ups and downs:  # w_c = n / (2 n_c): mean weight 1, each class half of the total
             self._class_weights = torch.tensor([(ups + downs) / (2 * downs), (ups + downs) / (2 * ups)])
-        losses = []
+        losses: list[float] = []
         per_epoch = math.ceil(len(chosen) / self.cfg.batch_size)
-        epochs = min(max(self.cfg.epochs, math.ceil(self.cfg.min_steps / per_epoch)), self.cfg.max_epochs)
-        for epoch in range(epochs):
+        epoch = 0
+        while True:
+            epoch += 1
             self.rng.shuffle(chosen)
             for i in range(0, len(chosen), self.cfg.batch_size):
                 losses.append(self.step(chosen[i: i + self.cfg.batch_size]))
-            log.info("reward model: epoch %d/%d over %d examples (%d new), loss %.4f", epoch + 1, epochs,
-                     len(chosen), len(new), sum(losses[-per_epoch:]) / per_epoch)
-        tail = losses[-per_epoch:]
+            loss = sum(losses[-per_epoch:]) / per_epoch
+            log.info("reward model: epoch %d over %d examples (%d new), %d steps, loss %.4f", epoch, len(chosen),
+                     len(new), len(losses), loss)
+            if len(losses) + per_epoch > self.cfg.max_steps:
+                break
+            if epoch >= self.cfg.epochs and len(losses) >= self.cfg.min_steps and loss <= self.cfg.target_loss:
+                break
         return {"rm_train_examples": len(chosen), "rm_new_examples": len(new), "rm_steps": len(losses),
-                "rm_loss": sum(tail) / len(tail)}
+                "rm_epochs": epoch, "rm_loss": loss}
 
     @torch.no_grad()
     def evaluate(self, examples: list[dict]) -> dict:

@@ -18,7 +18,7 @@ from tests.conftest import ROOT, free_port
 
 # Small, fast settings for the tiny model (hyperparameters a real deployment leaves at their defaults).
 FAST_CONFIG = {
-    "reward": {"batch_size": 16, "epochs": 3, "min_steps": 30},
+    "reward": {"batch_size": 16, "epochs": 3},
     "ppo": {"steps": 10, "rollout_batch_size": 32, "minibatch_size": 8, "ppo_epochs": 4, "max_new_tokens": 48},
     "gate": {"max_prompts": 32, "samples_per_prompt": 4, "min_heldout_pairs": 6, "min_heldout_thumbs": 3},
     "norm_samples": 64,
