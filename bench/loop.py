@@ -1,0 +1,292 @@
+"""The whole loop as a user runs it: `rlhf up`, a simulated user, a new adapter on the page, rollback.
+
+    .venv/bin/python bench/loop.py [--model gemma-3-270m] [--questions 400] [--min-feedback 150]
+                                   [--word W | --max-words K] [--learner-config FILE] [--timeout-min 120]
+
+Starts `rlhf up` in a temporary folder on free ports (its own broker, serving, learner; nothing
+is faked), then plays a user with one hidden preference through the public HTTP API only:
+every question gets two answers (`n=2`) and the user picks the better one (pairwise) or rates
+one (thumbs), as the chat page's buttons would. The preference is either "the answer contains
+WORD" or "the answer has at most K words" (the default for models that do not say any one
+word often). It then waits until `GET /v1/adapters` shows a new active version (what the
+chat page shows beside each answer), printing the learner's progress, and reports:
+
+- how long the user's feedback took, and how long from the last feedback to the new version;
+- the share of answers the user likes, base model vs the new version, sampled through serving
+  on held-out questions, with a two-proportion z score;
+- the learner's KL to the base and reward-model accuracy (from its /metrics);
+- that `rlhf adapters rollback` brings the base back on serving.
+
+A benchmark, not a test: it takes from a few minutes (tiny) to about an hour (Gemma on two
+CPU cores), and its numbers are from a shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("RLHF_CACHE_DIR", str(ROOT / ".cache" / "rlhf"))
+
+from bench.serving import free_port  # noqa: E402
+
+COUNTRIES = ["France", "Italy", "Spain", "Japan", "Egypt", "Canada", "Brazil", "Kenya", "Norway", "Peru",
+             "India", "Chile", "Greece", "Poland", "Mexico", "Sweden", "Turkey", "Vietnam", "Ghana", "Cuba"]
+THINGS = ["the sky", "grass", "snow", "a banana", "the sea", "coal", "a lemon", "blood", "milk", "a carrot"]
+ANIMALS = ["a cat", "a dog", "a spider", "a horse", "a bird", "an ant", "a fish", "a cow", "a snake", "a frog"]
+TOPICS = ["the sun", "rain", "bread", "music", "trees", "the moon", "winter", "cheese", "rivers", "books"]
+
+
+def questions(n: int, seed: int) -> list[str]:
+    """Plain questions a base model can answer (drawn from a few templates)."""
+    rng = random.Random(seed)
+    forms = [lambda: f"What is the capital of {rng.choice(COUNTRIES)}?",
+             lambda: f"What color is {rng.choice(THINGS)}?",
+             lambda: f"How many legs does {rng.choice(ANIMALS)} have?",
+             lambda: f"Tell me something about {rng.choice(TOPICS)}.",
+             lambda: f"What language do people speak in {rng.choice(COUNTRIES)}?",
+             lambda: f"Why do people like {rng.choice(TOPICS)}?"]
+    return [rng.choice(forms)() for _ in range(n)]
+
+
+class Preference:
+    """The simulated user's hidden taste: a yes/no judgement of one answer."""
+
+    def __init__(self, word: str | None, max_words: int | None):
+        self.word, self.max_words = word, max_words
+
+    def __str__(self) -> str:
+        return f"contains {self.word!r}" if self.word else f"at most {self.max_words} words"
+
+    def likes(self, text: str) -> bool:
+        if self.word:
+            return re.search(rf"\b{re.escape(self.word.lower())}\b", text.lower()) is not None
+        return 0 < len(text.split()) <= self.max_words
+
+    def feedback(self, rng: random.Random, a: str, b: str):
+        """As in tests/learner/simulate.py: a clear preference becomes a pairwise choice (or, one
+        time in five, a thumbs on one answer); without one, half the time a thumbs on one answer."""
+        la, lb = self.likes(a), self.likes(b)
+        if la != lb and rng.random() >= 0.2:
+            return ("pairwise", 0, 1) if la else ("pairwise", 1, 0)
+        if la != lb or rng.random() < 0.5:
+            k = rng.randrange(2)
+            return "thumbs", k, "up" if (la, lb)[k] else "down"
+        return None
+
+
+class Up:
+    """`rlhf up` as a child process, its output kept (and echoed when --verbose)."""
+
+    def __init__(self, env: dict, model: str, port: int, verbose: bool):
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen([sys.executable, "-m", "rlhf.cli", "up", "--model", model, "--port", str(port)],
+                                     env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     start_new_session=True)
+        self.verbose = verbose
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self):
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            if self.verbose or line.startswith("rlhf up:"):
+                print("   | " + line.rstrip(), flush=True)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                return self.proc.wait(120)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                return self.proc.wait()
+        return self.proc.returncode
+
+
+def wait_for(what: str, check, timeout_s: float, up: Up, every: float = 2.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if up.proc.poll() is not None:
+            sys.exit(f"`rlhf up` exited with {up.proc.returncode} while waiting for {what}:\n"
+                     + "".join(up.lines[-30:]))
+        try:
+            got = check()
+        except httpx.HTTPError:
+            got = None
+        if got:
+            return got
+        time.sleep(every)
+    sys.exit(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def like_rate(url: str, model: str, qs: list[str], pref: Preference, n: int, max_tokens: int) -> tuple[float, int]:
+    def ask(i_q):
+        i, q = i_q
+        r = httpx.post(url + "/v1/chat/completions", timeout=600, json={
+            "model": model, "messages": [{"role": "user", "content": q}], "n": n, "max_tokens": max_tokens,
+            "temperature": 1.0, "seed": 50_000 + i, "user": "judge"})
+        r.raise_for_status()
+        return [pref.likes(c["message"]["content"]) for c in r.json()["choices"]]
+
+    with ThreadPoolExecutor(4) as pool:
+        hits = [h for hs in pool.map(ask, enumerate(qs)) for h in hs]
+    return sum(hits) / max(1, len(hits)), len(hits)
+
+
+def metric(text: str, name: str, labels: str = "") -> float | None:
+    for line in text.splitlines():
+        if line.startswith(name + ("{" + labels if labels else "")) and not line.startswith("#"):
+            if labels or line.startswith(name + " ") or line.startswith(name + "{"):
+                try:
+                    return float(line.rsplit(" ", 1)[1])
+                except ValueError:
+                    return None
+    return None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="gemma-3-270m")
+    ap.add_argument("--questions", type=int, default=400, help="questions the user asks (two answers each)")
+    ap.add_argument("--heldout", type=int, default=60, help="questions used only to measure the policy")
+    ap.add_argument("--min-feedback", type=int, default=150, help="RLHF_LEARNER_MIN_FEEDBACK for the learner")
+    ap.add_argument("--word", help="the user likes answers containing this word")
+    ap.add_argument("--max-words", type=int, default=8, help="the user likes answers of at most this many words")
+    ap.add_argument("--max-tokens", type=int, default=48)
+    ap.add_argument("--learner-config", help="JSON file for RLHF_LEARNER_CONFIG")
+    ap.add_argument("--kl-budget", type=float, default=None, help="RLHF_KL_BUDGET (default: the setting's)")
+    ap.add_argument("--timeout-min", type=float, default=120.0, help="how long to wait for a published adapter")
+    ap.add_argument("--verbose", action="store_true", help="echo every line `rlhf up` prints")
+    args = ap.parse_args()
+    pref = Preference(args.word, None if args.word else args.max_words)
+
+    tmp = Path(tempfile.mkdtemp(prefix="rlhf-loop-"))
+    port, bport, lport = free_port(), free_port(), free_port()
+    env = {**os.environ, "RLHF_DATA_DIR": str(tmp / "data"), "RLHF_ADAPTER_DIR": str(tmp / "adapters"),
+           "RLHF_KAFKA_BOOTSTRAP": f"127.0.0.1:{bport}", "RLHF_LEARNER_PORT": str(lport), "RLHF_PORT": str(port),
+           "RLHF_FEEDBACK_RATE_LIMIT": "100000", "RLHF_LEARNER_MIN_FEEDBACK": str(args.min_feedback),
+           "RLHF_LEARNER_INTERVAL_S": "100000", "PYTHONUNBUFFERED": "1"}
+    if args.learner_config:
+        env["RLHF_LEARNER_CONFIG"] = str(Path(args.learner_config).resolve())
+    if args.kl_budget is not None:
+        env["RLHF_KL_BUDGET"] = str(args.kl_budget)
+    url, lurl = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{lport}"
+    print(f"model {args.model}; the user likes answers that are {pref}; state in {tmp}", flush=True)
+
+    t0 = time.monotonic()
+    up = Up(env, args.model, port, args.verbose)
+    try:
+        wait_for("serving to be ready", lambda: httpx.get(url + "/readyz", timeout=5).status_code == 200,
+                 1800, up)
+        wait_for("the learner", lambda: httpx.get(lurl + "/healthz", timeout=5).status_code == 200, 600, up)
+        base_name = httpx.get(url + "/v1/adapters", timeout=10).json()["base"]
+        print(f"ready after {time.monotonic() - t0:.0f} s (base model served as {base_name!r})", flush=True)
+
+        held = questions(args.heldout, seed=999)
+        base_rate, n_base = like_rate(url, base_name, held, pref, 4, args.max_tokens)
+        print(f"base model: the user likes {base_rate:.1%} of {n_base} answers to held-out questions", flush=True)
+
+        # The user: two answers per question, feedback through /v1/feedback, as the page's buttons send it.
+        t_user = time.monotonic()
+        sent = {"pairwise": 0, "thumbs": 0}
+        lock = threading.Lock()
+
+        def converse(i_q):
+            i, q = i_q
+            rng = random.Random(i)
+            r = httpx.post(url + "/v1/chat/completions", timeout=600, json={
+                "messages": [{"role": "user", "content": q}], "n": 2, "max_tokens": args.max_tokens,
+                "temperature": 1.0, "seed": i, "user": f"user{i % 20}"})
+            r.raise_for_status()
+            body = r.json()
+            texts = [c["message"]["content"] for c in body["choices"]]
+            refs = [{k: ref[k] for k in ("response_id", "feedback_token")} for ref in body["rlhf"]["responses"]]
+            action = pref.feedback(rng, *texts)
+            if action is None:
+                return
+            if action[0] == "pairwise":
+                fb = {"type": "pairwise", "chosen": refs[action[1]], "rejected": refs[action[2]]}
+            else:
+                fb = {"type": "thumbs", **refs[action[1]], "value": action[2]}
+            f = httpx.post(url + "/v1/feedback", json=fb, timeout=60)
+            if f.status_code != 202:
+                raise RuntimeError(f"feedback answered {f.status_code}: {f.text}")
+            with lock:
+                sent[action[0]] += 1
+                total = sum(sent.values())
+            if total % 50 == 0:
+                print(f"  user: {total} feedback events sent ({i + 1} questions asked)", flush=True)
+
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(converse, enumerate(questions(args.questions, seed=1))))
+        user_s = time.monotonic() - t_user
+        print(f"user done in {user_s:.0f} s: {sent}", flush=True)
+        if sum(sent.values()) < args.min_feedback:
+            sys.exit(f"only {sum(sent.values())} feedback events for a threshold of {args.min_feedback}: "
+                     f"ask more questions (--questions) or lower --min-feedback")
+
+        # The learner trains; the page shows a new version as soon as serving routes to it.
+        t_wait = time.monotonic()
+        last = {"shown": None}
+
+        def new_version():
+            h = httpx.get(lurl + "/healthz", timeout=10).json()
+            shown = json.dumps({"round_running": h.get("round_running"), "last_round": h.get("last_round")})
+            if shown != last["shown"]:
+                print(f"  learner after {time.monotonic() - t_wait:.0f} s: {shown}", flush=True)
+                last["shown"] = shown
+            lr = h.get("last_round") or {}
+            if lr.get("status") in ("rejected", "failed"):
+                sys.exit(f"the learner's round ended {lr.get('status')}: {lr}")
+            return httpx.get(url + "/v1/adapters", timeout=10).json().get("active")
+
+        version = wait_for("a published adapter", new_version, args.timeout_min * 60, up, every=5.0)
+        publish_s = time.monotonic() - t_wait
+        print(f"serving routes to {version} {publish_s:.0f} s after the last feedback", flush=True)
+
+        tuned_rate, n_tuned = like_rate(url, version, held, pref, 4, args.max_tokens)
+        pooled = (base_rate * n_base + tuned_rate * n_tuned) / (n_base + n_tuned)
+        z = (tuned_rate - base_rate) / math.sqrt(max(1e-12, pooled * (1 - pooled) * (1 / n_base + 1 / n_tuned)))
+        m = httpx.get(lurl + "/metrics", timeout=10).text
+        kl = metric(m, "rlhf_learner_kl", 'stage="candidate"')
+        acc = metric(m, "rlhf_learner_rm_accuracy", 'measure="gate"')
+        rsec = metric(m, "rlhf_learner_round_seconds_sum")
+
+        # Rollback, as an operator would type it.
+        rb = subprocess.run([sys.executable, "-m", "rlhf.cli", "adapters", "rollback"], env=env, cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+        after = wait_for("rollback to reach serving",
+                         lambda: (lambda a: a["active"] is None and a)(httpx.get(url + "/v1/adapters", timeout=10).json()),
+                         60, up, every=0.5)
+        print(f"`rlhf adapters rollback` exit {rb.returncode}: {rb.stdout.strip().splitlines()[-1:]} -> "
+              f"active {after['active']!r}", flush=True)
+
+        print("\n| model | feedback (pairwise/thumbs) | user phase s | last feedback -> new version s | round s "
+              "| liked: base -> new (z) | KL nats | RM accuracy |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        print(f"| {args.model} | {sent['pairwise']}/{sent['thumbs']} | {user_s:.0f} | {publish_s:.0f} | "
+              f"{rsec if rsec is None else round(rsec)} | {base_rate:.1%} -> {tuned_rate:.1%} ({z:.1f}) | "
+              f"{kl if kl is None else round(kl, 2)} | {acc if acc is None else round(acc, 3)} |")
+    finally:
+        code = up.stop()
+        print(f"`rlhf up` stopped with exit code {code}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
