@@ -45,6 +45,7 @@ bench: install model tiny
 	$(BIN)/python bench/feedback.py
 	$(BIN)/python bench/swap.py
 	$(BIN)/python bench/learner.py --skip-trl
+	$(BIN)/python bench/loop.py --model tiny --word happy --questions 700 --min-feedback 350 --kl-budget 8
 
 clean:
 	rm -rf .data .pytest_cache
