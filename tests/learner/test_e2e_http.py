@@ -142,3 +142,4 @@ def test_simulated_user_through_http_moves_the_policy(env, server_factory, learn
     assert z > 2.33 and tuned >= base + 0.05  # one-sided, p < 0.01
 
     assert learner.stop() == 0
+    server.stop()  # free its memory for the tests after this one

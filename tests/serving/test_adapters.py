@@ -50,7 +50,9 @@ def env(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def replica_a(server_factory, env):
-    return server_factory(**env, RLHF_ADMIN_TOKEN=TOKEN, RLHF_REPLICA_ID="replica-a")
+    replica = server_factory(**env, RLHF_ADMIN_TOKEN=TOKEN, RLHF_REPLICA_ID="replica-a")
+    yield replica
+    replica.stop()  # free its memory for the modules after this one
 
 
 @pytest.fixture(scope="module")
@@ -389,6 +391,7 @@ def test_rollback_on_every_replica(replica_a, server_factory, env, loras):
         loaded = [a["version"] for a in info["data"]]
         assert len(loaded) <= 3, loaded
         assert info["active"] in loaded and (info["previous"] is None or info["previous"] in loaded)
+    replica_b.stop()
 
 
 def test_a_replica_rebuilds_from_the_store_when_the_broker_lost_its_data(replica_a, server_factory, env, loras):
