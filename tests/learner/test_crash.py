@@ -84,7 +84,7 @@ def test_sigkill_while_consuming_and_training_loses_and_doubles_nothing(broker, 
     # 2. kill while training: the round starts once all feedback is in; kill during the reward model fit
     lp.start()
     lp.wait("a round to start training", lambda: lp.query("SELECT id FROM rounds WHERE status='running'")
-            and "reward model: epoch 1/" in lp.log().split("===== start")[-1], timeout=240, every=0.05)
+            and "reward model: epoch 1 over" in lp.log().split("===== start")[-1], timeout=240, every=0.05)
     (running_round,) = lp.query("SELECT id, feedback_count FROM rounds WHERE status='running'")
     lp.kill()
 
