@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("RLHF_CACHE_DIR", str(ROOT / ".cache" / "rlhf"))
 
 from bench.serving import free_port  # noqa: E402
+from tests.learner.conftest import metric_value  # noqa: E402
 
 COUNTRIES = ["France", "Italy", "Spain", "Japan", "Egypt", "Canada", "Brazil", "Kenya", "Norway", "Peru",
              "India", "Chile", "Greece", "Poland", "Mexico", "Sweden", "Turkey", "Vietnam", "Ghana", "Cuba"]
@@ -147,17 +148,6 @@ def like_rate(url: str, model: str, qs: list[str], pref: Preference, n: int, max
     with ThreadPoolExecutor(4) as pool:
         hits = [h for hs in pool.map(ask, enumerate(qs)) for h in hs]
     return sum(hits) / max(1, len(hits)), len(hits)
-
-
-def metric(text: str, name: str, labels: str = "") -> float | None:
-    for line in text.splitlines():
-        if line.startswith(name + ("{" + labels if labels else "")) and not line.startswith("#"):
-            if labels or line.startswith(name + " ") or line.startswith(name + "{"):
-                try:
-                    return float(line.rsplit(" ", 1)[1])
-                except ValueError:
-                    return None
-    return None
 
 
 def main() -> None:
@@ -264,9 +254,9 @@ def main() -> None:
         pooled = (base_rate * n_base + tuned_rate * n_tuned) / (n_base + n_tuned)
         z = (tuned_rate - base_rate) / math.sqrt(max(1e-12, pooled * (1 - pooled) * (1 / n_base + 1 / n_tuned)))
         m = httpx.get(lurl + "/metrics", timeout=10).text
-        kl = metric(m, "rlhf_learner_kl", 'stage="candidate"')
-        acc = metric(m, "rlhf_learner_rm_accuracy", 'measure="gate"')
-        rsec = metric(m, "rlhf_learner_round_seconds_sum")
+        kl = metric_value(m, "rlhf_learner_kl", 'stage="candidate"')
+        acc = metric_value(m, "rlhf_learner_rm_accuracy", 'measure="gate"')
+        rsec = metric_value(m, "rlhf_learner_round_seconds_sum")
 
         # Rollback, as an operator would type it.
         rb = subprocess.run([sys.executable, "-m", "rlhf.cli", "adapters", "rollback"], env=env, cwd=ROOT,
