@@ -40,12 +40,12 @@ test: install model tiny system-deps
 	bash k8s/check.sh
 	$(BIN)/python -m pytest tests -q --durations=20
 
-bench: install model tiny
+bench: install model tiny system-deps
 	$(BIN)/python bench/serving.py --model tiny
 	$(BIN)/python bench/feedback.py
 	$(BIN)/python bench/swap.py
 	$(BIN)/python bench/learner.py --skip-trl
-	$(BIN)/python bench/loop.py --model tiny --word happy --questions 700 --min-feedback 350 --kl-budget 8
+	$(BIN)/python bench/loop.py --model tiny --word happy --questions 700 --min-feedback 350 --kl-budget 8 --page
 
 clean:
 	rm -rf .data .pytest_cache

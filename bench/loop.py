@@ -17,6 +17,12 @@ chat page shows beside each answer), printing the learner's progress, and report
 - the learner's KL to the base and reward-model accuracy (from its /metrics);
 - that `rlhf adapters rollback` brings the base back on serving.
 
+With --page, a headless Chromium (Debian's `chromium`, driven by Playwright) also plays the
+person at the chat page: before the simulated user starts it chats, presses thumbs up and, in
+compare mode, "this one is better"; it keeps the page open, without reloading, until the page's
+header names the new version and a new answer is labelled with it; after the rollback the
+header and the next answer show the base model again.
+
 A benchmark, not a test: it takes from a few minutes (tiny) to about an hour (Gemma on two
 CPU cores), and its numbers are from a shared machine.
 """
@@ -150,6 +156,67 @@ def like_rate(url: str, model: str, qs: list[str], pref: Preference, n: int, max
     return sum(hits) / max(1, len(hits)), len(hits)
 
 
+class Page:
+    """The chat page in headless Chromium, used the way a person would (see tests/serving/test_page.py)."""
+
+    def __init__(self, url: str):
+        from playwright.sync_api import sync_playwright
+
+        from tests.serving.test_page import ARGS, CHROMIUM
+
+        self._pw = sync_playwright().start()
+        self.browser = self._pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        self.page = self.browser.new_page()
+        self.errors: list[str] = []
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        self.page.set_default_timeout(600_000)
+        self.page.goto(url + "/")
+        self.page.wait_for_function("() => document.querySelector('[data-testid=serving]').dataset.active !== undefined")
+
+    def header(self) -> str:
+        return self.page.get_by_test_id("serving").inner_text()
+
+    def wait_header(self, text: str, timeout_s: float) -> float:
+        """Seconds until the header (refreshed by the page itself every 5 s) contains text."""
+        t = time.monotonic()
+        self.page.wait_for_function("t => document.querySelector('[data-testid=serving]').textContent.includes(t)",
+                                    arg=text, timeout=timeout_s * 1000)
+        return time.monotonic() - t
+
+    def ask(self, text: str, compare: bool = False):
+        """Send a message; return the new answers' (adapter label, text, element)."""
+        pg = self.page
+        if pg.get_by_test_id("compare").is_checked() != compare:
+            pg.get_by_test_id("compare").set_checked(compare)
+        before = pg.get_by_test_id("answer").count()
+        pg.get_by_test_id("input").fill(text)
+        pg.get_by_test_id("send").click()
+        pg.wait_for_function("n => !document.querySelector('[data-testid=send]').disabled"
+                             " && document.querySelectorAll('[data-testid=answer]').length > n", arg=before)
+        answers = pg.get_by_test_id("answer")
+        new = [answers.nth(i) for i in range(before, answers.count())]
+        if pg.get_by_test_id("error").is_visible():
+            raise RuntimeError("the page shows an error: " + pg.get_by_test_id("error").inner_text())
+        return [(a.get_by_test_id("adapter").inner_text(), a.get_by_test_id("answer-text").inner_text(), a)
+                for a in new]
+
+    def press(self, answer, testid: str) -> None:
+        """Press a feedback button under one answer and wait for that answer's "thanks"."""
+        answer.get_by_test_id(testid).click()
+        status = answer.get_by_test_id("feedback-status")
+        deadline = time.monotonic() + 60
+        while not status.inner_text().strip() and not self.page.get_by_test_id("error").is_visible():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no confirmation on the page after pressing {testid}")
+            time.sleep(0.2)
+        if self.page.get_by_test_id("error").is_visible():
+            raise RuntimeError("the page shows an error: " + self.page.get_by_test_id("error").inner_text())
+
+    def close(self) -> None:
+        self.browser.close()
+        self._pw.stop()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="gemma-3-270m")
@@ -163,6 +230,7 @@ def main() -> None:
     ap.add_argument("--kl-budget", type=float, default=None, help="RLHF_KL_BUDGET (default: the setting's)")
     ap.add_argument("--timeout-min", type=float, default=120.0, help="how long to wait for a published adapter")
     ap.add_argument("--verbose", action="store_true", help="echo every line `rlhf up` prints")
+    ap.add_argument("--page", action="store_true", help="also use the chat page in headless Chromium")
     args = ap.parse_args()
     pref = Preference(args.word, None if args.word else args.max_words)
 
@@ -191,6 +259,18 @@ def main() -> None:
         held = questions(args.heldout, seed=999)
         base_rate, n_base = like_rate(url, base_name, held, pref, 4, args.max_tokens)
         print(f"base model: the user likes {base_rate:.1%} of {n_base} answers to held-out questions", flush=True)
+
+        page = None
+        if args.page:
+            page = Page(url)
+            print(f"page: header {page.header()!r}", flush=True)
+            [(label, text, a)] = page.ask("What is the capital of France?")
+            page.press(a, "thumbs-up")
+            print(f"page: answer by {label!r}: {text.strip()[:60]!r}; pressed thumbs up", flush=True)
+            answers = page.ask("What color is the sky?", compare=True)
+            page.press(answers[1][2], "prefer")
+            print(f"page: compare mode, two answers by {[x[0] for x in answers]}; pressed 'this one is better' "
+                  f"on the second", flush=True)
 
         # The user: two answers per question, feedback through /v1/feedback, as the page's buttons send it.
         t_user = time.monotonic()
@@ -250,6 +330,14 @@ def main() -> None:
         publish_s = time.monotonic() - t_wait
         print(f"serving routes to {version} {publish_s:.0f} s after the last feedback", flush=True)
 
+        if page:
+            waited = page.wait_header(f"answering with {version}", 30)
+            [(label, text, _)] = page.ask("What is the capital of Italy?")
+            print(f"page (never reloaded): header {page.header()!r} {waited:.1f} s later; new answer by {label!r}: "
+                  f"{text.strip()[:60]!r}", flush=True)
+            if label != version:
+                sys.exit(f"the page labelled the answer {label!r}, not {version!r}")
+
         tuned_rate, n_tuned = like_rate(url, version, held, pref, 4, args.max_tokens)
         pooled = (base_rate * n_base + tuned_rate * n_tuned) / (n_base + n_tuned)
         z = (tuned_rate - base_rate) / math.sqrt(max(1e-12, pooled * (1 - pooled) * (1 / n_base + 1 / n_tuned)))
@@ -266,6 +354,15 @@ def main() -> None:
                          60, up, every=0.5)
         print(f"`rlhf adapters rollback` exit {rb.returncode}: {rb.stdout.strip().splitlines()[-1:]} -> "
               f"active {after['active']!r}", flush=True)
+        if page:
+            waited = page.wait_header(f"answering with base model", 30)
+            [(label, text, _)] = page.ask("What is the capital of Spain?")
+            print(f"page: header {page.header()!r} {waited:.1f} s later; new answer by {label!r}", flush=True)
+            if version in label:
+                sys.exit(f"after the rollback the page still labels answers {label!r}")
+            if page.errors:
+                sys.exit(f"the page reported errors: {page.errors}")
+            page.close()
 
         print("\n| model | feedback (pairwise/thumbs) | user phase s | last feedback -> new version s | round s "
               "| liked: base -> new (z) | KL nats | RM accuracy |")
