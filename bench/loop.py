@@ -52,6 +52,7 @@ os.environ.setdefault("RLHF_CACHE_DIR", str(ROOT / ".cache" / "rlhf"))
 
 from bench.serving import free_port  # noqa: E402
 from tests.learner.conftest import metric_value  # noqa: E402
+from tests.serving.loras import wait_until  # noqa: E402
 
 COUNTRIES = ["France", "Italy", "Spain", "Japan", "Egypt", "Canada", "Brazil", "Kenya", "Norway", "Peru",
              "India", "Chile", "Greece", "Poland", "Mexico", "Sweden", "Turkey", "Vietnam", "Ghana", "Cuba"]
@@ -195,22 +196,22 @@ class Page:
                              " && document.querySelectorAll('[data-testid=answer]').length > n", arg=before)
         answers = pg.get_by_test_id("answer")
         new = [answers.nth(i) for i in range(before, answers.count())]
-        if pg.get_by_test_id("error").is_visible():
-            raise RuntimeError("the page shows an error: " + pg.get_by_test_id("error").inner_text())
+        self._raise_shown_error()
         return [(a.get_by_test_id("adapter").inner_text(), a.get_by_test_id("answer-text").inner_text(), a)
                 for a in new]
 
     def press(self, answer, testid: str) -> None:
         """Press a feedback button under one answer and wait for that answer's "thanks"."""
         answer.get_by_test_id(testid).click()
-        status = answer.get_by_test_id("feedback-status")
-        deadline = time.monotonic() + 60
-        while not status.inner_text().strip() and not self.page.get_by_test_id("error").is_visible():
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"no confirmation on the page after pressing {testid}")
-            time.sleep(0.2)
-        if self.page.get_by_test_id("error").is_visible():
-            raise RuntimeError("the page shows an error: " + self.page.get_by_test_id("error").inner_text())
+        status, error = answer.get_by_test_id("feedback-status"), self.page.get_by_test_id("error")
+        wait_until(lambda: status.inner_text().strip() or error.is_visible(), 60, 0.2,
+                   f"a confirmation on the page after pressing {testid}")
+        self._raise_shown_error()
+
+    def _raise_shown_error(self) -> None:
+        error = self.page.get_by_test_id("error")
+        if error.is_visible():
+            raise RuntimeError("the page shows an error: " + error.inner_text())
 
     def close(self) -> None:
         self.browser.close()
@@ -248,6 +249,7 @@ def main() -> None:
     print(f"model {args.model}; the user likes answers that are {pref}; state in {tmp}", flush=True)
 
     t0 = time.monotonic()
+    page = None
     up = Up(env, args.model, port, args.verbose)
     try:
         wait_for("serving to be ready", lambda: httpx.get(url + "/readyz", timeout=5).status_code == 200,
@@ -260,7 +262,6 @@ def main() -> None:
         base_rate, n_base = like_rate(url, base_name, held, pref, 4, args.max_tokens)
         print(f"base model: the user likes {base_rate:.1%} of {n_base} answers to held-out questions", flush=True)
 
-        page = None
         if args.page:
             page = Page(url)
             print(f"page: header {page.header()!r}", flush=True)
@@ -355,14 +356,13 @@ def main() -> None:
         print(f"`rlhf adapters rollback` exit {rb.returncode}: {rb.stdout.strip().splitlines()[-1:]} -> "
               f"active {after['active']!r}", flush=True)
         if page:
-            waited = page.wait_header(f"answering with base model", 30)
+            waited = page.wait_header("answering with base model", 30)
             [(label, text, _)] = page.ask("What is the capital of Spain?")
             print(f"page: header {page.header()!r} {waited:.1f} s later; new answer by {label!r}", flush=True)
             if version in label:
                 sys.exit(f"after the rollback the page still labels answers {label!r}")
             if page.errors:
                 sys.exit(f"the page reported errors: {page.errors}")
-            page.close()
 
         print("\n| model | feedback (pairwise/thumbs) | user phase s | last feedback -> new version s | round s "
               "| liked: base -> new (z) | KL nats | RM accuracy |")
@@ -371,6 +371,8 @@ def main() -> None:
               f"{rsec if rsec is None else round(rsec)} | {base_rate:.1%} -> {tuned_rate:.1%} ({z:.1f}) | "
               f"{kl if kl is None else round(kl, 2)} | {acc if acc is None else round(acc, 3)} |")
     finally:
+        if page:
+            page.close()
         code = up.stop()
         print(f"`rlhf up` stopped with exit code {code}", flush=True)
 
