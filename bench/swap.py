@@ -141,7 +141,7 @@ def main() -> int:
 
     from feedback.broker import start_broker, stop_broker
     from feedback.schema import AdapterAnnounced, encode
-    from learner.adapter_store import write_adapter
+    from adapters.store import write_adapter
     from rlhf.models import resolve_model
 
     tmp = Path(tempfile.mkdtemp(prefix="rlhf-bench-swap-"))

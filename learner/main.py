@@ -27,7 +27,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
 
+from feedback.consumer import EventConsumer
 from feedback.schema import TOPIC_ADAPTERS, TOPIC_FEEDBACK, TOPIC_INTERACTIONS
+from learner.publish import OutboxSender
+from learner.round import Learner, LearnerConfig
+from learner.store import Store
+from rlhf.models import ModelError
+from rlhf.settings import get_settings
 
 log = logging.getLogger("learner")
 
@@ -79,10 +85,6 @@ class ConsumeLoop(threading.Thread):
         self.consumed = 0
 
     def run(self) -> None:
-        from feedback.consumer import EventConsumer
-        from learner.publish import OutboxSender
-        from learner.store import Store
-
         store = Store.open(self.settings, self.heldout_fraction)
         consumer = EventConsumer(self.settings, TOPICS, group_id=GROUP_ID, from_beginning=True)
         sender = None
@@ -213,20 +215,11 @@ class _Stop(BaseException):
 
 
 def load_config():
-    from learner.round import LearnerConfig
-
-    from rlhf.settings import get_settings
-
     path = get_settings().learner_config
     return LearnerConfig.from_file(path) if path else LearnerConfig()
 
 
 def run() -> int:
-    from learner.round import Learner
-    from learner.store import Store
-    from rlhf.models import ModelError
-    from rlhf.settings import get_settings
-
     settings = get_settings()
     logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLogger().level))  # chatty at INFO
     try:

@@ -19,8 +19,11 @@ import threading
 import time
 from pathlib import Path
 
+from kafka import KafkaProducer
+
+from adapters.store import write_adapter
 from feedback.schema import TOPIC_ADAPTERS, AdapterAnnounced
-from learner.adapter_store import write_adapter
+from feedback.topics import bootstrap_servers
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +52,6 @@ class OutboxSender:
     """Sends the learner store's outbox (announcements, dead letters) to Kafka, at least once."""
 
     def __init__(self, settings, timeout_s: float = 10.0):
-        from kafka import KafkaProducer
-
-        from feedback.topics import bootstrap_servers
-
         # kafka-python 3 defaults to acks='all' + idempotence; setting either explicitly to
         # something else would silently turn idempotence off (DESIGN.md), so leave them be.
         self.producer = KafkaProducer(bootstrap_servers=bootstrap_servers(settings), client_id="rlhf-learner",

@@ -17,6 +17,11 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from vllm import LLM, SamplingParams
+from vllm.lora.request import LoRARequest
+
+from rlhf.models import vllm_scheduling
+
 log = logging.getLogger(__name__)
 
 
@@ -33,10 +38,6 @@ class RolloutEngine:
     def __init__(self, model_path: Path | str, *, max_model_len: int = 512, max_lora_rank: int = 16,
                  max_loras: int = 2, gpu_memory_utilization: float = 0.1, kv_cache_gb: float = 0.0,
                  seed: int = 0, stop: list[str] | None = None):
-        from vllm import LLM
-
-        from rlhf.models import vllm_scheduling
-
         self.model_path = str(model_path)
         self.stop = stop or None  # serving's stop strings for this model; EOS always stops
         log.info("starting the rollout engine (vLLM) on %s", self.model_path)
@@ -49,16 +50,12 @@ class RolloutEngine:
 
     def lora(self, path: Path | str, label: str):
         """A LoRARequest with a name and id never used before in this engine."""
-        from vllm.lora.request import LoRARequest
-
         lid = next(self._ids)
         return LoRARequest(f"{label}#{lid}", lid, str(path))
 
     def generate(self, prompts: list[list[int]], *, n: int = 1, temperature: float = 1.0, top_p: float = 1.0,
                  max_tokens: int = 64, lora=None, seed: int | None = None) -> list[Sample]:
         """Sample n answers per prompt; returns them prompt by prompt (n consecutive samples each)."""
-        from vllm import SamplingParams
-
         if not prompts:
             return []
         kept = [(i, p) for i, p in enumerate(prompts) if len(p) + max_tokens <= self.max_model_len]

@@ -30,10 +30,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from adapters.manifest import AdapterError
+from adapters.store import resolve_inside, verify_adapter
 from learner.gate import GateConfig, decide, reward_model_accuracy
-from learner.ppo import PPOConfig
-from learner.reward import RewardConfig
+from learner.ppo import PPOConfig, PPOTrainer
+from learner.reward import RewardConfig, RewardModel, RewardTrainer
 from learner.store import Store
+from learner.tokens import encode_prompt, load_tokenizer, stop_strings
+from rlhf.models import context_length, model_display_name, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +100,6 @@ class Learner:
     """The training side of the learner: store + tokenizer + (lazily) the vLLM rollout engine."""
 
     def __init__(self, settings, cfg: LearnerConfig | None = None, *, store: Store | None = None, engine=None):
-        from learner.tokens import load_tokenizer, stop_strings
-        from rlhf.models import context_length, model_display_name, resolve_model
-
         self.settings = settings
         self.cfg = cfg or LearnerConfig()
         self.model_path = resolve_model(settings.model)
@@ -114,6 +115,8 @@ class Learner:
     @property
     def engine(self):
         if self._engine is None:
+            # vLLM is imported only when a round first samples: it is heavy, and it is the one
+            # part of the learner that the store, gate and training tests never need
             from learner.rollout import RolloutEngine
 
             self._engine = RolloutEngine(self.model_path, max_model_len=self.max_model_len,
@@ -129,16 +132,12 @@ class Learner:
 
     # ---------------------------------------------------------------------------- helpers
     def encode_prompts(self, messages_list: list[list[dict]]) -> list[list[int]]:
-        from learner.tokens import encode_prompt
-
         limit = self.max_model_len - self.cfg.ppo.max_new_tokens
         out = [encode_prompt(self.tokenizer, m) for m in messages_list]
         return [p for p in out if len(p) <= limit]
 
     def serving_adapter_dir(self) -> tuple[str | None, Path | None]:
         """(version, folder) of the adapter serving now, verified; (None, None) for the base model."""
-        from learner.adapter_store import AdapterError, resolve_inside, verify_adapter
-
         serving = self.store.serving_adapter()
         if not serving:
             return None, None
@@ -174,9 +173,6 @@ class Learner:
 
     # ---------------------------------------------------------------------------- the round
     def run_round(self, on_progress: Callable[[str, dict], None] | None = None) -> RoundResult:
-        from learner.ppo import PPOTrainer
-        from learner.reward import RewardModel, RewardTrainer
-
         cfg, store, settings = self.cfg, self.store, self.settings
         progress = on_progress or (lambda stage, m: None)
         round_id, hwm, n_feedback = store.start_round()

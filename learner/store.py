@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from feedback.schema import (
-    AdapterAnnounced, DeadLetter, Interaction, Pairwise, RoutingChanged, Thumbs, TOPIC_FEEDBACK,
-)
+from adapters.announcements import apply_event
+from adapters.routing_state import RoutingState
+from feedback.schema import TOPIC_FEEDBACK, AdapterAnnounced, DeadLetter, Interaction, Pairwise, RoutingChanged, Thumbs
 
 STORE_FILE = "learner.sqlite3"
 
@@ -146,10 +146,10 @@ class IngestResult:
 class Store:
     """One connection per thread: create a Store in each thread that uses it."""
 
-    def __init__(self, path: Path | str, heldout_fraction: float = 0.2, *, adapter_dir: Path | str | None = None,
+    def __init__(self, path: Path | str, heldout_fraction: float = 0.2, *, adapter_dir: Path | str,
                  default_canary_fraction: float = 0.0):
         self.path = Path(path)
-        self.adapter_dir = Path(adapter_dir) if adapter_dir else None
+        self.adapter_dir = Path(adapter_dir)
         self.default_canary_fraction = default_canary_fraction
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.heldout_fraction = heldout_fraction
@@ -302,9 +302,7 @@ class Store:
             self.db.executemany("UPDATE outbox SET sent_at=? WHERE event_id=?", [(time.time(), e) for e in event_ids])
 
     # ------------------------------------------------------------------ adapters and routing
-    def _routing(self):
-        from serving.adapters import RoutingState
-
+    def _routing(self) -> RoutingState:
         raw = self.get_meta("routing")
         return (RoutingState.from_json(json.loads(raw), self.default_canary_fraction) if raw
                 else RoutingState(self.default_canary_fraction))
@@ -312,18 +310,8 @@ class Store:
     def _apply_routing(self, ev: AdapterAnnounced | RoutingChanged) -> None:
         """Follow `rlhf.adapters` with serving's own state machine, so "the adapter serving now"
         means here what it means on every replica."""
-        from learner.adapter_store import AdapterError, verify_adapter
-
         state = self._routing()
-        refused = None
-        if isinstance(ev, AdapterAnnounced):
-            try:
-                manifest = verify_adapter(self.adapter_dir, ev.path, ev.manifest_sha256) if self.adapter_dir else {}
-                if manifest and manifest.get("version") != ev.version:
-                    raise AdapterError(f"announced as {ev.version} but the manifest says {manifest.get('version')}")
-            except (AdapterError, OSError) as e:
-                refused = str(e)
-        state.apply(ev, refused=refused)
+        apply_event(state, ev, self.adapter_dir)
         self.set_meta("routing", json.dumps(state.to_json()))
 
     def serving_adapter(self) -> dict | None:

@@ -92,7 +92,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def cmd_adapters(args: argparse.Namespace) -> int:
     _setup_logging()
-    from serving.adapters_cli import main
+    from rlhf.adapters_cli import main
 
     return main(args)
 

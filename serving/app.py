@@ -20,13 +20,14 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from adapters.follower import AdapterFollower
+from adapters.router import Router
 from rlhf.models import model_display_name, resolve_model
 from rlhf.settings import Settings, get_settings
 from serving import metrics
 from serving.chat import ChatService
 from serving.engine import Engine, EngineStopped, PromptTooLong
 from serving.protocol import ChatCompletionRequest, ModelCard, ModelList, error_body
-from serving.routing import Router
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +93,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = engine
         app.state.chat = ChatService(engine, app.state.router, settings, app.state.events)
         metrics.QUEUE_DEPTH.set_function(engine.queue_depth)
-        # --- adapters (issue 5): follow rlhf.adapters, load/route/roll back (serving/adapters.py) ---
-        from serving.adapters import AdapterFollower
-
         app.state.adapters = AdapterFollower(settings, engine, app.state.router, app.state.events)
         await app.state.adapters.start()
-        # --- end adapters ---
         metrics.ENGINE_READY.set(1)
         watcher = asyncio.create_task(_watch_engine(app, engine))
         try:

@@ -15,6 +15,7 @@ import time
 import uuid
 from typing import AsyncIterator
 
+from adapters.router import LoadedAdapter, Router
 from feedback import tokens
 from feedback.producer import SpoolFull
 from feedback.schema import TOPIC_INTERACTIONS, Interaction, Message
@@ -22,7 +23,6 @@ from serving import metrics
 from serving.engine import Engine, EngineStopped
 from serving.protocol import (AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice,
                               ChunkChoice, Delta, ResponseRef, RLHFInfo, Usage, error_body)
-from serving.routing import LoadedAdapter, Router
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +111,7 @@ class ChatService:
         final = None
         metrics.INFLIGHT.inc()
         try:
-            async for out in self.engine.generate(prompt_ids, params, f"chatcmpl-{completion_hex}",
-                                                  adapter.lora_request() if adapter else None):
+            async for out in self.engine.generate(prompt_ids, params, f"chatcmpl-{completion_hex}", adapter):
                 final = out
         finally:
             metrics.INFLIGHT.dec()
@@ -152,7 +151,7 @@ class ChatService:
 
         metrics.INFLIGHT.inc()
         try:
-            async for out in self.engine.generate(prompt_ids, params, cid, adapter.lora_request() if adapter else None):
+            async for out in self.engine.generate(prompt_ids, params, cid, adapter):
                 for o in out.outputs:
                     i = o.index
                     if first and o.token_ids:

@@ -10,6 +10,15 @@ import logging
 from pathlib import Path
 from typing import AsyncIterator
 
+from transformers import AutoTokenizer
+from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.inputs import TokensPrompt
+from vllm.lora.request import LoRARequest
+from vllm.v1.engine.async_llm import AsyncLLM
+from vllm.v1.engine.exceptions import EngineDeadError
+
+from adapters.router import LoadedAdapter
+from rlhf.models import context_length, model_card, vllm_scheduling
 from rlhf.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -34,12 +43,6 @@ class Engine:
         self.default_stop: list[str] = []  # the model card's stop strings (base models' Q/A transcript)
 
     async def start(self) -> None:
-        from transformers import AutoTokenizer
-        from vllm.engine.arg_utils import AsyncEngineArgs
-        from vllm.v1.engine.async_llm import AsyncLLM
-
-        from rlhf.models import context_length, model_card, vllm_scheduling
-
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.default_stop = model_card(self.model_path).get("stop", [])
         args = AsyncEngineArgs(
@@ -97,16 +100,26 @@ class Engine:
         """Started once, and its engine core has since died."""
         return self.llm is not None and self.llm.errored
 
-    async def generate(self, prompt_ids: list[int], params, request_id: str, lora=None) -> AsyncIterator:
-        from vllm.inputs import TokensPrompt
-        from vllm.v1.engine.exceptions import EngineDeadError
-
+    async def generate(self, prompt_ids: list[int], params, request_id: str,
+                       adapter: LoadedAdapter | None = None) -> AsyncIterator:
+        """Stream vLLM outputs for one prompt, on the base model or on `adapter`."""
         try:
             async for out in self.llm.generate(TokensPrompt(prompt_token_ids=prompt_ids), params, request_id,
-                                               lora_request=lora):
+                                               lora_request=_lora_request(adapter)):
                 yield out
         except EngineDeadError as e:
             raise EngineStopped("the inference engine of this replica stopped; it is restarting, retry shortly") from e
 
+    async def add_lora(self, adapter: LoadedAdapter) -> bool:
+        """Load an adapter version under its own name and LoRA id; False (or an exception) if vLLM refuses."""
+        return await self.llm.add_lora(_lora_request(adapter))
+
+    async def remove_lora(self, lora_id: int) -> None:
+        await self.llm.remove_lora(lora_id)
+
     def queue_depth(self) -> int:
         return self.llm.get_num_unfinished_requests() if self.llm is not None else 0
+
+
+def _lora_request(adapter: LoadedAdapter | None) -> LoRARequest | None:
+    return LoRARequest(adapter.version, adapter.lora_id, str(adapter.path)) if adapter is not None else None

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from learner.adapter_store import verify_adapter
+from adapters.store import verify_adapter
 from rlhf.models import tiny_prompts
 from tests.conftest import free_port
 from tests.learner.conftest import metric_value

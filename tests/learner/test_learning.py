@@ -15,7 +15,7 @@ import math
 import pytest
 
 from feedback.schema import Interaction, Pairwise
-from learner.adapter_store import verify_adapter
+from adapters.store import verify_adapter
 from learner.ppo import PPOTrainer
 from learner.reward import RewardModel, RewardTrainer
 from learner.round import Learner, LearnerConfig

@@ -8,7 +8,7 @@ import pytest
 
 from feedback.schema import (TOPIC_ADAPTERS, TOPIC_FEEDBACK, TOPIC_INTERACTIONS, AdapterAnnounced, Interaction,
                              Message, Pairwise, RoutingChanged, Thumbs)
-from learner.adapter_store import write_adapter
+from adapters.store import write_adapter
 from learner.store import Store
 
 

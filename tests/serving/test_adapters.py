@@ -24,9 +24,9 @@ import httpx
 import pytest
 
 from feedback.schema import AdapterAnnounced, DeadLetter, Interaction, RoutingChanged, encode
-from learner.adapter_store import write_adapter
-from serving.adapters import RoutingState
-from serving.routing import user_bucket
+from adapters.store import write_adapter
+from adapters.routing_state import RoutingState
+from adapters.router import user_bucket
 from tests.conftest import ROOT, free_port
 from tests.serving.loras import announce, make_lora, read_topic, train_lora, wait_until
 

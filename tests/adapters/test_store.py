@@ -4,21 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 import sys
 
 import pytest
 
-from learner.adapter_store import AdapterError, list_adapters, verify_adapter, write_adapter
-
-
-@pytest.fixture
-def peft_folder(tmp_path):
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "adapter_config.json").write_text(json.dumps({"r": 8, "lora_alpha": 16, "peft_type": "LORA"}))
-    (src / "adapter_model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
-    (src / "README.md").write_text("model card peft writes")
-    return src
+from adapters.store import AdapterError, list_adapters, verify_adapter, write_adapter
 
 
 def test_write_verify_list(tmp_path, peft_folder):
@@ -91,8 +82,6 @@ def test_write_refuses_pickled_weights_and_bad_names(tmp_path):
 
 
 def test_adapter_store_imports_no_torch():
-    import subprocess
-
-    code = "import sys, learner.adapter_store; print('torch' in sys.modules)"
+    code = "import sys, adapters.store; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

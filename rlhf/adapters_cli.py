@@ -12,113 +12,31 @@ replica follows them; nothing here talks to a replica except to confirm the swit
 
 from __future__ import annotations
 
-import json
-import re
-import struct
+import logging
 import sys
 import time
 from datetime import datetime
 from pathlib import Path
 
-from feedback.schema import TOPIC_ADAPTERS, AdapterAnnounced, RoutingChanged, encode
+import httpx
+
+from adapters.announcements import announce, replay_state
+from adapters.manifest import AdapterError
+from adapters.peft_check import adapter_name_for, check_peft_adapter
+from adapters.store import list_adapters, verify_announced, write_adapter
+from feedback.schema import AdapterAnnounced, RoutingChanged
+from rlhf.models import model_display_name, resolve_model
+from rlhf.settings import get_settings
 
 
 def _err(msg: str) -> None:
     print(f"error: {msg}", file=sys.stderr)
 
 
-# ----------------------------------------------------------------------------- validation
-def safetensors_shapes(path: Path) -> dict[str, list[int]]:
-    """Tensor name -> shape from a safetensors header (no torch needed)."""
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) != 8:
-            raise ValueError(f"{path.name} is not a safetensors file")
-        (n,) = struct.unpack("<Q", head)
-        if n > 100_000_000:
-            raise ValueError(f"{path.name} is not a safetensors file")
-        header = json.loads(f.read(n))
-    return {k: v["shape"] for k, v in header.items() if k != "__metadata__"}
-
-
-def check_peft_adapter(path: Path, model_path: Path, max_rank: int) -> dict:
-    """Refuse anything serving could not load on this base model; returns the adapter config.
-
-    Checks: a LoRA adapter_config.json; weights only as safetensors; rank within the engine's
-    limit; every LoRA tensor belongs to a linear layer of the base model with matching shapes
-    (the model is built on the meta device, so no weights are read)."""
-    if not path.is_dir():
-        raise ValueError(f"{path} is not a folder (expected a PEFT adapter folder from save_pretrained)")
-    cfg_path = path / "adapter_config.json"
-    if not cfg_path.is_file():
-        raise ValueError(f"{path} has no adapter_config.json")
-    config = json.loads(cfg_path.read_text())
-    if config.get("peft_type", "LORA").upper() != "LORA":
-        raise ValueError(f"only LoRA adapters are supported, not {config.get('peft_type')}")
-    weights = sorted(path.glob("*.safetensors"))
-    if not weights:
-        pickled = [p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt")]
-        hint = f" (found {', '.join(pickled)}: pickled weights are refused; save with safe_serialization=True)" \
-            if pickled else ""
-        raise ValueError(f"{path} has no .safetensors weights{hint}")
-    rank = int(config.get("r", 0))
-    if not 0 < rank <= max_rank:
-        raise ValueError(f"LoRA rank r={rank} is outside 1..{max_rank} (RLHF_MAX_LORA_RANK)")
-
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path))
-    modules = dict(model.named_modules())
-    seen = 0
-    for wfile in weights:
-        for name, shape in safetensors_shapes(wfile).items():
-            m = re.match(r"^base_model\.model\.(.+)\.(lora_A|lora_B)(?:\.[^.]+)?\.weight$", name)
-            if not m:
-                raise ValueError(f"{wfile.name}: {name} is not a LoRA weight of a linear layer")
-            module = modules.get(m.group(1))
-            if not isinstance(module, torch.nn.Linear):
-                raise ValueError(f"{name}: the base model has no linear layer {m.group(1)!r} (another base model?)")
-            want = [rank, module.in_features] if m.group(2) == "lora_A" else [module.out_features, rank]
-            if list(shape) != want:
-                raise ValueError(f"{name}: shape {shape} does not fit the base model's {m.group(1)} "
-                                 f"(expected {want}; another base model?)")
-            seen += 1
-    if not seen:
-        raise ValueError(f"{path}: no LoRA weights found")
-    return config
-
-
-def adapter_name_for(path: Path) -> str:
-    """The store name of a brought-in adapter: its folder name, cleaned (`my-adapter@v1`)."""
-    name = re.sub(r"[^a-z0-9_-]+", "-", path.resolve().name.lower()).strip("-_")
-    if not name or not name[0].isalpha():
-        name = "user-" + name if name else "user"
-    return name[:48]
-
-
-# ----------------------------------------------------------------------------- Kafka and serving
-def _announce(settings, events: list) -> None:
-    from kafka import KafkaProducer
-
-    from feedback.topics import bootstrap_servers, ensure_topics
-
-    ensure_topics(settings, (TOPIC_ADAPTERS,))
-    producer = KafkaProducer(bootstrap_servers=bootstrap_servers(settings), acks="all", enable_idempotence=True,
-                             max_block_ms=10_000, request_timeout_ms=10_000)
-    try:
-        for ev in events:
-            producer.send(TOPIC_ADAPTERS, key=ev.key(), value=encode(ev)).get(timeout=15)
-    finally:
-        producer.close(timeout=5)
-
-
+# ----------------------------------------------------------------------------- serving
 def _confirm(settings, expect_active: str | None = "keep", expect_canary: str | None = "keep",
              wait_s: float = 10.0) -> None:
     """If a replica serves at RLHF_HOST:RLHF_PORT, wait until it routes as expected ("keep": any) and say so."""
-    import httpx
-
     url = f"http://{settings.host}:{settings.port}/v1/adapters"
     deadline = time.monotonic() + wait_s
     info = None
@@ -140,9 +58,6 @@ def _confirm(settings, expect_active: str | None = "keep", expect_canary: str | 
 
 # ----------------------------------------------------------------------------- commands
 def cmd_list(settings) -> int:
-    from learner.adapter_store import list_adapters
-    from serving.adapters import replay_state
-
     stored = list_adapters(settings.adapter_dir)
     state, live = replay_state(settings)
     roles = {}
@@ -165,10 +80,6 @@ def cmd_list(settings) -> int:
 
 
 def cmd_publish(settings, path: Path, canary: float | None, name: str | None) -> int:
-    from learner.adapter_store import AdapterError, write_adapter
-    from rlhf.models import resolve_model
-    from serving.adapters import verify_known
-
     if canary is not None and not 0.0 <= canary <= 1.0:
         _err("--canary must be between 0 and 1")
         return 1
@@ -177,13 +88,13 @@ def cmd_publish(settings, path: Path, canary: float | None, name: str | None) ->
         version, rel, sha = write_adapter(settings.adapter_dir, name or adapter_name_for(path), path,
                                           base_model=settings.model, source_kind="user",
                                           extra={"imported_from": str(path.resolve())})
-        verify_known(settings, version, rel, sha)
+        verify_announced(settings.adapter_dir, version, rel, sha, max_rank=settings.max_lora_rank)
     except (ValueError, AdapterError, OSError) as e:
         _err(f"refused {path}: {e}")
         return 1
     print(f"stored {path} as {version} in {Path(settings.adapter_dir).resolve() / rel}")
     try:
-        _announce(settings, [AdapterAnnounced(version=version, path=rel, manifest_sha256=sha,
+        announce(settings, [AdapterAnnounced(version=version, path=rel, manifest_sha256=sha,
                                               canary_fraction=canary, source="user")])
     except Exception as e:
         _err(f"could not announce {version} on {settings.kafka_bootstrap}: {e}; "
@@ -196,10 +107,6 @@ def cmd_publish(settings, path: Path, canary: float | None, name: str | None) ->
 
 
 def cmd_activate(settings, version: str) -> int:
-    from learner.adapter_store import list_adapters
-    from rlhf.models import model_display_name
-    from serving.adapters import replay_state, verify_known
-
     target = None if version in ("base", model_display_name(settings.model)) else version
     state, live = replay_state(settings)
     if not live:
@@ -215,7 +122,8 @@ def cmd_activate(settings, version: str) -> int:
             return 1
         a = stored[target]
         try:  # in the store but not on the topic (e.g. the broker lost its log): announce it, active at once
-            verify_known(settings, target, a["path"], a["manifest_sha256"])
+            verify_announced(settings.adapter_dir, target, a["path"], a["manifest_sha256"],
+                             max_rank=settings.max_lora_rank)
         except Exception as e:
             _err(f"refused {target}: {e}")
             return 1
@@ -223,7 +131,7 @@ def cmd_activate(settings, version: str) -> int:
                                        parent=a.get("parent"), canary_fraction=0.0,
                                        source="user" if a.get("source") == "user" else "learner"))
     try:
-        _announce(settings, events)
+        announce(settings, events)
     except Exception as e:
         _err(f"could not publish on {settings.kafka_bootstrap}: {e}")
         return 2
@@ -233,8 +141,6 @@ def cmd_activate(settings, version: str) -> int:
 
 
 def cmd_rollback(settings) -> int:
-    from serving.adapters import replay_state
-
     state, live = replay_state(settings)
     if not live:
         _err(f"broker at {settings.kafka_bootstrap} unreachable")
@@ -249,7 +155,7 @@ def cmd_rollback(settings) -> int:
         _err(f"nothing to roll back to: {state.active or 'the base model'} is the only version routed so far")
         return 1
     try:
-        _announce(settings, [RoutingChanged(action="rollback")])
+        announce(settings, [RoutingChanged(action="rollback")])
     except Exception as e:
         _err(f"could not publish on {settings.kafka_bootstrap}: {e}")
         return 2
@@ -259,8 +165,6 @@ def cmd_rollback(settings) -> int:
 
 
 def cmd_canary(settings, version: str, fraction: float) -> int:
-    from serving.adapters import replay_state
-
     target = None if version in ("none", "off") else version
     state, live = replay_state(settings)
     if not live:
@@ -269,17 +173,13 @@ def cmd_canary(settings, version: str, fraction: float) -> int:
     if target is not None and target not in state.known:
         _err(f"unknown version {target!r}; publish it first")
         return 1
-    _announce(settings, [RoutingChanged(action="canary", version=target, canary_fraction=fraction)])
+    announce(settings, [RoutingChanged(action="canary", version=target, canary_fraction=fraction)])
     print(f"canary: {target} on {fraction:.0%} of users" if target else "canary ended")
     _confirm(settings, state.active, target)
     return 0
 
 
 def main(args) -> int:
-    import logging
-
-    from rlhf.settings import get_settings
-
     for noisy in ("kafka", "httpx"):  # their INFO lines bury the answer
         logging.getLogger(noisy).setLevel(logging.WARNING)
     settings = get_settings()

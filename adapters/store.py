@@ -9,8 +9,8 @@ Layout (one folder per version, never rewritten once it exists):
       policy/v2/...
 
 `write_adapter` writes a version atomically (a temporary sibling folder renamed into place),
-`verify_adapter` checks a version before serving loads it (manifest hash, every file's hash,
-no file that is not safetensors or the adapter config), `list_adapters` lists what is there.
+`verify_adapter` checks a version before it is loaded (manifest.py), `verify_announced` also
+checks that the manifest names the announced version, `list_adapters` lists what is there.
 
 Serving imports this module on its hot path: keep it free of torch and other heavy imports.
 """
@@ -20,55 +20,29 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 import time
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-MANIFEST = "manifest.json"
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-MANIFEST_FORMAT = 1
-
-_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,47}$")
-_VERSION_DIR_RE = re.compile(r"^v([1-9][0-9]{0,8})$")
-
-
-class AdapterError(ValueError):
-    """An adapter folder that must not be loaded: missing, altered, or not what its manifest says."""
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def version_string(name: str, number: int) -> str:
-    return f"{name}@v{number}"
-
-
-def parse_version(version: str) -> tuple[str, int]:
-    """`policy@v3` -> ("policy", 3); raises AdapterError on anything else."""
-    name, sep, v = version.partition("@")
-    m = _VERSION_DIR_RE.match(v)
-    if not sep or not _NAME_RE.match(name) or not m:
-        raise AdapterError(f"not an adapter version: {version!r} (expected like 'policy@v3')")
-    return name, int(m.group(1))
-
-
-def _allowed_file(name: str) -> bool:
-    return name in (ADAPTER_CONFIG, MANIFEST) or name.endswith(".safetensors")
+from adapters.manifest import (
+    ADAPTER_CONFIG,
+    MANIFEST,
+    NAME_RE,
+    VERSION_DIR_RE,
+    AdapterError,
+    build_manifest,
+    check_folder,
+    sha256_file,
+    version_string,
+)
 
 
 def next_version_number(adapter_dir: Path, name: str) -> int:
     folder = Path(adapter_dir) / name
     numbers = [int(m.group(1)) for p in (folder.iterdir() if folder.is_dir() else [])
-               if (m := _VERSION_DIR_RE.match(p.name))]
+               if (m := VERSION_DIR_RE.match(p.name))]
     return max(numbers, default=0) + 1
 
 
@@ -82,7 +56,7 @@ def write_adapter(adapter_dir: Path | str, name: str, source: Path | str, *, par
     adapter_dir, sha256 of manifest.json).
     """
     adapter_dir, source = Path(adapter_dir), Path(source)
-    if not _NAME_RE.match(name):
+    if not NAME_RE.match(name):
         raise AdapterError(f"bad adapter name {name!r}: lowercase letters, digits, '-', '_'")
     if not (source / ADAPTER_CONFIG).is_file():
         raise AdapterError(f"{source} has no {ADAPTER_CONFIG}")
@@ -104,21 +78,9 @@ def write_adapter(adapter_dir: Path | str, name: str, source: Path | str, *, par
         for _ in range(100):
             number = next_version_number(adapter_dir, name)
             version = version_string(name, number)
-            manifest = {
-                "format": MANIFEST_FORMAT,
-                "version": version,
-                "name": name,
-                "number": number,
-                "parent": parent,
-                "base_model": base_model,
-                "source": source_kind,
-                "created_at": time.time(),
-                "feedback_count": int(feedback_count),
-                "metrics": metrics or {},
-                "files": files,
-                **(extra or {}),
-            }
-            data = json.dumps(manifest, indent=2, sort_keys=True).encode()
+            data = build_manifest(version, name, number, files, parent=parent, base_model=base_model,
+                                  source_kind=source_kind, created_at=time.time(), feedback_count=feedback_count,
+                                  metrics=metrics, extra=extra)
             (tmp / MANIFEST).write_bytes(data)
             _fsync_dir_files(tmp)
             final = folder / f"v{number}"
@@ -166,57 +128,19 @@ def resolve_inside(adapter_dir: Path | str, rel_path: str) -> Path:
 
 def verify_adapter(adapter_dir: Path | str, rel_path: str, manifest_sha256: str | None,
                    *, max_rank: int | None = None) -> dict[str, Any]:
-    """Check one stored version and return its manifest (with `path` added); raise AdapterError on any doubt.
-
-    Checks: the folder is inside the store; manifest.json hashes to `manifest_sha256` (skipped
-    only when None is passed, for listing); the manifest's version matches the folder; every
-    listed file exists with its sha256; no unlisted file; only safetensors + adapter config;
-    the adapter config parses (and its rank is at most `max_rank`, when given).
-    """
-    folder = resolve_inside(adapter_dir, rel_path)
-    if not folder.is_dir():
-        raise AdapterError(f"adapter folder {rel_path!r} does not exist")
-    mpath = folder / MANIFEST
-    if not mpath.is_file():
-        raise AdapterError(f"{rel_path}: no {MANIFEST}")
-    data = mpath.read_bytes()
-    if manifest_sha256 is not None and hashlib.sha256(data).hexdigest() != manifest_sha256:
-        raise AdapterError(f"{rel_path}: manifest sha256 does not match the announced one")
-    try:
-        manifest = json.loads(data)
-    except ValueError as e:
-        raise AdapterError(f"{rel_path}: manifest is not JSON: {e}") from e
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
-        raise AdapterError(f"{rel_path}: manifest has no file list")
-    name, number = parse_version(str(manifest.get("version", "")))
-    if PurePosixPath(rel_path).parts[-2:] != (name, f"v{number}"):
-        raise AdapterError(f"{rel_path}: manifest version {manifest['version']} does not match the folder")
-
-    files: dict[str, str] = manifest["files"]
-    present = {p.name for p in folder.iterdir()}
-    for fname in present:
-        if not (folder / fname).is_file() or (folder / fname).is_symlink():
-            raise AdapterError(f"{rel_path}: {fname} is not a regular file")
-        if not _allowed_file(fname):
-            raise AdapterError(f"{rel_path}: {fname} is not allowed (only safetensors and {ADAPTER_CONFIG})")
-        if fname != MANIFEST and fname not in files:
-            raise AdapterError(f"{rel_path}: {fname} is not listed in the manifest")
-    if ADAPTER_CONFIG not in files or not any(f.endswith(".safetensors") for f in files):
-        raise AdapterError(f"{rel_path}: manifest must list {ADAPTER_CONFIG} and safetensors weights")
-    for fname, digest in files.items():
-        if "/" in fname or not _allowed_file(fname) or fname == MANIFEST:
-            raise AdapterError(f"{rel_path}: manifest lists a disallowed file {fname!r}")
-        if fname not in present:
-            raise AdapterError(f"{rel_path}: {fname} is missing")
-        if sha256_file(folder / fname) != digest:
-            raise AdapterError(f"{rel_path}: {fname} does not match its sha256")
-    try:
-        config = json.loads((folder / ADAPTER_CONFIG).read_text())
-    except ValueError as e:
-        raise AdapterError(f"{rel_path}: {ADAPTER_CONFIG} is not JSON: {e}") from e
-    if max_rank is not None and int(config.get("r", 0)) > max_rank:
-        raise AdapterError(f"{rel_path}: LoRA rank {config.get('r')} exceeds the largest allowed ({max_rank})")
+    """Check one stored version (manifest.check_folder) and return its manifest with `path` added;
+    raises AdapterError on any doubt, including a path that leaves the store."""
+    manifest = check_folder(resolve_inside(adapter_dir, rel_path), rel_path, manifest_sha256, max_rank)
     return {**manifest, "path": "/".join(PurePosixPath(rel_path).parts)}
+
+
+def verify_announced(adapter_dir: Path | str, version: str, rel_path: str, manifest_sha256: str,
+                     *, max_rank: int | None = None) -> dict[str, Any]:
+    """verify_adapter, plus: the manifest names the version the announcement named."""
+    manifest = verify_adapter(adapter_dir, rel_path, manifest_sha256, max_rank=max_rank)
+    if manifest.get("version") != version:
+        raise AdapterError(f"announced as {version} but the manifest says {manifest.get('version')}")
+    return manifest
 
 
 def list_adapters(adapter_dir: Path | str) -> list[dict[str, Any]]:
@@ -230,10 +154,10 @@ def list_adapters(adapter_dir: Path | str) -> list[dict[str, Any]]:
     if not adapter_dir.is_dir():
         return out
     for name_dir in sorted(adapter_dir.iterdir()):
-        if not name_dir.is_dir() or not _NAME_RE.match(name_dir.name):
+        if not name_dir.is_dir() or not NAME_RE.match(name_dir.name):
             continue
         for vdir in name_dir.iterdir():
-            if not (m := _VERSION_DIR_RE.match(vdir.name)) or not (vdir / MANIFEST).is_file():
+            if not (m := VERSION_DIR_RE.match(vdir.name)) or not (vdir / MANIFEST).is_file():
                 continue
             data = (vdir / MANIFEST).read_bytes()
             try:

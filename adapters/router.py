@@ -1,4 +1,4 @@
-"""Adapter routing: which loaded adapter version answers a request.
+"""Per-request routing: which loaded adapter version answers a request.
 
 A request whose `model` names a loaded version (`policy@v3`) or the base model gets exactly
 that; anything else follows routing: the canary for a sticky share of users (by a hash of the
@@ -18,11 +18,6 @@ class LoadedAdapter:
     lora_id: int
     path: Path
     manifest: dict = field(default_factory=dict)
-
-    def lora_request(self):
-        from vllm.lora.request import LoRARequest
-
-        return LoRARequest(self.version, self.lora_id, str(self.path))
 
 
 def user_bucket(user: str) -> float:
