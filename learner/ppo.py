@@ -33,7 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
+from transformers import AutoModel, AutoModelForCausalLM
 
 from learner.tokens import pad_prompt_response, position_ids
 
@@ -238,9 +240,6 @@ class ValueModel(nn.Module):
 
     def __init__(self, model_path: Path | str, cfg: PPOConfig):
         super().__init__()
-        from peft import LoraConfig, get_peft_model
-        from transformers import AutoModel
-
         base = AutoModel.from_pretrained(str(model_path), dtype=torch.float32)
         self.backbone = get_peft_model(base, LoraConfig(r=cfg.value_lora_r, lora_alpha=2 * cfg.value_lora_r,
                                                         lora_dropout=0.0, target_modules=list(cfg.target_modules)))
@@ -256,9 +255,6 @@ class ValueModel(nn.Module):
 
 def load_policy(model_path: Path | str, cfg: PPOConfig, init_adapter: Path | str | None = None):
     """Frozen base + trainable LoRA: a fresh one, or the adapter now serving to continue from."""
-    from peft import LoraConfig, PeftModel, get_peft_model
-    from transformers import AutoModelForCausalLM
-
     base = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32)
     if init_adapter is not None:
         return PeftModel.from_pretrained(base, str(init_adapter), is_trainable=True)

@@ -33,7 +33,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers import AutoModel
 
 from learner.tokens import encode_prompt, encode_response, last_token_index, pad_pairs, position_ids
 
@@ -145,9 +148,6 @@ class RewardModel(nn.Module):
 
     @classmethod
     def create(cls, model_path: Path | str, cfg: RewardConfig) -> "RewardModel":
-        from peft import LoraConfig, get_peft_model
-        from transformers import AutoModel
-
         base = AutoModel.from_pretrained(str(model_path), dtype=torch.float32)
         lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
                           target_modules=list(cfg.target_modules), bias="none")
@@ -160,10 +160,6 @@ class RewardModel(nn.Module):
 
     @classmethod
     def load(cls, model_path: Path | str, ckpt: Path | str) -> "RewardModel":
-        from peft import PeftModel
-        from safetensors.torch import load_file
-        from transformers import AutoModel
-
         base = AutoModel.from_pretrained(str(model_path), dtype=torch.float32)
         backbone = PeftModel.from_pretrained(base, str(Path(ckpt) / "lora"), is_trainable=True)
         meta = json.loads((Path(ckpt) / "reward_model.json").read_text())
@@ -172,8 +168,6 @@ class RewardModel(nn.Module):
         return rm
 
     def save(self, ckpt: Path | str) -> None:
-        from safetensors.torch import save_file
-
         ckpt = Path(ckpt)
         self.backbone.save_pretrained(str(ckpt / "lora"))
         state = {k: v.detach().contiguous() for k, v in self.state_dict().items() if not k.startswith("backbone.")}
