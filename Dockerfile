@@ -35,6 +35,7 @@ COPY rlhf/ rlhf/
 COPY serving/ serving/
 COPY feedback/ feedback/
 COPY learner/ learner/
+COPY adapters/ adapters/
 
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH

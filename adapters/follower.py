@@ -169,7 +169,7 @@ class AdapterFollower:
         k = self.state.known[version]
         try:
             await self._in_thread(verify_announced, self.settings.adapter_dir, version, k.path, k.manifest_sha256,
-                                  max_rank=self.settings.max_lora_rank)
+                                  self.settings.max_lora_rank)
         except (ValueError, TypeError, OSError) as e:  # AdapterError is a ValueError
             return str(e)
         adapter = LoadedAdapter(version, self.router.new_lora_id(), resolve_inside(self.settings.adapter_dir, k.path),

@@ -135,7 +135,7 @@ def verify_adapter(adapter_dir: Path | str, rel_path: str, manifest_sha256: str 
 
 
 def verify_announced(adapter_dir: Path | str, version: str, rel_path: str, manifest_sha256: str,
-                     *, max_rank: int | None = None) -> dict[str, Any]:
+                     max_rank: int | None = None) -> dict[str, Any]:
     """verify_adapter, plus: the manifest names the version the announcement named."""
     manifest = verify_adapter(adapter_dir, rel_path, manifest_sha256, max_rank=max_rank)
     if manifest.get("version") != version:
