@@ -42,7 +42,7 @@ ROLLOUTS, MINIBATCH, EPOCHS, MAX_NEW, LR, BETA = 32, 8, 4, 48, 3e-4, 0.1
 
 def pairs_data(n: int, seed: int = 0) -> list[dict]:
     """Pairs of answers of the kind the tiny model writes (lengths like real feedback)."""
-    from rlhf.models import tiny_dialogues
+    from rlhf.models.dialogues import tiny_dialogues
 
     ds = tiny_dialogues(2 * n, seed)
     return [{"type": "pairwise", "seq": i + 1, "messages": [ds[2 * i][0]], "chosen": ds[2 * i][1]["content"],
@@ -71,7 +71,7 @@ def ours_ppo(model_path, tokenizer, iterations: int, engine) -> dict:
     from learner.ppo import PPOConfig, PPOTrainer
     from learner.reward import RewardConfig, RewardModel
     from learner.tokens import encode_prompt
-    from rlhf.models import tiny_prompts
+    from rlhf.models.dialogues import tiny_prompts
 
     cfg = PPOConfig(rollout_batch_size=ROLLOUTS, minibatch_size=MINIBATCH, ppo_epochs=EPOCHS,
                     max_new_tokens=MAX_NEW, learning_rate=LR, init_kl_coef=BETA, adaptive_kl=False)
@@ -146,7 +146,7 @@ def trl_rloo(model_path, tokenizer, iterations: int) -> dict:
 
     from learner.reward import RewardConfig, RewardModel
     from learner.tokens import encode_prompt, encode_response
-    from rlhf.models import tiny_prompts
+    from rlhf.models.dialogues import tiny_prompts
 
     rm = RewardModel.create(model_path, RewardConfig()).eval()
 
@@ -191,7 +191,7 @@ def bench_model(name: str, iterations: int, rm_steps: int, skip_trl: bool) -> di
 
     from learner.rollout import RolloutEngine
     from learner.tokens import load_tokenizer, stop_strings
-    from rlhf.models import resolve_model
+    from rlhf.models.registry import resolve_model
 
     torch.manual_seed(0)
     path = resolve_model(name)

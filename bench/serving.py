@@ -117,7 +117,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--concurrency", default="1,8,32")
     args = ap.parse_args()
-    from rlhf.models import model_display_name, resolve_model
+    from rlhf.models.registry import model_display_name, resolve_model
 
     path = resolve_model(args.model)
     name = model_display_name(args.model)

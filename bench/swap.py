@@ -142,7 +142,7 @@ def main() -> int:
     from feedback.broker import start_broker, stop_broker
     from feedback.schema import AdapterAnnounced, encode
     from adapters.store import write_adapter
-    from rlhf.models import resolve_model
+    from rlhf.models.registry import resolve_model
 
     tmp = Path(tempfile.mkdtemp(prefix="rlhf-bench-swap-"))
     model_path = resolve_model(args.model)

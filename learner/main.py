@@ -32,7 +32,7 @@ from feedback.schema import TOPIC_ADAPTERS, TOPIC_FEEDBACK, TOPIC_INTERACTIONS
 from learner.publish import OutboxSender
 from learner.round import Learner, LearnerConfig
 from learner.store import Store
-from rlhf.models import ModelError
+from rlhf.models.cache import ModelError
 from rlhf.settings import get_settings
 
 log = logging.getLogger("learner")

@@ -20,7 +20,7 @@ from pathlib import Path
 from vllm import LLM, SamplingParams
 from vllm.lora.request import LoRARequest
 
-from rlhf.models import vllm_scheduling
+from rlhf.models.sizing import vllm_scheduling
 
 log = logging.getLogger(__name__)
 

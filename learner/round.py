@@ -37,7 +37,8 @@ from learner.ppo import PPOConfig, PPOTrainer
 from learner.reward import RewardConfig, RewardModel, RewardTrainer
 from learner.store import Store
 from learner.tokens import encode_prompt, load_tokenizer, stop_strings
-from rlhf.models import context_length, model_display_name, resolve_model
+from rlhf.models.registry import model_display_name, resolve_model
+from rlhf.models.sizing import context_length
 
 log = logging.getLogger(__name__)
 

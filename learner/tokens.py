@@ -23,7 +23,7 @@ def load_tokenizer(model_path: Path | str):
 
 def stop_strings(model_path: Path | str) -> list[str]:
     """Stop strings serving uses for this model (its model card; e.g. the base Gemma's Q/A transcript)."""
-    from rlhf.models import model_card
+    from rlhf.models.card import model_card
 
     return list(model_card(Path(model_path)).get("stop", []))
 

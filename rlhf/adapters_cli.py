@@ -25,7 +25,7 @@ from adapters.manifest import AdapterError
 from adapters.peft_check import adapter_name_for, check_peft_adapter
 from adapters.store import list_adapters, verify_announced, write_adapter
 from feedback.schema import AdapterAnnounced, RoutingChanged
-from rlhf.models import model_display_name, resolve_model
+from rlhf.models.registry import model_display_name, resolve_model
 from rlhf.settings import get_settings
 
 

@@ -24,25 +24,27 @@ def _apply_overrides(args: argparse.Namespace, names: tuple[str, ...]) -> None:
         value = getattr(args, name, None)
         if value is not None:
             os.environ[f"RLHF_{name.upper()}"] = str(value)
-    from rlhf.settings import get_settings
+    from rlhf.settings import get_settings  # lazy: keeps `rlhf --help` fast
 
     get_settings.cache_clear()
 
 
 def _setup_logging() -> None:
-    from rlhf.settings import get_settings
+    from rlhf.settings import get_settings  # lazy: keeps `rlhf --help` fast
 
     logging.basicConfig(level=get_settings().log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def cmd_model_prepare(args: argparse.Namespace) -> int:
-    from rlhf.models import DEFAULT_MODEL, ModelError, check_coherent, resolve_model
+    # lazy: keeps `rlhf --help` fast
+    from rlhf.models.cache import ModelError
+    from rlhf.models.gemma import check_coherent
+    from rlhf.models.registry import DEFAULT_MODEL, resolve_model
+    from rlhf.settings import get_settings
 
     _apply_overrides(args, ("model",))
     _setup_logging()
-    from rlhf.settings import get_settings
-
     name = get_settings().model
     try:
         path = resolve_model(name)
@@ -62,7 +64,7 @@ def cmd_model_prepare(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     _apply_overrides(args, ("model", "host", "port"))
     _setup_logging()
-    from serving.app import run
+    from serving.app import run  # lazy: keeps `rlhf --help` fast
 
     return run()
 
@@ -70,14 +72,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_learn(args: argparse.Namespace) -> int:
     _apply_overrides(args, ("model",))
     _setup_logging()
-    from learner.main import run
+    from learner.main import run  # lazy: keeps `rlhf --help` fast
 
     return run()
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
     _setup_logging()
-    from feedback.broker import run
+    from feedback.broker import run  # lazy: keeps `rlhf --help` fast
 
     return run(port=args.port)
 
@@ -85,14 +87,14 @@ def cmd_broker(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     _apply_overrides(args, ("model", "host", "port"))
     _setup_logging()
-    from rlhf.up import run
+    from rlhf.up import run  # lazy: keeps `rlhf --help` fast
 
     return run()
 
 
 def cmd_adapters(args: argparse.Namespace) -> int:
     _setup_logging()
-    from rlhf.adapters_cli import main
+    from rlhf.adapters_cli import main  # lazy: keeps `rlhf --help` fast
 
     return main(args)
 

@@ -16,6 +16,8 @@ the broker, and exits 0.
 
 from __future__ import annotations
 
+import ctypes
+import logging
 import os
 import signal
 import subprocess
@@ -27,6 +29,8 @@ from pathlib import Path
 import httpx
 
 from feedback.broker import BrokerError, port_open, start_broker, stop_broker
+from rlhf.models.cache import ModelError
+from rlhf.models.registry import resolve_model
 from rlhf.settings import get_settings
 
 RESTARTS_ALLOWED = 3  # within RESTART_WINDOW_S, per child
@@ -42,8 +46,6 @@ def say(msg: str) -> None:
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
     """Children get SIGTERM if `rlhf up` itself is killed (Linux), so nothing is left behind."""
     try:
-        import ctypes
-
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except Exception:
         pass
@@ -108,8 +110,6 @@ def _bootstrap(settings) -> tuple[str, int]:
 
 
 def run() -> int:
-    import logging
-
     logging.getLogger("httpx").setLevel(logging.WARNING)  # the readiness polls are not news
     settings = get_settings()
     data_dir = Path(settings.data_dir).expanduser().resolve()
@@ -125,8 +125,6 @@ def run() -> int:
             return 2
 
     # The model once, here: serving and the learner would otherwise both prepare it at once.
-    from rlhf.models import ModelError, resolve_model
-
     say(f"model {settings.model}: preparing if needed (first run of the default model takes a few minutes)")
     try:
         resolve_model(settings.model)

@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adapters.follower import AdapterFollower
 from adapters.router import Router
-from rlhf.models import model_display_name, resolve_model
+from rlhf.models.registry import model_display_name, resolve_model
 from rlhf.settings import Settings, get_settings
 from serving import metrics
 from serving.chat import ChatService

@@ -18,7 +18,8 @@ from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError
 
 from adapters.router import LoadedAdapter
-from rlhf.models import context_length, model_card, vllm_scheduling
+from rlhf.models.card import model_card
+from rlhf.models.sizing import context_length, vllm_scheduling
 from rlhf.settings import Settings
 
 log = logging.getLogger(__name__)

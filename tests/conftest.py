@@ -28,7 +28,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def tiny_model_path() -> Path:
-    from rlhf.models import resolve_model
+    from rlhf.models.registry import resolve_model
 
     return resolve_model("tiny")
 

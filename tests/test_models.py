@@ -41,7 +41,7 @@ def test_tiny_model_is_small_llama_with_chat_template(tiny_model_path):
 
 
 def test_context_length_is_capped_at_the_models_positions(tiny_model_path):
-    from rlhf.models import context_length
+    from rlhf.models.sizing import context_length
 
     assert context_length(tiny_model_path, 2048) == 1024  # the default setting on the tiny model
     assert context_length(tiny_model_path, 512) == 512

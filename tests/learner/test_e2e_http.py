@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from adapters.store import verify_adapter
-from rlhf.models import tiny_prompts
+from rlhf.models.dialogues import tiny_prompts
 from tests.conftest import free_port
 from tests.learner.conftest import metric_value
 from tests.learner.simulate import WORD, has_word, user_feedback

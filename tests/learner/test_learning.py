@@ -19,7 +19,7 @@ from adapters.store import verify_adapter
 from learner.ppo import PPOTrainer
 from learner.reward import RewardModel, RewardTrainer
 from learner.round import Learner, LearnerConfig
-from rlhf.models import tiny_prompts
+from rlhf.models.dialogues import tiny_prompts
 from rlhf.settings import Settings
 from tests.learner.conftest import FAST_CONFIG
 from tests.learner.simulate import WORD, preference_rate, synthetic_events

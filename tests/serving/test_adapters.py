@@ -462,7 +462,7 @@ def test_feedback_loop_raises_the_approval_rate(replica_a, env, tiny_model_path,
     """A simulated user rates base-model answers through the HTTP API; an adapter fitted to what
     it liked (read back from rlhf.feedback + rlhf.interactions) is published with the CLI, serving
     swaps to it, and the same user approves more of its answers to fresh prompts."""
-    from rlhf.models import tiny_prompts
+    from rlhf.models.dialogues import tiny_prompts
 
     r = httpx.post(replica_a.url + "/v1/admin/adapters/activate", json={"version": "base"}, headers=ADMIN, timeout=20)
     assert r.status_code == 200 and r.json()["active"] is None, r.text

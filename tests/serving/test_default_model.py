@@ -9,7 +9,7 @@ import pytest
 def gemma_client(server_factory, broker):
     from openai import OpenAI
 
-    from rlhf.models import resolve_model
+    from rlhf.models.registry import resolve_model
 
     resolve_model("gemma-3-270m")  # prepared once (make test runs `rlhf model prepare` first)
     s = server_factory(RLHF_MODEL="gemma-3-270m", RLHF_MAX_MODEL_LEN=1024, RLHF_KAFKA_BOOTSTRAP=broker)
