@@ -70,7 +70,7 @@ def ours_reward(model_path, tokenizer, steps: int) -> dict:
 def ours_ppo(model_path, tokenizer, iterations: int, engine) -> dict:
     from learner.ppo import PPOConfig, PPOTrainer
     from learner.reward import RewardConfig, RewardModel
-    from learner.tokens import encode_prompt
+    from learner.tokenization import encode_prompt
     from rlhf.models.dialogues import tiny_prompts
 
     cfg = PPOConfig(rollout_batch_size=ROLLOUTS, minibatch_size=MINIBATCH, ppo_epochs=EPOCHS,
@@ -145,7 +145,7 @@ def trl_rloo(model_path, tokenizer, iterations: int) -> dict:
     from trl import RLOOConfig, RLOOTrainer
 
     from learner.reward import RewardConfig, RewardModel
-    from learner.tokens import encode_prompt, encode_response
+    from learner.tokenization import encode_prompt, encode_response
     from rlhf.models.dialogues import tiny_prompts
 
     rm = RewardModel.create(model_path, RewardConfig()).eval()
@@ -190,7 +190,7 @@ def bench_model(name: str, iterations: int, rm_steps: int, skip_trl: bool) -> di
     import torch
 
     from learner.rollout import RolloutEngine
-    from learner.tokens import load_tokenizer, stop_strings
+    from learner.tokenization import load_tokenizer, stop_strings
     from rlhf.models.registry import resolve_model
 
     torch.manual_seed(0)

@@ -37,7 +37,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM
 
-from learner.tokens import pad_prompt_response, position_ids
+from learner.tokenization import pad_prompt_response, position_ids
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel
 
-from learner.tokens import encode_prompt, encode_response, last_token_index, pad_pairs, position_ids
+from learner.tokenization import encode_prompt, encode_response, last_token_index, pad_pairs, position_ids
 
 log = logging.getLogger(__name__)
 

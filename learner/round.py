@@ -36,7 +36,7 @@ from learner.gate import GateConfig, decide, reward_model_accuracy
 from learner.ppo import PPOConfig, PPOTrainer
 from learner.reward import RewardConfig, RewardModel, RewardTrainer
 from learner.store import Store
-from learner.tokens import encode_prompt, load_tokenizer, stop_strings
+from learner.tokenization import encode_prompt, load_tokenizer, stop_strings
 from rlhf.models.registry import model_display_name, resolve_model
 from rlhf.models.sizing import context_length
 

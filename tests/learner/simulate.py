@@ -49,7 +49,7 @@ def synthetic_events(engine, tokenizer, questions: list[str], *, word: str = WOR
 
     Returns (events, stats) where events is a list of (topic, event) in the order a real
     stream would carry them (interactions before the feedback on them)."""
-    from learner.tokens import encode_prompt
+    from learner.tokenization import encode_prompt
 
     rng = random.Random(seed)
     prompts = [encode_prompt(tokenizer, [{"role": "user", "content": q}]) for q in questions]
@@ -84,7 +84,7 @@ def synthetic_events(engine, tokenizer, questions: list[str], *, word: str = WOR
 def preference_rate(engine, tokenizer, questions: list[str], *, lora=None, word: str = WORD, n: int = 4,
                     seed: int = 99, max_tokens: int = 48) -> float:
     """Share of sampled answers (temperature 1) that contain the word."""
-    from learner.tokens import encode_prompt
+    from learner.tokenization import encode_prompt
 
     prompts = [encode_prompt(tokenizer, [{"role": "user", "content": q}]) for q in questions]
     samples = engine.generate(prompts, n=n, temperature=1.0, max_tokens=max_tokens, lora=lora, seed=seed)

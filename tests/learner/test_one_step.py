@@ -9,7 +9,7 @@ import torch
 from learner.ppo import PPOConfig, PPOTrainer
 from learner.reward import RewardConfig, RewardModel, RewardTrainer
 from learner.rollout import Sample
-from learner.tokens import encode_prompt, encode_response, load_tokenizer
+from learner.tokenization import encode_prompt, encode_response, load_tokenizer
 
 MSGS = [{"role": "user", "content": "Tell me about cats."}]
 

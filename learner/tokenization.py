@@ -11,10 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from transformers import AutoTokenizer
+
+from rlhf.models.card import model_card
+
 
 def load_tokenizer(model_path: Path | str):
-    from transformers import AutoTokenizer
-
     tok = AutoTokenizer.from_pretrained(str(model_path))
     if tok.pad_token_id is None:
         raise ValueError("the model's tokenizer has no pad token; the learner needs EOS distinct from pad")
@@ -23,8 +25,6 @@ def load_tokenizer(model_path: Path | str):
 
 def stop_strings(model_path: Path | str) -> list[str]:
     """Stop strings serving uses for this model (its model card; e.g. the base Gemma's Q/A transcript)."""
-    from rlhf.models.card import model_card
-
     return list(model_card(Path(model_path)).get("stop", []))
 
 
