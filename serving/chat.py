@@ -16,7 +16,7 @@ import uuid
 from typing import AsyncIterator
 
 from adapters.router import LoadedAdapter, Router
-from feedback import tokens
+from feedback import feedback_tokens as tokens
 from feedback.producer import SpoolFull
 from feedback.schema import TOPIC_INTERACTIONS, Interaction, Message
 from serving import metrics

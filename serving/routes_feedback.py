@@ -33,7 +33,7 @@ from fastapi import APIRouter, Body, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from feedback import tokens
+from feedback import feedback_tokens as tokens
 from feedback.producer import SpoolFull
 from feedback.schema import TOPIC_FEEDBACK, Pairwise, Thumbs
 

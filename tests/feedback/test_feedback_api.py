@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from feedback import tokens
+from feedback import feedback_tokens as tokens
 from feedback.schema import Interaction, Pairwise, Thumbs
 from tests.feedback.conftest import as_event, read_topic
 

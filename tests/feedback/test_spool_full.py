@@ -12,7 +12,7 @@ import uvicorn
 from fastapi import FastAPI
 from prometheus_client import REGISTRY
 
-from feedback import tokens
+from feedback import feedback_tokens as tokens
 from feedback.producer import EventPublisher
 from feedback.spool import Spool
 from rlhf.settings import Settings

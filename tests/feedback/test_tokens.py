@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from feedback import tokens
+from feedback import feedback_tokens as tokens
 from serving.routes_feedback import RateLimiter
 
 KEY = "test-key"

@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from feedback import tokens
+from feedback import feedback_tokens as tokens
 
 PROMPT = [{"role": "user", "content": "Tell me about cats."}]
 
