@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from rlhf.models.sizing import context_length
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,7 +28,7 @@ def test_prepare_tiny_is_idempotent_and_prints_folder_last(tiny_model_path):
 
 
 def test_tiny_model_is_small_llama_with_chat_template(tiny_model_path):
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer  # heavy: only the tests that read a model load it
 
     cfg = AutoConfig.from_pretrained(tiny_model_path)
     assert cfg.model_type == "llama"
@@ -41,8 +41,6 @@ def test_tiny_model_is_small_llama_with_chat_template(tiny_model_path):
 
 
 def test_context_length_is_capped_at_the_models_positions(tiny_model_path):
-    from rlhf.models.sizing import context_length
-
     assert context_length(tiny_model_path, 2048) == 1024  # the default setting on the tiny model
     assert context_length(tiny_model_path, 512) == 512
 
@@ -61,7 +59,7 @@ def test_prepare_default_model_answers_paris():
     assert (folder / "config.json").exists()
     assert any(folder.glob("*.safetensors"))
     assert "Paris" in r.stderr  # the coherence check's greedy answer
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # heavy: only the tests that read a model load it
 
     tok = AutoTokenizer.from_pretrained(folder)
     assert tok("hello")["input_ids"][0] == tok.bos_token_id
