@@ -3,9 +3,8 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-export RLHF_CACHE_DIR ?= $(CURDIR)/.cache/rlhf
-export RLHF_DATA_DIR ?= $(CURDIR)/.data
-export RLHF_ADAPTER_DIR ?= $(CURDIR)/.data/adapters
+# No RLHF_* settings here: `make up` and `.venv/bin/rlhf up` read the same defaults
+# (rlhf/settings.py); RLHF_* variables set in your environment reach both.
 
 .PHONY: install up serve test model tiny bench clean system-deps
 

@@ -32,7 +32,6 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("RLHF_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".cache" / "rlhf"))
 
 log = logging.getLogger("bench.learner")
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

@@ -24,7 +24,6 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("RLHF_CACHE_DIR", str(ROOT / ".cache" / "rlhf"))
 
 PROMPTS = ["Tell me about cats.", "What do you think of rain?", "Do you like music?", "Why are trees nice?",
            "Say something about the sea.", "Can you describe snow?", "What is good about tea?", "Tell me about stars."]

@@ -17,7 +17,6 @@ import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-os.environ.setdefault("RLHF_CACHE_DIR", str(ROOT / ".cache" / "rlhf"))
 
 
 def free_port() -> int:

@@ -63,14 +63,21 @@ def names_in(docs: list[dict]) -> set[str]:
     return {n for n in names if n.startswith("RLHF_")}
 
 
-def names_in_sources() -> set[str]:
-    """The same, read from the files under k8s/ (base, patches, generator literals)."""
-    names = set()
+def generator_literals() -> dict[str, str]:
+    """name -> value of every configMapGenerator literal under k8s/ (an overlay's after the base's)."""
+    values = {}
     for doc in source_docs():
         if doc.get("kind") == "Kustomization":
             for gen in doc.get("configMapGenerator", []):
-                names |= {lit.split("=", 1)[0] for lit in gen.get("literals", [])}
-        else:
+                values.update(lit.split("=", 1) for lit in gen.get("literals", []))
+    return values
+
+
+def names_in_sources() -> set[str]:
+    """The same, read from the files under k8s/ (base, patches, generator literals)."""
+    names = set(generator_literals())
+    for doc in source_docs():
+        if doc.get("kind") != "Kustomization":
             for pod in pod_specs([doc]).values():
                 for c in containers(pod):
                     names |= {e["name"] for e in c.get("env", [])}
@@ -149,6 +156,15 @@ def test_dockerfile_sets_only_settings_names():
     names = set(re.findall(r"\b(RLHF_[A-Z_]+)=", text))
     assert names, "the Dockerfile sets the container defaults (host, data/adapter/cache dirs)"
     assert names <= SETTINGS_NAMES, f"not fields of Settings: {sorted(names - SETTINGS_NAMES)}"
+
+
+def test_dockerfile_and_manifests_agree_on_what_both_set():
+    """The image's defaults (host, data/adapter/cache folders) are the values the pods set."""
+    docker = dict(re.findall(r"\b(RLHF_[A-Z_]+)=([^\s\\]+)", (ROOT / "Dockerfile").read_text()))
+    k8s = generator_literals()
+    both = docker.keys() & k8s.keys()
+    assert {"RLHF_HOST", "RLHF_DATA_DIR", "RLHF_ADAPTER_DIR", "RLHF_CACHE_DIR"} <= both
+    assert {n: docker[n] for n in both} == {n: k8s[n] for n in both}
 
 
 def test_readme_mentions_only_settings_names():
