@@ -13,7 +13,10 @@ import json
 import logging
 import time
 import uuid
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
+
+from vllm import SamplingParams
+from vllm.sampling_params import RequestOutputKind
 
 from adapters.router import LoadedAdapter, Router
 from feedback import feedback_tokens as tokens
@@ -22,7 +25,7 @@ from feedback.schema import TOPIC_INTERACTIONS, Interaction, Message
 from serving import metrics
 from serving.engine import Engine, EngineStopped
 from serving.protocol import (AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice,
-                              ChunkChoice, Delta, ResponseRef, RLHFInfo, Usage, error_body)
+                              ChunkChoice, Delta, RLHFInfo, RLHFResponse, Usage, error_body)
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +41,6 @@ class ChatService:
     # ------------------------------------------------------------------ preparation
     def prepare(self, req: ChatCompletionRequest):
         """Render, size and route one request; bad input raises here, before any byte is sent."""
-        from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
-
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                     for m in req.messages]
         prompt_ids = self.engine.render(messages)
@@ -69,7 +69,7 @@ class ChatService:
         for i in range(n if recorded else 0):
             rid = tokens.response_id(completion_hex, i)
             tok = tokens.sign(self.settings.hmac_key, rid, user, adapter=version, prompt=digest)
-            refs.append(ResponseRef(index=i, response_id=rid, feedback_token=tok))
+            refs.append(RLHFResponse(index=i, response_id=rid, feedback_token=tok))
         return RLHFInfo(adapter=version, responses=refs)
 
     async def _record(self, completion_hex: str, req: ChatCompletionRequest, messages, texts: list[str],

@@ -1,4 +1,6 @@
-"""Request and response models of the chat API, in the order of OpenAI's documentation.
+"""Request and response models of the HTTP API, in the order of OpenAI's documentation
+(chat completions, then models), followed by this service's own endpoints (feedback, adapter
+admin) and OpenAI's error shape.
 
 Extensions beyond OpenAI's shapes are marked `# extension`.
 """
@@ -6,10 +8,11 @@ Extensions beyond OpenAI's shapes are marked `# extension`.
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+# ---------------------------------------------------------------------------- chat completions
 Role = Literal["system", "developer", "user", "assistant"]
 
 
@@ -70,7 +73,7 @@ class ChatCompletionRequest(BaseModel):
         return self.max_completion_tokens or self.max_tokens
 
 
-class ResponseRef(BaseModel):  # extension
+class RLHFResponse(BaseModel):  # extension: one choice's handle for POST /v1/feedback
     index: int
     response_id: str
     feedback_token: str
@@ -78,7 +81,7 @@ class ResponseRef(BaseModel):  # extension
 
 class RLHFInfo(BaseModel):  # extension: what a later feedback call needs
     adapter: str | None
-    responses: list[ResponseRef]
+    responses: list[RLHFResponse]
 
 
 class AssistantMessage(BaseModel):
@@ -132,6 +135,7 @@ class ChatCompletionChunk(BaseModel):
     rlhf: RLHFInfo | None = None  # extension: on the last chunk before [DONE]
 
 
+# ---------------------------------------------------------------------------- models
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
@@ -146,6 +150,51 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
+# ---------------------------------------------------------------------------- feedback (extension)
+class ResponseRef(BaseModel):  # an answer being rated: the ids of one `RLHFResponse`
+    model_config = ConfigDict(extra="forbid")
+    response_id: str = Field(max_length=128)
+    feedback_token: str = Field(max_length=4096)
+
+
+class ThumbsFeedback(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["thumbs"]
+    response_id: str = Field(max_length=128)
+    feedback_token: str = Field(max_length=4096)
+    value: Literal["up", "down"]
+    comment: str | None = None  # length checked against settings by the feedback service
+    user: str | None = Field(None, max_length=1024, description="Who is giving feedback; must match the token.")
+
+
+class PairwiseFeedback(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["pairwise"]
+    chosen: ResponseRef
+    rejected: ResponseRef
+    user: str | None = Field(None, max_length=1024, description="Who is giving feedback; must match the token.")
+
+
+FeedbackRequest = Annotated[ThumbsFeedback | PairwiseFeedback, Field(discriminator="type")]
+
+
+class FeedbackAccepted(BaseModel):
+    event_id: str
+
+
+# ---------------------------------------------------------------------------- adapter admin (extension)
+class ActivateBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: str | None = Field(description="A loaded or announced version, or `base` (or null) for no adapter.")
+
+
+class CanaryBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: str | None = Field(description="The canary version; null ends the canary.")
+    fraction: float = Field(0.1, ge=0.0, le=1.0, description="Share of users (sticky by user id).")
+
+
+# ---------------------------------------------------------------------------- errors
 def error_body(message: str, type_: str = "invalid_request_error", param: str | None = None,
                code: str | None = None) -> dict[str, Any]:
     """OpenAI's error shape."""
