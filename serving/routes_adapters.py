@@ -17,12 +17,12 @@ from __future__ import annotations
 import hmac
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Request
+from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
 
 from feedback.schema import TOPIC_ADAPTERS, RoutingChanged
-from serving.protocol import error_body
+from serving.errors import APIError, not_ready
+from serving.protocol import ActivateBody, CanaryBody
 
 router = APIRouter()
 
@@ -32,8 +32,7 @@ APPLY_WAIT_S = 5.0  # how long an admin call waits for this replica to apply its
 def _follower(request: Request):
     follower = getattr(request.app.state, "adapters", None)
     if follower is None:
-        raise HTTPException(503, error_body("the model is still loading; retry shortly", type_="server_error",
-                                            code="not_ready"))
+        raise not_ready()
     return follower
 
 
@@ -46,25 +45,13 @@ async def list_adapters(request: Request):
 def require_admin(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
     token = request.app.state.settings.admin_token
     if not token:
-        raise HTTPException(404, error_body("Not Found", code="not_found"))
+        raise APIError(404, "Not Found", code="not_found")
     scheme, _, given = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-        raise HTTPException(403, error_body("admin routes need Authorization: Bearer <RLHF_ADMIN_TOKEN>",
-                                            code="forbidden"))
+        raise APIError(403, "admin routes need Authorization: Bearer <RLHF_ADMIN_TOKEN>", code="forbidden")
 
 
 Admin = Annotated[None, Depends(require_admin)]
-
-
-class ActivateBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    version: str | None = Field(description="A loaded or announced version, or `base` (or null) for no adapter.")
-
-
-class CanaryBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    version: str | None = Field(description="The canary version; null ends the canary.")
-    fraction: float = Field(0.1, ge=0.0, le=1.0, description="Share of users (sticky by user id).")
 
 
 def _base(request: Request, version: str | None) -> str | None:
@@ -77,9 +64,8 @@ def _base(request: Request, version: str | None) -> str | None:
 def _known(request: Request, version: str | None) -> None:
     follower = _follower(request)
     if version is not None and version not in follower.state.known:
-        raise HTTPException(404, error_body(
-            f"unknown adapter version {version!r}; known: {sorted(follower.state.known) or 'none'}",
-            param="version", code="unknown_adapter"))
+        raise APIError(404, f"unknown adapter version {version!r}; known: {sorted(follower.state.known) or 'none'}",
+                       param="version", code="unknown_adapter")
 
 
 async def _publish(request: Request, ev: RoutingChanged):
@@ -102,7 +88,7 @@ async def activate(body: ActivateBody, request: Request, _: Admin):
 async def rollback(request: Request, _: Admin):
     state = _follower(request).state
     if state.canary is None and not state.history:
-        raise HTTPException(409, error_body("nothing to roll back to", code="no_previous_version"))
+        raise APIError(409, "nothing to roll back to", code="no_previous_version")
     return await _publish(request, RoutingChanged(action="rollback"))
 
 
@@ -111,5 +97,5 @@ async def canary(body: CanaryBody, request: Request, _: Admin):
     version = _base(request, body.version)
     _known(request, version)
     if version is not None and version == _follower(request).state.active:
-        raise HTTPException(409, error_body(f"{version} is already active", param="version", code="already_active"))
+        raise APIError(409, f"{version} is already active", param="version", code="already_active")
     return await _publish(request, RoutingChanged(action="canary", version=version, canary_fraction=body.fraction))

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter
 from fastapi.responses import FileResponse
+
+from serving.errors import APIError
 
 STATIC = Path(__file__).parent / "static"
 FILES = {"app.js": "text/javascript", "style.css": "text/css"}
@@ -24,5 +26,5 @@ async def chat_page():
 @router.get("/static/{name}", include_in_schema=False)
 async def static_file(name: str):
     if name not in FILES:
-        raise HTTPException(404, "Not Found")
+        raise APIError(404, "Not Found")
     return FileResponse(STATIC / name, media_type=FILES[name], headers={"Cache-Control": "no-cache"})

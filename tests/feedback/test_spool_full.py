@@ -17,6 +17,9 @@ from feedback.producer import EventPublisher
 from feedback.spool import Spool
 from rlhf.settings import Settings
 from serving import routes_feedback
+from serving.errors import install_error_handlers
+from serving.feedback_service import FeedbackService
+from serving.rate_limit import RateLimiter
 from tests.conftest import free_port
 
 
@@ -27,11 +30,14 @@ def test_full_spool_answers_503_and_counts_the_drop(tmp_path):
     async def lifespan(app):
         app.state.events = EventPublisher(settings)
         await app.state.events.start(connect_wait_s=0.5)
+        app.state.feedback = FeedbackService(settings, app.state.events)
         yield
         await app.state.events.close(drain_wait_s=0.1)
 
     app = FastAPI(lifespan=lifespan)
     app.state.settings = settings
+    app.state.feedback_limiter = RateLimiter(settings.feedback_rate_limit)
+    install_error_handlers(app)
     app.include_router(routes_feedback.router)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))

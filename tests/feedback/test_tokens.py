@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from feedback import feedback_tokens as tokens
-from serving.routes_feedback import RateLimiter
+from serving.rate_limit import RateLimiter
 
 KEY = "test-key"
 
