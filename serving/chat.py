@@ -19,7 +19,7 @@ from vllm import SamplingParams
 from vllm.sampling_params import RequestOutputKind
 
 from adapters.router import LoadedAdapter, Router
-from feedback import feedback_tokens as tokens
+from feedback import feedback_tokens
 from feedback.producer import SpoolFull
 from feedback.schema import TOPIC_INTERACTIONS, Interaction, Message
 from serving import metrics
@@ -48,7 +48,8 @@ class ChatService:
         params = SamplingParams(
             n=req.n, temperature=req.temperature, top_p=req.top_p, max_tokens=max_tokens,
             stop=(req.stop or []) + self.engine.default_stop or None,
-            seed=req.seed, ignore_eos=req.ignore_eos, presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
+            seed=req.seed, ignore_eos=req.ignore_eos, presence_penalty=req.presence_penalty,
+            frequency_penalty=req.frequency_penalty,
             output_kind=RequestOutputKind.DELTA if req.stream else RequestOutputKind.FINAL_ONLY,
         )
         adapter = self.router.pick(req.user, req.model)
@@ -64,11 +65,11 @@ class ChatService:
         """Response ids and feedback tokens; none when the interactions could not be recorded
         (feedback on an answer the event log does not hold could never be joined)."""
         version = adapter.version if adapter else None
-        digest = tokens.prompt_digest(messages)  # lets answers of two requests to one prompt be compared
+        digest = feedback_tokens.prompt_digest(messages)  # lets answers of two requests to one prompt be compared
         refs = []
         for i in range(n if recorded else 0):
-            rid = tokens.response_id(completion_hex, i)
-            tok = tokens.sign(self.settings.hmac_key, rid, user, adapter=version, prompt=digest)
+            rid = feedback_tokens.response_id(completion_hex, i)
+            tok = feedback_tokens.sign(self.settings.hmac_key, rid, user, adapter=version, prompt=digest)
             refs.append(RLHFResponse(index=i, response_id=rid, feedback_token=tok))
         return RLHFInfo(adapter=version, responses=refs)
 
@@ -85,7 +86,7 @@ class ChatService:
             return False
         events = [
             Interaction(
-                response_id=tokens.response_id(completion_hex, i), completion_id=f"chatcmpl-{completion_hex}",
+                response_id=feedback_tokens.response_id(completion_hex, i), completion_id=f"chatcmpl-{completion_hex}",
                 choice_index=i, conversation_id=completion_hex, user=req.user,
                 messages=[Message(**m) for m in messages], response=text, finish_reason=finish[i],
                 model=self.engine.served_name, adapter=adapter.version if adapter else None, sampling=sampling,

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from feedback import feedback_tokens as tokens
+from feedback import feedback_tokens
 from feedback.producer import EventPublisher, SpoolFull
 from feedback.schema import TOPIC_FEEDBACK, Pairwise, Thumbs
 from rlhf.settings import Settings
@@ -38,7 +38,7 @@ class FeedbackService:
             raise APIError(422, f"comment is {len(body.comment)} characters; at most {limit} are accepted",
                            param="comment", code="too_long")
         info = self._verify(body.response_id, body.feedback_token, body.user, "")
-        group, _ = tokens.parse_response_id(body.response_id)
+        group, _ = feedback_tokens.parse_response_id(body.response_id)
         return Thumbs(response_id=body.response_id, conversation_id=group, user=info.user, value=body.value,
                       comment=body.comment, adapter=info.adapter)
 
@@ -51,8 +51,8 @@ class FeedbackService:
         if chosen.user != rejected.user:
             raise APIError(403, "chosen and rejected were served to different users",
                            param="rejected.feedback_token", code="invalid_token")
-        group, _ = tokens.parse_response_id(body.chosen.response_id)
-        same_prompt = (tokens.parse_response_id(body.rejected.response_id)[0] == group
+        group, _ = feedback_tokens.parse_response_id(body.chosen.response_id)
+        same_prompt = (feedback_tokens.parse_response_id(body.rejected.response_id)[0] == group
                        or (chosen.prompt is not None and chosen.prompt == rejected.prompt))
         if not same_prompt:
             raise APIError(422, "chosen and rejected answer different prompts; compare two responses of one "
@@ -61,16 +61,17 @@ class FeedbackService:
                         conversation_id=group, user=chosen.user, chosen_adapter=chosen.adapter,
                         rejected_adapter=rejected.adapter)
 
-    def _verify(self, response_id: str, token: str, user: str | None, param: str) -> tokens.TokenInfo:
+    def _verify(self, response_id: str, token: str, user: str | None, param: str) -> feedback_tokens.TokenInfo:
         """The token's claims if it proves its user received `response_id`; 404/403 otherwise."""
         try:
-            tokens.parse_response_id(response_id)
-        except tokens.TokenError as e:
+            feedback_tokens.parse_response_id(response_id)
+        except feedback_tokens.TokenError as e:
             raise APIError(404, str(e), param=f"{param}response_id", code="unknown_response") from None
         try:
-            return tokens.read(self.settings.hmac_key, response_id, token, self.settings.response_ttl_s, user=user)
-        except (tokens.TokenError, ValueError) as e:  # ValueError: undecodable claims (forged)
-            msg = str(e) if isinstance(e, tokens.TokenError) else "malformed feedback_token"
+            return feedback_tokens.read(self.settings.hmac_key, response_id, token, self.settings.response_ttl_s,
+                                        user=user)
+        except (feedback_tokens.TokenError, ValueError) as e:  # ValueError: undecodable claims (forged)
+            msg = str(e) if isinstance(e, feedback_tokens.TokenError) else "malformed feedback_token"
             code = "expired_token" if "expired" in msg else "invalid_token"
             raise APIError(403, f"{msg} (feedback must come from the user who received the response)",
                            param=f"{param}feedback_token", code=code) from None
