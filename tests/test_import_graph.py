@@ -84,3 +84,20 @@ def test_the_graph_is_read():
     graph = project_imports()
     assert "adapters.store" in graph["learner.publish"]
     assert "adapters.follower" in graph["serving.app"]
+
+
+def test_the_product_never_imports_the_test_helpers():
+    """harness/, tests/ and bench/ stand on the packages; no package stands on them."""
+    helpers = {"harness", "tests", "bench"}
+    found = []
+    for pkg in PACKAGES:
+        for path in (ROOT / pkg).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                    names = [node.module]
+                else:
+                    continue
+                found += [f"{module_name(path)} -> {n}" for n in names if n.split(".")[0] in helpers]
+    assert found == []

@@ -1,0 +1,41 @@
+"""Kafka from the outside, with plain kafka-python clients (not the product's consumer or producer)."""
+
+from __future__ import annotations
+
+import time
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from feedback.schema import TOPIC_ADAPTERS, encode, parse_event
+
+
+def announce(bootstrap: str, *events) -> None:
+    """Put adapter events (AdapterAnnounced, RoutingChanged) on rlhf.adapters, as the learner or CLI would."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap)
+    try:
+        for ev in events:
+            producer.send(TOPIC_ADAPTERS, key=ev.key(), value=encode(ev)).get(timeout=15)
+    finally:
+        producer.close(timeout=5)
+
+
+def read_topic(bootstrap: str, topic: str, timeout_s: float = 10.0) -> list:
+    """Every event on `topic` right now, parsed, read with an independent consumer (no group)."""
+    c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                      auto_offset_reset="earliest", fetch_max_wait_ms=100)
+    try:
+        parts = c.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        if not tps:
+            return []
+        c.assign(tps)
+        c.seek_to_beginning(*tps)
+        end = c.end_offsets(tps)
+        out = []
+        deadline = time.monotonic() + timeout_s
+        while any(c.position(tp) < end[tp] for tp in tps) and time.monotonic() < deadline:
+            for recs in c.poll(timeout_ms=200).values():
+                out += [parse_event(r.value) for r in recs]
+        return out
+    finally:
+        c.close()
