@@ -1,98 +1,45 @@
 """Shared fixtures: a real broker process, the tiny model, and one real serving process per session.
 
 Everything here starts real components: Tansu (the embedded Kafka-compatible broker), and
-`rlhf serve --model tiny` (FastAPI + vLLM AsyncLLM) as a subprocess on a free port.
+`rlhf serve --model tiny` (FastAPI + vLLM AsyncLLM) as a subprocess on a port of its own
+(harness.processes: started again on a fresh port if another process takes that one first).
 """
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
+from openai import OpenAI
+
+from harness.processes import ServerProcess, start_broker
+from rlhf.models.registry import resolve_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def tiny_model_path() -> Path:
-    from rlhf.models.registry import resolve_model
-
     return resolve_model("tiny")
 
 
 @pytest.fixture(scope="session")
-def broker():
-    """A real Tansu broker on a free port; yields its bootstrap address `host:port`."""
-    from feedback.broker import start_broker, stop_broker
-
-    port = free_port()
-    proc = start_broker(port)
-    yield f"127.0.0.1:{port}"
-    stop_broker(proc)
+def broker(tmp_path_factory):
+    """A real Tansu broker on a port of its own; yields its bootstrap address `host:port`."""
+    b = start_broker(tmp_path_factory.mktemp("broker") / "broker.log")
+    yield b.bootstrap
+    b.stop()
 
 
-@pytest.fixture(scope="session")
-def broker_proc():
-    """Like `broker` but yields (bootstrap, Popen) for tests that pause the process."""
-    from feedback.broker import start_broker, stop_broker
-
-    port = free_port()
-    proc = start_broker(port)
-    yield f"127.0.0.1:{port}", proc
-    stop_broker(proc)
-
-
-class ServerProcess:
-    def __init__(self, env: dict, log_path: Path):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, **env, "RLHF_PORT": str(self.port), "RLHF_HOST": "127.0.0.1"}
-        self.log_path = log_path
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 600.0) -> "ServerProcess":
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "rlhf.cli", "serve"], env=self.env,
-                                     stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited early ({self.proc.returncode}); log:\n{self.tail()}")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"server not ready within {timeout:.0f} s; log:\n{self.tail()}")
-
-    def tail(self, n: int = 60) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
-
-    def stop(self, timeout: float = 30.0) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+@pytest.fixture
+def nowhere() -> str:
+    """`host:port` where nothing listens for as long as the test runs: the socket is bound, so no
+    other process can take the port (a closed port could get a server meanwhile), but never
+    listens, so every connection is refused."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield "127.0.0.1:%d" % s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -121,6 +68,4 @@ def server(server_factory, broker):
 
 @pytest.fixture(scope="session")
 def openai_client(server):
-    from openai import OpenAI
-
     return OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)

@@ -12,18 +12,15 @@ import time
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from tests.conftest import free_port
+from harness.processes import start_broker
 
 
 @pytest.fixture
-def own_broker():
+def own_broker(tmp_path):
     """A private Tansu broker for tests that pause it; yields (bootstrap, Popen)."""
-    from feedback.broker import start_broker, stop_broker
-
-    port = free_port()
-    proc = start_broker(port)
-    yield f"127.0.0.1:{port}", proc
-    stop_broker(proc)
+    broker = start_broker(tmp_path / "broker.log")
+    yield broker.bootstrap, broker.proc
+    broker.stop()
 
 
 def read_topic(bootstrap: str, topic: str, *, until=None, timeout_s: float = 30.0, quiet_s: float = 2.0) -> list[dict]:

@@ -66,10 +66,8 @@ def test_dedupe_commit_resume_deadletter_lag(own_broker, tmp_path):
     producer.close()
 
 
-def test_poll_without_broker_returns_empty(tmp_path):
-    from tests.conftest import free_port
-
-    settings = Settings(kafka_bootstrap=f"127.0.0.1:{free_port()}", data_dir=tmp_path)
+def test_poll_without_broker_returns_empty(tmp_path, nowhere):
+    settings = Settings(kafka_bootstrap=nowhere, data_dir=tmp_path)
     c = EventConsumer(settings, [TOPIC_FEEDBACK], group_id="nobody")
     assert c.poll(0.2) == []
     assert c.lag() == {}

@@ -6,7 +6,6 @@ keeps data in memory, so killing it would lose what it already held."""
 from __future__ import annotations
 
 import os
-import re
 import signal
 import threading
 import time
@@ -16,16 +15,15 @@ import httpx
 import pytest
 
 from feedback.spool import Spool
-from tests.conftest import free_port
+from harness.metrics import metric_value, scrape
+from harness.processes import start_broker
 from tests.feedback.conftest import read_topic
 
 RATE_LIMIT = 300  # per user per minute on the private server
 
 
 def metric(server, name: str) -> float:
-    text = httpx.get(server.url + "/metrics", timeout=10).text
-    m = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", text, re.M)
-    return float(m.group(1)) if m else 0.0
+    return metric_value(scrape(server.url), name) or 0.0
 
 
 def refs_for(server, user: str, n: int = 1) -> list[dict]:
@@ -47,12 +45,9 @@ class Stack:
     """A private Tansu broker and one serving process using it, restartable on the same data dir."""
 
     def __init__(self, server_factory, tmp_path):
-        from feedback.broker import start_broker
-
         self.factory = server_factory
-        self.port = free_port()
-        self.broker = start_broker(self.port)
-        self.bootstrap = f"127.0.0.1:{self.port}"
+        self.broker = start_broker(tmp_path / "broker.log")
+        self.bootstrap = self.broker.bootstrap
         self.data_dir = tmp_path / "data"
         self.server = self.start_server()
 
@@ -61,10 +56,10 @@ class Stack:
                             RLHF_FEEDBACK_RATE_LIMIT=RATE_LIMIT, RLHF_TOPIC_PARTITIONS=3)
 
     def pause(self):
-        os.kill(self.broker.pid, signal.SIGSTOP)
+        os.kill(self.broker.proc.pid, signal.SIGSTOP)
 
     def resume(self):
-        os.kill(self.broker.pid, signal.SIGCONT)
+        os.kill(self.broker.proc.pid, signal.SIGCONT)
 
 
 def assert_spool_drains(server, timeout_s: float = 60) -> None:
@@ -77,12 +72,10 @@ def assert_spool_drains(server, timeout_s: float = 60) -> None:
 
 @pytest.fixture(scope="module")
 def stack(server_factory, tmp_path_factory):
-    from feedback.broker import stop_broker
-
     s = Stack(server_factory, tmp_path_factory.mktemp("fault"))
     yield s
     s.resume()
-    stop_broker(s.broker)
+    s.broker.stop()
 
 
 def test_broker_paused_during_1000_posts_loses_nothing(stack):

@@ -13,7 +13,6 @@ from feedback.producer import EventPublisher, SpoolFull
 from feedback.schema import TOPIC_DEADLETTER, TOPIC_FEEDBACK, Thumbs
 from feedback.spool import Spool
 from rlhf.settings import Settings
-from tests.conftest import free_port
 from tests.feedback.conftest import as_event, read_topic
 
 CONV = "ab" * 16
@@ -105,8 +104,8 @@ def test_restart_drains_what_an_earlier_run_left(own_broker, tmp_path):
     assert list(dict.fromkeys(m["event_id"] for m in msgs)) == want
 
 
-def test_start_without_broker_spools_and_refuses_when_full(tmp_path):
-    settings = make_settings(f"127.0.0.1:{free_port()}", tmp_path, spool_max_events=5)
+def test_start_without_broker_spools_and_refuses_when_full(tmp_path, nowhere):
+    settings = make_settings(nowhere, tmp_path, spool_max_events=5)
 
     async def main():
         pub = EventPublisher(settings)

@@ -3,6 +3,7 @@ no broker at all, and a spool of 3 events, served over real HTTP by uvicorn in a
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -20,11 +21,10 @@ from serving import routes_feedback
 from serving.errors import install_error_handlers
 from serving.feedback_service import FeedbackService
 from serving.rate_limit import RateLimiter
-from tests.conftest import free_port
 
 
-def test_full_spool_answers_503_and_counts_the_drop(tmp_path):
-    settings = Settings(kafka_bootstrap=f"127.0.0.1:{free_port()}", data_dir=tmp_path, spool_max_events=3)
+def test_full_spool_answers_503_and_counts_the_drop(tmp_path, nowhere):
+    settings = Settings(kafka_bootstrap=nowhere, data_dir=tmp_path, spool_max_events=3)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -39,9 +39,11 @@ def test_full_spool_answers_503_and_counts_the_drop(tmp_path):
     app.state.feedback_limiter = RateLimiter(settings.feedback_rate_limit)
     install_error_handlers(app)
     app.include_router(routes_feedback.router)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
+    listener = socket.socket()  # bound here and handed to uvicorn: no other process can take the port first
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
     thread.start()
     try:
         deadline = time.monotonic() + 30
@@ -61,4 +63,5 @@ def test_full_spool_answers_503_and_counts_the_drop(tmp_path):
     finally:
         server.should_exit = True
         thread.join(30)
+        listener.close()
     assert len(Spool(tmp_path / "spool", 3)) == 3  # the accepted three wait on disk for the broker

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ROOT, free_port
+from harness.processes import ServerProcess
 
 # Small, fast settings for the tiny model (hyperparameters a real deployment leaves at their defaults).
 FAST_CONFIG = {
@@ -25,38 +25,25 @@ FAST_CONFIG = {
 }
 
 
-class LearnerProcess:
-    """`python -m rlhf.cli learn` in its own session (so a SIGKILL takes its vLLM engine along)."""
+class LearnerProcess(ServerProcess):
+    """`python -m rlhf.cli learn` in its own session (so a SIGKILL takes its vLLM engine along).
+
+    `launch()` starts it without waiting (tests kill it mid-way); each launch gets a fresh
+    metrics port, and `wait` starts it again on another one if its port was taken."""
 
     def __init__(self, tmp: Path, env: dict):
         self.tmp = tmp
-        self.port = free_port()
         self.data_dir = tmp / "data"
         self.adapter_dir = tmp / "adapters"
-        self.log_path = tmp / "learner.log"
         cfg_path = tmp / "learner.json"
         if not cfg_path.exists():
             cfg_path.write_text(json.dumps(FAST_CONFIG))
-        self.env = {**os.environ, "RLHF_MODEL": "tiny", "RLHF_DATA_DIR": str(self.data_dir),
-                    "RLHF_ADAPTER_DIR": str(self.adapter_dir), "RLHF_MAX_MODEL_LEN": "512",
-                    "RLHF_LEARNER_PORT": str(self.port), "RLHF_LEARNER_CONFIG": str(cfg_path),
-                    "RLHF_LOG_LEVEL": "INFO", **{k: str(v) for k, v in env.items()}}
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> "LearnerProcess":
-        log = open(self.log_path, "ab")
-        log.write(f"\n===== start {time.strftime('%X')} =====\n".encode())
-        log.flush()
-        self.proc = subprocess.Popen([sys.executable, "-m", "rlhf.cli", "learn"], env=self.env, cwd=ROOT,
-                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        return self
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        super().__init__({"RLHF_MODEL": "tiny", "RLHF_DATA_DIR": str(self.data_dir),
+                          "RLHF_ADAPTER_DIR": str(self.adapter_dir), "RLHF_MAX_MODEL_LEN": "512",
+                          "RLHF_LEARNER_CONFIG": str(cfg_path), "RLHF_LOG_LEVEL": "INFO",
+                          **{k: str(v) for k, v in env.items()}},
+                         tmp / "learner.log", (sys.executable, "-m", "rlhf.cli", "learn"),
+                         port_env="RLHF_LEARNER_PORT", ready_path="/healthz", new_session=True)
 
     def kill(self) -> None:
         """SIGKILL the learner and everything it started (vLLM's engine processes)."""
@@ -89,9 +76,6 @@ class LearnerProcess:
         except OSError:
             return ""
 
-    def tail(self, n: int = 80) -> str:
-        return "\n".join(self.log().splitlines()[-n:])
-
     def query(self, sql: str, args: tuple = ()) -> list[tuple]:
         """Read the learner store from outside (WAL: readers do not block the writer)."""
         path = self.data_dir / "learner.sqlite3"
@@ -114,7 +98,7 @@ class LearnerProcess:
             value = cond()
             if value:
                 return value
-            if self.proc is not None and self.proc.poll() is not None:
+            if self.proc is not None and self.proc.poll() is not None and not self.relaunch_if_port_taken():
                 raise AssertionError(f"learner exited ({self.proc.returncode}) while waiting for {what}:\n"
                                      f"{self.tail()}")
             time.sleep(every)
@@ -135,13 +119,3 @@ def learner_factory(tmp_path):
         if lp.alive():
             lp.kill()
 
-
-def metric_value(text: str, name: str, labels: str = "") -> float | None:
-    """Value of one sample in Prometheus text format (`labels` like 'policy="candidate"')."""
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        head, _, value = line.rpartition(" ")
-        if head == name or (labels and head == f"{name}{{{labels}}}"):
-            return float(value)
-    return None

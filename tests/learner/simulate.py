@@ -1,46 +1,20 @@
-"""A simulated user with one hidden preference: answers containing a given word are better.
+"""A simulated user with one hidden preference (harness.user): answers containing a given word are better.
 
-Used by the learning tests: the user sees two answers to a prompt (a chat completion with
-n=2) and, when exactly one contains the word, picks it (pairwise) or rates one of them; when
-neither or both do, it sometimes rates one: thumbs up if the word is there, down if not. `preference_rate` measures how often a policy
-(base or adapter) writes the word, by sampling with vLLM.
+Used by the learning tests without a server: `synthetic_events` samples base-model answers
+with vLLM directly (n=2 per prompt) and records the user's feedback on them as events;
+`preference_rate` measures how often a policy (base or adapter) writes the word.
 """
 
 from __future__ import annotations
 
 import random
-import re
 import uuid
 
 from feedback.schema import (TOPIC_FEEDBACK, TOPIC_INTERACTIONS, Interaction, Message, Pairwise, Thumbs)
+from harness.user import Preference
+from learner.tokenization import encode_prompt
 
 WORD = "happy"  # the tiny model writes it in about 13 % of its answers
-
-
-def has_word(text: str, word: str = WORD) -> bool:
-    return re.search(rf"\b{re.escape(word)}\b", text.lower()) is not None
-
-
-def user_choice(a: str, b: str, word: str = WORD) -> int | None:
-    """0 or 1: the answer the user prefers; None when both or neither have the word (no opinion)."""
-    ha, hb = has_word(a, word), has_word(b, word)
-    if ha == hb:
-        return None
-    return 0 if ha else 1
-
-
-def user_feedback(rng: random.Random, a: str, b: str, *, word: str = WORD, thumbs_share: float = 0.2):
-    """What the user does with two answers: ("pairwise", chosen, rejected), ("thumbs", index, "up"|"down"), or None.
-
-    A clear preference (exactly one has the word) becomes a pairwise choice, or a thumbs on one
-    answer `thumbs_share` of the time; without one, half the users rate one answer, half skip."""
-    choice = user_choice(a, b, word)
-    if choice is not None and rng.random() >= thumbs_share:
-        return "pairwise", choice, 1 - choice
-    if choice is not None or rng.random() < 0.5:
-        k = rng.randrange(2)
-        return "thumbs", k, "up" if has_word((a, b)[k], word) else "down"
-    return None
 
 
 def synthetic_events(engine, tokenizer, questions: list[str], *, word: str = WORD, thumbs_share: float = 0.2,
@@ -49,8 +23,7 @@ def synthetic_events(engine, tokenizer, questions: list[str], *, word: str = WOR
 
     Returns (events, stats) where events is a list of (topic, event) in the order a real
     stream would carry them (interactions before the feedback on them)."""
-    from learner.tokenization import encode_prompt
-
+    pref = Preference(word)
     rng = random.Random(seed)
     prompts = [encode_prompt(tokenizer, [{"role": "user", "content": q}]) for q in questions]
     samples = engine.generate(prompts, n=2, temperature=1.0, max_tokens=max_tokens, seed=seed)
@@ -68,7 +41,7 @@ def synthetic_events(engine, tokenizer, questions: list[str], *, word: str = WOR
                 finish_reason="stop" if s.finished else "length", model=model, sampling={"temperature": 1.0, "n": 2},
                 prompt_tokens=len(s.prompt_ids), completion_tokens=len(s.response_ids))))
             stats["interactions"] += 1
-        action = user_feedback(rng, pair[0].text, pair[1].text, word=word, thumbs_share=thumbs_share)
+        action = pref.feedback(rng, pair[0].text, pair[1].text, thumbs_share=thumbs_share)
         if action and action[0] == "pairwise":
             events.append((TOPIC_FEEDBACK, Pairwise(chosen_response_id=rids[action[1]],
                                                     rejected_response_id=rids[action[2]],
@@ -84,8 +57,6 @@ def synthetic_events(engine, tokenizer, questions: list[str], *, word: str = WOR
 def preference_rate(engine, tokenizer, questions: list[str], *, lora=None, word: str = WORD, n: int = 4,
                     seed: int = 99, max_tokens: int = 48) -> float:
     """Share of sampled answers (temperature 1) that contain the word."""
-    from learner.tokenization import encode_prompt
-
     prompts = [encode_prompt(tokenizer, [{"role": "user", "content": q}]) for q in questions]
     samples = engine.generate(prompts, n=n, temperature=1.0, max_tokens=max_tokens, lora=lora, seed=seed)
-    return sum(has_word(s.text, word) for s in samples) / max(1, len(samples))
+    return sum(Preference(word).likes(s.text) for s in samples) / max(1, len(samples))

@@ -4,7 +4,6 @@ it has every event exactly once. Real broker (Tansu), events produced with kafka
 from __future__ import annotations
 
 import random
-import time
 import uuid
 
 from kafka import KafkaProducer
@@ -70,7 +69,7 @@ def test_sigkill_while_consuming_and_training_loses_and_doubles_nothing(broker, 
     # 1. kill while consuming: as soon as part (not all) of the first batch is in the store
     kills_mid_consume = 0
     for attempt in range(3):
-        lp.start()
+        lp.launch()
         before = stored()
         n = lp.wait("consumption to progress", lambda: stored() > before and stored(), timeout=120, every=0.02)
         lp.kill()
@@ -82,14 +81,14 @@ def test_sigkill_while_consuming_and_training_loses_and_doubles_nothing(broker, 
     produce(broker, [(TOPIC_FEEDBACK, e) for e in replaced + pairs] + first[:500])
 
     # 2. kill while training: the round starts once all feedback is in; kill during the reward model fit
-    lp.start()
+    lp.launch()
     lp.wait("a round to start training", lambda: lp.query("SELECT id FROM rounds WHERE status='running'")
             and "reward model: epoch 1 over" in lp.log().split("===== start")[-1], timeout=240, every=0.05)
     (running_round,) = lp.query("SELECT id, feedback_count FROM rounds WHERE status='running'")
     lp.kill()
 
     # 3. restart: the interrupted round is marked aborted, its feedback counts again, a new round starts
-    lp.start()
+    lp.launch()
     lp.wait("a new round after the interrupted one",
             lambda: lp.query("SELECT id FROM rounds WHERE id > ? AND status='running'", (running_round[0],)),
             timeout=240)

@@ -23,29 +23,32 @@ from pathlib import Path
 import httpx
 import pytest
 
-from feedback.schema import AdapterAnnounced, DeadLetter, Interaction, RoutingChanged, encode
-from adapters.store import write_adapter
-from adapters.routing_state import RoutingState
 from adapters.router import user_bucket
-from tests.conftest import ROOT, free_port
-from tests.serving.loras import announce, make_lora, read_topic, train_lora, wait_until
+from adapters.routing_state import RoutingState
+from adapters.store import write_adapter
+from feedback.schema import AdapterAnnounced, DeadLetter, Interaction, RoutingChanged, encode
+from harness.kafka import announce, read_topic
+from harness.loras import make_lora, marker_lora, train_lora
+from harness.metrics import metric_total, scrape
+from harness.processes import start_broker, wait_until
+from harness.user import Preference
+from rlhf.models.dialogues import tiny_prompts
+from tests.conftest import ROOT
 
 TOKEN = "test-admin-token"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 PROMPT = [{"role": "user", "content": "Tell me about cats."}]
+MARKER = "zoo"  # the tiny model's training text has no "z"
 
 
 # ---------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """Own broker + adapter store shared by the replicas of this module."""
-    from feedback.broker import start_broker, stop_broker
-
-    port = free_port()
-    proc = start_broker(port)
+    broker = start_broker(tmp_path_factory.mktemp("broker") / "broker.log")
     store = tmp_path_factory.mktemp("adapters")
-    yield {"RLHF_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}", "RLHF_ADAPTER_DIR": str(store), "RLHF_MAX_LORAS": "4"}
-    stop_broker(proc)
+    yield {"RLHF_KAFKA_BOOTSTRAP": broker.bootstrap, "RLHF_ADAPTER_DIR": str(store), "RLHF_MAX_LORAS": "4"}
+    broker.stop()
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +60,16 @@ def replica_a(server_factory, env):
 
 @pytest.fixture(scope="module")
 def loras(tmp_path_factory, tiny_model_path) -> list[Path]:
+    """Valid adapters with random weights: distinct versions, not meant to change any answer."""
     d = tmp_path_factory.mktemp("loras")
     return [make_lora(tiny_model_path, d / f"lora{i}", seed=i) for i in range(6)]
+
+
+@pytest.fixture(scope="module")
+def marker(tmp_path_factory, tiny_model_path) -> Path:
+    """An adapter whose greedy answer to PROMPT is MARKER, a word the base model cannot write."""
+    prompts = [PROMPT[0]["content"]] + tiny_prompts(15, seed=5)
+    return marker_lora(tiny_model_path, tmp_path_factory.mktemp("marker") / "lora", prompts, MARKER)
 
 
 def store(env, src: Path, name: str = "policy") -> tuple[str, str, str]:
@@ -97,14 +108,7 @@ def cli(env, server, *args, timeout: float = 120) -> subprocess.CompletedProcess
 
 
 def metric(server, name: str, labels: str = "") -> float:
-    text = httpx.get(server.url + "/metrics", timeout=10).text
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name) and labels in line and not line.startswith("#"):
-            m = re.match(rf"^{re.escape(name)}(\{{[^}}]*\}})? (\S+)$", line)
-            if m:
-                total += float(m.group(2))
-    return total
+    return metric_total(scrape(server.url), name, labels)
 
 
 # ---------------------------------------------------------------------------------- pure state machine
@@ -175,33 +179,39 @@ def test_cli_refuses_an_adapter_for_another_base_model(tmp_path, env, loras):
 
 # ---------------------------------------------------------------------------------- against replica A
 def test_admin_routes_need_the_token(replica_a):
-    url = replica_a.url + "/v1/admin/adapters/rollback"
-    assert httpx.post(url, timeout=10).status_code == 403
-    assert httpx.post(url, headers={"Authorization": "Bearer wrong"}, timeout=10).status_code == 403
-    assert httpx.post(url, headers=ADMIN, timeout=10).status_code == 409  # nothing to roll back to yet
+    url = replica_a.url + "/v1/admin/adapters/activate"
+    body = {"version": "no-such-adapter@v1"}  # the token passes, then the version is refused: routing unchanged
+    assert httpx.post(url, json=body, timeout=10).status_code == 403
+    assert httpx.post(url, json=body, headers={"Authorization": "Bearer wrong"}, timeout=10).status_code == 403
+    r = httpx.post(url, json=body, headers=ADMIN, timeout=10)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_adapter", r.text
     info = adapters(replica_a)
-    assert info["active"] is None and info["base"] == "tiny" and info["following"] is True
+    assert info["base"] == "tiny" and info["following"] is True
 
 
-def test_publish_with_the_cli_then_served(replica_a, env, loras, tmp_path):
+def test_publish_with_the_cli_then_served(replica_a, env, marker, tmp_path):
+    before = adapters(replica_a)
     src = tmp_path / "my-adapter"
-    shutil.copytree(loras[0], src)
+    shutil.copytree(marker, src)
     r = cli(env, replica_a, "publish", str(src))
     assert r.returncode == 0, r.stderr
     assert "stored" in r.stdout and "my-adapter@v1" in r.stdout
     assert "now answers with my-adapter@v1" in r.stdout  # confirmed by the replica at RLHF_PORT
     info = adapters(replica_a)
-    assert info["active"] == "my-adapter@v1" and info["previous"] is None and info["can_rollback"]
-    assert [a["version"] for a in info["data"]] == ["my-adapter@v1"]
-    assert info["data"][0]["source"] == "user"
+    assert info["active"] == "my-adapter@v1" and info["previous"] == before["active"] and info["can_rollback"]
+    loaded = [a["version"] for a in info["data"]]
+    assert "my-adapter@v1" in loaded
+    assert next(a for a in info["data"] if a["version"] == "my-adapter@v1")["source"] == "user"
 
     routed = chat(replica_a)
     assert routed["model"] == "my-adapter@v1" and routed["rlhf"]["adapter"] == "my-adapter@v1"
     base = chat(replica_a, model="tiny")
     assert base["model"] == "tiny" and base["rlhf"]["adapter"] is None  # the base stays selectable
-    assert base["choices"][0]["message"]["content"] != routed["choices"][0]["message"]["content"]
+    # The adapter was trained to answer the marker word, which the base model cannot write.
+    assert MARKER in routed["choices"][0]["message"]["content"], routed["choices"][0]
+    assert MARKER not in base["choices"][0]["message"]["content"], base["choices"][0]
     models = [m["id"] for m in httpx.get(replica_a.url + "/v1/models").json()["data"]]
-    assert models == ["tiny", "my-adapter@v1"]
+    assert models == ["tiny", *loaded]
     assert metric(replica_a, "rlhf_adapter_active_info", 'version="my-adapter@v1"') == 1.0
 
     listing = cli(env, replica_a, "list")
@@ -398,17 +408,14 @@ def test_a_replica_rebuilds_from_the_store_when_the_broker_lost_its_data(replica
     """The embedded broker keeps its topics in memory. A replica started against a broker that lost
     them (a new, empty one) rebuilds routing from the adapter store's snapshot, serves what the
     others serve, and then follows the new broker's announcements."""
-    from feedback.broker import start_broker, stop_broker
-
-    ev = publish(env, loras[2])
-    wait_active(replica_a, ev.version)
+    for src in (loras[1], loras[2]):  # a history (active and previous) to rebuild
+        ev = publish(env, src)
+        wait_active(replica_a, ev.version)
     want = adapters(replica_a)
-    assert want["previous"] is not None  # earlier tests left a history: check it survives too
 
-    port = free_port()
-    empty = start_broker(port)
+    empty = start_broker(Path(env["RLHF_ADAPTER_DIR"]).parent / "empty-broker.log")
     try:
-        fresh = {**env, "RLHF_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}"}
+        fresh = {**env, "RLHF_KAFKA_BOOTSTRAP": empty.bootstrap}
         replica_c = server_factory(**fresh, RLHF_REPLICA_ID="replica-c")
         info = adapters(replica_c)
         assert (info["active"], info["previous"]) == (want["active"], want["previous"])
@@ -421,16 +428,11 @@ def test_a_replica_rebuilds_from_the_store_when_the_broker_lost_its_data(replica
         assert chat(replica_c)["rlhf"]["adapter"] == newer.version
         replica_c.stop()
     finally:
-        stop_broker(empty)
+        empty.stop()
 
 
 # ---------------------------------------------------------------------------------- the loop
-WORD = "happy"  # the simulated user likes answers that say it (the tiny model does in ~13 % of answers)
-
-
-def _likes(text: str) -> bool:
-    return re.search(rf"\b{WORD}\b", text.lower()) is not None
-
+USER = Preference(word="happy")  # the simulated user's taste (the tiny model says it in ~13 % of answers)
 
 def _ask(server, prompts: list[str], user: str, feedback: bool) -> list[bool]:
     """n=2 answers per prompt; the user's verdict on each; with `feedback`, sent via /v1/feedback."""
@@ -441,7 +443,7 @@ def _ask(server, prompts: list[str], user: str, feedback: bool) -> list[bool]:
                 "messages": [{"role": "user", "content": p}], "n": 2, "max_tokens": 48, "temperature": 1.0,
                 "seed": i, "user": user}).json()
             texts = [c["message"]["content"] for c in r["choices"]]
-            likes = [_likes(t) for t in texts]
+            likes = [USER.likes(t) for t in texts]
             verdicts += likes
             if not feedback:
                 continue
@@ -462,8 +464,6 @@ def test_feedback_loop_raises_the_approval_rate(replica_a, env, tiny_model_path,
     """A simulated user rates base-model answers through the HTTP API; an adapter fitted to what
     it liked (read back from rlhf.feedback + rlhf.interactions) is published with the CLI, serving
     swaps to it, and the same user approves more of its answers to fresh prompts."""
-    from rlhf.models.dialogues import tiny_prompts
-
     r = httpx.post(replica_a.url + "/v1/admin/adapters/activate", json={"version": "base"}, headers=ADMIN, timeout=20)
     assert r.status_code == 200 and r.json()["active"] is None, r.text
     user = "simulated-user"

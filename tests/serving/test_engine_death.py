@@ -11,13 +11,13 @@ from pathlib import Path
 
 import httpx
 
+from harness.processes import cmdline, descendants
 from serving.app import ENGINE_DIED_EXIT
-from tests.test_up import children_of, cmdline
 
 
 def test_a_dead_engine_core_gives_503s_then_the_replica_exits(server_factory, broker):
     server = server_factory(RLHF_KAFKA_BOOTSTRAP=broker)
-    kids = children_of(server.proc.pid)
+    kids = descendants(server.proc.pid)
     core = [pid for pid in kids if "EngineCore" in cmdline(pid)]
     assert len(core) == 1, {pid: cmdline(pid) for pid in kids}
     assert httpx.get(server.url + "/healthz", timeout=5).status_code == 200

@@ -9,22 +9,20 @@ import os
 
 import pytest
 
-from feedback.schema import Interaction, Pairwise, Thumbs
-from tests.serving.loras import read_topic, wait_until
+from playwright.sync_api import sync_playwright
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+from feedback.schema import Interaction, Pairwise, Thumbs
+from harness import browser as chromium
+from harness.kafka import read_topic
+from harness.processes import wait_until
 
 
 @pytest.fixture(scope="module")
 def browser():
-    if not os.path.exists(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} is missing: `make system-deps` installs Debian's chromium")
-    from playwright.sync_api import sync_playwright
-
+    if not os.path.exists(chromium.CHROMIUM):
+        pytest.fail(f"{chromium.CHROMIUM} is missing: `make system-deps` installs Debian's chromium")
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        b = chromium.launch(p)
         yield b
         b.close()
 
