@@ -27,7 +27,6 @@ import json
 import os
 import re
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +38,8 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import free_port  # noqa: E402
+from harness.metrics import metric_value, scrape  # noqa: E402
+from harness.processes import ServerProcess, start_broker  # noqa: E402
 
 
 # ---------------------------------------------------------------------------- a small HTTP client
@@ -127,9 +127,7 @@ async def open_loop(url: str, bodies: list[bytes], seconds: float, rate: float, 
 
 # ---------------------------------------------------------------------------- set-up
 def metric(url: str, name: str) -> float:
-    text = httpx.get(url + "/metrics", timeout=10).text
-    m = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", text, re.M)
-    return float(m.group(1)) if m else 0.0
+    return metric_value(scrape(url), name) or 0.0
 
 
 def feedback_bodies(url: str, users: int) -> list[bytes]:
@@ -148,29 +146,17 @@ def feedback_bodies(url: str, users: int) -> list[bytes]:
 
 
 def start_stack(tmp: Path):
-    from feedback.broker import start_broker
-
-    broker = start_broker(free_port())
-    bport = broker.args[broker.args.index("--listener-url") + 1].rsplit(":", 1)[1]
-    port = free_port()
-    env = {**os.environ, "RLHF_MODEL": "tiny", "RLHF_PORT": str(port), "RLHF_DATA_DIR": str(tmp / "data"),
-           "RLHF_ADAPTER_DIR": str(tmp / "adapters"), "RLHF_MAX_MODEL_LEN": "512", "RLHF_LOG_LEVEL": "WARNING",
-           "RLHF_KAFKA_BOOTSTRAP": f"127.0.0.1:{bport}", "RLHF_FEEDBACK_RATE_LIMIT": str(10**9)}
-    log = open(tmp / "server.log", "wb")
-    server = subprocess.Popen([sys.executable, "-m", "rlhf.cli", "serve"], env=env, cwd=ROOT, stdout=log,
-                              stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"server exited; see {tmp / 'server.log'}")
-        try:
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                return broker, server, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit("server not ready in 600 s")
+    broker = start_broker(tmp / "broker.log")
+    server = ServerProcess({"RLHF_MODEL": "tiny", "RLHF_DATA_DIR": str(tmp / "data"),
+                            "RLHF_ADAPTER_DIR": str(tmp / "adapters"), "RLHF_MAX_MODEL_LEN": "512",
+                            "RLHF_LOG_LEVEL": "WARNING", "RLHF_KAFKA_BOOTSTRAP": broker.bootstrap,
+                            "RLHF_FEEDBACK_RATE_LIMIT": str(10**9)}, tmp / "server.log")
+    try:
+        server.start(600)
+    except RuntimeError as e:
+        broker.stop()
+        raise SystemExit(f"{e}\n(see {tmp / 'server.log'})")
+    return broker, server, server.url
 
 
 def cpu_s(pid: int | None) -> float:
@@ -208,14 +194,14 @@ async def main_async(args) -> int:
         bodies = feedback_bodies(url, args.users)
         load0 = os.getloadavg()[0]  # other work on the machine skews every number below
         await closed_loop(url, bodies, 2.0, args.concurrency)  # warm-up
-        pid = server.pid if server is not None else None
+        pid = server.proc.pid if server is not None else None
         rows = [row(f"broker up, {args.concurrency} clients",
                     await measured(pid, closed_loop(url, bodies, args.seconds, args.concurrency))),
                 row(f"broker up, open loop {args.rate:.0f}/s",
                     await measured(pid, open_loop(url, bodies, args.seconds, args.rate)))]
         drain = None
         if broker is not None:
-            os.kill(broker.pid, signal.SIGSTOP)
+            os.kill(broker.proc.pid, signal.SIGSTOP)
             try:
                 await closed_loop(url, bodies, 3.0, args.concurrency)  # the first posts wait out the 1.5 s ack timeout
                 rows.append(row(f"broker down, {args.concurrency} clients",
@@ -224,7 +210,7 @@ async def main_async(args) -> int:
                                 await measured(pid, open_loop(url, bodies, args.seconds, args.rate))))
                 spooled = metric(url, "rlhf_spool_events")
             finally:
-                os.kill(broker.pid, signal.SIGCONT)
+                os.kill(broker.proc.pid, signal.SIGCONT)
             t = time.perf_counter()
             while metric(url, "rlhf_spool_events") > 0 and time.perf_counter() - t < 300:
                 await asyncio.sleep(0.2)
@@ -243,15 +229,9 @@ async def main_async(args) -> int:
         return 0
     finally:
         if server is not None:
-            server.terminate()
-            try:
-                server.wait(60)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            server.stop(60)
         if broker is not None:
-            from feedback.broker import stop_broker
-
-            stop_broker(broker)
+            broker.stop()
 
 
 def main() -> int:

@@ -34,8 +34,6 @@ import json
 import math
 import os
 import random
-import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -49,9 +47,10 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.serving import free_port  # noqa: E402
-from tests.learner.conftest import metric_value  # noqa: E402
-from tests.serving.loras import wait_until  # noqa: E402
+from harness import browser as chromium  # noqa: E402
+from harness.metrics import metric_value  # noqa: E402
+from harness.processes import UpProcess, wait_until  # noqa: E402
+from harness.user import Preference, converse, liked_answers  # noqa: E402
 
 COUNTRIES = ["France", "Italy", "Spain", "Japan", "Egypt", "Canada", "Brazil", "Kenya", "Norway", "Peru",
              "India", "Chile", "Greece", "Poland", "Mexico", "Sweden", "Turkey", "Vietnam", "Ghana", "Cuba"]
@@ -72,66 +71,12 @@ def questions(n: int, seed: int) -> list[str]:
     return [rng.choice(forms)() for _ in range(n)]
 
 
-class Preference:
-    """The simulated user's hidden taste: a yes/no judgement of one answer."""
-
-    def __init__(self, word: str | None, max_words: int | None):
-        self.word, self.max_words = word, max_words
-
-    def __str__(self) -> str:
-        return f"contains {self.word!r}" if self.word else f"at most {self.max_words} words"
-
-    def likes(self, text: str) -> bool:
-        if self.word:
-            return re.search(rf"\b{re.escape(self.word.lower())}\b", text.lower()) is not None
-        return 0 < len(text.split()) <= self.max_words
-
-    def feedback(self, rng: random.Random, a: str, b: str):
-        """As in tests/learner/simulate.py: a clear preference becomes a pairwise choice (or, one
-        time in five, a thumbs on one answer); without one, half the time a thumbs on one answer."""
-        la, lb = self.likes(a), self.likes(b)
-        if la != lb and rng.random() >= 0.2:
-            return ("pairwise", 0, 1) if la else ("pairwise", 1, 0)
-        if la != lb or rng.random() < 0.5:
-            k = rng.randrange(2)
-            return "thumbs", k, "up" if (la, lb)[k] else "down"
-        return None
-
-
-class Up:
-    """`rlhf up` as a child process, its output kept (and echoed when --verbose)."""
-
-    def __init__(self, env: dict, model: str, port: int, verbose: bool):
-        self.lines: list[str] = []
-        self.proc = subprocess.Popen([sys.executable, "-m", "rlhf.cli", "up", "--model", model, "--port", str(port)],
-                                     env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     start_new_session=True)
-        self.verbose = verbose
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self):
-        for line in self.proc.stdout:
-            self.lines.append(line)
-            if self.verbose or line.startswith("rlhf up:"):
-                print("   | " + line.rstrip(), flush=True)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                return self.proc.wait(120)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                return self.proc.wait()
-        return self.proc.returncode
-
-
-def wait_for(what: str, check, timeout_s: float, up: Up, every: float = 2.0):
+def wait_for(what: str, check, timeout_s: float, up: UpProcess, every: float = 2.0):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if up.proc.poll() is not None:
             sys.exit(f"`rlhf up` exited with {up.proc.returncode} while waiting for {what}:\n"
-                     + "".join(up.lines[-30:]))
+                     + "".join(up.output.lines[-30:]))
         try:
             got = check()
         except httpx.HTTPError:
@@ -143,29 +88,18 @@ def wait_for(what: str, check, timeout_s: float, up: Up, every: float = 2.0):
 
 
 def like_rate(url: str, model: str, qs: list[str], pref: Preference, n: int, max_tokens: int) -> tuple[float, int]:
-    def ask(i_q):
-        i, q = i_q
-        r = httpx.post(url + "/v1/chat/completions", timeout=600, json={
-            "model": model, "messages": [{"role": "user", "content": q}], "n": n, "max_tokens": max_tokens,
-            "temperature": 1.0, "seed": 50_000 + i, "user": "judge"})
-        r.raise_for_status()
-        return [pref.likes(c["message"]["content"]) for c in r.json()["choices"]]
-
-    with ThreadPoolExecutor(4) as pool:
-        hits = [h for hs in pool.map(ask, enumerate(qs)) for h in hs]
+    hits = liked_answers(url, model, qs, pref, n=n, max_tokens=max_tokens, seed=50_000, timeout_s=600)
     return sum(hits) / max(1, len(hits)), len(hits)
 
 
 class Page:
-    """The chat page in headless Chromium, used the way a person would (see tests/serving/test_page.py)."""
+    """The chat page in headless Chromium, used the way a person would (as tests/serving/test_page.py does)."""
 
     def __init__(self, url: str):
-        from playwright.sync_api import sync_playwright
-
-        from tests.serving.test_page import ARGS, CHROMIUM
+        from playwright.sync_api import sync_playwright  # only with --page: the loop itself needs no browser
 
         self._pw = sync_playwright().start()
-        self.browser = self._pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        self.browser = chromium.launch(self._pw)
         self.page = self.browser.new_page()
         self.errors: list[str] = []
         self.page.on("pageerror", lambda e: self.errors.append(str(e)))
@@ -235,25 +169,25 @@ def main() -> None:
     pref = Preference(args.word, None if args.word else args.max_words)
 
     tmp = Path(tempfile.mkdtemp(prefix="rlhf-loop-"))
-    port, bport, lport = free_port(), free_port(), free_port()
-    env = {**os.environ, "RLHF_DATA_DIR": str(tmp / "data"), "RLHF_ADAPTER_DIR": str(tmp / "adapters"),
-           "RLHF_KAFKA_BOOTSTRAP": f"127.0.0.1:{bport}", "RLHF_LEARNER_PORT": str(lport), "RLHF_PORT": str(port),
+    env = {"RLHF_DATA_DIR": str(tmp / "data"), "RLHF_ADAPTER_DIR": str(tmp / "adapters"),
            "RLHF_FEEDBACK_RATE_LIMIT": "100000", "RLHF_LEARNER_MIN_FEEDBACK": str(args.min_feedback),
-           "RLHF_LEARNER_INTERVAL_S": "100000", "PYTHONUNBUFFERED": "1"}
+           "RLHF_LEARNER_INTERVAL_S": "100000"}
     if args.learner_config:
         env["RLHF_LEARNER_CONFIG"] = str(Path(args.learner_config).resolve())
     if args.kl_budget is not None:
         env["RLHF_KL_BUDGET"] = str(args.kl_budget)
-    url, lurl = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{lport}"
     print(f"model {args.model}; the user likes answers that are {pref}; state in {tmp}", flush=True)
+
+    def echo(line: str) -> None:
+        if args.verbose or line.startswith("rlhf up:"):
+            print("   | " + line.rstrip(), flush=True)
 
     t0 = time.monotonic()
     page = None
-    up = Up(env, args.model, port, args.verbose)
+    up = UpProcess(env, args.model, echo=echo)
     try:
-        wait_for("serving to be ready", lambda: httpx.get(url + "/readyz", timeout=5).status_code == 200,
-                 1800, up)
-        wait_for("the learner", lambda: httpx.get(lurl + "/healthz", timeout=5).status_code == 200, 600, up)
+        up.start(timeout=1800)  # serving ready and the learner answering, on ports of their own
+        url, lurl = up.url, up.learner_url
         base_name = httpx.get(url + "/v1/adapters", timeout=10).json()["base"]
         print(f"ready after {time.monotonic() - t0:.0f} s (base model served as {base_name!r})", flush=True)
 
@@ -277,34 +211,19 @@ def main() -> None:
         sent = {"pairwise": 0, "thumbs": 0}
         lock = threading.Lock()
 
-        def converse(i_q):
-            i, q = i_q
-            rng = random.Random(i)
-            r = httpx.post(url + "/v1/chat/completions", timeout=600, json={
-                "messages": [{"role": "user", "content": q}], "n": 2, "max_tokens": args.max_tokens,
-                "temperature": 1.0, "seed": i, "user": f"user{i % 20}"})
-            r.raise_for_status()
-            body = r.json()
-            texts = [c["message"]["content"] for c in body["choices"]]
-            refs = [{k: ref[k] for k in ("response_id", "feedback_token")} for ref in body["rlhf"]["responses"]]
-            action = pref.feedback(rng, *texts)
-            if action is None:
+        def ask(client: httpx.Client, i: int, q: str) -> None:
+            kind = converse(client, pref, q, seed=i, user=f"user{i % 20}", rng=random.Random(i),
+                            max_tokens=args.max_tokens)
+            if kind is None:
                 return
-            if action[0] == "pairwise":
-                fb = {"type": "pairwise", "chosen": refs[action[1]], "rejected": refs[action[2]]}
-            else:
-                fb = {"type": "thumbs", **refs[action[1]], "value": action[2]}
-            f = httpx.post(url + "/v1/feedback", json=fb, timeout=60)
-            if f.status_code != 202:
-                raise RuntimeError(f"feedback answered {f.status_code}: {f.text}")
             with lock:
-                sent[action[0]] += 1
+                sent[kind] += 1
                 total = sum(sent.values())
             if total % 50 == 0:
                 print(f"  user: {total} feedback events sent ({i + 1} questions asked)", flush=True)
 
-        with ThreadPoolExecutor(4) as pool:
-            list(pool.map(converse, enumerate(questions(args.questions, seed=1))))
+        with httpx.Client(base_url=url, timeout=600) as client, ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda i_q: ask(client, *i_q), enumerate(questions(args.questions, seed=1))))
         user_s = time.monotonic() - t_user
         print(f"user done in {user_s:.0f} s: {sent}", flush=True)
         if sum(sent.values()) < args.min_feedback:
@@ -347,7 +266,8 @@ def main() -> None:
         rsec = metric_value(m, "rlhf_learner_round_seconds_sum")
 
         # Rollback, as an operator would type it.
-        rb = subprocess.run([sys.executable, "-m", "rlhf.cli", "adapters", "rollback"], env=env, cwd=ROOT,
+        operator = {**os.environ, **env, "RLHF_KAFKA_BOOTSTRAP": up.bootstrap, "RLHF_PORT": str(up.port)}
+        rb = subprocess.run([sys.executable, "-m", "rlhf.cli", "adapters", "rollback"], env=operator, cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
         after = wait_for("rollback to reach serving",
                          lambda: (lambda a: a["active"] is None and a)(httpx.get(url + "/v1/adapters", timeout=10).json()),

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import socket
 import statistics
-import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,37 +23,11 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from harness.processes import ServerProcess, start_broker  # noqa: E402
+from rlhf.models.registry import model_display_name, resolve_model  # noqa: E402
+
 PROMPTS = ["Tell me about cats.", "What do you think of rain?", "Do you like music?", "Why are trees nice?",
            "Say something about the sea.", "Can you describe snow?", "What is good about tea?", "Tell me about stars."]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        for path in ("/readyz", "/health"):
-            try:
-                if httpx.get(url + path, timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-        time.sleep(0.5)
-    raise RuntimeError("server not ready")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 async def run_load(url: str, model: str, concurrency: int, n_requests: int, max_tokens: int) -> dict:
@@ -116,50 +88,39 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--concurrency", default="1,8,32")
     args = ap.parse_args()
-    from rlhf.models.registry import model_display_name, resolve_model
-
     path = resolve_model(args.model)
     name = model_display_name(args.model)
     levels = [int(c) for c in args.concurrency.split(",")]
     results: dict[str, dict[int, dict]] = {}
+    tmp = Path(tempfile.mkdtemp(prefix="rlhf-bench-serving-"))
     # A real broker, as in production: every completion publishes its Interaction events.
-    from feedback.broker import start_broker, stop_broker
-
-    broker_port = free_port()
-    broker = start_broker(broker_port)
-    env = {**os.environ, "RLHF_MODEL": args.model, "RLHF_MAX_MODEL_LEN": "1024",
-           "RLHF_KAFKA_BOOTSTRAP": f"127.0.0.1:{broker_port}"}
+    broker = start_broker(tmp / "broker.log")
 
     # 1. this server
-    port = free_port()
-    data = Path(os.environ.get("TMPDIR", "/tmp")) / f"rlhf-bench-{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "rlhf.cli", "serve", "--port", str(port)],
-                            env={**env, "RLHF_DATA_DIR": str(data)}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, cwd=ROOT)
+    server = ServerProcess({"RLHF_MODEL": args.model, "RLHF_MAX_MODEL_LEN": "1024", "RLHF_DATA_DIR": str(tmp / "data"),
+                            "RLHF_KAFKA_BOOTSTRAP": broker.bootstrap}, tmp / "serve.log")
     try:
-        wait_ready(f"http://127.0.0.1:{port}", proc)
-        asyncio.run(run_load(f"http://127.0.0.1:{port}", name, 4, 8, args.max_tokens))  # warm-up
-        results["rlhf serve"] = {c: asyncio.run(run_load(f"http://127.0.0.1:{port}", name, c, args.requests,
-                                                         args.max_tokens)) for c in levels}
+        server.start(300)
+        asyncio.run(run_load(server.url, name, 4, 8, args.max_tokens))  # warm-up
+        results["rlhf serve"] = {c: asyncio.run(run_load(server.url, name, c, args.requests, args.max_tokens))
+                                 for c in levels}
     finally:
-        stop(proc)
-        stop_broker(broker)
+        server.stop()
+        broker.stop()
 
     # 2. vLLM's own OpenAI server, same engine settings
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(path),
-                             "--served-model-name", name, "--port", str(port), "--max-model-len", "1024",
-                             "--enforce-eager", "--enable-lora", "--max-lora-rank", "16", "--max-loras", "4",
-                             "--gpu-memory-utilization", "0.1", "--max-num-seqs", "64",
-                             "--disable-log-stats"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    server = ServerProcess({}, tmp / "vllm.log", [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(path), "--served-model-name", name,
+        "--port", "{port}", "--max-model-len", "1024", "--enforce-eager", "--enable-lora", "--max-lora-rank", "16",
+        "--max-loras", "4", "--gpu-memory-utilization", "0.1", "--max-num-seqs", "64", "--disable-log-stats"],
+        port_env=None, ready_path="/health")
     try:
-        wait_ready(f"http://127.0.0.1:{port}", proc)
-        asyncio.run(run_load(f"http://127.0.0.1:{port}", name, 4, 8, args.max_tokens))
-        results["vllm serve"] = {c: asyncio.run(run_load(f"http://127.0.0.1:{port}", name, c, args.requests,
-                                                         args.max_tokens)) for c in levels}
+        server.start(300)
+        asyncio.run(run_load(server.url, name, 4, 8, args.max_tokens))
+        results["vllm serve"] = {c: asyncio.run(run_load(server.url, name, c, args.requests, args.max_tokens))
+                                 for c in levels}
     finally:
-        stop(proc)
+        server.stop()
 
     # 3. transformers generate (fewer requests at concurrency 1: it is slow)
     results["transformers"] = {c: bench_transformers(path, c, max(c, args.requests // (4 if c == 1 else 1)),

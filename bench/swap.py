@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -25,11 +23,16 @@ import time
 from pathlib import Path
 
 import httpx
+from kafka import KafkaProducer
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.serving import free_port, stop, wait_ready  # noqa: E402
+from adapters.store import write_adapter  # noqa: E402
+from feedback.schema import AdapterAnnounced, encode  # noqa: E402
+from harness.loras import make_lora  # noqa: E402
+from harness.processes import ServerProcess, start_broker  # noqa: E402
+from rlhf.models.registry import resolve_model  # noqa: E402
 
 PROMPT = [{"role": "user", "content": "Tell me about cats."}]
 
@@ -112,21 +115,6 @@ class Load:
         return None
 
 
-def make_loras(model_path: Path, out: Path, n: int) -> list[Path]:
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    paths = []
-    for i in range(n):
-        torch.manual_seed(i)
-        m = get_peft_model(AutoModelForCausalLM.from_pretrained(model_path),
-                           LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
-        m.save_pretrained(out / f"lora{i}")
-        paths.append(out / f"lora{i}")
-    return paths
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="tiny")
@@ -136,30 +124,18 @@ def main() -> int:
     ap.add_argument("--gap", type=float, default=1.0, help="seconds of load between a switch and the next swap")
     args = ap.parse_args()
 
-    from kafka import KafkaProducer
-
-    from feedback.broker import start_broker, stop_broker
-    from feedback.schema import AdapterAnnounced, encode
-    from adapters.store import write_adapter
-    from rlhf.models.registry import resolve_model
-
     tmp = Path(tempfile.mkdtemp(prefix="rlhf-bench-swap-"))
     model_path = resolve_model(args.model)
-    loras = make_loras(model_path, tmp / "src", 3)
-    bport, port = free_port(), free_port()
-    broker = start_broker(bport)
-    env = {**os.environ, "RLHF_MODEL": args.model, "RLHF_PORT": str(port), "RLHF_KAFKA_BOOTSTRAP": f"127.0.0.1:{bport}",
-           "RLHF_DATA_DIR": str(tmp / "data"), "RLHF_ADAPTER_DIR": str(tmp / "adapters"), "RLHF_MAX_MODEL_LEN": "512",
-           "RLHF_LOG_LEVEL": "WARNING"}
-    log = open(tmp / "serve.log", "wb")
-    server = subprocess.Popen([sys.executable, "-m", "rlhf.cli", "serve"], env=env, cwd=ROOT, stdout=log,
-                              stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    loras = [make_lora(model_path, tmp / "src" / f"lora{i}", seed=i) for i in range(3)]
+    broker = start_broker(tmp / "broker.log")
+    server = ServerProcess({"RLHF_MODEL": args.model, "RLHF_KAFKA_BOOTSTRAP": broker.bootstrap,
+                            "RLHF_DATA_DIR": str(tmp / "data"), "RLHF_ADAPTER_DIR": str(tmp / "adapters"),
+                            "RLHF_MAX_MODEL_LEN": "512", "RLHF_LOG_LEVEL": "WARNING"}, tmp / "serve.log")
     producer = None
     load = None
     try:
-        wait_ready(url, server)
-        producer = KafkaProducer(bootstrap_servers=f"127.0.0.1:{bport}")
+        url = server.start(300).url
+        producer = KafkaProducer(bootstrap_servers=broker.bootstrap)
         load = Load(url, args.streams, args.max_tokens)
         load.start()
         time.sleep(2.0)
@@ -202,8 +178,8 @@ def main() -> int:
             load.close()
         if producer is not None:
             producer.close(timeout=5)
-        stop(server)
-        stop_broker(broker)
+        server.stop()
+        broker.stop()
 
 
 if __name__ == "__main__":
