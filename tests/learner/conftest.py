@@ -56,8 +56,11 @@ class LearnerProcess(ServerProcess):
         self.proc.wait(30)
 
     def stop(self, timeout: float = 60.0) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else None
+        if self.proc is None:
+            return None
+        if self.proc.poll() is not None:
+            self.kill()  # what it left running in its session (vLLM's engine processes)
+            return self.proc.returncode
         self.proc.send_signal(signal.SIGTERM)
         try:
             return self.proc.wait(timeout)
