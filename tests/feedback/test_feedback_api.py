@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from feedback import feedback_tokens as tokens
+from feedback import feedback_tokens
 from feedback.schema import Interaction, Pairwise, Thumbs
 from tests.feedback.conftest import as_event, read_topic
 
@@ -81,8 +81,8 @@ def test_bad_feedback_gets_4xx_and_nothing_reaches_the_topic(server, broker):
     other = chat(server, user, "Name a fruit.")
     a, b, o = ref(c, 0), ref(c, 1), ref(other, 0)
     hexid = c["id"].removeprefix("chatcmpl-")
-    never = tokens.response_id("0" * 32, 0)
-    stale = tokens.sign(DEV_KEY, a["response_id"], user, now=time.time() - 8 * 24 * 3600)
+    never = feedback_tokens.response_id("0" * 32, 0)
+    stale = feedback_tokens.sign(DEV_KEY, a["response_id"], user, now=time.time() - 8 * 24 * 3600)
     thumbs = lambda **kw: {"type": "thumbs", **a, "value": "down", **kw}  # noqa: E731
     cases = [
         # (body, status, param)
@@ -151,12 +151,12 @@ def test_tokens_with_prompt_digest_allow_pairs_across_requests(server, broker):
     """Two requests with the same prompt (the page's two-model compare): comparable when the
     tokens carry equal prompt digests; the tokens' adapters land in the events."""
     user = "dave"
-    ra, rb, rc = (tokens.response_id(f"{i:032x}", 0) for i in (0xA1, 0xB2, 0xC3))
-    same = tokens.prompt_digest([{"role": "user", "content": "Which is better?"}])
-    diff = tokens.prompt_digest([{"role": "user", "content": "Something else"}])
-    a = {"response_id": ra, "feedback_token": tokens.sign(DEV_KEY, ra, user, adapter="policy@v1", prompt=same)}
-    b = {"response_id": rb, "feedback_token": tokens.sign(DEV_KEY, rb, user, adapter="policy@v2", prompt=same)}
-    c = {"response_id": rc, "feedback_token": tokens.sign(DEV_KEY, rc, user, prompt=diff)}
+    ra, rb, rc = (feedback_tokens.response_id(f"{i:032x}", 0) for i in (0xA1, 0xB2, 0xC3))
+    same = feedback_tokens.prompt_digest([{"role": "user", "content": "Which is better?"}])
+    diff = feedback_tokens.prompt_digest([{"role": "user", "content": "Something else"}])
+    a = {"response_id": ra, "feedback_token": feedback_tokens.sign(DEV_KEY, ra, user, adapter="policy@v1", prompt=same)}
+    b = {"response_id": rb, "feedback_token": feedback_tokens.sign(DEV_KEY, rb, user, adapter="policy@v2", prompt=same)}
+    c = {"response_id": rc, "feedback_token": feedback_tokens.sign(DEV_KEY, rc, user, prompt=diff)}
     assert post(server, {"type": "pairwise", "chosen": a, "rejected": c}).status_code == 422
     r = post(server, {"type": "pairwise", "chosen": b, "rejected": a})
     assert r.status_code == 202, r.text

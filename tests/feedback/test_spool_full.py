@@ -13,7 +13,7 @@ import uvicorn
 from fastapi import FastAPI
 from prometheus_client import REGISTRY
 
-from feedback import feedback_tokens as tokens
+from feedback import feedback_tokens
 from feedback.producer import EventPublisher
 from feedback.spool import Spool
 from rlhf.settings import Settings
@@ -49,9 +49,9 @@ def test_full_spool_answers_503_and_counts_the_drop(tmp_path, nowhere):
         deadline = time.monotonic() + 30
         while not server.started and time.monotonic() < deadline:
             time.sleep(0.05)
-        rid = tokens.response_id("ab" * 16, 0)
-        body = {"type": "thumbs", "response_id": rid, "feedback_token": tokens.sign(settings.hmac_key, rid, "erin"),
-                "value": "up"}
+        rid = feedback_tokens.response_id("ab" * 16, 0)
+        token = feedback_tokens.sign(settings.hmac_key, rid, "erin")
+        body = {"type": "thumbs", "response_id": rid, "feedback_token": token, "value": "up"}
         dropped = REGISTRY.get_sample_value("rlhf_spool_dropped_total") or 0.0
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
             assert [client.post("/v1/feedback", json=body).status_code for _ in range(3)] == [202] * 3

@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from feedback import feedback_tokens as tokens
+from feedback import feedback_tokens
 
 PROMPT = [{"role": "user", "content": "Tell me about cats."}]
 
@@ -36,9 +36,9 @@ def test_non_streaming_completion(openai_client):
     assert ext["adapter"] is None
     ref = ext["responses"][0]
     assert ref["index"] == 0 and ref["response_id"] == f"r_{r.id.removeprefix('chatcmpl-')}_0"
-    tokens.verify("dev-only-insecure-key", ref["response_id"], "alice", ref["feedback_token"], ttl_s=60)
-    with pytest.raises(tokens.TokenError):
-        tokens.verify("dev-only-insecure-key", ref["response_id"], "mallory", ref["feedback_token"], ttl_s=60)
+    feedback_tokens.verify("dev-only-insecure-key", ref["response_id"], "alice", ref["feedback_token"], ttl_s=60)
+    with pytest.raises(feedback_tokens.TokenError):
+        feedback_tokens.verify("dev-only-insecure-key", ref["response_id"], "mallory", ref["feedback_token"], ttl_s=60)
 
 
 def test_greedy_is_deterministic_and_ids_unique(openai_client):
@@ -82,7 +82,8 @@ def test_n2_gives_two_choices_with_their_own_response_ids(openai_client):
     assert [x["index"] for x in refs] == [0, 1]
     assert refs[0]["response_id"] != refs[1]["response_id"]
     # both answers belong to the same completion (same prompt): what pairwise feedback checks
-    assert tokens.parse_response_id(refs[0]["response_id"])[0] == tokens.parse_response_id(refs[1]["response_id"])[0]
+    groups = [feedback_tokens.parse_response_id(r["response_id"])[0] for r in refs[:2]]
+    assert groups[0] == groups[1]
 
 
 def test_streaming_matches_usage_and_ends_with_done(openai_client, server):
