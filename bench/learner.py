@@ -31,7 +31,18 @@ import tempfile
 import time
 from pathlib import Path
 
+# This script's own name is `learner`: put the project first on the path, before bench/
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
+
+from learner.ppo import PPOConfig, PPOTrainer  # noqa: E402
+from learner.reward import RewardConfig, RewardModel, RewardTrainer  # noqa: E402
+from learner.rollout import RolloutEngine  # noqa: E402
+from learner.tokenization import encode_prompt, encode_response, load_tokenizer, stop_strings  # noqa: E402
+from rlhf.models.dialogues import tiny_dialogues, tiny_prompts  # noqa: E402
+from rlhf.models.registry import resolve_model  # noqa: E402
 
 log = logging.getLogger("bench.learner")
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -41,8 +52,6 @@ ROLLOUTS, MINIBATCH, EPOCHS, MAX_NEW, LR, BETA = 32, 8, 4, 48, 3e-4, 0.1
 
 def pairs_data(n: int, seed: int = 0) -> list[dict]:
     """Pairs of answers of the kind the tiny model writes (lengths like real feedback)."""
-    from rlhf.models.dialogues import tiny_dialogues
-
     ds = tiny_dialogues(2 * n, seed)
     return [{"type": "pairwise", "seq": i + 1, "messages": [ds[2 * i][0]], "chosen": ds[2 * i][1]["content"],
              "chosen_finish": "stop", "rejected": ds[2 * i + 1][1]["content"], "rejected_finish": "stop"}
@@ -51,8 +60,6 @@ def pairs_data(n: int, seed: int = 0) -> list[dict]:
 
 # ------------------------------------------------------------------------------------------ ours
 def ours_reward(model_path, tokenizer, steps: int) -> dict:
-    from learner.reward import RewardConfig, RewardModel, RewardTrainer
-
     cfg = RewardConfig(learning_rate=RM_LR, batch_size=RM_BATCH)
     rm = RewardModel.create(model_path, cfg)
     tr = RewardTrainer(rm, tokenizer, cfg)
@@ -67,11 +74,6 @@ def ours_reward(model_path, tokenizer, steps: int) -> dict:
 
 
 def ours_ppo(model_path, tokenizer, iterations: int, engine) -> dict:
-    from learner.ppo import PPOConfig, PPOTrainer
-    from learner.reward import RewardConfig, RewardModel
-    from learner.tokenization import encode_prompt
-    from rlhf.models.dialogues import tiny_prompts
-
     cfg = PPOConfig(rollout_batch_size=ROLLOUTS, minibatch_size=MINIBATCH, ppo_epochs=EPOCHS,
                     max_new_tokens=MAX_NEW, learning_rate=LR, init_kl_coef=BETA, adaptive_kl=False)
     rm = RewardModel.create(model_path, RewardConfig())
@@ -94,24 +96,19 @@ def ours_ppo(model_path, tokenizer, iterations: int, engine) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ TRL
-class StepTimer:
-    """A TrainerCallback that records when each optimiser step ends."""
+class StepTimer(TrainerCallback):
+    """Records when each optimiser step ends."""
 
-    def __new__(cls):
-        from transformers import TrainerCallback
+    def __init__(self):
+        self.ends: list[float] = []
+        self.start = time.perf_counter()
 
-        class _Timer(TrainerCallback):
-            def __init__(self):
-                self.ends: list[float] = []
-                self.start = time.perf_counter()
-
-            def on_step_end(self, args, state, control, **kw):
-                self.ends.append(time.perf_counter())
-
-        return _Timer()
+    def on_step_end(self, args, state, control, **kw):
+        self.ends.append(time.perf_counter())
 
 
 def trl_reward(model_path, tokenizer, steps: int) -> dict:
+    # TRL and its datasets dependency are optional (`--skip-trl`): imported only to compare
     from datasets import Dataset
     from peft import LoraConfig
     from trl import RewardConfig as TRLRewardConfig
@@ -138,14 +135,10 @@ def trl_reward(model_path, tokenizer, steps: int) -> dict:
 
 
 def trl_rloo(model_path, tokenizer, iterations: int) -> dict:
-    import torch
+    # TRL and its datasets dependency are optional (`--skip-trl`): imported only to compare
     from datasets import Dataset
     from peft import LoraConfig
     from trl import RLOOConfig, RLOOTrainer
-
-    from learner.reward import RewardConfig, RewardModel
-    from learner.tokenization import encode_prompt, encode_response
-    from rlhf.models.dialogues import tiny_prompts
 
     rm = RewardModel.create(model_path, RewardConfig()).eval()
 
@@ -186,12 +179,6 @@ def trl_rloo(model_path, tokenizer, iterations: int) -> dict:
 
 # ------------------------------------------------------------------------------------------ main
 def bench_model(name: str, iterations: int, rm_steps: int, skip_trl: bool) -> dict:
-    import torch
-
-    from learner.rollout import RolloutEngine
-    from learner.tokenization import load_tokenizer, stop_strings
-    from rlhf.models.registry import resolve_model
-
     torch.manual_seed(0)
     path = resolve_model(name)
     tok = load_tokenizer(path)
@@ -241,7 +228,7 @@ def main() -> int:
             ratio = f"{a / b:9.2f}" if b else f"{'':>9}"
             lines.append(f"{name:<14} {label:<28} {a:10.3f} {b if b is not None else float('nan'):10.3f} {ratio}")
         print("\n" + "\n".join(lines), flush=True)  # after each model, so a later failure keeps these
-    print(f"\nthreads: torch {__import__('torch').get_num_threads()}, cpus {os.cpu_count()}; "
+    print(f"\nthreads: torch {torch.get_num_threads()}, cpus {os.cpu_count()}; "
           f"load average at start {load0}, at end {tuple(round(x, 1) for x in os.getloadavg())}")
     return 0
 

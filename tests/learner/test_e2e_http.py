@@ -1,4 +1,4 @@
-"""Done-when of issue 4, against real processes: a simulated user talks to `rlhf serve` (tiny model)
+"""The whole loop against real processes: a simulated user talks to `rlhf serve` (tiny model)
 over HTTP and gives feedback through /v1/feedback; `rlhf learn` consumes the broker, trains,
 gates and publishes; serving hot-swaps to the adapter, which measurably moves the policy
 toward the user's hidden preference, with its KL to the base reported.
