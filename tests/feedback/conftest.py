@@ -12,6 +12,7 @@ import time
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
+from feedback.schema import parse_event
 from harness.processes import start_broker
 
 
@@ -68,6 +69,4 @@ def read_topic(bootstrap: str, topic: str, *, until=None, timeout_s: float = 30.
 
 def as_event(msg: dict):
     """Validate one message from `read_topic` against the schema (the contract)."""
-    from feedback.schema import parse_event
-
     return parse_event(json.dumps({k: v for k, v in msg.items() if not k.startswith("_")}))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import uuid
 
-from feedback.schema import (TOPIC_FEEDBACK, TOPIC_INTERACTIONS, Interaction, Message, Pairwise, Thumbs)
+from feedback.schema import TOPIC_FEEDBACK, TOPIC_INTERACTIONS, Interaction, Message, Pairwise, Thumbs
 from harness.user import Preference
 from learner.tokenization import encode_prompt
 

@@ -8,7 +8,7 @@ import uuid
 
 from kafka import KafkaProducer
 
-from feedback.schema import (TOPIC_FEEDBACK, TOPIC_INTERACTIONS, Interaction, Message, Pairwise, Thumbs, encode)
+from feedback.schema import TOPIC_FEEDBACK, TOPIC_INTERACTIONS, Interaction, Message, Pairwise, Thumbs, encode
 from feedback.topics import ensure_topics
 from rlhf.settings import Settings
 

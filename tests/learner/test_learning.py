@@ -14,10 +14,10 @@ import math
 
 import pytest
 
-from feedback.schema import Interaction, Pairwise
 from adapters.store import verify_adapter
+from feedback.schema import Interaction, Pairwise
 from learner.ppo import PPOTrainer
-from learner.reward import RewardModel, RewardTrainer
+from learner.reward import RewardConfig, RewardModel, RewardTrainer
 from learner.round import Learner, LearnerConfig
 from rlhf.models.dialogues import tiny_prompts
 from rlhf.settings import Settings
@@ -37,8 +37,6 @@ def learner(tiny_model_path, tmp_path_factory):
 
 def test_ppo_iteration_with_vllm_rollouts(learner, tmp_path):
     """Two PPO iterations: rollouts come from vLLM with the current LoRA under a new id each time."""
-    from learner.reward import RewardConfig
-
     rm = RewardModel.create(learner.model_path, RewardConfig())
     ppo = PPOTrainer(learner.model_path, learner.tokenizer, learner.cfg.ppo, rm, workdir=tmp_path / "ppo")
     prompts = learner.encode_prompts([[{"role": "user", "content": q}] for q in tiny_prompts(16, seed=3)])

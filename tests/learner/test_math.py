@@ -11,6 +11,7 @@ from learner.gate import GateConfig, decide, reward_model_accuracy
 from learner.ppo import (AdaptiveKLController, FixedKLController, gae, kl_penalised_rewards, masked_whiten,
                          policy_loss, value_loss)
 from learner.reward import auc, bradley_terry_loss, pairwise_accuracy, thumbs_loss
+from learner.round import kl_guard_trips
 
 
 def sig(x: float) -> float:
@@ -173,8 +174,6 @@ def test_balanced_thumbs_weights_by_hand():
 
 
 def test_kl_guard():
-    from learner.round import kl_guard_trips
-
     limit = 0.8 * 5.0
     assert not kl_guard_trips([], 9.0, limit)                # first iteration: no update to undo
     assert not kl_guard_trips([1.0, 2.5], 3.9, limit)        # under the limit

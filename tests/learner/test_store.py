@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from adapters.store import write_adapter
 from feedback.schema import (TOPIC_ADAPTERS, TOPIC_FEEDBACK, TOPIC_INTERACTIONS, AdapterAnnounced, Interaction,
                              Message, Pairwise, RoutingChanged, Thumbs)
-from adapters.store import write_adapter
 from learner.store import Store
 
 

@@ -8,6 +8,7 @@ late, which is also the check that a new replica rebuilds the routing the others
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -22,6 +23,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from kafka import KafkaProducer
+from safetensors.torch import load_file, save_file
 
 from adapters.router import user_bucket
 from adapters.routing_state import RoutingState
@@ -165,8 +168,6 @@ def test_cli_refuses_an_adapter_for_another_base_model(tmp_path, env, loras):
     src = tmp_path / "other"
     shutil.copytree(loras[0], src)
     # Same tensor names, shapes of a model with another hidden size.
-    from safetensors.torch import load_file, save_file
-
     w = load_file(src / "adapter_model.safetensors")
     save_file({k: (v.new_zeros(v.shape[0], 2 * v.shape[1]) if "lora_A" in k else v) for k, v in w.items()},
               src / "adapter_model.safetensors")
@@ -263,8 +264,6 @@ def test_hot_swap_under_load(replica_a, env, loras):
                for i in range(8)]
     for t in threads:
         t.start()
-    from kafka import KafkaProducer
-
     producer = KafkaProducer(bootstrap_servers=env["RLHF_KAFKA_BOOTSTRAP"])  # connected before the clock starts
     version, rel, sha = store(env, loras[1])
     try:
@@ -318,8 +317,6 @@ def test_tampered_adapter_is_refused_and_active_kept(replica_a, env, loras):
     evil.mkdir(parents=True)
     shutil.copy(loras[2] / "adapter_config.json", evil)
     (evil / "adapter_model.bin").write_bytes(b"\x80\x04pickle")
-    import hashlib
-
     files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in evil.iterdir()}
     manifest = json.dumps({"format": 1, "version": "evil@v1", "files": files}).encode()
     (evil / "manifest.json").write_bytes(manifest)

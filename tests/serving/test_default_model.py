@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from openai import OpenAI
+
+from rlhf.models.registry import resolve_model
 
 
 @pytest.fixture(scope="module")
 def gemma_client(server_factory, broker):
-    from openai import OpenAI
-
-    from rlhf.models.registry import resolve_model
-
     resolve_model("gemma-3-270m")  # prepared once (make test runs `rlhf model prepare` first)
     s = server_factory(RLHF_MODEL="gemma-3-270m", RLHF_MAX_MODEL_LEN=1024, RLHF_KAFKA_BOOTSTRAP=broker)
     yield OpenAI(base_url=s.url + "/v1", api_key="unused", max_retries=0, timeout=120)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 
 import pytest
-
 from playwright.sync_api import sync_playwright
 
 from feedback.schema import Interaction, Pairwise, Thumbs
