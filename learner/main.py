@@ -286,6 +286,9 @@ def run() -> int:
         pass
     finally:
         stop.set()
+        # a signal that lands between the round's row being written and its own try block
+        # (or in the bookkeeping after it) leaves the row open: a stop mid-round is a failed round
+        store.end_unfinished_rounds("failed", "the learner was stopped during the round")
         consumer.join(timeout=15)
         learner.close()
         http.shutdown()

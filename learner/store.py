@@ -361,9 +361,13 @@ class Store:
 
     def abort_unfinished_rounds(self) -> int:
         """Rounds left `running` by a killed learner: their feedback counts as new again."""
+        return self.end_unfinished_rounds("aborted", "learner stopped during the round")
+
+    def end_unfinished_rounds(self, status: str, reason: str) -> int:
+        """Close every round still `running` with `status`; returns how many there were."""
         with self.tx():
-            cur = self.db.execute("UPDATE rounds SET status='aborted', finished_at=?, reason='learner stopped "
-                                  "during the round' WHERE finished_at IS NULL", (time.time(),))
+            cur = self.db.execute("UPDATE rounds SET status=?, finished_at=?, reason=? WHERE finished_at IS NULL",
+                                  (status, time.time(), reason))
         return cur.rowcount
 
     def start_round(self) -> tuple[int, int, int]:
