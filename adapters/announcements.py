@@ -1,6 +1,7 @@
 """The topic `rlhf.adapters`: read it from offset 0, verify what it announces, apply it, write to it.
 
     apply_event(state, ev, adapter_dir)   the one "verify the announcement, then apply it" step
+    refusal(ev, adapter_dir)              its verify half alone (for a caller that applies elsewhere)
     AdapterLog(settings)                  the whole topic, without a consumer group
     replay_state(settings)                snapshot + unseen events: what every replica routes to
     announce(settings, events)            publish AdapterAnnounced / RoutingChanged events
@@ -28,18 +29,25 @@ log = logging.getLogger(__name__)
 RoutingEvent = AdapterAnnounced | RoutingChanged
 
 
+def refusal(ev: RoutingEvent, adapter_dir: Path | str, max_rank: int | None = None) -> str | None:
+    """Why an announced adapter's files do not match its manifest (None when they do, or when
+    the event announces nothing). Reads files only: safe to run off the event loop."""
+    if not isinstance(ev, AdapterAnnounced):
+        return None
+    try:
+        verify_announced(adapter_dir, ev.version, ev.path, ev.manifest_sha256, max_rank=max_rank)
+    except (ValueError, TypeError, OSError) as e:  # AdapterError is a ValueError
+        return str(e)
+    return None
+
+
 def apply_event(state: RoutingState, ev: RoutingEvent, adapter_dir: Path | str,
                 max_rank: int | None = None) -> tuple[str | None, str | None]:
     """Verify an announcement's files against its manifest, then apply the event to `state`.
 
     Returns (refused, why): `refused` is why an announced adapter was refused (it stays out
     of routing), `why` is why the event changed nothing (None when it did)."""
-    refused = None
-    if isinstance(ev, AdapterAnnounced):
-        try:
-            verify_announced(adapter_dir, ev.version, ev.path, ev.manifest_sha256, max_rank=max_rank)
-        except (ValueError, TypeError, OSError) as e:  # AdapterError is a ValueError
-            refused = str(e)
+    refused = refusal(ev, adapter_dir, max_rank)
     return refused, state.apply(ev, refused)
 
 

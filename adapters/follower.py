@@ -1,7 +1,7 @@
 """The adapter follower: every serving replica follows `rlhf.adapters` and routes to what it says.
 
-    AdapterAnnounced ─▶ verify (announcements.apply_event: manifest sha256, every file's sha256,
-                        safetensors only) ─▶ routing state (routing_state.py)
+    AdapterAnnounced ─▶ verify in a worker thread (announcements.refusal: manifest sha256, every
+                        file's sha256, safetensors only) ─▶ routing state on the loop (routing_state.py)
                      ─▶ engine.add_lora under the version's own name and a fresh LoRA id
                      ─▶ switch the Router (plain assignments on the event loop, no await between
                         them: requests already running keep the adapter they started with)
@@ -27,7 +27,7 @@ import time
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from adapters.announcements import AdapterLog, apply_event, routing_event
+from adapters.announcements import AdapterLog, refusal, routing_event
 from adapters.router import LoadedAdapter, Router
 from adapters.routing_state import RoutingState
 from adapters.snapshot import read_snapshot, write_snapshot
@@ -134,8 +134,9 @@ class AdapterFollower:
             return
         if ev is None or self.state.seen(ev.event_id):
             return
-        refused, why = await self._in_thread(apply_event, self.state, ev, self.settings.adapter_dir,
-                                             self.settings.max_lora_rank)
+        # files are hashed in the worker thread; the state changes here, on the loop the routes read it from
+        refused = await self._in_thread(refusal, ev, self.settings.adapter_dir, self.settings.max_lora_rank)
+        why = self.state.apply(ev, refused)
         action = "announce" if isinstance(ev, AdapterAnnounced) else ev.action
         if refused:
             await self._refuse(ev.version, refused, "verify", rec.value, live)
