@@ -38,8 +38,9 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from harness.broker import start_broker  # noqa: E402
 from harness.metrics import metric_value, scrape  # noqa: E402
-from harness.processes import ServerProcess, start_broker  # noqa: E402
+from harness.server import ServerProcess  # noqa: E402
 
 
 # ---------------------------------------------------------------------------- a small HTTP client

@@ -49,8 +49,9 @@ sys.path.insert(0, str(ROOT))
 
 from harness import browser as chromium  # noqa: E402
 from harness.metrics import metric_value  # noqa: E402
-from harness.processes import UpProcess, wait_until  # noqa: E402
+from harness.up import UpProcess  # noqa: E402
 from harness.user import Preference, converse, liked_answers  # noqa: E402
+from harness.waiting import wait_until  # noqa: E402
 
 COUNTRIES = ["France", "Italy", "Spain", "Japan", "Egypt", "Canada", "Brazil", "Kenya", "Norway", "Peru",
              "India", "Chile", "Greece", "Poland", "Mexico", "Sweden", "Turkey", "Vietnam", "Ghana", "Cuba"]

@@ -23,7 +23,8 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from harness.processes import ServerProcess, start_broker  # noqa: E402
+from harness.broker import start_broker  # noqa: E402
+from harness.server import ServerProcess  # noqa: E402
 from rlhf.models.registry import model_display_name, resolve_model  # noqa: E402
 
 PROMPTS = ["Tell me about cats.", "What do you think of rain?", "Do you like music?", "Why are trees nice?",

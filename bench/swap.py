@@ -30,8 +30,9 @@ sys.path.insert(0, str(ROOT))
 
 from adapters.store import write_adapter  # noqa: E402
 from feedback.schema import AdapterAnnounced, encode  # noqa: E402
+from harness.broker import start_broker  # noqa: E402
 from harness.loras import make_lora  # noqa: E402
-from harness.processes import ServerProcess, start_broker  # noqa: E402
+from harness.server import ServerProcess  # noqa: E402
 from rlhf.models.registry import resolve_model  # noqa: E402
 
 PROMPT = [{"role": "user", "content": "Tell me about cats."}]

@@ -2,7 +2,7 @@
 
 Everything here starts real components: Tansu (the embedded Kafka-compatible broker), and
 `rlhf serve --model tiny` (FastAPI + vLLM AsyncLLM) as a subprocess on a port of its own
-(harness.processes: started again on a fresh port if another process takes that one first).
+(harness.server: started again on a fresh port if another process takes that one first).
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from openai import OpenAI
 
-from harness.processes import ServerProcess, start_broker
+from harness.broker import start_broker
+from harness.server import ServerProcess
 from rlhf.models.registry import resolve_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,7 +12,8 @@ from pathlib import Path
 import httpx
 
 from feedback.broker import port_open
-from harness.processes import UpProcess, cmdline, descendants
+from harness.procfs import cmdline, descendants
+from harness.up import UpProcess
 
 
 def test_up_starts_supervises_and_stops_everything(tmp_path, tiny_model_path):

@@ -13,7 +13,7 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from feedback.schema import parse_event
-from harness.processes import start_broker
+from harness.broker import start_broker
 
 
 @pytest.fixture

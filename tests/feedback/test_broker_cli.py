@@ -10,7 +10,7 @@ import sys
 from kafka import KafkaAdminClient
 
 from feedback.broker import port_open
-from harness.processes import ServerProcess
+from harness.server import ServerProcess
 from tests.conftest import ROOT
 
 BROKER = (sys.executable, "-m", "rlhf.cli", "broker", "--port", "{port}")

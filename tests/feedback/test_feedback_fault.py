@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from feedback.spool import Spool
+from harness.broker import start_broker
 from harness.metrics import metric_value, scrape
-from harness.processes import start_broker
 from tests.feedback.conftest import read_topic
 
 RATE_LIMIT = 300  # per user per minute on the private server

@@ -11,8 +11,11 @@ import httpx
 import pytest
 from kafka import KafkaAdminClient
 
-from harness import processes
-from harness.processes import ServerProcess, address_in_use, listening_here, pick_port, start_broker
+from harness import ports
+from harness.broker import start_broker
+from harness.ports import address_in_use, pick_port
+from harness.procfs import listening_here
+from harness.server import ServerProcess
 
 HTTP_SERVER = (sys.executable, "-m", "http.server", "{port}", "--bind", "127.0.0.1")
 
@@ -23,9 +26,9 @@ def taken(monkeypatch):
     holder = socket.socket()
     holder.bind(("127.0.0.1", 0))
     port = holder.getsockname()[1]
-    real = processes.pick_port
+    real = ports.pick_port
     first = [port]
-    monkeypatch.setattr(processes, "pick_port", lambda host="127.0.0.1": first.pop() if first else real(host))
+    monkeypatch.setattr(ports, "pick_port", lambda host="127.0.0.1": first.pop() if first else real(host))
     yield holder
     holder.close()
 
@@ -98,7 +101,7 @@ def test_bind_failures_are_recognised():
 
 
 def test_picked_ports_are_outside_the_ephemeral_range():
-    low, high = processes._ephemeral_range()
+    low, high = ports._ephemeral_range()
     assert all(not low <= pick_port() <= high for _ in range(20))
 
 

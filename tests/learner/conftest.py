@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from harness.processes import ServerProcess
+from harness.server import ServerProcess
 
 # Small, fast settings for the tiny model (hyperparameters a real deployment leaves at their defaults).
 FAST_CONFIG = {

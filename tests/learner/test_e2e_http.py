@@ -17,8 +17,8 @@ import httpx
 import pytest
 
 from adapters.store import verify_adapter
+from harness.broker import start_broker
 from harness.metrics import metric_value
-from harness.processes import start_broker
 from harness.user import Preference, converse, liked_answers
 from rlhf.models.dialogues import tiny_prompts
 from tests.learner.simulate import WORD

@@ -33,7 +33,8 @@ from feedback.schema import AdapterAnnounced, DeadLetter, Interaction, RoutingCh
 from harness.kafka import announce, read_topic
 from harness.loras import make_lora, marker_lora, train_lora
 from harness.metrics import metric_total, scrape
-from harness.processes import start_broker, wait_until
+from harness.broker import start_broker
+from harness.waiting import wait_until
 from harness.user import Preference
 from rlhf.models.dialogues import tiny_prompts
 from tests.conftest import ROOT

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from harness.processes import cmdline, descendants
+from harness.procfs import cmdline, descendants
 from serving.app import ENGINE_DIED_EXIT
 
 

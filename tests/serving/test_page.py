@@ -13,7 +13,7 @@ from playwright.sync_api import sync_playwright
 from feedback.schema import Interaction, Pairwise, Thumbs
 from harness import browser as chromium
 from harness.kafka import read_topic
-from harness.processes import wait_until
+from harness.waiting import wait_until
 
 
 @pytest.fixture(scope="module")
