@@ -58,7 +58,9 @@ class Interaction(Event):
     completion_id: str = Field(description="Id of the chat completion (shared by its n choices).")
     choice_index: int = 0
     conversation_id: str = Field(description="Groups events of one conversation (partition key).")
-    user: str = Field("", description="The request's `user` or the authenticated identity.")
+    user: str = Field("", description="The end user: `CLIENT:user` with API keys, the JWT's `sub`, or the "
+                                       "request's `user` with RLHF_AUTH=none.")
+    client: str = Field("", description="The authenticated client (API key name or JWT client); '' without auth.")
     messages: list[Message] = Field(description="The prompt, as the client sent it.")
     response: str = Field(description="The generated text.")
     finish_reason: str | None = Field(None, description="`stop` (EOS or stop string) or `length` (cut off).")
@@ -80,6 +82,7 @@ class Thumbs(Event):
     response_id: str
     conversation_id: str
     user: str = ""
+    client: str = ""
     value: Literal["up", "down"]
     comment: str | None = None
     adapter: str | None = None
@@ -100,6 +103,7 @@ class Pairwise(Event):
     rejected_response_id: str
     conversation_id: str
     user: str = ""
+    client: str = ""
     chosen_adapter: str | None = None
     rejected_adapter: str | None = None
 
