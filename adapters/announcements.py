@@ -21,7 +21,14 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from adapters.routing_state import RoutingState
 from adapters.snapshot import read_snapshot
 from adapters.store import verify_announced
-from feedback.schema import TOPIC_ADAPTERS, TOPIC_DEADLETTER, AdapterAnnounced, RoutingChanged, encode, parse_event
+from feedback.schema import (
+    TOPIC_ADAPTERS,
+    TOPIC_DEADLETTER,
+    AdapterAnnounced,
+    RoutingChanged,
+    encode,
+    parse_event,
+)
 from feedback.topics import bootstrap_servers, ensure_topics
 
 log = logging.getLogger(__name__)
@@ -36,8 +43,8 @@ def refusal(ev: RoutingEvent, adapter_dir: Path | str, max_rank: int | None = No
         return None
     try:
         verify_announced(adapter_dir, ev.version, ev.path, ev.manifest_sha256, max_rank=max_rank)
-    except (ValueError, TypeError, OSError) as e:  # AdapterError is a ValueError
-        return str(e)
+    except Exception as e:  # noqa: BLE001 - whatever a hostile folder makes the check raise, it is a refusal
+        return str(e) if isinstance(e, (ValueError, OSError)) else f"{type(e).__name__}: {e}"
     return None
 
 

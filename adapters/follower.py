@@ -32,7 +32,12 @@ from adapters.router import LoadedAdapter, Router
 from adapters.routing_state import RoutingState
 from adapters.snapshot import read_snapshot, write_snapshot
 from adapters.store import resolve_inside, verify_announced
-from feedback.schema import TOPIC_ADAPTERS, TOPIC_DEADLETTER, AdapterAnnounced, DeadLetter
+from feedback.schema import (
+    TOPIC_ADAPTERS,
+    TOPIC_DEADLETTER,
+    AdapterAnnounced,
+    DeadLetter,
+)
 
 log = logging.getLogger(__name__)
 
@@ -171,8 +176,8 @@ class AdapterFollower:
         try:
             await self._in_thread(verify_announced, self.settings.adapter_dir, version, k.path, k.manifest_sha256,
                                   self.settings.max_lora_rank)
-        except (ValueError, TypeError, OSError) as e:  # AdapterError is a ValueError
-            return str(e)
+        except Exception as e:  # noqa: BLE001 - whatever a hostile folder makes the check raise, it is a refusal
+            return str(e) if isinstance(e, (ValueError, OSError)) else f"{type(e).__name__}: {e}"
         adapter = LoadedAdapter(version, self.router.new_lora_id(), resolve_inside(self.settings.adapter_dir, k.path),
                                 {"parent": k.parent, "source": k.source, "manifest_sha256": k.manifest_sha256,
                                  "path": k.path, "announced_at": k.announced_at})

@@ -122,6 +122,12 @@ def check_folder(folder: Path, rel_path: str, manifest_sha256: str | None, max_r
         config = json.loads((folder / ADAPTER_CONFIG).read_text())
     except ValueError as e:
         raise AdapterError(f"{rel_path}: {ADAPTER_CONFIG} is not JSON: {e}") from e
-    if max_rank is not None and int(config.get("r", 0)) > max_rank:
+    if not isinstance(config, dict):
+        raise AdapterError(f"{rel_path}: {ADAPTER_CONFIG} is not a JSON object")
+    try:
+        rank = int(config.get("r", 0))
+    except (TypeError, ValueError):
+        raise AdapterError(f"{rel_path}: {ADAPTER_CONFIG} has a non-integer rank r={config.get('r')!r}") from None
+    if max_rank is not None and rank > max_rank:
         raise AdapterError(f"{rel_path}: LoRA rank {config.get('r')} exceeds the largest allowed ({max_rank})")
     return manifest

@@ -53,5 +53,3 @@ class Router:
             return self.loaded[self.active]
         return None
 
-    def names(self) -> list[str]:
-        return [self.base_name, *self.loaded]

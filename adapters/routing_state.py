@@ -1,7 +1,7 @@
 """What every replica routes to, as a pure function of the events on `rlhf.adapters`.
 
 `RoutingState.apply` is the whole state machine; serving's follower and the learner's store
-both run it (announcements.apply_event verifies an announcement first), so "the adapter
+both run it (announcements.refusal verifies an announcement first), so "the adapter
 serving now" means the same everywhere. `to_json`/`from_json` are the snapshot's format.
 """
 

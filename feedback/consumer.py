@@ -19,7 +19,7 @@
   at-least-once, so copies happen; the learner's store dedupes across restarts too.
 - Quick start: the consumer `assign()`s itself every partition of its topics (no group
   rebalance: the first batch arrives in well under a second, where `subscribe()` took 3 s even
-  with a 6 s session timeout; see DESIGN.md) and resumes from the group's committed offsets,
+  with a 6 s session timeout) and resumes from the group's committed offsets,
   else from the beginning (`from_beginning=True`) or the end. The group id only names the
   committed offsets: run one consumer per group id (the learner is a single writer; every
   serving replica uses its own group id for rlhf.adapters).

@@ -53,7 +53,7 @@ class OutboxSender:
 
     def __init__(self, settings, timeout_s: float = 10.0):
         # kafka-python 3 defaults to acks='all' + idempotence; setting either explicitly to
-        # something else would silently turn idempotence off (DESIGN.md), so leave them be.
+        # something else would silently turn idempotence off, so leave them be.
         self.producer = KafkaProducer(bootstrap_servers=bootstrap_servers(settings), client_id="rlhf-learner",
                                       linger_ms=5, request_timeout_ms=int(timeout_s * 1000))
         self.timeout_s = timeout_s

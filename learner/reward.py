@@ -11,7 +11,7 @@ trainable part small (about 0.3 % of Gemma 3 270M), and the reward model then sh
 policy's notion of text. A separate encoder would need its own tokenizer and would see
 answers differently from the policy it judges.
 
-Two kinds of signal, two losses, one model (DESIGN.md: do not invent pairs from thumbs):
+Two kinds of signal, two losses, one model (pairs are never invented from thumbs):
 - pairwise (chosen ≻ rejected), Bradley-Terry:   L_bt = -log σ(r_c - r_r)
 - thumbs (up = 1 / down = 0), logistic:          L_th = -[y log σ(r - b) + (1 - y) log(1 - σ(r - b))]
   with a learned threshold b: thumbs are absolute judgements, pairs only relative ones.

@@ -147,9 +147,10 @@ class Store:
     """One connection per thread: create a Store in each thread that uses it."""
 
     def __init__(self, path: Path | str, heldout_fraction: float = 0.2, *, adapter_dir: Path | str,
-                 default_canary_fraction: float = 0.0):
+                 default_canary_fraction: float = 0.0, max_lora_rank: int | None = None):
         self.path = Path(path)
         self.adapter_dir = Path(adapter_dir)
+        self.max_lora_rank = max_lora_rank  # the replicas refuse larger adapters; so does the mirror of their routing
         self.default_canary_fraction = default_canary_fraction
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.heldout_fraction = heldout_fraction
@@ -166,7 +167,7 @@ class Store:
     def open(cls, settings, heldout_fraction: float = 0.2) -> "Store":
         """The store of these settings: RLHF_DATA_DIR/learner.sqlite3, following RLHF_ADAPTER_DIR."""
         return cls(Path(settings.data_dir) / STORE_FILE, heldout_fraction, adapter_dir=settings.adapter_dir,
-                   default_canary_fraction=settings.canary_fraction)
+                   default_canary_fraction=settings.canary_fraction, max_lora_rank=settings.max_lora_rank)
 
     def close(self) -> None:
         self.db.close()
@@ -311,7 +312,7 @@ class Store:
         """Follow `rlhf.adapters` with serving's own state machine, so "the adapter serving now"
         means here what it means on every replica."""
         state = self._routing()
-        apply_event(state, ev, self.adapter_dir)
+        apply_event(state, ev, self.adapter_dir, self.max_lora_rank)
         self.set_meta("routing", json.dumps(state.to_json()))
 
     def serving_adapter(self) -> dict | None:

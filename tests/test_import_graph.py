@@ -1,4 +1,4 @@
-"""The house plan (STYLE.md), read from the imports: every arrow points down, and no cycle.
+"""The house plan, read from the imports: every arrow points down, and no cycle.
 
     rlhf command line (cli, up, adapters_cli)        floor 4
     serving/          learner/                      floor 3 (never import each other)

@@ -1,4 +1,4 @@
-"""Verify-then-apply, the one step serving's follower, the learner and the command line share."""
+"""Verify-then-apply (refusal, then RoutingState.apply): the step serving's follower, the learner and the command line share."""
 
 from __future__ import annotations
 
