@@ -63,6 +63,15 @@ def test_rank_above_the_engines_limit_is_refused(store):
     assert "exceeds the largest allowed" in refused
 
 
+@pytest.mark.parametrize("config", ["[]", '{"r": "eight"}', '{"r": [8]}'], ids=["list", "text-rank", "list-rank"])
+def test_a_config_of_the_wrong_shape_is_refused_not_raised(store, config):
+    store_dir, src = store
+    (src / "adapter_config.json").write_text(config)
+    state = RoutingState()
+    refused, why = apply_event(state, announced(store_dir, src), store_dir, max_rank=16)
+    assert "adapter_config.json" in refused and why.startswith("refused") and state.active is None
+
+
 def test_snapshot_round_trip_and_unreadable_snapshot(store, tmp_path):
     store_dir, src = store
     state = RoutingState(0.0)
