@@ -1,6 +1,6 @@
 """The simulated user: one hidden preference, two answers per question, feedback through the HTTP API.
 
-    pref = Preference(word="happy")          # or Preference(max_words=8)
+    pref = Preference(word="happy")          # or Preference(max_words=8); Preference("happy", opposite=True)
     kind = converse(client, pref, question, seed=i, user="user3", rng=random.Random(i))
     liked = liked_answers(url, model, questions, pref)     # the user's verdict on fresh answers
 
@@ -20,18 +20,21 @@ import httpx
 class Preference:
     """The user's hidden taste: a yes/no judgement of one answer."""
 
-    def __init__(self, word: str | None = None, max_words: int | None = None):
+    def __init__(self, word: str | None = None, max_words: int | None = None, *, opposite: bool = False):
         if (word is None) == (max_words is None):
             raise ValueError("a preference is either a word or a maximum number of words")
-        self.word, self.max_words = word, max_words
+        self.word, self.max_words, self.opposite = word, max_words, opposite
 
     def __str__(self) -> str:
-        return f"contains {self.word!r}" if self.word else f"at most {self.max_words} words"
+        taste = f"contains {self.word!r}" if self.word else f"at most {self.max_words} words"
+        return f"not ({taste})" if self.opposite else taste
 
     def likes(self, text: str) -> bool:
         if self.word:
-            return re.search(rf"\b{re.escape(self.word.lower())}\b", text.lower()) is not None
-        return 0 < len(text.split()) <= self.max_words
+            hit = re.search(rf"\b{re.escape(self.word.lower())}\b", text.lower()) is not None
+        else:
+            hit = 0 < len(text.split()) <= self.max_words
+        return hit != self.opposite
 
     def feedback(self, rng: random.Random, a: str, b: str, thumbs_share: float = 0.2):
         """What the user does with two answers: ("pairwise", chosen, rejected),
@@ -70,12 +73,15 @@ def converse(client: httpx.Client, pref: Preference, question: str, *, seed: int
 
 
 def liked_answers(url: str, model: str, questions: list[str], pref: Preference, *, n: int = 4, max_tokens: int = 48,
-                  seed: int = 10_000, timeout_s: float = 120.0) -> list[bool]:
+                  seed: int = 10_000, timeout_s: float = 120.0, api_key: str | None = None) -> list[bool]:
     """The user's verdict on `n` sampled answers (temperature 1) per question from `model`,
-    asked by name through serving; question i is sampled with seed `seed + i`."""
+    asked by name through serving (with `api_key` as the bearer token, if given); question i is
+    sampled with seed `seed + i`."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
     def ask(i_q):
         i, q = i_q
-        r = httpx.post(url + "/v1/chat/completions", timeout=timeout_s, json={
+        r = httpx.post(url + "/v1/chat/completions", timeout=timeout_s, headers=headers, json={
             "model": model, "messages": [{"role": "user", "content": q}], "n": n, "max_tokens": max_tokens,
             "temperature": 1.0, "seed": seed + i, "user": "judge"})
         r.raise_for_status()
