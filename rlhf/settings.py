@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     learner_config: str = Field("", description="JSON file overriding learner.round.LearnerConfig fields.")
     kl_budget: float = Field(5.0, description="Largest mean KL(policy || base) per response a published adapter may have.")
     rm_accuracy_floor: float = Field(0.6, description="Held-out accuracy the reward model needs before publishing.")
+    learner_max_user_share: float = Field(0.05, description="Largest share of a round's training signal one user "
+                                                            "may have (fewer than 1/share users: equal shares).")
+    learner_max_client_share: float = Field(0.5, description="Largest share of a round's training signal one client "
+                                                             "(API key or JWT client) may have.")
 
     log_level: str = Field("INFO", description="Python logging level.")
 
@@ -72,6 +76,13 @@ class Settings(BaseSettings):
     def _fraction(cls, v: float) -> float:
         if not 0.0 <= v <= 1.0:
             raise ValueError("canary_fraction must be between 0 and 1")
+        return v
+
+    @field_validator("learner_max_user_share", "learner_max_client_share")
+    @classmethod
+    def _share(cls, v: float, info) -> float:
+        if not 0.0 < v <= 1.0:
+            raise ValueError(f"{info.field_name} must be greater than 0 and at most 1")
         return v
 
     def check_secrets(self) -> None:
