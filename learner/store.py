@@ -4,13 +4,18 @@ What is in it:
 - `events`       every event id ever stored: a redelivered event is recognised and skipped.
 - `interactions` one row per generated answer (response id), with its prompt and text.
 - `feedback`     one row per dedupe key (`thumbs:user:response`, `pairwise:user:a:b`): a later
-                 thumbs by the same user on the same answer replaces the earlier one, never adds.
+                 thumbs by the same user on the same answer replaces the earlier one, never adds;
+                 the same opinion posted again (another replica, another event id) changes nothing.
                  `status` is `pending` until every answer it refers to has arrived (`joined`),
                  or `dead` after `learner_join_wait_s` without them. `seq` is given when a row
                  becomes usable, so "feedback since the last round" is `seq > rounds.feedback_hwm`.
 - `outbox`       dead letters waiting to be sent to `rlhf.deadletter` (sent at least once).
 - `rounds`, `reward_models`, `adapters`: what the learner trained, kept and published.
+- `round_users`  per round and user: client, examples, share of the training weight, suspect flag.
 - `meta`         counters, and the routing state of `rlhf.adapters` (serving's own state machine).
+
+Interactions and feedback carry `user` and `client` and a `split` (`train` | `heldout`) by a
+stable hash of the user (`split_of`): a held-out user's prompts and feedback never train.
 
 Exactly-once effect from at-least-once delivery: `ingest()` stores a whole poll batch in one
 transaction (WAL, synchronous=FULL) and only then does the caller commit the Kafka offsets.
@@ -48,6 +53,7 @@ CREATE TABLE IF NOT EXISTS interactions (
     completion_id   TEXT NOT NULL,
     conversation_id TEXT NOT NULL,
     user            TEXT NOT NULL,
+    client          TEXT NOT NULL DEFAULT '',  -- API key name or JWT client ('' without auth)
     messages        TEXT NOT NULL,   -- JSON list of {role, content}
     prompt_key      TEXT NOT NULL,   -- sha256 of `messages`, groups answers to one prompt
     response        TEXT NOT NULL,
@@ -56,13 +62,14 @@ CREATE TABLE IF NOT EXISTS interactions (
     adapter         TEXT,
     sampling        TEXT NOT NULL,
     ts              REAL NOT NULL,
-    split           TEXT NOT NULL    -- 'train' | 'heldout'
+    split           TEXT NOT NULL    -- 'train' | 'heldout', by user
 );
 CREATE TABLE IF NOT EXISTS feedback (
     dedupe_key      TEXT PRIMARY KEY,
     event_id        TEXT NOT NULL,
     type            TEXT NOT NULL,   -- 'thumbs' | 'pairwise'
     user            TEXT NOT NULL,
+    client          TEXT NOT NULL DEFAULT '',
     conversation_id TEXT NOT NULL,
     response_id     TEXT,            -- thumbs
     value           INTEGER,         -- thumbs: 1 up, 0 down
@@ -73,7 +80,7 @@ CREATE TABLE IF NOT EXISTS feedback (
     status          TEXT NOT NULL,   -- 'pending' | 'joined' | 'dead'
     reason          TEXT,
     seq             INTEGER,         -- set when the row becomes usable (joined)
-    split           TEXT NOT NULL
+    split           TEXT NOT NULL    -- 'train' | 'heldout', by user
 );
 CREATE INDEX IF NOT EXISTS feedback_status ON feedback(status, seq);
 CREATE INDEX IF NOT EXISTS feedback_resp ON feedback(response_id);
@@ -97,6 +104,20 @@ CREATE TABLE IF NOT EXISTS rounds (
     candidate      TEXT,
     reason         TEXT,
     metrics        TEXT
+);
+CREATE TABLE IF NOT EXISTS round_users (
+    round_id     INTEGER NOT NULL,
+    user         TEXT NOT NULL,
+    client       TEXT NOT NULL,
+    examples     INTEGER NOT NULL,   -- reward-model training examples (feedback rows)
+    rm_share     REAL NOT NULL,      -- share of the reward model's training weight
+    prompts      INTEGER NOT NULL,   -- entries in PPO's prompt pool
+    policy_share REAL NOT NULL,      -- share of the policy's training prompts
+    labels       INTEGER NOT NULL,   -- labels checked against the reward model (0: not tested)
+    agreed       INTEGER NOT NULL,   -- of those, how many the reward model agrees with
+    p_value      REAL,               -- one-sided binomial tail against the held-out consensus
+    suspect      INTEGER NOT NULL,   -- 1: down-weighted as a suspect
+    PRIMARY KEY (round_id, user, client)
 );
 CREATE TABLE IF NOT EXISTS reward_models (
     version    INTEGER PRIMARY KEY,
@@ -123,9 +144,16 @@ CREATE TABLE IF NOT EXISTS meta (
 """
 
 
-def split_of(conversation_id: str, heldout_fraction: float) -> str:
-    """Stable train/held-out split by conversation: its prompts and its feedback stay together."""
-    h = int.from_bytes(hashlib.sha256(conversation_id.encode()).digest()[:8], "big") / 2**64
+# Columns added after a store file was first created: added on open when missing.
+ADDED_COLUMNS = {"interactions": {"client": "TEXT NOT NULL DEFAULT ''"},
+                 "feedback": {"client": "TEXT NOT NULL DEFAULT ''"}}
+SPLIT_BY = "user"  # what the stored `split` column is a hash of (meta `split_by`)
+
+
+def split_of(key: str, heldout_fraction: float) -> str:
+    """Stable train/held-out split by a hash of `key`: the user (stored), or the conversation
+    (the fallback of a round whose users all fall on one side, see learner/round.py)."""
+    h = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
     return "heldout" if h < heldout_fraction else "train"
 
 
@@ -140,6 +168,7 @@ class IngestResult:
     joined: int = 0        # feedback rows that became usable
     pending: int = 0       # feedback rows now waiting for their interaction
     replaced: int = 0      # feedback that replaced an earlier one with the same dedupe key
+    unchanged: int = 0     # feedback equal to the stored one (a re-post): nothing changed
     by_topic: dict = field(default_factory=dict)  # topic -> new events
 
 
@@ -159,9 +188,23 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("PRAGMA busy_timeout=60000")
+        self.db.create_function("split_of", 2, split_of, deterministic=True)
         with self.tx():  # not executescript(): it commits on its own, outside our transaction
             for statement in _statements(SCHEMA):
                 self.db.execute(statement)
+            self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring a store file written by an older learner up to this schema (inside the open transaction)."""
+        for table, columns in ADDED_COLUMNS.items():
+            have = {r["name"] for r in self.db.execute(f"PRAGMA table_info({table})")}
+            for name, decl in columns.items():
+                if name not in have:
+                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
+        if self.get_meta("split_by") != SPLIT_BY:  # older files split by conversation: re-split by user
+            for table in ("interactions", "feedback"):
+                self.db.execute(f"UPDATE {table} SET split = split_of(user, ?)", (self.heldout_fraction,))
+            self.set_meta("split_by", SPLIT_BY)
 
     @classmethod
     def open(cls, settings, heldout_fraction: float = 0.2) -> "Store":
@@ -222,12 +265,12 @@ class Store:
     def _add_interaction(self, ev: Interaction, res: IngestResult) -> None:
         messages = [m.model_dump() for m in ev.messages]
         cur = self.db.execute(
-            "INSERT OR IGNORE INTO interactions(response_id, event_id, completion_id, conversation_id, user, "
+            "INSERT OR IGNORE INTO interactions(response_id, event_id, completion_id, conversation_id, user, client, "
             "messages, prompt_key, response, finish_reason, model, adapter, sampling, ts, split) "
-            "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (ev.response_id, ev.event_id, ev.completion_id, ev.conversation_id, ev.user, json.dumps(messages),
-             prompt_key(messages), ev.response, ev.finish_reason, ev.model, ev.adapter, json.dumps(ev.sampling),
-             ev.ts, split_of(ev.conversation_id, self.heldout_fraction)))
+            "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (ev.response_id, ev.event_id, ev.completion_id, ev.conversation_id, ev.user, ev.client,
+             json.dumps(messages), prompt_key(messages), ev.response, ev.finish_reason, ev.model, ev.adapter,
+             json.dumps(ev.sampling), ev.ts, split_of(ev.user, self.heldout_fraction)))
         if cur.rowcount == 0:
             return
         rid = ev.response_id
@@ -237,24 +280,29 @@ class Store:
 
     def _add_feedback(self, ev: Thumbs | Pairwise, now: float, res: IngestResult) -> None:
         key = ev.dedupe_key()
-        old = self.db.execute("SELECT ts FROM feedback WHERE dedupe_key=?", (key,)).fetchone()
-        if old is not None:
-            if ev.ts < old["ts"]:
-                return  # an older opinion arriving late does not replace a newer one
-            res.replaced += 1
         if isinstance(ev, Thumbs):
             fields = dict(response_id=ev.response_id, value=1 if ev.value == "up" else 0,
                           chosen_id=None, rejected_id=None)
         else:
             fields = dict(response_id=None, value=None, chosen_id=ev.chosen_response_id,
                           rejected_id=ev.rejected_response_id)
+        old = self.db.execute("SELECT * FROM feedback WHERE dedupe_key=?", (key,)).fetchone()
+        if old is not None:
+            if ev.ts < old["ts"]:
+                return  # an older opinion arriving late does not replace a newer one
+            if all(old[k] == v for k, v in fields.items()):
+                # the same opinion posted again (a retry, maybe through another replica, with its own
+                # event id): not re-sequenced, not new feedback for the trigger, not fresher
+                res.unchanged += 1
+                return
+            res.replaced += 1
         self.db.execute(
-            "INSERT OR REPLACE INTO feedback(dedupe_key, event_id, type, user, conversation_id, response_id, value, "
-            "chosen_id, rejected_id, ts, received_at, status, reason, seq, split) "
-            "VALUES(?,?,?,?,?,?,?,?,?,?,?,'pending',NULL,NULL,?)",
-            (key, ev.event_id, ev.type, ev.user, ev.conversation_id, fields["response_id"], fields["value"],
-             fields["chosen_id"], fields["rejected_id"], ev.ts, now,
-             split_of(ev.conversation_id, self.heldout_fraction)))
+            "INSERT OR REPLACE INTO feedback(dedupe_key, event_id, type, user, client, conversation_id, response_id, "
+            "value, chosen_id, rejected_id, ts, received_at, status, reason, seq, split) "
+            "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,'pending',NULL,NULL,?)",
+            (key, ev.event_id, ev.type, ev.user, ev.client, ev.conversation_id, fields["response_id"],
+             fields["value"], fields["chosen_id"], fields["rejected_id"], ev.ts, now,
+             split_of(ev.user, self.heldout_fraction)))
         if not self._try_join(key, res):
             res.pending += 1
 
@@ -388,18 +436,30 @@ class Store:
                             (time.time(), status, candidate, reason, json.dumps(metrics or {}), round_id))
 
     # ------------------------------------------------------------------ training data
-    def feedback_examples(self, split: str, max_seq: int | None = None) -> list[dict]:
-        """Joined feedback with its interactions: dicts with `type` and the texts the reward model needs."""
+    def _split_filter(self, alias: str, by: str) -> tuple[str, tuple]:
+        """SQL condition (with its arguments after the split name) selecting one side of the split."""
+        if by == "user":
+            return f"{alias}.split = ?", ()
+        if by == "conversation":
+            return f"split_of({alias}.conversation_id, ?) = ?", (self.heldout_fraction,)
+        raise ValueError(f"split by 'user' or 'conversation', not {by!r}")
+
+    def feedback_examples(self, split: str, max_seq: int | None = None, by: str = "user") -> list[dict]:
+        """Joined feedback with its interactions: dicts with `type`, `user`, `client` and the texts the
+        reward model needs. `by`: the stored split by user, or a split by conversation."""
+        cond, cond_args = self._split_filter("f", by)
         q = ("SELECT f.*, a.messages AS a_messages, a.response AS a_response, a.finish_reason AS a_finish, "
              "b.response AS b_response, b.finish_reason AS b_finish FROM feedback f "
              "JOIN interactions a ON a.response_id = COALESCE(f.response_id, f.chosen_id) "
              "LEFT JOIN interactions b ON b.response_id = f.rejected_id "
-             "WHERE f.status='joined' AND f.split=?" + (" AND f.seq <= ?" if max_seq is not None else "") +
+             f"WHERE f.status='joined' AND {cond}" + (" AND f.seq <= ?" if max_seq is not None else "") +
              " ORDER BY f.seq")
-        rows = self.db.execute(q, (split, max_seq) if max_seq is not None else (split,)).fetchall()
+        args = (*cond_args, split) + ((max_seq,) if max_seq is not None else ())
+        rows = self.db.execute(q, args).fetchall()
         out = []
         for r in rows:
-            ex = {"type": r["type"], "key": r["dedupe_key"], "seq": r["seq"], "messages": json.loads(r["a_messages"])}
+            ex = {"type": r["type"], "key": r["dedupe_key"], "seq": r["seq"], "user": r["user"],
+                  "client": r["client"], "messages": json.loads(r["a_messages"])}
             if r["type"] == "thumbs":
                 ex.update(response=r["a_response"], finish_reason=r["a_finish"], label=int(r["value"]))
             else:
@@ -414,6 +474,34 @@ class Store:
              + (" LIMIT ?" if limit else ""))
         rows = self.db.execute(q, (split, limit) if limit else (split,)).fetchall()
         return [json.loads(r["messages"]) for r in rows]
+
+    def user_prompts(self, split: str, per_user: int | None = None, by: str = "user") -> list[dict]:
+        """Distinct prompts of logged interactions per user: dicts with `user`, `client`, `prompt_key`
+        and `messages`, grouped by user and client, each user's newest first, at most `per_user` each."""
+        cond, cond_args = self._split_filter("i", by)
+        q = ("SELECT user, client, prompt_key, messages, ROW_NUMBER() OVER "
+             "(PARTITION BY user, client ORDER BY MAX(ts) DESC, prompt_key) AS n "
+             f"FROM interactions i WHERE {cond} GROUP BY user, client, prompt_key")
+        q = f"SELECT * FROM ({q})" + (" WHERE n <= ?" if per_user else "") + " ORDER BY user, client, n"
+        rows = self.db.execute(q, (*cond_args, split) + ((per_user,) if per_user else ())).fetchall()
+        return [{"user": r["user"], "client": r["client"], "prompt_key": r["prompt_key"],
+                 "messages": json.loads(r["messages"])} for r in rows]
+
+    def record_round_users(self, round_id: int, rows: list[dict]) -> None:
+        """Per user and client of a round: what it trained on and how much it counted (see `round_users`)."""
+        cols = ("user", "client", "examples", "rm_share", "prompts", "policy_share", "labels", "agreed", "p_value",
+                "suspect")
+        with self.tx():
+            self.db.execute("DELETE FROM round_users WHERE round_id=?", (round_id,))
+            self.db.executemany(
+                f"INSERT INTO round_users(round_id, {', '.join(cols)}) VALUES(?{', ?' * len(cols)})",
+                [(round_id, *(int(r[c]) if c == "suspect" else r[c] for c in cols)) for r in rows])
+
+    def round_users(self, round_id: int) -> list[dict]:
+        """The accounting of one round, largest share of the reward model's weight first."""
+        rows = self.db.execute("SELECT * FROM round_users WHERE round_id=? ORDER BY rm_share DESC, user, client",
+                               (round_id,)).fetchall()
+        return [{**dict(r), "suspect": bool(r["suspect"])} for r in rows]
 
     def record_reward_model(self, path: str, round_id: int | None, metrics: dict) -> int:
         with self.tx():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 
 import pytest
 
@@ -112,3 +113,107 @@ def test_routing_follows_rlhf_adapters(store, tmp_path):
     assert store.serving_adapter()["version"] == "policy@v1"  # refused: not in the store
     store.ingest([(TOPIC_ADAPTERS, RoutingChanged(action="activate", version=None))])
     assert store.serving_adapter() is None
+
+
+def test_the_same_opinion_posted_again_changes_nothing(store):
+    store.ingest([interaction("r1"), interaction("r2"), thumbs("r1", "up", 1.0)], now=100.0)
+    store.ingest([(TOPIC_FEEDBACK, Pairwise(chosen_response_id="r1", rejected_response_id="r2", conversation_id="c1",
+                                            user="u", ts=1.0))], now=100.0)
+    rid, _, _ = store.start_round()
+    store.finish_round(rid, "rejected", reason="test")
+    before = store.db.execute("SELECT dedupe_key, event_id, seq, ts, received_at FROM feedback ORDER BY 1").fetchall()
+    # a retry through another replica: new event ids, later timestamps, the same opinions
+    res = store.ingest([thumbs("r1", "up", 5.0),
+                        (TOPIC_FEEDBACK, Pairwise(chosen_response_id="r1", rejected_response_id="r2",
+                                                  conversation_id="c1", user="u", ts=5.0))], now=500.0)
+    assert (res.new, res.unchanged, res.replaced, res.joined) == (2, 2, 0, 0)
+    after = store.db.execute("SELECT dedupe_key, event_id, seq, ts, received_at FROM feedback ORDER BY 1").fetchall()
+    assert [tuple(r) for r in after] == [tuple(r) for r in before]  # not re-sequenced, not fresher
+    assert store.new_feedback_count() == 0 and store.feedback_hwm() == 2
+    # a changed opinion still replaces and counts as new
+    res = store.ingest([(TOPIC_FEEDBACK, Pairwise(chosen_response_id="r2", rejected_response_id="r1",
+                                                  conversation_id="c1", user="u", ts=6.0))], now=600.0)
+    assert (res.replaced, res.unchanged, res.joined) == (1, 0, 1)
+    assert store.new_feedback_count() == 1
+    pair = [e for e in store.feedback_examples("train") if e["type"] == "pairwise"]
+    assert pair[0]["chosen"] == pair[0]["rejected"] == "Cats are warm." and pair[0]["seq"] == 3
+
+
+def test_client_is_kept_and_the_split_is_by_user(tmp_path):
+    s = Store(tmp_path / "learner.sqlite3", heldout_fraction=0.5, adapter_dir=tmp_path / "adapters")
+    users = [f"acme:user{i}" for i in range(40)]
+    items = []
+    for i, user in enumerate(users):
+        for k in range(2):  # two conversations per user: they land on the user's side, not each their own
+            conv = f"c{i}-{k}"
+            items.append((TOPIC_INTERACTIONS, Interaction(
+                response_id=f"r{i}-{k}", completion_id="cmp" + conv, conversation_id=conv, user=user, client="acme",
+                messages=[Message(role="user", content=f"q{i}-{k}")], response="a", model="tiny")))
+            items.append((TOPIC_FEEDBACK, Thumbs(response_id=f"r{i}-{k}", conversation_id=conv, user=user,
+                                                 client="acme", value="up")))
+    s.ingest(items)
+    train, held = s.feedback_examples("train"), s.feedback_examples("heldout")
+    assert len(train) + len(held) == 80 and train and held
+    assert {e["user"] for e in train}.isdisjoint({e["user"] for e in held})
+    assert {e["client"] for e in train + held} == {"acme"}
+    for side, rows in (("train", train), ("heldout", held)):
+        prompts = s.user_prompts(side)
+        assert {p["user"] for p in prompts} == {e["user"] for e in rows}
+        assert {p["client"] for p in prompts} == {"acme"}
+    # the fallback split by conversation puts one user's conversations on both sides
+    by_conv = s.feedback_examples("heldout", by="conversation")
+    assert by_conv and {e["user"] for e in by_conv} & {e["user"] for e in train}
+    s.close()
+
+
+def test_user_prompts_are_distinct_per_user_newest_first_and_bounded(store):
+    items = [interaction(f"r{i}", conv=f"c{i}", prompt=f"q{i % 3}", ts=float(i)) for i in range(6)]
+    store.ingest(items)
+    rows = store.user_prompts("train")
+    assert [r["messages"][0]["content"] for r in rows] == ["q2", "q1", "q0"]  # q2 last asked at ts 5
+    assert [r["messages"][0]["content"] for r in store.user_prompts("train", per_user=2)] == ["q2", "q1"]
+
+
+def test_an_older_store_file_gains_client_columns_and_a_split_by_user(tmp_path):
+    path = tmp_path / "learner.sqlite3"
+    old = sqlite3.connect(path)
+    old.executescript("""
+        CREATE TABLE interactions (response_id TEXT PRIMARY KEY, event_id TEXT NOT NULL, completion_id TEXT NOT NULL,
+            conversation_id TEXT NOT NULL, user TEXT NOT NULL, messages TEXT NOT NULL, prompt_key TEXT NOT NULL,
+            response TEXT NOT NULL, finish_reason TEXT, model TEXT NOT NULL, adapter TEXT, sampling TEXT NOT NULL,
+            ts REAL NOT NULL, split TEXT NOT NULL);
+        CREATE TABLE feedback (dedupe_key TEXT PRIMARY KEY, event_id TEXT NOT NULL, type TEXT NOT NULL,
+            user TEXT NOT NULL, conversation_id TEXT NOT NULL, response_id TEXT, value INTEGER, chosen_id TEXT,
+            rejected_id TEXT, ts REAL NOT NULL, received_at REAL NOT NULL, status TEXT NOT NULL, reason TEXT,
+            seq INTEGER, split TEXT NOT NULL);
+        INSERT INTO interactions VALUES ('r1', 'e1', 'cmp', 'conv', 'alice', '[{"role": "user", "content": "q"}]',
+            'k', 'a', 'stop', 'tiny', NULL, '{}', 1.0, 'heldout');
+        INSERT INTO feedback VALUES ('thumbs:alice:r1', 'e2', 'thumbs', 'alice', 'conv', 'r1', 1, NULL, NULL, 1.0,
+            1.0, 'joined', NULL, 1, 'heldout');
+    """)
+    old.close()
+    s = Store(path, heldout_fraction=0.0, adapter_dir=tmp_path / "adapters")  # every user trains
+    (ex,) = s.feedback_examples("train")
+    assert ex["client"] == "" and ex["user"] == "alice"
+    assert [r["user"] for r in s.user_prompts("train")] == ["alice"]
+    s.ingest([interaction("r2", client="acme"), (TOPIC_FEEDBACK, Thumbs(response_id="r2", conversation_id="c1",
+                                                                        user="u", client="acme", value="up"))])
+    assert {e["client"] for e in s.feedback_examples("train")} == {"", "acme"}
+    s.close()
+    Store(path, heldout_fraction=1.0, adapter_dir=tmp_path / "adapters").close()  # reopened: not re-split again
+    s = Store(path, heldout_fraction=0.0, adapter_dir=tmp_path / "adapters")
+    assert len(s.feedback_examples("train")) == 2
+    s.close()
+
+
+def test_round_users_record_the_accounting(store):
+    rid, _, _ = store.start_round()
+    store.record_round_users(rid, [
+        {"user": "a", "client": "k", "examples": 10, "rm_share": 0.05, "prompts": 3, "policy_share": 0.04,
+         "labels": 10, "agreed": 1, "p_value": 1e-6, "suspect": True},
+        {"user": "b", "client": "k", "examples": 2, "rm_share": 0.95, "prompts": 30, "policy_share": 0.96,
+         "labels": 0, "agreed": 0, "p_value": None, "suspect": False}])
+    rows = store.round_users(rid)
+    assert [(r["user"], r["suspect"], r["examples"]) for r in rows] == [("b", False, 2), ("a", True, 10)]
+    assert rows[1]["rm_share"] == pytest.approx(0.05) and rows[1]["p_value"] == pytest.approx(1e-6)
+    assert store.round_users(rid + 1) == []
