@@ -1,7 +1,7 @@
 """The gate: a candidate adapter is published only when it is measurably better and still close.
 
 Three conditions, all on data the candidate was not trained on:
-1. Reward: on held-out prompts (from conversations kept out of training), the candidate's mean
+1. Reward: on held-out prompts (asked by users kept out of training), the candidate's mean
    reward beats the adapter serving now (or the base model) by more than `min_reward_gain`
    and by more than `z` standard errors of the per-prompt difference. Both policies answer
    the same prompts with the same sampling seeds; reward = the normalised reward-model score,
@@ -10,7 +10,9 @@ Three conditions, all on data the candidate was not trained on:
    over its own samples, is at most `RLHF_KL_BUDGET`.
 3. Reward model: its held-out accuracy is at least `RLHF_RM_ACCURACY_FLOOR`: the lower of
    pairwise accuracy (when there are `min_heldout_pairs` held-out pairs) and thumbs AUC (when
-   there are `min_heldout_thumbs` ups and as many downs). No held-out feedback: no publishing.
+   there are `min_heldout_thumbs` ups and as many downs), each weighted by its held-out user's
+   capped share. Not enough held-out feedback: no publishing, and the round stops before PPO
+   (`UNMEASURED`): a candidate that cannot pass is not worth training.
 
 Otherwise the candidate is kept (data dir, `candidates/round-N`) with every failed reason.
 """
@@ -21,13 +23,15 @@ import math
 import statistics
 from dataclasses import dataclass, field
 
+UNMEASURED = "not enough held-out feedback to measure the reward model"
+
 
 @dataclass
 class GateConfig:
     """How the gate measures (the thresholds it enforces are operator settings: kl_budget, rm_accuracy_floor)."""
 
     max_prompts: int = 64
-    """Held-out prompts evaluated (newest first)."""
+    """Held-out prompts evaluated (distinct, drawn across held-out users by their capped weights)."""
     min_prompts: int = 4
     """Fewer held-out prompts than this: not enough evidence, do not publish."""
     samples_per_prompt: int = 4
@@ -89,7 +93,7 @@ def decide(candidate: list[float], serving: list[float], kl_per_answer: list[flo
     if math.isnan(kl) or kl > kl_budget:
         reasons.append(f"KL to the base {kl:.3f} nats per answer exceeds the budget {kl_budget:g}")
     if rm_accuracy is None:
-        reasons.append("not enough held-out feedback to measure the reward model")
+        reasons.append(UNMEASURED)
     elif rm_accuracy < rm_accuracy_floor:
         reasons.append(f"reward-model held-out accuracy {rm_accuracy:.3f} is below the floor {rm_accuracy_floor:g}")
     return GateDecision(not reasons, reasons, metrics)

@@ -61,6 +61,9 @@ ROUNDS = Counter("rlhf_learner_rounds", "Training rounds by outcome", ["status"]
 PUBLISHED = Counter("rlhf_learner_adapters_published", "Adapters that passed the gate and were published")
 REJECTED = Counter("rlhf_learner_adapters_rejected", "Candidate adapters kept back by the gate")
 ROUND_RUNNING = Gauge("rlhf_learner_round_running", "1 while a training round runs")
+SUSPECT_USERS = Gauge("rlhf_learner_suspect_users",
+                      "Users whose feedback disagreed with the held-out consensus beyond chance in the latest round "
+                      "(down-weighted)")
 
 
 def _set(gauge, value, *labels) -> None:
@@ -190,6 +193,7 @@ def report_round(result) -> None:
     _set(REWARD_MEAN, m.get("ppo_score"), "ppo")
     _set(KL, m.get("kl_candidate"), "candidate")
     _set(KL, m.get("ppo_kl"), "ppo")
+    _set(SUSPECT_USERS, m.get("suspect_users"))
     if m.get("round_seconds"):
         ROUND_SECONDS.observe(m["round_seconds"])
     ROUNDS.labels(result.status).inc()
@@ -208,6 +212,7 @@ def on_progress(stage: str, m: dict) -> None:
     elif stage == "reward_model":
         _set(RM_ACCURACY, m.get("rm_pairwise_accuracy"), "pairwise")
         _set(RM_ACCURACY, m.get("rm_thumbs_auc"), "thumbs_auc")
+        _set(SUSPECT_USERS, m.get("suspect_users"))
 
 
 class _Stop(BaseException):

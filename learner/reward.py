@@ -16,10 +16,17 @@ Two kinds of signal, two losses, one model (pairs are never invented from thumbs
 - thumbs (up = 1 / down = 0), logistic:          L_th = -[y log σ(r - b) + (1 - y) log(1 - σ(r - b))]
   with a learned threshold b: thumbs are absolute judgements, pairs only relative ones.
 
+Weighted by people, not posts: each example carries a weight w_i (mean 1 over the examples
+of an update; learner/weighting.py caps each user's and each client's share), and a batch's
+loss is Σ_i w_i·L_i / B, an unbiased estimate of the weighted mean loss over the update's
+examples. Dividing by the batch's own Σ w_i instead would hand a batch that happens to hold
+only one heavy user's examples a full step.
+
 Updated incrementally: each round continues from the previous version's weights, training on
 the feedback that is new since then plus a replay sample of older feedback. Each version is
-scored on held-out feedback (pairwise accuracy, thumbs AUC) and normalised so that answers
-of the current policy get mean 0 and std 1.
+scored on held-out feedback (pairwise accuracy, thumbs AUC, weighted per held-out user when
+the caller gives weights) and normalised so that answers of the current policy get mean 0
+and std 1.
 """
 
 from __future__ import annotations
@@ -103,9 +110,12 @@ class RewardConfig:
 # ------------------------------------------------------------------------------------------
 # Losses and metrics (pure functions, tested against hand-computed values)
 # ------------------------------------------------------------------------------------------
-def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:
-    """-log σ(r_c - r_r), summed over pairs (B,) -> scalar. Caller divides by the batch size."""
-    return -F.logsigmoid(r_chosen - r_rejected).sum()
+def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor,
+                       weights: torch.Tensor | None = None) -> torch.Tensor:
+    """-log σ(r_c - r_r), summed over pairs (B,) -> scalar (optionally weighted per pair).
+    Caller divides by the batch size."""
+    loss = -F.logsigmoid(r_chosen - r_rejected)
+    return (loss if weights is None else loss * weights).sum()
 
 
 def thumbs_loss(r: torch.Tensor, labels: torch.Tensor, bias: torch.Tensor,
@@ -114,21 +124,36 @@ def thumbs_loss(r: torch.Tensor, labels: torch.Tensor, bias: torch.Tensor,
     return F.binary_cross_entropy_with_logits(r - bias, labels.float(), weight=weights, reduction="sum")
 
 
-def pairwise_accuracy(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> float:
-    """Share of pairs ranked right; a tie counts half."""
+def pairwise_accuracy(r_chosen: torch.Tensor, r_rejected: torch.Tensor,
+                      weights: torch.Tensor | None = None) -> float:
+    """Share of pairs ranked right (weighted per pair if given); a tie counts half."""
     if r_chosen.numel() == 0:
         return float("nan")
-    return ((r_chosen > r_rejected).float() + 0.5 * (r_chosen == r_rejected).float()).mean().item()
+    right = (r_chosen > r_rejected).float() + 0.5 * (r_chosen == r_rejected).float()
+    if weights is None:
+        return right.mean().item()
+    return ((right * weights).sum() / weights.sum()).item()
 
 
-def auc(scores: list[float], labels: list[int]) -> float:
-    """Area under the ROC curve = P(score of a random up > score of a random down), ties half."""
-    pos = [s for s, y in zip(scores, labels) if y == 1]
-    neg = [s for s, y in zip(scores, labels) if y == 0]
-    if not pos or not neg:
+def auc(scores: list[float], labels: list[int], weights: list[float] | None = None) -> float:
+    """Area under the ROC curve = P(score of a random up > score of a random down), ties half;
+    with weights, ups and downs are drawn in proportion to their weights."""
+    w = weights if weights is not None else [1.0] * len(scores)
+    pos = [(s, wi) for s, y, wi in zip(scores, labels, w) if y == 1]
+    neg = [(s, wi) for s, y, wi in zip(scores, labels, w) if y == 0]
+    w_pos, w_neg = sum(wi for _, wi in pos), sum(wi for _, wi in neg)
+    if not pos or not neg or w_pos <= 0 or w_neg <= 0:
         return float("nan")
-    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
-    return wins / (len(pos) * len(neg))
+    wins = sum(wp * wn * ((p > n) + 0.5 * (p == n)) for p, wp in pos for n, wn in neg)
+    return wins / (w_pos * w_neg)
+
+
+def agrees(ex: dict, score: float, other: float | None, thumbs_bias: float) -> bool:
+    """Whether the reward model agrees with one label: the chosen answer scores higher than the
+    rejected one; a thumbs is up exactly when r > b (the threshold in P(up) = σ(r - b))."""
+    if ex["type"] == "pairwise":
+        return score > other
+    return (score > thumbs_bias) == bool(ex["label"])
 
 
 # ------------------------------------------------------------------------------------------
@@ -248,90 +273,136 @@ class RewardTrainer:
             self._cache[key] = (p[max(0, len(p) + len(r) - self.cfg.max_length):], r)
         return self._cache[key]
 
-    def _batch_loss(self, batch: list[dict]) -> tuple[torch.Tensor, dict]:
-        """One forward over every sequence in the batch; losses averaged per example."""
+    def _batch_loss(self, batch: list[dict], weights: list[float] | None = None) -> tuple[torch.Tensor, dict]:
+        """One forward over every sequence in the batch; Σ w_i·loss_i / B (w_i = 1 without weights)."""
         seqs, pairs, thumbs = [], [], []
-        for ex in batch:
+        w = weights if weights is not None else [1.0] * len(batch)
+        for ex, wi in zip(batch, w):
             if ex["type"] == "pairwise":
                 seqs += [self.encode(ex["messages"], ex["chosen"], ex["chosen_finish"]),
                          self.encode(ex["messages"], ex["rejected"], ex["rejected_finish"])]
-                pairs.append((len(seqs) - 2, len(seqs) - 1))
+                pairs.append((len(seqs) - 2, len(seqs) - 1, wi))
             else:
                 seqs.append(self.encode(ex["messages"], ex["response"], ex["finish_reason"]))
-                thumbs.append((len(seqs) - 1, ex["label"]))
+                thumbs.append((len(seqs) - 1, ex["label"], wi))
         ids, mask, answer = pad_pairs(seqs, self.tokenizer.pad_token_id)
         r = self.rm.raw(ids, mask, answer)                                      # (S,)
         loss = r.new_zeros(())
         stats = {}
         if pairs:
-            c, j = torch.tensor(pairs).T
-            loss = loss + bradley_terry_loss(r[c], r[j])
+            c, j = torch.tensor([(a, b) for a, b, _ in pairs]).T
+            pw = torch.tensor([wi for _, _, wi in pairs], dtype=r.dtype)        # (P,)
+            loss = loss + bradley_terry_loss(r[c], r[j], pw)
             stats["bt_acc"] = pairwise_accuracy(r[c].detach(), r[j].detach())
         if thumbs:
-            idx, y = torch.tensor(thumbs).T
-            w = self._class_weights[y] if self.cfg.balance_thumbs else None
-            loss = loss + self.cfg.thumbs_weight * thumbs_loss(r[idx], y, self.rm.thumbs_bias, w)
+            idx, y = torch.tensor([(i, lab) for i, lab, _ in thumbs]).T
+            tw = torch.tensor([wi for _, _, wi in thumbs], dtype=r.dtype)       # (T,)
+            if self.cfg.balance_thumbs:
+                tw = tw * self._class_weights[y]
+            loss = loss + self.cfg.thumbs_weight * thumbs_loss(r[idx], y, self.rm.thumbs_bias, tw)
         return loss / len(batch), stats
 
-    def step(self, batch: list[dict]) -> float:
-        """One optimiser step on a batch of feedback examples; returns the loss."""
+    def step(self, batch: list[dict], weights: list[float] | None = None) -> float:
+        """One optimiser step on a batch of feedback examples (weights of mean 1 over the update); returns the loss."""
         self.rm.train()
-        loss, _ = self._batch_loss(batch)
+        loss, _ = self._batch_loss(batch, weights)
         self.optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.rm.trainable_parameters(), self.cfg.max_grad_norm)
         self.optimizer.step()
         return loss.item()
 
-    def update(self, examples: list[dict], since_seq: int = 0) -> dict:
-        """Incremental update: feedback with seq > since_seq, plus a replay sample of older feedback."""
+    def select(self, examples: list[dict], since_seq: int = 0) -> tuple[list[dict], int]:
+        """What an incremental update trains on: feedback with seq > since_seq (newest `max_examples`),
+        plus a replay sample of older feedback. Returns (examples, how many of them are new)."""
         new = [e for e in examples if e["seq"] > since_seq]
         old = [e for e in examples if e["seq"] <= since_seq]
         chosen = new[-self.cfg.max_examples:]
+        n_new = len(chosen)
         k = min(len(old), int(self.cfg.replay_ratio * len(chosen)), self.cfg.max_examples - len(chosen))
         chosen += self.rng.sample(old, max(k, 0))
-        if not chosen:
+        return chosen, n_new
+
+    def fit(self, examples: list[dict], weights: list[float] | None = None, *, epochs: int | None = None,
+            min_steps: int | None = None, max_steps: int | None = None) -> dict:
+        """Train on these examples: at least `epochs` passes and `min_steps` steps, then on while a
+        pass's mean loss is above target_loss, up to `max_steps` (defaults from the config).
+
+        weights: one per example, any positive scale (rescaled to mean 1); None: all equal."""
+        epochs = self.cfg.epochs if epochs is None else epochs
+        min_steps = self.cfg.min_steps if min_steps is None else min_steps
+        max_steps = self.cfg.max_steps if max_steps is None else max_steps
+        if not examples:
             return {"rm_train_examples": 0, "rm_loss": float("nan"), "rm_steps": 0}
-        ups = sum(1 for e in chosen if e["type"] == "thumbs" and e["label"] == 1)
-        downs = sum(1 for e in chosen if e["type"] == "thumbs" and e["label"] == 0)
-        if ups and downs:  # w_c = n / (2 n_c): mean weight 1, each class half of the total
+        w = [1.0] * len(examples) if weights is None else list(weights)
+        mean_w = sum(w) / len(w)
+        if mean_w <= 0:
+            raise ValueError("the examples' weights sum to zero")
+        items = [(ex, wi / mean_w) for ex, wi in zip(examples, w)]
+        ups = sum(wi for ex, wi in items if ex["type"] == "thumbs" and ex["label"] == 1)
+        downs = sum(wi for ex, wi in items if ex["type"] == "thumbs" and ex["label"] == 0)
+        if ups and downs:  # w_c = W / (2 W_c): mean weight 1, each class half of the (people-weighted) total
             self._class_weights = torch.tensor([(ups + downs) / (2 * downs), (ups + downs) / (2 * ups)])
         losses: list[float] = []
-        per_epoch = math.ceil(len(chosen) / self.cfg.batch_size)
+        per_epoch = math.ceil(len(items) / self.cfg.batch_size)
         epoch = 0
         while True:
             epoch += 1
-            self.rng.shuffle(chosen)
-            for i in range(0, len(chosen), self.cfg.batch_size):
-                losses.append(self.step(chosen[i: i + self.cfg.batch_size]))
+            self.rng.shuffle(items)
+            for i in range(0, len(items), self.cfg.batch_size):
+                batch = items[i: i + self.cfg.batch_size]
+                losses.append(self.step([ex for ex, _ in batch], [wi for _, wi in batch]))
             loss = sum(losses[-per_epoch:]) / per_epoch
-            log.info("reward model: epoch %d over %d examples (%d new), %d steps, loss %.4f", epoch, len(chosen),
-                     len(new), len(losses), loss)
-            if len(losses) + per_epoch > self.cfg.max_steps:
+            log.info("reward model: epoch %d over %d examples, %d steps, loss %.4f", epoch, len(items),
+                     len(losses), loss)
+            if len(losses) + per_epoch > max_steps:
                 break
-            if epoch >= self.cfg.epochs and len(losses) >= self.cfg.min_steps and loss <= self.cfg.target_loss:
+            if epoch >= epochs and len(losses) >= min_steps and loss <= self.cfg.target_loss:
                 break
-        return {"rm_train_examples": len(chosen), "rm_new_examples": len(new), "rm_steps": len(losses),
-                "rm_epochs": epoch, "rm_loss": loss}
+        return {"rm_train_examples": len(items), "rm_steps": len(losses), "rm_epochs": epoch, "rm_loss": loss}
 
+    def update(self, examples: list[dict], since_seq: int = 0) -> dict:
+        """Incremental update, every example weighing the same: `select`, then `fit`."""
+        chosen, n_new = self.select(examples, since_seq)
+        return {**self.fit(chosen), "rm_new_examples": n_new}
+
+    # -- scoring ---------------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, examples: list[dict]) -> dict:
-        """Held-out pairwise accuracy and thumbs AUC."""
-        pair_seqs, thumb_seqs, labels = [], [], []
+    def scores(self, examples: list[dict]) -> list[tuple[float, float | None]]:
+        """Raw scores per example: (chosen, rejected) for a pair, (answer, None) for a thumbs."""
+        seqs = []
         for ex in examples:
             if ex["type"] == "pairwise":
-                pair_seqs += [self.encode(ex["messages"], ex["chosen"], ex["chosen_finish"]),
-                              self.encode(ex["messages"], ex["rejected"], ex["rejected_finish"])]
+                seqs += [self.encode(ex["messages"], ex["chosen"], ex["chosen_finish"]),
+                         self.encode(ex["messages"], ex["rejected"], ex["rejected_finish"])]
             else:
-                thumb_seqs.append(self.encode(ex["messages"], ex["response"], ex["finish_reason"]))
-                labels.append(ex["label"])
-        pad = self.tokenizer.pad_token_id
-        pr = torch.tensor(self.rm.score_ids(pair_seqs, pad, self.cfg.eval_batch_size, normalised=False))
-        tr = self.rm.score_ids(thumb_seqs, pad, self.cfg.eval_batch_size, normalised=False)
+                seqs.append(self.encode(ex["messages"], ex["response"], ex["finish_reason"]))
+        flat = iter(self.rm.score_ids(seqs, self.tokenizer.pad_token_id, self.cfg.eval_batch_size,
+                                      normalised=False))
+        return [(next(flat), next(flat)) if ex["type"] == "pairwise" else (next(flat), None) for ex in examples]
+
+    def agreement(self, examples: list[dict], scores: list[tuple[float, float | None]] | None = None) -> list[bool]:
+        """Whether the reward model agrees with each example's label (see `agrees`)."""
+        scores = self.scores(examples) if scores is None else scores
+        b = self.rm.thumbs_bias.detach().item()
+        return [agrees(ex, a, o, b) for ex, (a, o) in zip(examples, scores)]
+
+    def evaluate(self, examples: list[dict], weights: list[float] | None = None,
+                 scores: list[tuple[float, float | None]] | None = None) -> dict:
+        """Held-out pairwise accuracy and thumbs AUC, weighted per example when weights are given
+        (the held-out users' capped shares). Counts are of examples."""
+        scores = self.scores(examples) if scores is None else scores
+        w = weights if weights is not None else [1.0] * len(examples)
+        pairs = [(a, o, wi) for ex, (a, o), wi in zip(examples, scores, w) if ex["type"] == "pairwise"]
+        thumbs = [(a, ex["label"], wi) for ex, (a, _), wi in zip(examples, scores, w) if ex["type"] == "thumbs"]
+        pc, pr, pw = (torch.tensor(x, dtype=torch.float64) for x in zip(*pairs)) if pairs else (torch.zeros(0),) * 3
+        acc = pairwise_accuracy(pc, pr, pw if weights is not None else None) if pairs else float("nan")
+        labels = [y for _, y, _ in thumbs]
         return {
-            "rm_heldout_pairs": len(pair_seqs) // 2,
-            "rm_pairwise_accuracy": pairwise_accuracy(pr[0::2], pr[1::2]) if len(pr) else float("nan"),
+            "rm_heldout_pairs": len(pairs),
+            "rm_pairwise_accuracy": acc,
             "rm_heldout_thumbs": len(labels),
             "rm_heldout_ups": sum(labels),
-            "rm_thumbs_auc": auc(tr, labels),
+            "rm_thumbs_auc": auc([a for a, _, _ in thumbs], labels,
+                                 [wi for _, _, wi in thumbs] if weights is not None else None),
         }

@@ -5,12 +5,20 @@
 
 Steps, each logged with its duration:
 1. Reward model: continue from the newest version; train on feedback new since then plus a
-   replay sample; measure held-out pairwise accuracy and thumbs AUC.
+   replay sample, each example weighted so no user and no client exceeds its share of the
+   round (learner/weighting.py); find suspect users against the held-out users' consensus,
+   down-weight them and refit briefly (learner/suspects.py); measure held-out pairwise
+   accuracy and thumbs AUC, weighted per held-out user.
 2. Normalise rewards: sample the policy serving now (vLLM) on training prompts and set the
    reward model's mean/std so those answers score mean 0, std 1. Save the version.
 3. PPO: policy LoRA initialised from the serving adapter (or fresh), `ppo.steps` iterations on
-   prompts of logged interactions (train split).
-4. Gate (learner/gate.py) on held-out prompts: reward gain, KL budget, reward-model accuracy.
+   a pool of training users' prompts drawn by the users' capped weights.
+4. Gate (learner/gate.py) on held-out users' prompts: reward gain, KL budget, reward-model accuracy.
+
+The split is by user (`learner.store.split_of`): the gate measures whether the learned taste
+carries over to people the round never trained on. A round whose feedback all comes from users
+on one side of the split (one user, or a few who all hash to the same side) splits by
+conversation instead, and says so (`split` in its metrics).
 5. Publish (learner/publish.py) to the adapter store + `rlhf.adapters`, or keep the candidate
    in `RLHF_DATA_DIR/candidates/round-N` with the reasons.
 """
@@ -32,11 +40,13 @@ from typing import Callable
 
 from adapters.manifest import AdapterError
 from adapters.store import resolve_inside, verify_adapter
-from learner.gate import GateConfig, decide, reward_model_accuracy
+from learner.gate import UNMEASURED, GateConfig, decide, reward_model_accuracy
 from learner.ppo import PPOConfig, PPOTrainer
 from learner.reward import RewardConfig, RewardModel, RewardTrainer
 from learner.store import Store
+from learner.suspects import SuspectConfig, UserAgreement, consensus_rate, find_suspects
 from learner.tokenization import encode_prompt, load_tokenizer, stop_strings
+from learner.weighting import CappedWeights, capped_weights, group_shares, systematic_sample, weighted_order
 from rlhf.models.registry import model_display_name, resolve_model
 from rlhf.models.sizing import context_length
 
@@ -53,10 +63,13 @@ class LearnerConfig:
     """PPO hyperparameters (learner/ppo.py)."""
     gate: GateConfig = field(default_factory=GateConfig)
     """How candidates are measured before publishing (learner/gate.py)."""
+    suspects: SuspectConfig = field(default_factory=SuspectConfig)
+    """How users who disagree with the consensus are found and down-weighted (learner/suspects.py)."""
     heldout_fraction: float = 0.2
-    """Share of conversations kept out of training, for the gate and reward-model accuracy."""
+    """Share of users (by a stable hash) kept out of training, for the gate and reward-model accuracy."""
     max_train_prompts: int = 1024
-    """Newest distinct training prompts PPO samples from."""
+    """Size of PPO's prompt pool, drawn across training users by their capped weights (each
+    user's newest this many distinct prompts are the candidates)."""
     norm_samples: int = 64
     """Answers of the serving policy used to normalise rewards (mean 0, std 1)."""
     adapter_name: str = "policy"
@@ -66,7 +79,7 @@ class LearnerConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "LearnerConfig":
-        parts = {"reward": RewardConfig, "ppo": PPOConfig, "gate": GateConfig}
+        parts = {"reward": RewardConfig, "ppo": PPOConfig, "gate": GateConfig, "suspects": SuspectConfig}
         kwargs = {}
         for k, v in data.items():
             if k in parts:
@@ -85,6 +98,21 @@ class LearnerConfig:
     @classmethod
     def from_file(cls, path: Path | str) -> "LearnerConfig":
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+@dataclass
+class RewardFit:
+    """What step 1 of a round leaves for the rest of it."""
+
+    examples: list[dict]                  # what the reward model trained on
+    weights: CappedWeights                # their final weights (suspects down-weighted)
+    tested: dict[str, UserAgreement]      # users checked against the consensus, by user
+    consensus: float                      # held-out agreement rate the users were tested against
+    metrics: dict
+
+    @property
+    def suspects(self) -> set[str]:
+        return {u for u, a in self.tested.items() if a.suspect}
 
 
 @dataclass
@@ -137,6 +165,140 @@ class Learner:
         out = [encode_prompt(self.tokenizer, m) for m in messages_list]
         return [p for p in out if len(p) <= limit]
 
+    def encode_rows(self, rows: list[dict]) -> tuple[list[list[int]], list[dict]]:
+        """Token ids of prompt rows (Store.user_prompts), each distinct prompt encoded once; rows whose
+        prompt leaves no room for an answer are dropped. Returns (ids, the rows kept)."""
+        limit = self.max_model_len - self.cfg.ppo.max_new_tokens
+        cache: dict[str, list[int]] = {}
+        ids, kept = [], []
+        for r in rows:
+            if r["prompt_key"] not in cache:
+                cache[r["prompt_key"]] = encode_prompt(self.tokenizer, r["messages"])
+            if len(cache[r["prompt_key"]]) <= limit:
+                ids.append(cache[r["prompt_key"]])
+                kept.append(r)
+        return ids, kept
+
+    def capped(self, rows: list[dict], suspects: set[str] = frozenset()) -> CappedWeights:
+        """Weights of rows (feedback examples or prompts, each with `user` and `client`) under the
+        operator's caps; a suspect's capped weights are then multiplied by `suspects.weight` and
+        the caps applied again, so the others share what the suspects lost."""
+        users, clients = [r["user"] for r in rows], [r["client"] for r in rows]
+        caps = {"max_user_share": self.settings.learner_max_user_share,
+                "max_client_share": self.settings.learner_max_client_share}
+        weights = capped_weights(users, clients, **caps)
+        if not suspects & set(users):
+            return weights
+        masses = [w * (self.cfg.suspects.weight if u in suspects else 1.0) for w, u in zip(weights.weights, users)]
+        return capped_weights(users, clients, **caps, masses=masses)
+
+    def split_feedback(self, hwm: int) -> tuple[str, list[dict], list[dict]]:
+        """(split, train examples, held-out examples): by user; by conversation when every user
+        with feedback falls on one side (nothing to train on, or no one to measure on)."""
+        train = self.store.feedback_examples("train", hwm)
+        held = self.store.feedback_examples("heldout", hwm)
+        if train and held:
+            return "user", train, held
+        log.warning("all %d feedback events come from users on the %s side of the split: this round splits "
+                    "by conversation", len(train) + len(held), "training" if train else "held-out")
+        return ("conversation", self.store.feedback_examples("train", hwm, by="conversation"),
+                self.store.feedback_examples("heldout", hwm, by="conversation"))
+
+    def fit_reward_model(self, trainer: RewardTrainer, train_ex: list[dict], held_ex: list[dict],
+                         since_seq: int) -> RewardFit:
+        """Select, weigh and fit; test every training user against the held-out consensus; when
+        some are suspect, down-weight them and refit briefly; measure on the held-out users."""
+        sc = self.cfg.suspects
+        chosen, n_new = trainer.select(train_ex, since_seq)
+        weights = self.capped(chosen)
+        metrics = {**trainer.fit(chosen, weights.weights), "rm_new_examples": n_new}
+        held_weights = self.capped(held_ex).weights
+        held_scores = trainer.scores(held_ex)
+        consensus = consensus_rate(trainer.agreement(held_ex, held_scores), held_weights, sc.min_consensus_labels)
+        tested = find_suspects([e["user"] for e in chosen], trainer.agreement(chosen), consensus, sc)
+        suspects = {u for u, a in tested.items() if a.suspect}
+        if suspects:
+            weights = self.capped(chosen, suspects)
+            per_epoch = math.ceil(len(chosen) / self.cfg.reward.batch_size)
+            refit = trainer.fit(chosen, weights.weights, epochs=sc.refit_epochs, min_steps=0,
+                                max_steps=per_epoch * sc.refit_epochs)
+            metrics.update(rm_refit_steps=refit["rm_steps"], rm_refit_loss=refit["rm_loss"])
+            held_scores = trainer.scores(held_ex)
+        metrics.update(trainer.evaluate(held_ex, held_weights, held_scores))
+        by_client = group_shares(weights.weights, [e["client"] for e in chosen])
+        metrics.update(rm_users=len(weights.user_shares), rm_clients=len(by_client),
+                       rm_max_user_share=weights.max_user_share, rm_max_client_share=weights.max_client_share,
+                       rm_user_cap_met=int(weights.user_cap_met), consensus_agreement=consensus,
+                       suspects_tested=len(tested), suspect_users=len(suspects),
+                       heldout_users=len({e["user"] for e in held_ex}))
+        return RewardFit(chosen, weights, tested, consensus, metrics)
+
+    def prompt_pools(self, by: str, suspects: set[str]) -> tuple[list[list[int]], list[dict], list[list[int]]]:
+        """(PPO's prompt pool, its rows, the gate's held-out prompts), both drawn across users.
+
+        PPO: `max_train_prompts` draws (at most one per candidate) in proportion to the capped
+        weights of each user's distinct prompts: each user's share of the pool is their share
+        of the round, to within one prompt. Gate: up to `gate.max_prompts` distinct held-out
+        prompts, a weighted sample without replacement (seeded: the same for both policies)."""
+        cfg = self.cfg
+        rows = self.store.user_prompts("train", cfg.max_train_prompts, by=by)
+        weights = self.capped(rows, suspects).weights
+        draws = systematic_sample(weights, min(cfg.max_train_prompts, len(rows)), self.rng)
+        train_ids, pool = self.encode_rows([rows[i] for i in draws])
+        held_rows = self.store.user_prompts("heldout", cfg.gate.max_prompts, by=by)
+        held_weights = self.capped(held_rows).weights
+        held_ids, seen = [], set()
+        for i in weighted_order(held_weights, random.Random(cfg.gate.seed)):
+            if len(held_ids) >= cfg.gate.max_prompts:
+                break
+            if held_rows[i]["prompt_key"] not in seen:
+                seen.add(held_rows[i]["prompt_key"])
+                held_ids += self.encode_rows([held_rows[i]])[0]
+        return train_ids, pool, held_ids
+
+    def record_accounting(self, round_id: int, fit: RewardFit, pool: list[dict]) -> dict:
+        """Per user and client: examples, shares of both training signals, the suspect test (`round_users`).
+        Returns the round's largest shares."""
+        acc: dict[tuple[str, str], dict] = defaultdict(lambda: {"examples": 0, "rm_share": 0.0, "prompts": 0,
+                                                                "policy_share": 0.0})
+        for ex, w in zip(fit.examples, fit.weights.weights):
+            a = acc[(ex["user"], ex["client"])]
+            a["examples"] += 1
+            a["rm_share"] += w
+        for r in pool:
+            a = acc[(r["user"], r["client"])]
+            a["prompts"] += 1
+            a["policy_share"] += 1.0 / len(pool)
+        rows = []
+        for (user, client), a in acc.items():
+            t = fit.tested.get(user)
+            rows.append({"user": user, "client": client, **a, "labels": t.labels if t else 0,
+                         "agreed": t.agreed if t else 0, "p_value": t.p_value if t else None,
+                         "suspect": bool(t and t.suspect)})
+        self.store.record_round_users(round_id, rows)
+        policy_users = group_shares([1.0] * len(pool), [r["user"] for r in pool])
+        policy_clients = group_shares([1.0] * len(pool), [r["client"] for r in pool])
+        m = {"policy_users": len(policy_users),
+             "policy_max_user_share": max(policy_users.values(), default=0.0),
+             "policy_max_client_share": max(policy_clients.values(), default=0.0)}
+        m["max_user_share"] = max(fit.metrics["rm_max_user_share"], m["policy_max_user_share"])
+        m["max_client_share"] = max(fit.metrics["rm_max_client_share"], m["policy_max_client_share"])
+        return m
+
+    def suspect_summary(self, fit: RewardFit) -> tuple[str, str | None]:
+        """(JSON list of the suspects with their counts, one sentence for the round's reason or None)."""
+        found = sorted((a for a in fit.tested.values() if a.suspect), key=lambda a: a.p_value)
+        listed = json.dumps([{"user": a.user, "labels": a.labels, "agreed": a.agreed, "p_value": a.p_value}
+                             for a in found[:20]])
+        if not found:
+            return listed, None
+        sc = self.cfg.suspects
+        return listed, (f"{len(found)} suspect user(s) weighted x{sc.weight:g}: the reward model agrees with "
+                        f"their labels far less than with the held-out users' ({fit.consensus:.3f}; one-sided "
+                        f"binomial p < {sc.alpha:g}/{len(fit.tested)}): "
+                        + ", ".join(f"{a.user!r} {a.agreed}/{a.labels}" for a in found[:5])
+                        + (" ..." if len(found) > 5 else ""))
+
     def serving_adapter_dir(self) -> tuple[str | None, Path | None]:
         """(version, folder) of the adapter serving now, verified; (None, None) for the base model."""
         serving = self.store.serving_adapter()
@@ -183,27 +345,43 @@ class Learner:
         try:
             # ---- 1. reward model ---------------------------------------------------------
             t = time.perf_counter()
-            train_ex = store.feedback_examples("train", hwm)
-            held_ex = store.feedback_examples("heldout", hwm)
+            split, train_ex, held_ex = self.split_feedback(hwm)
+            metrics["split"] = split
             prev = store.latest_reward_model()
             rm = (RewardModel.load(self.model_path, prev["path"]) if prev
                   else RewardModel.create(self.model_path, cfg.reward))
             rm_trainer = RewardTrainer(rm, self.tokenizer, cfg.reward)
             since = prev["metrics"].get("trained_through_seq", 0) if prev else 0
-            metrics.update(rm_trainer.update(train_ex, since))
-            metrics.update(rm_trainer.evaluate(held_ex))
+            fit = self.fit_reward_model(rm_trainer, train_ex, held_ex, since)
+            metrics.update(fit.metrics)
+            metrics["suspects"], suspect_note = self.suspect_summary(fit)
             metrics["rm_accuracy"] = reward_model_accuracy(metrics, cfg.gate)
             metrics["time_reward_model"] = time.perf_counter() - t
-            log.info("round %d: reward model trained on %d examples in %.1f s; held-out pairwise accuracy %.3f "
-                     "(%d pairs), thumbs AUC %.3f (%d)", round_id, metrics["rm_train_examples"],
-                     metrics["time_reward_model"], metrics["rm_pairwise_accuracy"], metrics["rm_heldout_pairs"],
-                     metrics["rm_thumbs_auc"], metrics["rm_heldout_thumbs"])
+            log.info("round %d: reward model trained on %d examples of %d users (split by %s, largest user share "
+                     "%.3f, client share %.3f) in %.1f s; held-out pairwise accuracy %.3f (%d pairs), thumbs AUC "
+                     "%.3f (%d) from %d users", round_id, metrics["rm_train_examples"], metrics["rm_users"], split,
+                     metrics["rm_max_user_share"], metrics["rm_max_client_share"], metrics["time_reward_model"],
+                     metrics["rm_pairwise_accuracy"], metrics["rm_heldout_pairs"], metrics["rm_thumbs_auc"],
+                     metrics["rm_heldout_thumbs"], metrics["heldout_users"])
+            if suspect_note:
+                log.warning("round %d: %s", round_id, suspect_note)
             progress("reward_model", metrics)
 
             # ---- 2. prompts, serving policy, normalisation --------------------------------
             t = time.perf_counter()
-            train_prompts = self.encode_prompts(store.prompts("train", cfg.max_train_prompts))
-            held_prompts = self.encode_prompts(store.prompts("heldout", cfg.gate.max_prompts))
+            train_prompts, pool, held_prompts = self.prompt_pools(split, fit.suspects)
+            metrics.update(self.record_accounting(round_id, fit, pool))
+            if metrics["rm_accuracy"] is None:
+                # the gate could not pass any candidate: stop before the costly part; the next round
+                # continues from the previous reward-model version, so this feedback is not lost
+                reasons = [(f"{UNMEASURED} ({metrics['rm_heldout_pairs']} pairs, {metrics['rm_heldout_thumbs']} "
+                            f"thumbs from {metrics['heldout_users']} held-out users): PPO skipped")]
+                metrics["round_seconds"] = time.perf_counter() - t_round
+                clean = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, type(None)))}
+                store.finish_round(round_id, "rejected", reason="; ".join(filter(None, [*reasons, suspect_note])),
+                                   metrics=clean)
+                log.info("round %d: %s", round_id, reasons[0])
+                return RoundResult(round_id, "rejected", reasons, metrics)
             if not train_prompts:
                 raise RuntimeError("no training prompts: no logged interactions in the train split")
             parent, serving_dir = self.serving_adapter_dir()
@@ -297,10 +475,10 @@ class Learner:
                 ev = publish_adapter(store, settings, cand_dir, name=cfg.adapter_name, parent=parent,
                                      base_model=self.model_name, metrics=clean, feedback_count=n_feedback,
                                      round_id=round_id)
-                store.finish_round(round_id, "published", candidate=ev.version, metrics=clean)
+                store.finish_round(round_id, "published", candidate=ev.version, reason=suspect_note, metrics=clean)
                 shutil.rmtree(cand_dir, ignore_errors=True)
                 return RoundResult(round_id, "published", [], metrics, ev.version, None)
-            reason = "; ".join(decision.reasons)
+            reason = "; ".join(filter(None, [*decision.reasons, suspect_note]))
             store.record_adapter(f"candidate-r{round_id}", "rejected", path=str(cand_dir), parent=parent,
                                  reason=reason, round_id=round_id, metrics=clean)
             store.finish_round(round_id, "rejected", candidate=str(cand_dir), reason=reason, metrics=clean)

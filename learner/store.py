@@ -468,13 +468,6 @@ class Store:
             out.append(ex)
         return out
 
-    def prompts(self, split: str, limit: int | None = None) -> list[list[dict]]:
-        """Distinct prompts (message lists) of logged interactions, newest first."""
-        q = ("SELECT messages, MAX(ts) AS t FROM interactions WHERE split=? GROUP BY prompt_key ORDER BY t DESC"
-             + (" LIMIT ?" if limit else ""))
-        rows = self.db.execute(q, (split, limit) if limit else (split,)).fetchall()
-        return [json.loads(r["messages"]) for r in rows]
-
     def user_prompts(self, split: str, per_user: int | None = None, by: str = "user") -> list[dict]:
         """Distinct prompts of logged interactions per user: dicts with `user`, `client`, `prompt_key`
         and `messages`, grouped by user and client, each user's newest first, at most `per_user` each."""

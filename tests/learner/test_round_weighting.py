@@ -1,0 +1,114 @@
+"""On the tiny model, no vLLM: a round's reward-model step weighs people, not posts.
+
+Zero-weight examples do not move the reward model; a user who flips every label is found
+against the held-out users' consensus, down-weighted and counted; PPO's prompt pool gives a
+user who asked a thousand questions no more than their share.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+import torch
+
+from feedback.schema import TOPIC_INTERACTIONS, Interaction, Message
+from learner.reward import RewardConfig, RewardModel, RewardTrainer
+from learner.round import Learner, LearnerConfig
+from learner.tokenization import load_tokenizer
+from rlhf.settings import Settings
+
+MSGS = [{"role": "user", "content": "How are you today?"}]
+GOOD = ["I am happy today.", "Happy and well, thanks!", "So happy to see you.", "A happy day here."]
+BAD = ["I am cold and tired.", "Not well, it rains.", "The sun is gone.", "Cold, grey and old."]
+
+
+def pair(user: str, rng: random.Random, flip: bool = False, seq: int = 1) -> dict:
+    good, bad = rng.choice(GOOD), rng.choice(BAD)
+    chosen, rejected = (bad, good) if flip else (good, bad)
+    return {"type": "pairwise", "seq": seq, "user": user, "client": "", "messages": MSGS, "chosen": chosen,
+            "chosen_finish": "stop", "rejected": rejected, "rejected_finish": "stop"}
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_path):
+    return load_tokenizer(tiny_model_path)
+
+
+def test_zero_weight_examples_do_not_move_the_reward_model(tiny_model_path, tokenizer):
+    rm = RewardModel.create(tiny_model_path, RewardConfig())
+    trainer = RewardTrainer(rm, tokenizer, RewardConfig())
+    batch = [pair("a", random.Random(0)),
+             {"type": "thumbs", "seq": 2, "messages": MSGS, "response": "I am happy today.", "finish_reason": "stop",
+              "label": 1}]
+    before = {n: p.detach().clone() for n, p in rm.named_parameters() if p.requires_grad}
+    assert trainer.step(batch, [0.0, 0.0]) == 0.0
+    assert all(torch.equal(before[n], p.detach()) for n, p in rm.named_parameters() if p.requires_grad)
+    assert trainer.step(batch, [1.0, 1.0]) > 0
+    assert not all(torch.equal(before[n], p.detach()) for n, p in rm.named_parameters() if p.requires_grad)
+
+
+@pytest.fixture
+def learner(tiny_model_path, tmp_path):
+    settings = Settings(model="tiny", data_dir=tmp_path / "data", adapter_dir=tmp_path / "adapters",
+                        max_model_len=512, kafka_bootstrap="127.0.0.1:9")
+    cfg = LearnerConfig.from_dict({"reward": {"batch_size": 16, "epochs": 2, "min_steps": 12, "max_steps": 40}})
+    lrn = Learner(settings, cfg)
+    yield lrn
+    lrn.close()
+
+
+@pytest.mark.timeout(600)  # about 30 s when the machine is quiet
+def test_a_label_flipper_is_found_down_weighted_and_counted(learner):
+    rng = random.Random(3)
+    honest = [f"user{i}" for i in range(20)]
+    train = [pair(u, rng, seq=k) for k, u in enumerate(honest * 8)]
+    train += [pair("mallory", rng, flip=True, seq=1000 + k) for k in range(24)]  # 24 labels, every one flipped
+    held = [pair(f"held{i}", rng) for i in range(6) for _ in range(4)]
+    trainer = RewardTrainer(RewardModel.create(learner.model_path, learner.cfg.reward), learner.tokenizer,
+                            learner.cfg.reward)
+
+    fit = learner.fit_reward_model(trainer, train, held, since_seq=0)
+
+    m = fit.metrics
+    assert m["rm_pairwise_accuracy"] >= 0.9 and m["consensus_agreement"] >= 0.9
+    assert fit.suspects == {"mallory"} and m["suspect_users"] == 1 and m["suspects_tested"] == 21
+    assert fit.tested["mallory"].labels == 24 and fit.tested["mallory"].agreed <= 4
+    # mallory posted 24 of 184 labels: capped at 0.05 (the others 0.95 / 20 each), then x0.1 as a suspect
+    shares = fit.weights.user_shares
+    assert shares["mallory"] == pytest.approx(0.005 / 0.955, rel=1e-6)
+    assert m["rm_max_user_share"] == pytest.approx(0.95 / 20 / 0.955, rel=1e-6) and m["rm_refit_steps"] > 0
+
+    # accounting: one row per user, the suspect flagged with their counts
+    rid, _, _ = learner.store.start_round()
+    totals = learner.record_accounting(rid, fit, pool=[{"user": "user0", "client": ""}])
+    rows = {r["user"]: r for r in learner.store.round_users(rid)}
+    assert rows["mallory"]["suspect"] and rows["mallory"]["labels"] == 24 and rows["mallory"]["examples"] == 24
+    assert not rows["user3"]["suspect"] and rows["user0"]["policy_share"] == 1.0
+    assert totals["max_user_share"] == 1.0  # the one-prompt pool above: all of it is user0's
+    assert sum(r["rm_share"] for r in rows.values()) == pytest.approx(1.0)
+    _, note = learner.suspect_summary(fit)
+    assert "'mallory'" in note and "1 suspect user" in note
+
+
+def test_the_prompt_pool_is_drawn_across_users(learner):
+    items = []
+    for i in range(1000):  # one user asks a thousand questions...
+        items.append((TOPIC_INTERACTIONS, Interaction(
+            response_id=f"flood{i}", completion_id=f"cf{i}", conversation_id=f"cf{i}", user="flood",
+            messages=[Message(role="user", content=f"Question number {i}?")], response="a", model="tiny")))
+    for u in range(40):  # ...forty others ask five each
+        for k in range(5):
+            items.append((TOPIC_INTERACTIONS, Interaction(
+                response_id=f"u{u}-{k}", completion_id=f"c{u}-{k}", conversation_id=f"c{u}-{k}", user=f"user{u}",
+                messages=[Message(role="user", content=f"Tell me about thing {u}-{k}.")], response="a",
+                model="tiny")))
+    learner.store.heldout_fraction = 0.0
+    learner.store.ingest(items)
+    learner.cfg.max_train_prompts = 200
+    prompts, pool, held = learner.prompt_pools("user", suspects=set())
+    assert len(prompts) == len(pool) == 200 and held == []
+    counts = Counter(r["user"] for r in pool)
+    assert counts["flood"] <= 0.05 * 200 + 1  # the cap, to within one draw
+    assert len(counts) == 41
