@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -36,15 +37,32 @@ class Settings(BaseSettings):
     port: int = Field(8000, description="Port serving listens on.")
     admin_token: str = Field("", description="Bearer token for admin routes; empty disables them.")
     hmac_key: str = Field("dev-only-insecure-key", description="Key that signs feedback tokens.")
-    dev_mode: bool = Field(True, description="Allow the built-in development HMAC key.")
+    dev_mode: bool = Field(True, description="Development mode: allows the built-in HMAC key and RLHF_AUTH=none.")
     replica_id: str = Field("", description="Name of this serving replica (defaults to host:port).")
+
+    # --- callers and quotas (serving) -------------------------------------------------
+    auth: Literal["none", "api-key", "jwt"] = Field(
+        "none", description="How callers prove who they are: `none` (development mode only), `api-key`, `jwt`.")
+    api_keys_file: str = Field("", description="RLHF_AUTH=api-key: the file `rlhf keys add` writes (hashed keys).")
+    jwt_secret: str = Field("", description="RLHF_AUTH=jwt: shared secret of HS256 tokens (empty: no HS256).")
+    jwt_jwks_file: str = Field("", description="RLHF_AUTH=jwt: JWKS file of RS256/ES256 public keys, chosen by `kid`.")
+    jwt_audience: str = Field("", description="RLHF_AUTH=jwt: the `aud` every token must carry.")
+    jwt_issuer: str = Field("", description="RLHF_AUTH=jwt: the `iss` every token must carry.")
+    chat_rate_limit: int = Field(0, ge=0, description="Chat requests one user may make per minute (0: no limit).")
+    client_chat_rate_limit: int = Field(0, ge=0, description="Chat requests one client may make per minute "
+                                                             "(0: no limit).")
+    client_feedback_rate_limit: int = Field(0, ge=0, description="Feedback posts one client may make per minute "
+                                                                 "(0: no limit).")
+    serving_replicas: int = Field(1, ge=1, description="Serving replicas sharing the quotas: each enforces "
+                                                       "limit / replicas.")
 
     # --- Kafka ------------------------------------------------------------------------
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, comma separated.")
     topic_partitions: int = Field(3, description="Partitions for topics the service creates.")
     topic_replication: int = Field(1, description="Replication factor for topics the service creates.")
     topic_retention_ms: int = Field(7 * 24 * 3600 * 1000, description="Retention of created topics.")
-    feedback_rate_limit: int = Field(600, description="Feedback posts one user may make per minute.")
+    feedback_rate_limit: int = Field(600, ge=0, description="Feedback posts one user may make per minute "
+                                                           "(0: no limit).")
     feedback_comment_max: int = Field(2000, description="Longest accepted feedback comment, in characters.")
     spool_max_events: int = Field(100_000, description="Events the on-disk spool holds before it refuses more.")
     response_ttl_s: int = Field(7 * 24 * 3600, description="How long a response id accepts feedback.")
@@ -89,6 +107,25 @@ class Settings(BaseSettings):
         """Refuse placeholder secrets unless running in dev mode."""
         if not self.dev_mode and (self.hmac_key in PLACEHOLDER_SECRETS or self.hmac_key == "dev-only-insecure-key"):
             raise SystemExit("RLHF_HMAC_KEY must be set to a real secret when RLHF_DEV_MODE=false")
+
+    def check_auth(self) -> None:
+        """Refuse to serve with caller settings that cannot work, or that trust anyone outside dev mode."""
+        if self.auth == "none" and not self.dev_mode:
+            raise SystemExit("RLHF_AUTH=none lets anyone call as any user; it is for development only "
+                             "(RLHF_DEV_MODE=true). Set RLHF_AUTH=api-key (keys from `rlhf keys add NAME`) or "
+                             "RLHF_AUTH=jwt.")
+        if self.auth == "api-key" and not self.api_keys_file:
+            raise SystemExit("RLHF_AUTH=api-key needs RLHF_API_KEYS_FILE (the file `rlhf keys add NAME` writes)")
+        if self.auth == "jwt":
+            if not self.jwt_secret and not self.jwt_jwks_file:
+                raise SystemExit("RLHF_AUTH=jwt needs RLHF_JWT_SECRET (HS256) or RLHF_JWT_JWKS_FILE (RS256/ES256)")
+            if not self.jwt_audience or not self.jwt_issuer:
+                raise SystemExit("RLHF_AUTH=jwt needs RLHF_JWT_AUDIENCE and RLHF_JWT_ISSUER: tokens are checked "
+                                 "for both")
+            if self.jwt_secret and not self.dev_mode and (self.jwt_secret in PLACEHOLDER_SECRETS
+                                                          or len(self.jwt_secret) < 32):
+                raise SystemExit("RLHF_JWT_SECRET must be a real secret of at least 32 characters when "
+                                 "RLHF_DEV_MODE=false")
 
 
 @lru_cache
