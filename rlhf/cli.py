@@ -6,6 +6,7 @@
     rlhf up      [--model NAME]                           broker + serving + learner together
     rlhf model prepare [--model NAME]                     make a model available offline
     rlhf adapters list|publish PATH|activate VERSION|rollback|canary VERSION FRACTION
+    rlhf keys add NAME|list|revoke NAME                   API keys for RLHF_AUTH=api-key
 
 Options given here override the `RLHF_*` environment variables (see rlhf/settings.py).
 """
@@ -99,6 +100,12 @@ def cmd_adapters(args: argparse.Namespace) -> int:
     return main(args)
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    from rlhf.keys_cli import main  # lazy: keeps `rlhf --help` fast
+
+    return main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rlhf", description="Online RLHF serving: a chat model that learns from its users.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -145,6 +152,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("version")
     s.add_argument("fraction", type=float, help="share of users, 0..1")
     a.set_defaults(func=cmd_adapters)
+
+    k = sub.add_parser("keys", help="API keys of the clients serving accepts (RLHF_AUTH=api-key)")
+    ksub = k.add_subparsers(dest="keys_command", required=True)
+    s = ksub.add_parser("add", help="add a client; prints its new key once, as the last line")
+    s.add_argument("name", help="client name: letters, digits, '.', '_', '-' (its users become NAME:user)")
+    ksub.add_parser("list", help="list clients: name, created, active or revoked")
+    s = ksub.add_parser("revoke", help="revoke a client's key (serving refuses it within about a second)")
+    s.add_argument("name")
+    k.set_defaults(func=cmd_keys)
     return p
 
 

@@ -1,10 +1,10 @@
 """The house plan, read from the imports: every arrow points down, and no cycle.
 
-    rlhf command line (cli, up, adapters_cli)        floor 4
-    serving/          learner/                      floor 3 (never import each other)
-    adapters/                                       floor 2
-    feedback/                                       floor 1
-    rlhf settings and models                        floor 0
+    rlhf command line (cli, up, adapters_cli, keys_cli)     floor 4
+    serving/          learner/                          floor 3 (never import each other)
+    adapters/                                           floor 2
+    feedback/                                           floor 1
+    rlhf settings and models                            floor 0
 
 Imports are read with `ast` from every module, including imports inside functions, so a
 lazy import cannot hide an arrow.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("rlhf", "serving", "learner", "adapters", "feedback")
-COMMAND_LINE = ("rlhf.cli", "rlhf.up", "rlhf.adapters_cli")
+COMMAND_LINE = ("rlhf.cli", "rlhf.up", "rlhf.adapters_cli", "rlhf.keys_cli")
 
 
 def module_name(path: Path) -> str:
