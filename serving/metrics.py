@@ -21,6 +21,10 @@ QUEUE_DEPTH = Gauge("rlhf_engine_queue_depth", "Requests inside the vLLM engine 
 UNRECORDED = Counter("rlhf_interactions_unrecorded_total",
                      "Answers served without feedback tokens because the event spool was full")
 ENGINE_READY = Gauge("rlhf_engine_ready", "1 once the vLLM engine is ready")
+AUTH_REJECTED = Counter("rlhf_auth_rejected_total", "Requests answered 401, by reason (the error code)", ["code"])
+QUOTA_REJECTED = Counter("rlhf_quota_rejected_total", "Requests answered 429, by quota", ["quota"])
+FEEDBACK_REPEATS = Counter("rlhf_feedback_repeats_total",
+                           "Feedback posted again unchanged: answered with the first event id, nothing published")
 
 
 class MetricsMiddleware:
