@@ -42,9 +42,14 @@ def _confirm(settings, expect_active: str | None = "keep", expect_canary: str | 
     info = None
     while time.monotonic() < deadline:
         try:
-            info = httpx.get(url, timeout=2).json()
+            r = httpx.get(url, timeout=2)
+            info = r.json()
         except (httpx.HTTPError, ValueError):
             return  # no replica here to confirm with; the event is on the topic
+        if r.status_code == 401:
+            print(f"(serving at {settings.host}:{settings.port} wants an API key to show its routing; "
+                  "not confirming: the event is on the topic)", file=sys.stderr)
+            return
         if (expect_active == "keep" or info.get("active") == expect_active) and \
                 (expect_canary == "keep" or info.get("canary") == expect_canary):
             print(f"serving at {settings.host}:{settings.port} now answers with {info.get('active') or 'the base model'}"

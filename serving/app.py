@@ -6,7 +6,8 @@ Routes: POST /v1/chat/completions, GET /v1/models, POST /v1/feedback, GET /v1/ad
 GET /metrics, GET /healthz (process up), GET /readyz (engine ready), GET / (chat page).
 One module per endpoint group (routes_*.py); request and response models in protocol.py;
 the work in services kept on `app.state` (chat.ChatService, feedback_service.FeedbackService,
-adapters.follower.AdapterFollower); error answers in errors.py.
+adapters.follower.AdapterFollower); who calls in auth.py (RLHF_AUTH), quotas in rate_limit.py;
+error answers in errors.py.
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ from rlhf.models.registry import model_display_name, resolve_model
 from rlhf.settings import Settings, get_settings
 from serving import (metrics, routes_adapters, routes_chat, routes_feedback, routes_health, routes_models,
                      routes_page)
+from serving.auth import build_authenticator
 from serving.chat import ChatService
 from serving.engine import Engine
 from serving.errors import install_error_handlers
 from serving.feedback_service import FeedbackService
-from serving.rate_limit import RateLimiter
+from serving.rate_limit import Quotas
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +43,14 @@ ENGINE_DIED_EXIT = 3
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     settings.check_secrets()
+    auth = build_authenticator(settings)  # exits with a clear message on unusable auth settings
     served_name = settings.served_model_name or model_display_name(settings.model)
 
     app = FastAPI(title="rlhf serving", lifespan=lifespan)
     app.state.settings = settings
     app.state.router = Router(served_name, settings.canary_fraction)
-    app.state.feedback_limiter = RateLimiter(settings.feedback_rate_limit)
+    app.state.auth = auth
+    app.state.quotas = Quotas(settings)
     # Set by the lifespan once the engine runs; until then the routes needing them answer 503.
     app.state.engine = None
     app.state.chat = None

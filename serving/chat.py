@@ -1,9 +1,10 @@
 """Chat completions: request -> vLLM -> OpenAI-shaped answer, plus what feedback needs.
 
 Every completion gets a fresh id; each choice gets its own response id and a feedback token
-bound to the caller (`user`). One `Interaction` event per choice goes to `rlhf.interactions`
-before the answer (or the stream's last chunk) reaches the client, so feedback can never
-arrive for an answer the event log does not know.
+bound to the end user (`Caller.end_user`: the request's `user` within its client, or the JWT's
+`sub`). One `Interaction` event per choice, carrying that user and the client, goes to
+`rlhf.interactions` before the answer (or the stream's last chunk) reaches the client, so
+feedback can never arrive for an answer the event log does not know.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from vllm import SamplingParams
 from vllm.sampling_params import RequestOutputKind
@@ -23,11 +25,26 @@ from feedback import feedback_tokens
 from feedback.producer import SpoolFull
 from feedback.schema import TOPIC_INTERACTIONS, Interaction, Message
 from serving import metrics
+from serving.auth import Caller
 from serving.engine import Engine, EngineStopped
 from serving.protocol import (AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice,
                               ChunkChoice, Delta, RLHFInfo, RLHFResponse, Usage, error_body)
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One request, checked and routed, before generation."""
+
+    request: ChatCompletionRequest
+    messages: list[dict]  # the prompt as rendered: [{"role", "content"}]
+    prompt_ids: list[int]
+    params: SamplingParams
+    adapter: LoadedAdapter | None  # None: the base model
+    sampling: dict  # what the Interaction records of the sampling
+    user: str  # the end user: feedback tokens are bound to them
+    client: str  # the authenticated client ("" without auth)
 
 
 class ChatService:
@@ -39,7 +56,7 @@ class ChatService:
         self.replica = settings.replica_id or f"{settings.host}:{settings.port}"
 
     # ------------------------------------------------------------------ preparation
-    def prepare(self, req: ChatCompletionRequest):
+    def prepare(self, req: ChatCompletionRequest, caller: Caller) -> Prepared:
         """Render, size and route one request; bad input raises here, before any byte is sent."""
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                     for m in req.messages]
@@ -52,10 +69,11 @@ class ChatService:
             frequency_penalty=req.frequency_penalty,
             output_kind=RequestOutputKind.DELTA if req.stream else RequestOutputKind.FINAL_ONLY,
         )
-        adapter = self.router.pick(req.user, req.model)
+        user = caller.end_user(req.user)
+        adapter = self.router.pick(user, req.model)
         sampling = {"temperature": req.temperature, "top_p": req.top_p, "max_tokens": max_tokens, "n": req.n,
                     "stop": req.stop, "seed": req.seed}
-        return messages, prompt_ids, params, adapter, sampling
+        return Prepared(req, messages, prompt_ids, params, adapter, sampling, user, caller.client)
 
     def _model_name(self, adapter: LoadedAdapter | None) -> str:
         return adapter.version if adapter else self.engine.served_name
@@ -73,10 +91,10 @@ class ChatService:
             refs.append(RLHFResponse(index=i, response_id=rid, feedback_token=tok))
         return RLHFInfo(adapter=version, responses=refs)
 
-    async def _record(self, completion_hex: str, req: ChatCompletionRequest, messages, texts: list[str],
-                      finish: list[str | None], prompt_tokens: int, completion_tokens: list[int],
-                      adapter: LoadedAdapter | None, sampling: dict) -> bool:
+    async def _record(self, completion_hex: str, prep: Prepared, texts: list[str], finish: list[str | None],
+                      completion_tokens: list[int]) -> bool:
         """Count the answer and publish one Interaction per choice; False if they could not be made durable."""
+        adapter, prompt_tokens = prep.adapter, len(prep.prompt_ids)
         label = adapter.version if adapter else "base"
         metrics.PROMPT_TOKENS.labels(label).inc(prompt_tokens)
         for i, text in enumerate(texts):
@@ -87,9 +105,9 @@ class ChatService:
         events = [
             Interaction(
                 response_id=feedback_tokens.response_id(completion_hex, i), completion_id=f"chatcmpl-{completion_hex}",
-                choice_index=i, conversation_id=completion_hex, user=req.user,
-                messages=[Message(**m) for m in messages], response=text, finish_reason=finish[i],
-                model=self.engine.served_name, adapter=adapter.version if adapter else None, sampling=sampling,
+                choice_index=i, conversation_id=completion_hex, user=prep.user, client=prep.client,
+                messages=[Message(**m) for m in prep.messages], response=text, finish_reason=finish[i],
+                model=self.engine.served_name, adapter=adapter.version if adapter else None, sampling=prep.sampling,
                 prompt_tokens=prompt_tokens, completion_tokens=completion_tokens[i], replica=self.replica,
             )
             for i, text in enumerate(texts)
@@ -104,15 +122,15 @@ class ChatService:
         return True
 
     # ------------------------------------------------------------------ non-streaming
-    async def complete(self, req: ChatCompletionRequest) -> ChatCompletion:
-        messages, prompt_ids, params, adapter, sampling = self.prepare(req)
+    async def complete(self, prep: Prepared) -> ChatCompletion:
+        req, prompt_ids, adapter = prep.request, prep.prompt_ids, prep.adapter
         completion_hex = uuid.uuid4().hex
         label = adapter.version if adapter else "base"
         start = time.perf_counter()
         final = None
         metrics.INFLIGHT.inc()
         try:
-            async for out in self.engine.generate(prompt_ids, params, f"chatcmpl-{completion_hex}", adapter):
+            async for out in self.engine.generate(prompt_ids, prep.params, f"chatcmpl-{completion_hex}", adapter):
                 final = out
         finally:
             metrics.INFLIGHT.dec()
@@ -121,20 +139,19 @@ class ChatService:
         texts = [o.text for o in outs]
         finish = [o.finish_reason for o in outs]
         ctoks = [len(o.token_ids) for o in outs]
-        recorded = await self._record(completion_hex, req, messages, texts, finish, len(prompt_ids), ctoks, adapter,
-                                      sampling)
+        recorded = await self._record(completion_hex, prep, texts, finish, ctoks)
         return ChatCompletion(
             id=f"chatcmpl-{completion_hex}", model=self._model_name(adapter),
             choices=[Choice(index=o.index, message=AssistantMessage(content=o.text), finish_reason=o.finish_reason)
                      for o in outs],
             usage=Usage(prompt_tokens=len(prompt_ids), completion_tokens=sum(ctoks),
                         total_tokens=len(prompt_ids) + sum(ctoks)),
-            rlhf=self._rlhf_info(completion_hex, req.n, req.user, adapter, messages, recorded),
+            rlhf=self._rlhf_info(completion_hex, req.n, prep.user, adapter, prep.messages, recorded),
         )
 
     # ------------------------------------------------------------------ streaming (SSE)
-    async def stream(self, req: ChatCompletionRequest, prepared) -> AsyncIterator[str]:
-        messages, prompt_ids, params, adapter, sampling = prepared
+    async def stream(self, prep: Prepared) -> AsyncIterator[str]:
+        req, prompt_ids, adapter = prep.request, prep.prompt_ids, prep.adapter
         completion_hex = uuid.uuid4().hex
         cid = f"chatcmpl-{completion_hex}"
         created = int(time.time())
@@ -152,7 +169,7 @@ class ChatService:
 
         metrics.INFLIGHT.inc()
         try:
-            async for out in self.engine.generate(prompt_ids, params, cid, adapter):
+            async for out in self.engine.generate(prompt_ids, prep.params, cid, adapter):
                 for o in out.outputs:
                     i = o.index
                     if first and o.token_ids:
@@ -174,8 +191,7 @@ class ChatService:
             return
         finally:
             metrics.INFLIGHT.dec()
-        recorded = await self._record(completion_hex, req, messages, texts, finish, len(prompt_ids), ctoks, adapter,
-                                      sampling)
+        recorded = await self._record(completion_hex, prep, texts, finish, ctoks)
         # Finish reasons per choice, then one last chunk with usage (if asked) and the rlhf extension.
         for i in range(req.n):
             yield sse(ChatCompletionChunk(id=cid, created=created, model=model,
@@ -184,7 +200,8 @@ class ChatService:
         usage = Usage(prompt_tokens=len(prompt_ids), completion_tokens=sum(ctoks),
                       total_tokens=len(prompt_ids) + sum(ctoks)) if include_usage else None
         last = ChatCompletionChunk(id=cid, created=created, model=model, choices=[], usage=usage,
-                                   rlhf=self._rlhf_info(completion_hex, req.n, req.user, adapter, messages, recorded))
+                                   rlhf=self._rlhf_info(completion_hex, req.n, prep.user, adapter, prep.messages,
+                                                        recorded))
         yield sse(last)
         yield "data: [DONE]\n\n"
 

@@ -1,6 +1,7 @@
 """Adapter routes: what this replica has loaded and routes to, and the admin switches.
 
-    GET  /v1/adapters                         loaded versions, active / canary / previous
+    GET  /v1/adapters                         loaded versions, active / canary / previous (callers
+                                              authenticate as for chat: auth.py)
     POST /v1/admin/adapters/activate  {"version": "policy@v3" | "base"}
     POST /v1/admin/adapters/rollback  {}
     POST /v1/admin/adapters/canary    {"version": "policy@v4", "fraction": 0.1}   (version null or fraction 0 ends it)
@@ -21,6 +22,7 @@ from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse
 
 from feedback.schema import TOPIC_ADAPTERS, RoutingChanged
+from serving.auth import authenticate
 from serving.errors import APIError, not_ready
 from serving.protocol import ActivateBody, CanaryBody
 
@@ -36,7 +38,7 @@ def _follower(request: Request):
     return follower
 
 
-@router.get("/v1/adapters")
+@router.get("/v1/adapters", dependencies=[Depends(authenticate)], responses={401: {}})
 async def list_adapters(request: Request):
     return _follower(request).describe()
 

@@ -7,22 +7,27 @@
                        "rejected": {"response_id": "r_..._1", "feedback_token": "..."}}
     -> 202 {"event_id": "..."}
 
-Identity: the feedback token names the user the answer was served to (the chat request's
-`user`), and the feedback is that user's. A body that gives `user` must give the same one, or
-it gets 403; clients may leave it out. So only the client that received an answer (holds its
-token) can rate it, and always as the user it asked as.
+Identity: the caller authenticates as for chat (serving/auth.py), and the feedback token names
+the user the answer was served to (the end user of the chat request: `CLIENT:user` with API
+keys, the JWT's `sub`, the bare `user` without auth). The feedback is that user's, and must come
+from them: a body that gives `user` must give the same one (within its client, with API keys;
+with JWTs the body's `user` is ignored and the token's `sub` must be the answer's user), and a
+client may rate only answers served to its own users; otherwise 403. So only the caller that
+received an answer (holds its token) can rate it, and always as the user it asked as.
 
-Answers: 202 once the event is durable (acked by Kafka or fsynced to the spool); 404 for a
-response id this service never issued; 403 for a forged, mismatched or expired token; 422 for
-pairwise answers to different prompts, the same answer twice, or a comment longer than
-RLHF_FEEDBACK_COMMENT_MAX; 429 with Retry-After above RLHF_FEEDBACK_RATE_LIMIT posts per user
-per minute (per replica); 503 with Retry-After if the spool is full. Nothing is published on
-any 4xx. Errors use OpenAI's shape {"error": {"message", "type", "param", "code"}}.
-Repeated feedback by a user on an answer gets a new event id; consumers keep the latest per
-`dedupe_key()` (schema.py), so it replaces the earlier one.
+Answers: 202 once the event is durable (acked by Kafka or fsynced to the spool); 401 without a
+valid credential; 404 for a response id this service never issued; 403 for a forged,
+mismatched or expired token, or another user's; 422 for pairwise answers to different prompts,
+the same answer twice, or a comment longer than RLHF_FEEDBACK_COMMENT_MAX; 429 with Retry-After
+above RLHF_FEEDBACK_RATE_LIMIT posts per user or RLHF_CLIENT_FEEDBACK_RATE_LIMIT per client per
+minute; 503 with Retry-After if the spool is full. Nothing is published on any 4xx. Errors use
+OpenAI's shape {"error": {"message", "type", "param", "code"}}.
+The same feedback posted again (same `dedupe_key()` in schema.py, same value) gets 202 with the
+first event id and publishes nothing; a changed value gets a new event id, and consumers keep
+the latest per `dedupe_key()`, so it replaces the earlier one (feedback_repeats.py).
 
-The checks live in feedback_service.py, the rate limiter in rate_limit.py; the body models
-in protocol.py.
+The checks live in feedback_service.py, the quotas in rate_limit.py, the caller in auth.py; the
+body models in protocol.py.
 """
 
 from __future__ import annotations
@@ -32,15 +37,17 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends, Request
 
 from feedback.schema import Pairwise, Thumbs
+from serving.auth import Authenticated, authenticate
 from serving.errors import not_ready
 from serving.feedback_service import FeedbackService
 from serving.protocol import FeedbackAccepted, FeedbackRequest
 
-router = APIRouter()
+# Authentication comes first: a caller without a valid credential learns nothing about its body.
+router = APIRouter(dependencies=[Depends(authenticate)])
 
 
-# Dependencies are `async def` so they run on the event loop, not in a thread pool: the rate
-# limiter's buckets are then never updated by two threads at once.
+# Dependencies are `async def` so they run on the event loop, not in a thread pool: the quotas'
+# buckets and the record of recent feedback are then never updated by two threads at once.
 async def _service(request: Request) -> FeedbackService:
     service = request.app.state.feedback
     if service is None:
@@ -51,24 +58,24 @@ async def _service(request: Request) -> FeedbackService:
 Feedback = Annotated[FeedbackService, Depends(_service)]
 
 
-async def _checked_event(body: Annotated[FeedbackRequest, Body()], feedback: Feedback) -> Thumbs | Pairwise:
-    return feedback.check(body)
+async def _checked_event(body: Annotated[FeedbackRequest, Body()], feedback: Feedback,
+                         caller: Authenticated) -> Thumbs | Pairwise:
+    return feedback.check(body, caller)
 
 
 CheckedEvent = Annotated[Thumbs | Pairwise, Depends(_checked_event)]
 
 
-async def _limit_per_user(event: CheckedEvent, request: Request) -> Thumbs | Pairwise:
-    """Counted after the checks, against the user the token proves: invalid posts cost nothing."""
-    request.app.state.feedback_limiter.check(event.user, "feedback posts")
+async def _within_quota(event: CheckedEvent, request: Request) -> Thumbs | Pairwise:
+    """Counted after the checks, against the user the token proves and their client: invalid posts cost nothing."""
+    request.app.state.quotas.charge_feedback(event.client, event.user)
     return event
 
 
-RateLimitedEvent = Annotated[Thumbs | Pairwise, Depends(_limit_per_user)]
+RateLimitedEvent = Annotated[Thumbs | Pairwise, Depends(_within_quota)]
 
 
 @router.post("/v1/feedback", status_code=202, response_model=FeedbackAccepted,
-             responses={403: {}, 404: {}, 422: {}, 429: {}, 503: {}})
+             responses={401: {}, 403: {}, 404: {}, 422: {}, 429: {}, 503: {}})
 async def post_feedback(event: RateLimitedEvent, feedback: Feedback) -> FeedbackAccepted:
-    await feedback.publish(event)
-    return FeedbackAccepted(event_id=event.event_id)
+    return FeedbackAccepted(event_id=await feedback.publish(event))

@@ -1,16 +1,19 @@
-"""GET /v1/models: the base model and every loaded adapter version (each one a `model` value)."""
+"""GET /v1/models: the base model and every loaded adapter version (each one a `model` value).
+
+Callers authenticate as for chat (auth.py)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 
 from adapters.router import Router
+from serving.auth import authenticate
 from serving.protocol import ModelCard, ModelList
 
-router = APIRouter()
+router = APIRouter(dependencies=[Depends(authenticate)])
 
 
-@router.get("/v1/models", response_model=ModelList)
+@router.get("/v1/models", response_model=ModelList, responses={401: {}})
 async def models(request: Request):
     routing: Router = request.app.state.router
     cards = [ModelCard(id=routing.base_name)]

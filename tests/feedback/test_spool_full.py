@@ -18,9 +18,10 @@ from feedback.producer import EventPublisher
 from feedback.spool import Spool
 from rlhf.settings import Settings
 from serving import routes_feedback
+from serving.auth import build_authenticator
 from serving.errors import install_error_handlers
 from serving.feedback_service import FeedbackService
-from serving.rate_limit import RateLimiter
+from serving.rate_limit import Quotas
 
 
 def test_full_spool_answers_503_and_counts_the_drop(tmp_path, nowhere):
@@ -36,7 +37,8 @@ def test_full_spool_answers_503_and_counts_the_drop(tmp_path, nowhere):
 
     app = FastAPI(lifespan=lifespan)
     app.state.settings = settings
-    app.state.feedback_limiter = RateLimiter(settings.feedback_rate_limit)
+    app.state.auth = build_authenticator(settings)
+    app.state.quotas = Quotas(settings)
     install_error_handlers(app)
     app.include_router(routes_feedback.router)
     listener = socket.socket()  # bound here and handed to uvicorn: no other process can take the port first
@@ -49,13 +51,15 @@ def test_full_spool_answers_503_and_counts_the_drop(tmp_path, nowhere):
         deadline = time.monotonic() + 30
         while not server.started and time.monotonic() < deadline:
             time.sleep(0.05)
-        rid = feedback_tokens.response_id("ab" * 16, 0)
-        token = feedback_tokens.sign(settings.hmac_key, rid, "erin")
-        body = {"type": "thumbs", "response_id": rid, "feedback_token": token, "value": "up"}
+        def thumbs_up(i: int) -> dict:  # four different answers: four events (a repeat would publish nothing)
+            rid = feedback_tokens.response_id("ab" * 16, i)
+            token = feedback_tokens.sign(settings.hmac_key, rid, "erin")
+            return {"type": "thumbs", "response_id": rid, "feedback_token": token, "value": "up"}
+
         dropped = REGISTRY.get_sample_value("rlhf_spool_dropped_total") or 0.0
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            assert [client.post("/v1/feedback", json=body).status_code for _ in range(3)] == [202] * 3
-            r = client.post("/v1/feedback", json=body)
+            assert [client.post("/v1/feedback", json=thumbs_up(i)).status_code for i in range(3)] == [202] * 3
+            r = client.post("/v1/feedback", json=thumbs_up(3))
         assert r.status_code == 503 and int(r.headers["Retry-After"]) > 0
         assert r.json()["error"]["code"] == "spool_full"
         assert REGISTRY.get_sample_value("rlhf_spool_dropped_total") == dropped + 1
