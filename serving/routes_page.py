@@ -1,6 +1,8 @@
 """The chat page: GET / and its static files (plain HTML/JS/CSS, no build step).
 
-The page uses only the public API: /v1/chat/completions, /v1/feedback, /v1/adapters.
+The page uses only the public API: /v1/chat/completions, /v1/feedback, /v1/adapters. The page
+and its files are open; when those calls answer 401 (RLHF_AUTH=api-key or jwt), the page asks
+for an API key or token and sends it as `Authorization: Bearer ...` (static/app.js).
 """
 
 from __future__ import annotations

@@ -2,6 +2,9 @@
 //   POST /v1/chat/completions (streamed; `user` = a per-browser id kept in localStorage)
 //   POST /v1/feedback         (thumbs, pairwise: the wire shapes of DESIGN.md)
 //   GET  /v1/adapters         (which adapter version serves, for the header and the model menu)
+// When the server wants a credential (RLHF_AUTH=api-key or jwt) an API call answers 401: the page
+// then asks for an API key or token once, keeps it in localStorage, sends it as
+// `Authorization: Bearer ...` on every call, and asks again when it is refused (revoked, expired).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -24,6 +27,46 @@ function browserUserId() {
   return id;
 }
 
+// ------------------------------------------------------------------------------ credential
+const CREDENTIAL = "rlhf-credential";
+let asking = null; // the open question for a credential, shared by every call refused meanwhile
+
+function askForCredential(reason) {
+  if (!asking) {
+    asking = new Promise((resolve) => {
+      const form = $("auth");
+      $("auth-reason").textContent = reason;
+      $("auth-key").value = "";
+      form.hidden = false;
+      $("auth-key").focus();
+      form.onsubmit = (ev) => {
+        ev.preventDefault();
+        const value = $("auth-key").value.trim();
+        if (!value) return;
+        localStorage.setItem(CREDENTIAL, value);
+        form.hidden = true;
+        asking = null;
+        resolve();
+      };
+    });
+  }
+  return asking;
+}
+
+// fetch() with the stored credential; on 401, ask for one and try again.
+async function api(path, init = {}) {
+  for (;;) {
+    const credential = localStorage.getItem(CREDENTIAL);
+    const headers = { ...(init.headers || {}) };
+    if (credential) headers.Authorization = "Bearer " + credential;
+    const res = await fetch(path, { ...init, headers });
+    if (res.status !== 401) return res;
+    if (localStorage.getItem(CREDENTIAL) === credential) localStorage.removeItem(CREDENTIAL);
+    const why = await errorText(res);
+    await askForCredential(credential ? `refused: ${why}` : why);
+  }
+}
+
 // ------------------------------------------------------------------------------ API calls
 async function errorText(res) {
   try {
@@ -37,7 +80,7 @@ async function errorText(res) {
 // Streams one chat completion; onDelta(choiceIndex, text) for each piece.
 // Resolves to {model, rlhf} from the last chunk (rlhf carries response ids and feedback tokens).
 async function streamCompletion(body, onDelta) {
-  const res = await fetch("/v1/chat/completions", {
+  const res = await api("/v1/chat/completions", {
     method: "POST",
     headers: { "Content-Type": "application/json" },
     body: JSON.stringify({ ...body, stream: true, user: state.user }),
@@ -73,7 +116,7 @@ async function streamCompletion(body, onDelta) {
 }
 
 async function postFeedback(body) {
-  const res = await fetch("/v1/feedback", {
+  const res = await api("/v1/feedback", {
     method: "POST",
     headers: { "Content-Type": "application/json" },
     body: JSON.stringify(body),
@@ -217,9 +260,12 @@ async function send(text) {
 }
 
 // ------------------------------------------------------------------------------ which adapter serves
+let refreshing = false;
 async function refreshAdapters() {
+  if (refreshing) return; // still waiting (e.g. for a credential): one call at a time
+  refreshing = true;
   try {
-    const res = await fetch("/v1/adapters");
+    const res = await api("/v1/adapters");
     if (!res.ok) throw new Error(await errorText(res));
     const info = await res.json();
     state.base = info.base;
@@ -236,6 +282,8 @@ async function refreshAdapters() {
     }
   } catch (e) {
     $("serving").textContent = "serving status unavailable";
+  } finally {
+    refreshing = false;
   }
 }
 

@@ -1,6 +1,7 @@
 """The chat page in a real headless Chromium (Debian's `chromium`, driven by Playwright) against the
 session's real server and broker: chat, thumbs up, compare mode; the events are read back from
-the topics with an independent consumer.
+the topics with an independent consumer. Then against a server that wants API keys: the page
+asks for one, keeps it, chats and sends feedback with it, and asks again when it is refused.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from feedback.schema import Interaction, Pairwise, Thumbs
 from harness import browser as chromium
 from harness.kafka import read_topic
 from harness.waiting import wait_until
+from tests.serving.conftest import rlhf_keys
 
 
 @pytest.fixture(scope="module")
@@ -127,3 +129,64 @@ def test_compare_two_models_pairs_answers_of_two_requests(page, broker):
     pair = wait_until(lambda: [e for e in feedback_events(broker, Pairwise) if e.chosen_response_id == ids[0]],
                       20, 0.5, "the Pairwise event on rlhf.feedback")
     assert pair[0].rejected_response_id == ids[1]
+
+
+# ----------------------------------------------------------------------------- with API keys
+REFUSED = "the server responded with a status of 401"  # Chromium logs each refused call; expected here
+
+
+@pytest.fixture
+def keyed_page(browser, api_key_server):
+    context = browser.new_context()
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" and REFUSED not in m.text else None)
+    pg.set_default_timeout(60_000)
+    yield pg
+    context.close()
+    assert not errors, errors
+
+
+def test_the_page_asks_for_an_api_key_then_chats_and_sends_feedback(keyed_page, api_key_server, new_client,
+                                                                    keys_file, broker):
+    page = keyed_page
+    key = new_client("web-page")
+    page.goto(api_key_server.url + "/")
+    page.get_by_test_id("auth").wait_for(state="visible")  # the first call was refused: it asks
+    assert "needs an API key" in page.get_by_test_id("auth-reason").inner_text()
+    page.get_by_test_id("auth-key").fill(key)
+    page.get_by_test_id("auth-save").click()
+    page.wait_for_function("() => document.querySelector('[data-testid=serving]').dataset.active !== undefined")
+    assert page.get_by_test_id("auth").is_hidden()
+    assert page.evaluate("localStorage.getItem('rlhf-credential')") == key
+
+    send(page, "Tell me about dogs.")
+    answer = page.get_by_test_id("answer").last
+    assert page.get_by_test_id("error").is_hidden(), page.get_by_test_id("error").inner_text()
+    response_id = answer.get_attribute("data-response-id")
+    answer.get_by_test_id("thumbs-up").click()
+    page.wait_for_function("() => document.querySelector('[data-testid=feedback-status]').textContent !== ''")
+    assert page.get_by_test_id("error").is_hidden(), page.get_by_test_id("error").inner_text()
+    thumbs = wait_until(lambda: [e for e in feedback_events(broker, Thumbs) if e.response_id == response_id],
+                        20, 0.5, "the Thumbs event on rlhf.feedback")
+    browser_user = page.evaluate("localStorage.getItem('rlhf-user-id')")
+    assert (thumbs[0].user, thumbs[0].client) == (f"web-page:{browser_user}", "web-page")
+
+    # The key is kept: a reload asks nothing.
+    page.reload()
+    page.wait_for_function("() => document.querySelector('[data-testid=serving]').dataset.active !== undefined")
+    assert page.get_by_test_id("auth").is_hidden()
+
+    # Refused (revoked): it asks again, and a new key works.
+    assert rlhf_keys(keys_file, "revoke", "web-page").returncode == 0
+    page.get_by_test_id("input").fill("Are you still there?")
+    page.get_by_test_id("send").click()
+    page.get_by_test_id("auth").wait_for(state="visible", timeout=20_000)
+    assert "refused" in page.get_by_test_id("auth-reason").inner_text()
+    page.get_by_test_id("auth-key").fill(new_client("web-page-2"))
+    page.get_by_test_id("auth-save").click()
+    page.wait_for_function("() => document.querySelectorAll('[data-testid=answer]').length === 1"  # since the reload
+                           " && !document.querySelector('[data-testid=send]').disabled")
+    assert page.get_by_test_id("error").is_hidden(), page.get_by_test_id("error").inner_text()
+    assert page.get_by_test_id("answer").last.get_attribute("data-response-id").startswith("r_")
