@@ -66,6 +66,25 @@ def test_serving_replicas_pdb_hpa_service(overlay):
         assert deploy["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
 
 
+def test_serving_needs_api_keys_from_a_secret_and_shares_quotas_by_its_replica_count(overlay):
+    _, docs = overlay
+    deploy = one(docs, "Deployment", "rlhf-serving")
+    pod = deploy["spec"]["template"]["spec"]
+    c = next(c for c in pod["containers"] if c["name"] == "serving")
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert int(env["RLHF_SERVING_REPLICAS"]) == deploy["spec"]["replicas"]
+    assert one(docs, "HorizontalPodAutoscaler", "rlhf-serving")["spec"]["minReplicas"] == deploy["spec"]["replicas"]
+    config = one(docs, "ConfigMap", next(s["configMapRef"]["name"] for s in c["envFrom"]))["data"]
+    assert config["RLHF_AUTH"] == "api-key"
+    keys_dir, _, keys_name = config["RLHF_API_KEYS_FILE"].rpartition("/")
+    mount = next(m for m in c["volumeMounts"] if m["mountPath"] == keys_dir)
+    assert mount["readOnly"] is True
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert volume["secret"]["secretName"] == "rlhf-api-keys"
+    assert not find(docs, "Secret"), "no Secret is rendered: keys and secrets are created by the operator"
+    assert keys_name == "api-keys"  # the Secret's key, as `kubectl create secret ... --from-file=api-keys=...`
+
+
 def test_prod_uses_gpus_and_dev_does_not():
     for overlay in OVERLAYS:
         pods = pod_specs(render(overlay))

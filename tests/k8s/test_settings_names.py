@@ -38,6 +38,12 @@ EXPECTED = {
     "RLHF_REPLICA_ID",              # the pod name, from the downward API
     "RLHF_HMAC_KEY",                # from the Secret rlhf-secrets
     "RLHF_ADMIN_TOKEN",             # from the Secret rlhf-secrets
+    "RLHF_AUTH",                    # api-key: no anonymous callers outside dev mode
+    "RLHF_API_KEYS_FILE",           # the Secret rlhf-api-keys, mounted as a file
+    "RLHF_SERVING_REPLICAS",        # = the Deployment's replicas: how the replicas share the quotas
+    "RLHF_CHAT_RATE_LIMIT",         # quotas (off by default): per user and per client
+    "RLHF_CLIENT_CHAT_RATE_LIMIT",
+    "RLHF_CLIENT_FEEDBACK_RATE_LIMIT",
 }
 SECRETS = {"RLHF_HMAC_KEY", "RLHF_ADMIN_TOKEN"}
 IMPORTANT = {"model", "kafka_bootstrap", "adapter_dir", "data_dir", "hmac_key", "admin_token"}
@@ -144,6 +150,8 @@ def test_each_container_gets_settings_the_code_accepts(overlay, monkeypatch):
             assert str(s.data_dir) == "/data" and str(s.adapter_dir) == "/adapters" and str(s.cache_dir) == "/cache"
             if c["name"] == "serving":
                 s.check_secrets()  # would exit if the HMAC key were a placeholder
+                s.check_auth()  # would exit without real authentication
+                assert s.auth != "none"
                 assert s.admin_token, "serving needs the admin token"
                 ports = [p["containerPort"] for p in c["ports"]]
                 assert ports == [s.port]
