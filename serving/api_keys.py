@@ -195,6 +195,8 @@ class ApiKeys:
         self.path = Path(path)
         self._watched = WatchedFile(self.path, every_s)
         self._clients: dict[str, str] = {}  # sha256 of an active key -> client name
+        if self._watched.changed():  # read now, so the start-up log says what the file holds
+            self._reload()
 
     def _reload(self) -> None:
         try:
