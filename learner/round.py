@@ -236,9 +236,9 @@ class Learner:
     def prompt_pools(self, by: str, suspects: set[str]) -> tuple[list[list[int]], list[dict], list[list[int]]]:
         """(PPO's prompt pool, its rows, the gate's held-out prompts), both drawn across users.
 
-        PPO: `max_train_prompts` draws (at most one per candidate) in proportion to the capped
-        weights of each user's distinct prompts: each user's share of the pool is their share
-        of the round, to within one prompt. Gate: up to `gate.max_prompts` distinct held-out
+        PPO: min(`max_train_prompts`, candidates) draws in proportion to the capped weights of
+        each user's distinct prompts (a user with few prompts gets them repeated): each user's
+        share of the pool is their share of the round, to within one prompt. Gate: up to `gate.max_prompts` distinct held-out
         prompts, a weighted sample without replacement (seeded: the same for both policies)."""
         cfg = self.cfg
         rows = self.store.user_prompts("train", cfg.max_train_prompts, by=by)
