@@ -228,7 +228,7 @@ class Learner:
         by_client = group_shares(weights.weights, [e["client"] for e in chosen])
         metrics.update(rm_users=len(weights.user_shares), rm_clients=len(by_client),
                        rm_max_user_share=weights.max_user_share, rm_max_client_share=weights.max_client_share,
-                       rm_user_cap_met=int(weights.user_cap_met), consensus_agreement=consensus,
+                       rm_client_cap_met=int(weights.client_cap_met), consensus_agreement=consensus,
                        suspects_tested=len(tested), suspect_users=len(suspects),
                        heldout_users=len({e["user"] for e in held_ex}))
         return RewardFit(chosen, weights, tested, consensus, metrics)

@@ -18,11 +18,16 @@ alternates users and clients until both caps hold.
 When a cap cannot be met at all, because fewer than 1/cap groups have any mass (a round with
 3 users under a 0.05 cap, or one client under a 0.5 cap), every such group gets an equal
 share: the strictest cap that can be met. A single user or a single client thus keeps all
-the weight. When the two caps cannot be met together (a client with too few users to carry
-its share: one client of 1 user beside one of 99 under caps 0.05 and 0.5), the client cap
-holds and the user cap yields where it must; `user_cap_met` says so. Clients are issued by
-the operator, users are names a client makes up, so the cap on clients is the one volume
-cannot get around.
+the weight.
+
+When the two caps cannot be met together, the user cap holds and the client cap yields
+(`client_cap_met` says so). That happens when the other clients have too few users to take
+up the weight the cap would move to them: a client of 2 users beside one of 17 under caps
+0.05 and 0.5 would need its 2 users at 0.25 each, 5 times the user cap (and with fewer than
+20 users, every user has an equal share, so the clients' shares are fixed by their users).
+People come first: capping clients must never make one person count more than the user cap
+allows, or a key with a handful of users could claim half of every round. A client can
+exceed its cap only through many distinct users, each within the user cap.
 """
 
 from __future__ import annotations
@@ -64,7 +69,7 @@ class CappedWeights:
     client_shares: dict[str, float] = field(default_factory=dict)
     user_cap: float = 1.0                                   # the cap that holds: max(cap, 1 / users)
     client_cap: float = 1.0                                 # max(cap, 1 / clients)
-    user_cap_met: bool = True                               # False: the client cap forced a user over user_cap
+    client_cap_met: bool = True                             # False: the user cap kept a client over client_cap
 
     @property
     def max_user_share(self) -> float:
@@ -115,12 +120,12 @@ def capped_weights(users: list[str], clients: list[str], *, max_user_share: floa
     met = False
     for _ in range(MAX_PASSES):
         before = w
-        w = _fill(_fill(w, users, max_user_share), clients, max_client_share)  # the client cap is applied last
-        if max(group_shares(w, users).values()) <= user_cap * (1 + 1e-6):
+        w = _fill(_fill(w, clients, max_client_share), users, max_user_share)  # the user cap is applied last
+        if max(group_shares(w, clients).values()) <= client_cap * (1 + 1e-6):
             met = True
             break
         if max(abs(a - b) for a, b in zip(w, before)) < TOLERANCE:
-            break  # a fixed point with a user over the cap: the caps cannot hold together
+            break  # a fixed point with a client over the cap: the caps cannot hold together
     return CappedWeights(w, group_shares(w, users), group_shares(w, clients), user_cap, client_cap, met)
 
 

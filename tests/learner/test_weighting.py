@@ -46,10 +46,10 @@ def test_both_caps_hold_on_random_crowds(seed):
     r = capped_weights(users, clients, max_user_share=cu, max_client_share=cc)
     assert len(r.weights) == len(users) and all(w > 0 for w in r.weights)
     assert sum(r.weights) == pytest.approx(1.0)
-    assert r.client_cap == pytest.approx(max(cc, 1 / len(set(clients))))
-    assert max(group_shares(r.weights, clients).values()) <= r.client_cap + EPS
-    if r.user_cap_met:
-        assert max(group_shares(r.weights, users).values()) <= r.user_cap + EPS
+    assert r.user_cap == pytest.approx(max(cu, 1 / len(set(users))))
+    assert max(group_shares(r.weights, users).values()) <= r.user_cap + EPS
+    if r.client_cap_met:
+        assert max(group_shares(r.weights, clients).values()) <= r.client_cap + EPS
     # within a group the examples keep equal weight (they started equal)
     for u in set(users):
         ws = [w for w, x in zip(r.weights, users) if x == u]
@@ -61,7 +61,7 @@ def test_a_flood_of_one_user_gets_the_cap():
     r = capped_weights(users, [""] * len(users), max_user_share=0.05, max_client_share=0.5)
     assert r.user_shares["spammer"] == pytest.approx(0.05)
     assert r.user_shares["u7"] == pytest.approx(0.95 / 100)
-    assert r.user_cap_met and r.max_client_share == pytest.approx(1.0)  # one client: everything, by the fallback
+    assert r.client_cap_met and r.max_client_share == pytest.approx(1.0)  # one client: everything, by the fallback
 
 
 def test_a_client_inventing_users_gets_the_client_cap():
@@ -69,14 +69,14 @@ def test_a_client_inventing_users_gets_the_client_cap():
     clients = ["leaked-key"] * 1000 + ["web"] * 40
     r = capped_weights(users, clients, max_user_share=0.05, max_client_share=0.5)
     assert r.client_shares == pytest.approx({"leaked-key": 0.5, "web": 0.5})
-    assert r.user_cap_met and r.max_user_share <= 0.05 + EPS
+    assert r.client_cap_met and r.max_user_share <= 0.05 + EPS
 
 
 def test_fewer_users_than_one_over_the_cap_gives_equal_shares():
     users = ["a"] * 90 + ["b"] * 9 + ["c"]
     r = capped_weights(users, [""] * 100, max_user_share=0.05, max_client_share=0.5)
     assert r.user_shares == pytest.approx({"a": 1 / 3, "b": 1 / 3, "c": 1 / 3})
-    assert r.user_cap == pytest.approx(1 / 3) and r.user_cap_met
+    assert r.user_cap == pytest.approx(1 / 3)
 
 
 def test_a_single_anonymous_user_keeps_all_the_weight():
@@ -85,14 +85,28 @@ def test_a_single_anonymous_user_keeps_all_the_weight():
     assert r.user_shares == {"": pytest.approx(1.0)} and r.client_shares == {"": pytest.approx(1.0)}
 
 
-def test_when_both_caps_cannot_hold_the_client_cap_wins():
-    # client x has one user: under a 0.5 client cap it should get half, which is more than the user cap
+def test_when_both_caps_cannot_hold_the_user_cap_wins():
+    # client x has one user: the client cap would give it half, 10 times the user cap; the user cap holds
     users = ["solo"] * 500 + [f"u{i}" for i in range(99)]
     clients = ["x"] * 500 + ["y"] * 99
     r = capped_weights(users, clients, max_user_share=0.05, max_client_share=0.5)
-    assert not r.user_cap_met
-    assert r.max_client_share <= 0.5 + EPS
-    assert r.user_shares["solo"] == pytest.approx(0.5)
+    assert not r.client_cap_met
+    assert r.user_shares["solo"] == pytest.approx(0.05) and r.client_shares["y"] == pytest.approx(0.95)
+
+
+def test_a_small_client_is_not_raised_past_its_users_caps():
+    # two sybils with their own key post as much as 17 honest users of another: with fewer than 20
+    # users every user gets an equal share, so the sybils' client gets 2/19, not the client cap's half
+    users = [f"app:u{i}" for i in range(17) for _ in range(20)] + [f"m:m{i}" for i in range(2) for _ in range(170)]
+    clients = [u.split(":")[0] for u in users]
+    r = capped_weights(users, clients, max_user_share=0.05, max_client_share=0.5)
+    assert r.client_shares["m"] == pytest.approx(2 / 19) and not r.client_cap_met
+    # with enough users on both sides both caps hold
+    users = [f"app:u{i}" for i in range(30)] * 3 + [f"m:m{i}" for i in range(12)] * 20
+    clients = [u.split(":")[0] for u in users]
+    r = capped_weights(users, clients, max_user_share=0.05, max_client_share=0.5)
+    assert r.client_cap_met and r.client_shares == pytest.approx({"app": 0.5, "m": 0.5})
+    assert r.max_user_share <= 0.05 + EPS
 
 
 def test_masses_lower_a_user_below_the_cap():
