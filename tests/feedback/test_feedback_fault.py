@@ -146,8 +146,8 @@ def test_rate_limit_answers_429_and_publishes_nothing_more(stack):
     ref = refs_for(stack.server, user)[0]
     accepted, limited = [], None
     with httpx.Client(base_url=stack.server.url, timeout=30) as client:
-        for _ in range(2 * RATE_LIMIT):
-            r = client.post("/v1/feedback", json={"type": "thumbs", **ref, "value": "up"})
+        for i in range(2 * RATE_LIMIT):  # the vote changes each time: an unchanged repeat would publish nothing
+            r = client.post("/v1/feedback", json={"type": "thumbs", **ref, "value": ("up", "down")[i % 2]})
             if r.status_code == 429:
                 limited = r
                 break
