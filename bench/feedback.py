@@ -132,8 +132,11 @@ def metric(url: str, name: str) -> float:
 
 
 def feedback_bodies(url: str, users: int) -> list[bytes]:
-    """Thumbs and pairwise bodies for answers of `users` chat completions (n=2 each)."""
-    bodies = []
+    """Thumbs and pairwise bodies for answers of `users` chat completions (n=2 each). Each opinion
+    comes twice, the second time changed (up <-> down, chosen <-> rejected), so a bench cycling
+    through the list changes every vote it posts again: an unchanged repeat would be answered
+    from memory and published nothing, which is not what this bench measures."""
+    bodies, flipped = [], []
     for u in range(users):
         r = httpx.post(url + "/v1/chat/completions", timeout=120, json={
             "model": "tiny", "messages": [{"role": "user", "content": f"Hello {u}"}], "n": 2, "max_tokens": 8,
@@ -143,7 +146,10 @@ def feedback_bodies(url: str, users: int) -> list[bytes]:
         bodies += [json.dumps({"type": "thumbs", **a, "value": "up", "comment": "bench"}).encode(),
                    json.dumps({"type": "thumbs", **b, "value": "down"}).encode(),
                    json.dumps({"type": "pairwise", "chosen": a, "rejected": b}).encode()]
-    return bodies
+        flipped += [json.dumps({"type": "thumbs", **a, "value": "down", "comment": "bench"}).encode(),
+                    json.dumps({"type": "thumbs", **b, "value": "up"}).encode(),
+                    json.dumps({"type": "pairwise", "chosen": b, "rejected": a}).encode()]
+    return bodies + flipped
 
 
 def start_stack(tmp: Path):
