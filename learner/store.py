@@ -15,7 +15,10 @@ What is in it:
 - `meta`         counters, and the routing state of `rlhf.adapters` (serving's own state machine).
 
 Interactions and feedback carry `user` and `client` and a `split` (`train` | `heldout`) by a
-stable hash of the user (`split_of`): a held-out user's prompts and feedback never train.
+stable hash of the user (`split_of`): a held-out user's prompts and feedback never train. The
+hash is keyed (RLHF_LEARNER_SPLIT_KEY, or a random key made when the store file is created,
+meta `split_salt`), so no one can choose user ids that land on the side they want (e.g. all in
+the held-out users whose consensus suspects are measured against).
 
 Exactly-once effect from at-least-once delivery: `ingest()` stores a whole poll batch in one
 transaction (WAL, synchronous=FULL) and only then does the caller commit the Kafka offsets.
@@ -26,7 +29,9 @@ the redelivered events are found in `events` and skipped.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import secrets
 import sqlite3
 import time
 from dataclasses import dataclass, field
@@ -147,13 +152,12 @@ CREATE TABLE IF NOT EXISTS meta (
 # Columns added after a store file was first created: added on open when missing.
 ADDED_COLUMNS = {"interactions": {"client": "TEXT NOT NULL DEFAULT ''"},
                  "feedback": {"client": "TEXT NOT NULL DEFAULT ''"}}
-SPLIT_BY = "user"  # what the stored `split` column is a hash of (meta `split_by`)
 
 
-def split_of(key: str, heldout_fraction: float) -> str:
-    """Stable train/held-out split by a hash of `key`: the user (stored), or the conversation
+def split_of(key: str, heldout_fraction: float, salt: bytes) -> str:
+    """Stable train/held-out split by a keyed hash of `key`: the user (stored), or the conversation
     (the fallback of a round whose users all fall on one side, see learner/round.py)."""
-    h = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
+    h = int.from_bytes(hmac.new(salt, key.encode(), hashlib.sha256).digest()[:8], "big") / 2**64
     return "heldout" if h < heldout_fraction else "train"
 
 
@@ -176,7 +180,7 @@ class Store:
     """One connection per thread: create a Store in each thread that uses it."""
 
     def __init__(self, path: Path | str, heldout_fraction: float = 0.2, *, adapter_dir: Path | str,
-                 default_canary_fraction: float = 0.0, max_lora_rank: int | None = None):
+                 default_canary_fraction: float = 0.0, max_lora_rank: int | None = None, split_key: str = ""):
         self.path = Path(path)
         self.adapter_dir = Path(adapter_dir)
         self.max_lora_rank = max_lora_rank  # the replicas refuse larger adapters; so does the mirror of their routing
@@ -188,11 +192,23 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("PRAGMA busy_timeout=60000")
-        self.db.create_function("split_of", 2, split_of, deterministic=True)
         with self.tx():  # not executescript(): it commits on its own, outside our transaction
             for statement in _statements(SCHEMA):
                 self.db.execute(statement)
+            self.split_salt = split_key.encode() if split_key else self._random_split_salt()
+            self.db.create_function("split_of", 2, self.split_of, deterministic=True)
             self._migrate()
+
+    def _random_split_salt(self) -> bytes:
+        """This store's secret key of the split hash, made once (inside the open transaction)."""
+        salt = self.get_meta("split_salt")
+        if salt is None:
+            salt = secrets.token_hex(32)
+            self.set_meta("split_salt", salt)
+        return bytes.fromhex(salt)
+
+    def split_of(self, key: str, heldout_fraction: float) -> str:
+        return split_of(key, heldout_fraction, self.split_salt)
 
     def _migrate(self) -> None:
         """Bring a store file written by an older learner up to this schema (inside the open transaction)."""
@@ -201,16 +217,18 @@ class Store:
             for name, decl in columns.items():
                 if name not in have:
                     self.db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
-        if self.get_meta("split_by") != SPLIT_BY:  # older files split by conversation: re-split by user
+        split_by = "user, hmac key " + hashlib.sha256(self.split_salt).hexdigest()[:16]
+        if self.get_meta("split_by") != split_by:  # split otherwise before (older file, other key): re-split
             for table in ("interactions", "feedback"):
                 self.db.execute(f"UPDATE {table} SET split = split_of(user, ?)", (self.heldout_fraction,))
-            self.set_meta("split_by", SPLIT_BY)
+            self.set_meta("split_by", split_by)
 
     @classmethod
     def open(cls, settings, heldout_fraction: float = 0.2) -> "Store":
         """The store of these settings: RLHF_DATA_DIR/learner.sqlite3, following RLHF_ADAPTER_DIR."""
         return cls(Path(settings.data_dir) / STORE_FILE, heldout_fraction, adapter_dir=settings.adapter_dir,
-                   default_canary_fraction=settings.canary_fraction, max_lora_rank=settings.max_lora_rank)
+                   default_canary_fraction=settings.canary_fraction, max_lora_rank=settings.max_lora_rank,
+                   split_key=settings.learner_split_key)
 
     def close(self) -> None:
         self.db.close()
@@ -270,7 +288,7 @@ class Store:
             "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (ev.response_id, ev.event_id, ev.completion_id, ev.conversation_id, ev.user, ev.client,
              json.dumps(messages), prompt_key(messages), ev.response, ev.finish_reason, ev.model, ev.adapter,
-             json.dumps(ev.sampling), ev.ts, split_of(ev.user, self.heldout_fraction)))
+             json.dumps(ev.sampling), ev.ts, self.split_of(ev.user, self.heldout_fraction)))
         if cur.rowcount == 0:
             return
         rid = ev.response_id
@@ -302,7 +320,7 @@ class Store:
             "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,'pending',NULL,NULL,?)",
             (key, ev.event_id, ev.type, ev.user, ev.client, ev.conversation_id, fields["response_id"],
              fields["value"], fields["chosen_id"], fields["rejected_id"], ev.ts, now,
-             split_of(ev.user, self.heldout_fraction)))
+             self.split_of(ev.user, self.heldout_fraction)))
         if not self._try_join(key, res):
             res.pending += 1
 

@@ -86,6 +86,8 @@ class Settings(BaseSettings):
                                                             "may have (fewer than 1/share users: equal shares).")
     learner_max_client_share: float = Field(0.5, description="Largest share of a round's training signal one client "
                                                              "(API key or JWT client) may have.")
+    learner_split_key: str = Field("", description="Secret key of the hash that splits users into training and "
+                                                   "held-out (empty: a random key kept in the learner store).")
 
     log_level: str = Field("INFO", description="Python logging level.")
 

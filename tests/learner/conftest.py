@@ -23,6 +23,10 @@ FAST_CONFIG = {
     "gate": {"max_prompts": 32, "samples_per_prompt": 4, "min_heldout_pairs": 6, "min_heldout_thumbs": 3},
     "norm_samples": 64,
 }
+# The train/held-out split of users is a keyed hash; a fixed key gives every run the same split.
+# This one holds out a typical 4 of user0..user19 and 5 of app:user0..19, and puts all of the
+# attack test's mallory:m0..m2 on the training side (the strongest attack).
+SPLIT_KEY = "tests: fixed split key 17"
 
 
 class LearnerProcess(ServerProcess):
@@ -41,6 +45,7 @@ class LearnerProcess(ServerProcess):
         super().__init__({"RLHF_MODEL": "tiny", "RLHF_DATA_DIR": str(self.data_dir),
                           "RLHF_ADAPTER_DIR": str(self.adapter_dir), "RLHF_MAX_MODEL_LEN": "512",
                           "RLHF_LEARNER_CONFIG": str(cfg_path), "RLHF_LOG_LEVEL": "INFO",
+                          "RLHF_LEARNER_SPLIT_KEY": SPLIT_KEY,
                           **{k: str(v) for k, v in env.items()}},
                          tmp / "learner.log", (sys.executable, "-m", "rlhf.cli", "learn"),
                          port_env="RLHF_LEARNER_PORT", ready_path="/healthz", new_session=True)

@@ -21,7 +21,7 @@ from learner.reward import RewardConfig, RewardModel, RewardTrainer
 from learner.round import Learner, LearnerConfig
 from rlhf.models.dialogues import tiny_prompts
 from rlhf.settings import Settings
-from tests.learner.conftest import FAST_CONFIG
+from tests.learner.conftest import FAST_CONFIG, SPLIT_KEY
 from tests.learner.simulate import WORD, preference_rate, synthetic_events
 
 
@@ -29,7 +29,8 @@ from tests.learner.simulate import WORD, preference_rate, synthetic_events
 def learner(tiny_model_path, tmp_path_factory):
     d = tmp_path_factory.mktemp("learning")
     settings = Settings(model="tiny", data_dir=d / "data", adapter_dir=d / "adapters", max_model_len=512,
-                        kafka_bootstrap="127.0.0.1:9", kl_budget=5.0, rm_accuracy_floor=0.6)
+                        kafka_bootstrap="127.0.0.1:9", kl_budget=5.0, rm_accuracy_floor=0.6,
+                        learner_split_key=SPLIT_KEY)
     lrn = Learner(settings, LearnerConfig.from_dict(FAST_CONFIG))
     yield lrn
     lrn.close()

@@ -18,6 +18,7 @@ from learner.reward import RewardConfig, RewardModel, RewardTrainer
 from learner.round import Learner, LearnerConfig
 from learner.tokenization import load_tokenizer
 from rlhf.settings import Settings
+from tests.learner.conftest import SPLIT_KEY
 
 MSGS = [{"role": "user", "content": "How are you today?"}]
 GOOD = ["I am happy today.", "Happy and well, thanks!", "So happy to see you.", "A happy day here."]
@@ -52,7 +53,7 @@ def test_zero_weight_examples_do_not_move_the_reward_model(tiny_model_path, toke
 @pytest.fixture
 def learner(tiny_model_path, tmp_path):
     settings = Settings(model="tiny", data_dir=tmp_path / "data", adapter_dir=tmp_path / "adapters",
-                        max_model_len=512, kafka_bootstrap="127.0.0.1:9")
+                        max_model_len=512, kafka_bootstrap="127.0.0.1:9", learner_split_key=SPLIT_KEY)
     cfg = LearnerConfig.from_dict({"reward": {"batch_size": 16, "epochs": 2, "min_steps": 12, "max_steps": 40}})
     lrn = Learner(settings, cfg)
     yield lrn

@@ -166,6 +166,39 @@ def test_client_is_kept_and_the_split_is_by_user(tmp_path):
     s.close()
 
 
+def held_out_users(s: Store) -> set[str]:
+    return {e["user"] for e in s.feedback_examples("heldout")}
+
+
+def users_thumbs(n: int) -> list:
+    items = []
+    for i in range(n):
+        items.append(interaction(f"r{i}", conv=f"c{i}"))
+        items.append(thumbs(f"r{i}", "up", 1.0, conv=f"c{i}", user=f"acme:user{i}"))
+    return items
+
+
+def test_the_split_is_keyed_per_store_kept_on_reopen_and_redone_for_a_new_key(tmp_path):
+    """Without RLHF_LEARNER_SPLIT_KEY each store draws its own secret key, so no one can pick
+    user ids that land on the side they want; the key and the split survive a reopen."""
+    splits = []
+    for name in ("a", "b"):
+        s = Store(tmp_path / name / "learner.sqlite3", heldout_fraction=0.5, adapter_dir=tmp_path / "adapters")
+        s.ingest(users_thumbs(40))
+        splits.append(held_out_users(s))
+        s.close()
+    assert splits[0] != splits[1]  # 40 users at 0.5: the same split by chance has probability 2^-40
+    s = Store(tmp_path / "a" / "learner.sqlite3", heldout_fraction=0.5, adapter_dir=tmp_path / "adapters")
+    assert held_out_users(s) == splits[0]
+    s.close()
+
+    keyed = [Store(tmp_path / n / "learner.sqlite3", heldout_fraction=0.5, adapter_dir=tmp_path / "adapters",
+                   split_key="operator's key") for n in ("a", "b")]  # a key set: both stores re-split by it
+    assert held_out_users(keyed[0]) == held_out_users(keyed[1]) not in splits
+    for s in keyed:
+        s.close()
+
+
 def test_user_prompts_are_distinct_per_user_newest_first_and_bounded(store):
     items = [interaction(f"r{i}", conv=f"c{i}", prompt=f"q{i % 3}", ts=float(i)) for i in range(6)]
     store.ingest(items)
