@@ -49,27 +49,10 @@ sys.path.insert(0, str(ROOT))
 
 from harness import browser as chromium  # noqa: E402
 from harness.metrics import metric_value  # noqa: E402
+from harness.questions import questions  # noqa: E402
 from harness.up import UpProcess  # noqa: E402
 from harness.user import Preference, converse, liked_answers  # noqa: E402
 from harness.waiting import wait_until  # noqa: E402
-
-COUNTRIES = ["France", "Italy", "Spain", "Japan", "Egypt", "Canada", "Brazil", "Kenya", "Norway", "Peru",
-             "India", "Chile", "Greece", "Poland", "Mexico", "Sweden", "Turkey", "Vietnam", "Ghana", "Cuba"]
-THINGS = ["the sky", "grass", "snow", "a banana", "the sea", "coal", "a lemon", "blood", "milk", "a carrot"]
-ANIMALS = ["a cat", "a dog", "a spider", "a horse", "a bird", "an ant", "a fish", "a cow", "a snake", "a frog"]
-TOPICS = ["the sun", "rain", "bread", "music", "trees", "the moon", "winter", "cheese", "rivers", "books"]
-
-
-def questions(n: int, seed: int) -> list[str]:
-    """Plain questions a base model can answer (drawn from a few templates)."""
-    rng = random.Random(seed)
-    forms = [lambda: f"What is the capital of {rng.choice(COUNTRIES)}?",
-             lambda: f"What color is {rng.choice(THINGS)}?",
-             lambda: f"How many legs does {rng.choice(ANIMALS)} have?",
-             lambda: f"Tell me something about {rng.choice(TOPICS)}.",
-             lambda: f"What language do people speak in {rng.choice(COUNTRIES)}?",
-             lambda: f"Why do people like {rng.choice(TOPICS)}?"]
-    return [rng.choice(forms)() for _ in range(n)]
 
 
 def wait_for(what: str, check, timeout_s: float, up: UpProcess, every: float = 2.0):
