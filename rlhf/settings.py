@@ -58,6 +58,19 @@ class Settings(BaseSettings):
 
     # --- Kafka ------------------------------------------------------------------------
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, comma separated.")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="How clients reach Kafka: `PLAINTEXT` (embedded broker), `SSL` (TLS) or `SASL_SSL` "
+                                 "(TLS + SASL).")
+    kafka_ssl_cafile: str = Field("", description="PEM file of the CA that signed the brokers' certificates "
+                                                  "(empty: the system's CAs).")
+    kafka_ssl_certfile: str = Field("", description="PEM client certificate, for brokers that require one "
+                                                    "(mutual TLS); with RLHF_KAFKA_SSL_KEYFILE.")
+    kafka_ssl_keyfile: str = Field("", description="PEM private key of RLHF_KAFKA_SSL_CERTFILE.")
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "PLAIN"] = Field(
+        "SCRAM-SHA-512", description="SASL mechanism with RLHF_KAFKA_SECURITY_PROTOCOL=SASL_SSL.")
+    kafka_sasl_username: str = Field("", description="SASL user name (SASL_SSL).")
+    kafka_sasl_password_file: str = Field("", description="File whose first line is the SASL password (SASL_SSL; "
+                                                          "e.g. a mounted Secret).")
     topic_partitions: int = Field(3, description="Partitions for topics the service creates.")
     topic_replication: int = Field(1, description="Replication factor for topics the service creates.")
     topic_retention_ms: int = Field(7 * 24 * 3600 * 1000, description="Retention of created topics.")
@@ -86,6 +99,12 @@ class Settings(BaseSettings):
                                                             "may have (fewer than 1/share users: equal shares).")
     learner_max_client_share: float = Field(0.5, description="Largest share of a round's training signal one client "
                                                              "(API key or JWT client) may have.")
+    learner_stall_s: float = Field(300.0, gt=0, description="The learner's /healthz answers 503 when it has "
+                                                           "records to read but stored none for this many seconds.")
+    learner_keep_days: float = Field(30.0, ge=0, description="Days of interactions and feedback the learner store "
+                                                             "keeps (0: no age limit); see docs/learner.md.")
+    learner_keep_events: int = Field(1_000_000, ge=0, description="Most interactions, and most feedback rows, the "
+                                                                  "learner store keeps, newest first (0: no limit).")
     learner_split_key: str = Field("", description="Secret key of the hash that splits users into training and "
                                                    "held-out (empty: a random key kept in the learner store).")
 
