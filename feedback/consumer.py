@@ -48,6 +48,7 @@ from kafka.structs import OffsetAndMetadata
 from prometheus_client import Counter, Gauge
 from pydantic import ValidationError
 
+from feedback.kafka_security import client_security
 from feedback.schema import TOPIC_DEADLETTER, DeadLetter, Event, encode, parse_event
 from feedback.topics import bootstrap_servers, ensure_topics
 from rlhf.settings import Settings
@@ -116,6 +117,7 @@ class EventConsumer:
                 client_id=f"rlhf-{self.group_id}", enable_auto_commit=False,
                 auto_offset_reset="earliest" if self.from_beginning else "latest",
                 max_poll_records=self.max_poll_records, bootstrap_timeout_ms=3000, request_timeout_ms=10_000,
+                **client_security(self.settings),
             )
             parts = []
             for topic in self.topics:
@@ -221,7 +223,8 @@ class EventConsumer:
         if self._producer is None:
             self._producer = KafkaProducer(bootstrap_servers=bootstrap_servers(self.settings), acks="all",
                                            enable_idempotence=True, client_id=f"rlhf-{self.group_id}-dlq",
-                                           max_block_ms=5000, bootstrap_timeout_ms=3000)
+                                           max_block_ms=5000, bootstrap_timeout_ms=3000,
+                                           **client_security(self.settings))
         ev = DeadLetter(reason=f"malformed event at {rec.topic}/{rec.partition}@{rec.offset}: {rec.error}",
                         source_topic=rec.topic, payload=rec.value[:100_000].decode("utf-8", errors="replace"),
                         origin=f"consumer:{self.group_id}")

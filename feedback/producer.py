@@ -37,6 +37,7 @@ from kafka.errors import (CorruptRecordError, InvalidRecordError, InvalidTopicEr
                           KafkaTimeoutError, MessageSizeTooLargeError, RecordListTooLargeError)
 from prometheus_client import Counter, Gauge
 
+from feedback.kafka_security import client_security
 from feedback.schema import TOPIC_DEADLETTER, TOPIC_FEEDBACK, DeadLetter, Event, encode
 from feedback.spool import Spool, SpoolFull
 from feedback.topics import bootstrap_servers, ensure_topics
@@ -218,6 +219,7 @@ class EventPublisher:
             bootstrap_timeout_ms=3000,
             request_timeout_ms=10_000,
             delivery_timeout_ms=30_000,  # a record the broker never acks fails after this (it is spooled by then)
+            **client_security(self.settings),
         )
 
     def _connect_sync(self) -> KafkaProducer:

@@ -15,6 +15,7 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+from feedback.kafka_security import client_security
 from feedback.schema import ALL_TOPICS
 from rlhf.settings import Settings
 
@@ -31,7 +32,8 @@ def ensure_topics(settings: Settings, topics: tuple[str, ...] = ALL_TOPICS, time
     Raises kafka.errors.KafkaError (e.g. NoBrokersAvailable) if the broker cannot be reached."""
     timeout_ms = int(timeout_s * 1000)
     admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers(settings), client_id="rlhf-topics",
-                             request_timeout_ms=timeout_ms, bootstrap_timeout_ms=min(timeout_ms, 3000))
+                             request_timeout_ms=timeout_ms, bootstrap_timeout_ms=min(timeout_ms, 3000),
+                             **client_security(settings))
     try:
         missing = [t for t in topics if t not in set(admin.list_topics())]
         created = []

@@ -1,4 +1,7 @@
-"""Kafka from the outside, with plain kafka-python clients (not the product's consumer or producer)."""
+"""Kafka from the outside, with plain kafka-python clients (not the product's consumer or producer).
+
+`security`: kafka-python TLS/SASL keyword arguments (`feedback.kafka_security.client_security`) for a
+broker that needs them."""
 
 from __future__ import annotations
 
@@ -9,9 +12,9 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from feedback.schema import TOPIC_ADAPTERS, encode, parse_event
 
 
-def announce(bootstrap: str, *events) -> None:
+def announce(bootstrap: str, *events, security: dict | None = None) -> None:
     """Put adapter events (AdapterAnnounced, RoutingChanged) on rlhf.adapters, as the learner or CLI would."""
-    producer = KafkaProducer(bootstrap_servers=bootstrap)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, **(security or {}))
     try:
         for ev in events:
             producer.send(TOPIC_ADAPTERS, key=ev.key(), value=encode(ev)).get(timeout=15)
@@ -19,10 +22,10 @@ def announce(bootstrap: str, *events) -> None:
         producer.close(timeout=5)
 
 
-def read_topic(bootstrap: str, topic: str, timeout_s: float = 10.0) -> list:
+def read_topic(bootstrap: str, topic: str, timeout_s: float = 10.0, security: dict | None = None) -> list:
     """Every event on `topic` right now, parsed, read with an independent consumer (no group)."""
     c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                      auto_offset_reset="earliest", fetch_max_wait_ms=100)
+                      auto_offset_reset="earliest", fetch_max_wait_ms=100, **(security or {}))
     try:
         parts = c.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(parts)]

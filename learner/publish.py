@@ -22,6 +22,7 @@ from pathlib import Path
 from kafka import KafkaProducer
 
 from adapters.store import write_adapter
+from feedback.kafka_security import client_security
 from feedback.schema import TOPIC_ADAPTERS, AdapterAnnounced
 from feedback.topics import bootstrap_servers
 
@@ -55,7 +56,8 @@ class OutboxSender:
         # kafka-python 3 defaults to acks='all' + idempotence; setting either explicitly to
         # something else would silently turn idempotence off, so leave them be.
         self.producer = KafkaProducer(bootstrap_servers=bootstrap_servers(settings), client_id="rlhf-learner",
-                                      linger_ms=5, request_timeout_ms=int(timeout_s * 1000))
+                                      linger_ms=5, request_timeout_ms=int(timeout_s * 1000),
+                                      **client_security(settings))
         self.timeout_s = timeout_s
         self._lock = threading.Lock()
 

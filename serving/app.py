@@ -23,6 +23,7 @@ from fastapi import FastAPI
 
 from adapters.follower import AdapterFollower
 from adapters.router import Router
+from feedback.kafka_security import check_client_security
 from feedback.producer import EventPublisher
 from rlhf.models.registry import model_display_name, resolve_model
 from rlhf.settings import Settings, get_settings
@@ -43,6 +44,7 @@ ENGINE_DIED_EXIT = 3
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     settings.check_secrets()
+    check_client_security(settings)  # exits naming the Kafka security setting that cannot work
     auth = build_authenticator(settings)  # exits with a clear message on unusable auth settings
     served_name = settings.served_model_name or model_display_name(settings.model)
 
