@@ -117,7 +117,8 @@ def main() -> None:
     try:
         up.start(timeout=1800)
         url = up.url
-        base_name = httpx.get(url + "/v1/adapters", timeout=10).json()["base"]
+        judged = {"Authorization": f"Bearer {judge}"}
+        base_name = httpx.get(url + "/v1/adapters", timeout=10, headers=judged).json()["base"]
         print(f"ready after {time.monotonic() - t0:.0f} s", flush=True)
         held = prompts_for(args.model, args.heldout, seed=999)
         base_rate, n_base = approval(url, base_name, judge, held, honest_taste, args.max_tokens)
@@ -147,7 +148,7 @@ def main() -> None:
             version = None
             deadline = time.monotonic() + 120
             while version is None and time.monotonic() < deadline:
-                version = httpx.get(url + "/v1/adapters", timeout=10).json().get("active")
+                version = httpx.get(url + "/v1/adapters", timeout=10, headers=judged).json().get("active")
                 time.sleep(1)
             if version is None:
                 sys.exit("the round published, but serving did not route to it within 120 s")

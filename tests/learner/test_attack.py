@@ -77,7 +77,8 @@ def test_three_sybils_at_equal_volume_cannot_turn_the_round(env, server_factory,
     # 4. published: the honest users like it better than the base, on prompts no one trained on
     if status == "published":
         info = learner.wait("serving to route to the new version",
-                            lambda: (i := httpx.get(server.url + "/v1/adapters", timeout=10).json())["active"]
+                            lambda: (i := httpx.get(server.url + "/v1/adapters", timeout=10,
+                                                   headers={"Authorization": f"Bearer {judge}"}).json())["active"]
                             and i, timeout=120)
         held_out = tiny_prompts(100, seed=777)
         base = honest_rate(server.url, "tiny", judge, held_out)
