@@ -22,7 +22,7 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 MANIFEST_FORMAT = 1
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,47}$")
-VERSION_DIR_RE = re.compile(r"^v([1-9][0-9]{0,8})$")
+VERSION_DIR_RE = re.compile(r"^v(0|[1-9][0-9]{0,8})$")  # v0: the starting adapter `rlhf model prepare` builds
 
 
 class AdapterError(ValueError):

@@ -48,8 +48,10 @@ def next_version_number(adapter_dir: Path, name: str) -> int:
 
 def write_adapter(adapter_dir: Path | str, name: str, source: Path | str, *, parent: str | None = None,
                   base_model: str = "", metrics: dict[str, Any] | None = None, feedback_count: int = 0,
-                  source_kind: str = "learner", extra: dict[str, Any] | None = None) -> tuple[str, str, str]:
-    """Copy a PEFT adapter folder (`source`) into the store as the next version of `name`.
+                  source_kind: str = "learner", extra: dict[str, Any] | None = None,
+                  number: int | None = None) -> tuple[str, str, str]:
+    """Copy a PEFT adapter folder (`source`) into the store as the next version of `name`
+    (or as version `number`, e.g. the starting adapter's 0: refused if it exists).
 
     Only `adapter_config.json` and `*.safetensors` are copied (a PEFT folder also holds a
     README; pickled `.bin` weights are refused). Returns (version, path relative to
@@ -75,8 +77,9 @@ def write_adapter(adapter_dir: Path | str, name: str, source: Path | str, *, par
             files[fname] = sha256_file(tmp / fname)
         # Another writer (`rlhf adapters publish` beside the learner) may take a number first:
         # rename() onto a non-empty folder fails, and we try the next number.
+        fixed = number
         for _ in range(100):
-            number = next_version_number(adapter_dir, name)
+            number = next_version_number(adapter_dir, name) if fixed is None else fixed
             version = version_string(name, number)
             data = build_manifest(version, name, number, files, parent=parent, base_model=base_model,
                                   source_kind=source_kind, created_at=time.time(), feedback_count=feedback_count,
@@ -84,6 +87,8 @@ def write_adapter(adapter_dir: Path | str, name: str, source: Path | str, *, par
             (tmp / MANIFEST).write_bytes(data)
             _fsync_dir_files(tmp)
             final = folder / f"v{number}"
+            if final.exists() and fixed is not None:
+                raise AdapterError(f"{version} already exists in the store")
             if final.exists():
                 continue
             try:
