@@ -1,16 +1,20 @@
 """The adapter follower: every serving replica follows `rlhf.adapters` and routes to what it says.
 
+    any event        ─▶ its Ed25519 signature by a trusted key (signing.py); unsigned, forged or
+                        signed by an unknown key: nothing changes, a dead letter with the reason,
+                        `rlhf_control_events_refused_total{reason}`
     AdapterAnnounced ─▶ verify in a worker thread (announcements.refusal: manifest sha256, every
                         file's sha256, safetensors only) ─▶ routing state on the loop (routing_state.py)
-                     ─▶ engine.add_lora under the version's own name and a fresh LoRA id
+                     ─▶ copy into this replica's private cache and verify the copy (cache.py)
+                     ─▶ engine.add_lora of the copy, under the version's own name and a fresh LoRA id
                      ─▶ switch the Router (plain assignments on the event loop, no await between
                         them: requests already running keep the adapter they started with)
                      ─▶ unload versions nothing routes to, beyond max_loras - 1
     RoutingChanged   ─▶ activate VERSION | rollback | canary VERSION FRACTION, same switch
 
-On start a replica reads the routing snapshot (snapshot.py), then replays `rlhf.adapters`
-from offset 0 applying only events the snapshot has not seen, so a restarted or new replica
-serves what the others serve. A refused adapter (tampered, not safetensors, rank too high, or
+On start a replica replays the signed events of the routing snapshot (snapshot.py), then
+`rlhf.adapters` from offset 0 applying only events the snapshot has not seen, so a restarted
+or new replica serves what the others serve. A refused adapter (tampered, not safetensors, rank too high, or
 one vLLM cannot load) is logged, counted in `rlhf_adapter_refused_total` and sent to
 `rlhf.deadletter`; routing keeps the current version.
 
@@ -27,11 +31,12 @@ import time
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from adapters.announcements import AdapterLog, refusal, routing_event
+from adapters.announcements import AdapterLog, refusal, routing_event, snapshot_state
+from adapters.cache import cache_dir_of, private_copy
 from adapters.router import LoadedAdapter, Router
 from adapters.routing_state import RoutingState
-from adapters.snapshot import read_snapshot, write_snapshot
-from adapters.store import resolve_inside, verify_announced
+from adapters.signing import ControlKeys, control_keys, refusal_label, signature_refusal
+from adapters.snapshot import write_snapshot
 from feedback.schema import (
     TOPIC_ADAPTERS,
     TOPIC_DEADLETTER,
@@ -46,6 +51,8 @@ ACTIVE_INFO = Gauge("rlhf_adapter_active_info", "1 for the adapter version that 
 CANARY_INFO = Gauge("rlhf_adapter_canary_info", "Share of users routed to the canary version", ["version"])
 LOADED = Gauge("rlhf_adapters_loaded", "Adapter versions loaded in this replica's engine")
 REFUSED = Counter("rlhf_adapter_refused_total", "Announced adapters this replica refused to load", ["stage"])
+UNTRUSTED = Counter("rlhf_control_events_refused_total", "Events on rlhf.adapters refused for their signature "
+                    "(unsigned, unknown key, bad signature): nothing changed", ["reason"])
 ROUTING_CHANGES = Counter("rlhf_adapter_routing_changes_total", "Applied events from rlhf.adapters", ["action"])
 SWAP_SECONDS = Histogram("rlhf_adapter_swap_seconds", "From an announcement's timestamp to routing switched "
                          "to it on this replica", buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30))
@@ -54,8 +61,10 @@ SWAP_SECONDS = Histogram("rlhf_adapter_swap_seconds", "From an announcement's ti
 class AdapterFollower:
     """Background task in serving: follows rlhf.adapters, loads adapters into the engine, routes."""
 
-    def __init__(self, settings, engine, router: Router, events=None, *, start_timeout_s: float = 20.0):
+    def __init__(self, settings, engine, router: Router, events=None, *, keys: ControlKeys | None = None,
+                 start_timeout_s: float = 20.0):
         self.settings = settings
+        self.keys = keys or control_keys(settings)  # raises SigningError without trusted keys
         self.engine = engine  # serving.engine.Engine: add_lora(LoadedAdapter), remove_lora(lora_id)
         self.router = router
         self.events = events  # feedback.producer.EventPublisher (dead letters)
@@ -75,7 +84,8 @@ class AdapterFollower:
     async def start(self) -> None:
         """Rebuild from the snapshot, then replay the topic; returns once replayed (or after
         start_timeout_s, if the broker is unreachable: then routing follows the snapshot until it is)."""
-        snap = read_snapshot(self.settings.adapter_dir, self.settings.canary_fraction)
+        snap = await self._in_thread(snapshot_state, self.settings.adapter_dir, self.settings.canary_fraction,
+                                     self.keys.trusted, self.settings.max_lora_rank)
         if snap is not None:
             self.state = snap
             log.info("routing snapshot: active=%s canary=%s, %d known versions", snap.active, snap.canary,
@@ -139,6 +149,14 @@ class AdapterFollower:
             return
         if ev is None or self.state.seen(ev.event_id):
             return
+        untrusted = signature_refusal(ev, self.keys.trusted)
+        if untrusted:  # not applied, not marked seen: it cannot take the event id of a real one
+            UNTRUSTED.labels(refusal_label(untrusted)).inc()
+            log.error("refused %s on %s at offset %d: %s; routing unchanged", ev.type, TOPIC_ADAPTERS, rec.offset,
+                      untrusted)
+            if live:
+                await self._dead_letter(f"{ev.type} refused: {untrusted}", rec.value)
+            return
         # files are hashed in the worker thread; the state changes here, on the loop the routes read it from
         refused = await self._in_thread(refusal, ev, self.settings.adapter_dir, self.settings.max_lora_rank)
         why = self.state.apply(ev, refused)
@@ -171,14 +189,14 @@ class AdapterFollower:
 
     # -------------------------------------------------------------------- engine and routing
     async def _load(self, version: str) -> str | None:
-        """add_lora under a fresh LoRA id; returns why it failed, or None."""
+        """add_lora of the verified private copy, under a fresh LoRA id; returns why it failed, or None."""
         k = self.state.known[version]
         try:
-            await self._in_thread(verify_announced, self.settings.adapter_dir, version, k.path, k.manifest_sha256,
-                                  self.settings.max_lora_rank)
+            path = await self._in_thread(private_copy, self.settings.adapter_dir, k.path, k.manifest_sha256,
+                                         cache_dir_of(self.settings), self.settings.max_lora_rank)
         except Exception as e:  # noqa: BLE001 - whatever a hostile folder makes the check raise, it is a refusal
             return str(e) if isinstance(e, (ValueError, OSError)) else f"{type(e).__name__}: {e}"
-        adapter = LoadedAdapter(version, self.router.new_lora_id(), resolve_inside(self.settings.adapter_dir, k.path),
+        adapter = LoadedAdapter(version, self.router.new_lora_id(), path,
                                 {"parent": k.parent, "source": k.source, "manifest_sha256": k.manifest_sha256,
                                  "path": k.path, "announced_at": k.announced_at})
         try:
@@ -223,7 +241,7 @@ class AdapterFollower:
             self.loaded_at.pop(v, None)
             try:
                 # A request still running on it is fine: vLLM reloads an evicted LoRA from its
-                # path on the next step, and store folders never change.
+                # path on the next step, and that path is the private copy, not the store.
                 await self.engine.remove_lora(adapter.lora_id)
                 log.info("unloaded %s (LoRA id %d)", v, adapter.lora_id)
             except Exception as e:

@@ -1,8 +1,10 @@
 """What every replica routes to, as a pure function of the events on `rlhf.adapters`.
 
 `RoutingState.apply` is the whole state machine; serving's follower and the learner's store
-both run it (announcements.refusal verifies an announcement first), so "the adapter
-serving now" means the same everywhere. `to_json`/`from_json` are the snapshot's format.
+both run it (announcements.py checks the signature and verifies an announcement's files
+first), so "the adapter serving now" means the same everywhere. `to_json`/`from_json` are
+the snapshot's format; the snapshot is rebuilt from the signed events it keeps (`events`),
+never trusted for its own fields, since whoever writes the store could write them.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class RoutingState:
         self.history: list[str | None] = []  # earlier active versions, newest last
         self.applied: list[str] = []  # event ids already applied, oldest first
         self._applied_set: set[str] = set()
+        self.events: list[dict] = []  # the signed events applied, oldest first (the snapshot replays them)
 
     @property
     def previous(self) -> str | None:
@@ -69,6 +72,9 @@ class RoutingState:
         """Apply one event (announcements already verified, or `refused` with the reason).
         Returns why the event changed nothing, or None."""
         self.mark(ev.event_id)
+        if ev.signature:
+            self.events.append(ev.model_dump(mode="json"))
+            del self.events[:-APPLIED_KEEP]
         if isinstance(ev, AdapterAnnounced):
             if refused:
                 self.refused[ev.version] = refused
@@ -143,7 +149,7 @@ class RoutingState:
         return {"format": SNAPSHOT_FORMAT, "written_at": time.time(), "active": self.active, "canary": self.canary,
                 "canary_fraction": self.canary_fraction, "history": self.history,
                 "known": {v: asdict(k) for v, k in self.known.items()}, "refused": self.refused,
-                "applied": self.applied}
+                "applied": self.applied, "events": self.events}
 
     @classmethod
     def from_json(cls, data: dict, default_canary_fraction: float = 0.0) -> "RoutingState":
@@ -158,4 +164,5 @@ class RoutingState:
         s.history = list(data.get("history", []))
         for eid in data.get("applied", []):
             s.mark(eid)
+        s.events = list(data.get("events", []))
         return s

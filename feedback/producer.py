@@ -37,6 +37,7 @@ from kafka.errors import (CorruptRecordError, InvalidRecordError, InvalidTopicEr
                           KafkaTimeoutError, MessageSizeTooLargeError, RecordListTooLargeError)
 from prometheus_client import Counter, Gauge
 
+from feedback.event_hmac import sealed
 from feedback.kafka_security import client_security
 from feedback.schema import TOPIC_DEADLETTER, TOPIC_FEEDBACK, DeadLetter, Event, encode
 from feedback.spool import Spool, SpoolFull
@@ -171,8 +172,9 @@ class EventPublisher:
     async def publish(self, topic: str, event: Event) -> None:
         """Return once `event` is acked by Kafka or fsynced to the spool; raise `SpoolFull` if neither.
 
-        Safe to retry with the same event object: its `event_id` does not change."""
-        key, value = event.key(), encode(event)
+        Safe to retry with the same event object: its `event_id` does not change. Interactions and
+        feedback leave with their HMAC (feedback/event_hmac.py), which the learner checks."""
+        key, value = event.key(), encode(sealed(event, self.settings.event_hmac_key))
         if self._producer is not None and not self._spool_in_use():
             try:
                 await asyncio.wait_for(self._send(topic, key, value), self.send_timeout_s)

@@ -9,10 +9,17 @@ Topics:
 - rlhf.feedback      Thumbs | Pairwise  what users said about answers
 - rlhf.adapters      AdapterAnnounced | RoutingChanged
 - rlhf.deadletter    DeadLetter         anything malformed or unprocessable, with the reason
+
+Who wrote an event is checked, not assumed: what serving writes (Interaction, Thumbs, Pairwise)
+carries `hmac` (feedback/event_hmac.py, checked by the learner before storing); the control
+events (AdapterAnnounced, RoutingChanged) carry an Ed25519 `key_id` and `signature`
+(adapters/signing.py, checked by every replica and the learner before applying). Both cover
+`canonical_bytes(event)`: every field but the MAC or signature itself.
 """
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Annotated, Any, Literal, Union
@@ -44,13 +51,33 @@ class Event(BaseModel):
         return self.event_id.encode()
 
 
+def canonical_bytes(event: Event, without: str) -> bytes:
+    """The bytes a MAC or signature covers: every field but `without`, as sorted compact JSON.
+    Both sides compute it from parsed values, so whitespace or key order on the wire do not matter."""
+    data = event.model_dump(mode="json", exclude={without})
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class ServingEvent(Event):
+    """An event serving writes; `hmac` proves it came from a holder of RLHF_EVENT_HMAC_KEY."""
+
+    hmac: str | None = Field(None, description="HMAC-SHA256 of the event without this field (hex).")
+
+
+class ControlEvent(Event):
+    """An event that changes routing; signed by the learner or an operator (Ed25519)."""
+
+    key_id: str | None = Field(None, description="Id of the signing key (sha256 of its public key, 16 hex).")
+    signature: str | None = Field(None, description="Ed25519 signature of the event without this field (base64).")
+
+
 class Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
     role: Literal["system", "user", "assistant"]
     content: str
 
 
-class Interaction(Event):
+class Interaction(ServingEvent):
     """One generated answer (one choice of a chat completion)."""
 
     type: Literal["interaction"] = "interaction"
@@ -75,7 +102,7 @@ class Interaction(Event):
         return self.conversation_id.encode()
 
 
-class Thumbs(Event):
+class Thumbs(ServingEvent):
     """A user's thumbs up/down on one answer. Later thumbs by the same user on the same answer replace earlier ones."""
 
     type: Literal["thumbs"] = "thumbs"
@@ -95,7 +122,7 @@ class Thumbs(Event):
         return f"thumbs:{self.user}:{self.response_id}"
 
 
-class Pairwise(Event):
+class Pairwise(ServingEvent):
     """A user's choice between two answers to the same prompt."""
 
     type: Literal["pairwise"] = "pairwise"
@@ -115,7 +142,7 @@ class Pairwise(Event):
         return f"pairwise:{self.user}:{a}:{b}"
 
 
-class AdapterAnnounced(Event):
+class AdapterAnnounced(ControlEvent):
     """A new adapter version is in the adapter store; replicas verify and load it."""
 
     type: Literal["adapter_announced"] = "adapter_announced"
@@ -130,7 +157,7 @@ class AdapterAnnounced(Event):
         return b"adapters"
 
 
-class RoutingChanged(Event):
+class RoutingChanged(ControlEvent):
     """Operator action: make a version active (None = base model), or roll back."""
 
     type: Literal["routing_changed"] = "routing_changed"

@@ -9,14 +9,17 @@ import time
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from adapters.signing import SigningKey, signed
 from feedback.schema import TOPIC_ADAPTERS, encode, parse_event
 
 
-def announce(bootstrap: str, *events, security: dict | None = None) -> None:
-    """Put adapter events (AdapterAnnounced, RoutingChanged) on rlhf.adapters, as the learner or CLI would."""
+def announce(bootstrap: str, *events, key: SigningKey | None, security: dict | None = None) -> None:
+    """Put adapter events (AdapterAnnounced, RoutingChanged) on rlhf.adapters: signed by `key` as the learner
+    or CLI would sign them, or with key=None as they are (the way anyone who can write to Kafka could)."""
     producer = KafkaProducer(bootstrap_servers=bootstrap, **(security or {}))
     try:
         for ev in events:
+            ev = signed(ev, key) if key is not None else ev
             producer.send(TOPIC_ADAPTERS, key=ev.key(), value=encode(ev)).get(timeout=15)
     finally:
         producer.close(timeout=5)

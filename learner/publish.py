@@ -1,9 +1,10 @@
-"""Publishing: adapter into the store, announcement out through the learner store's outbox.
+"""Publishing: adapter into the store, signed announcement out through the learner store's outbox.
 
     publish_adapter(store, settings, folder, ...)    # write_adapter + one SQLite transaction
     OutboxSender(settings).flush(store)              # sends what the outbox holds, marks it sent
 
-The announcement (and every dead letter) is first written to the `outbox` table in the same
+The announcement is signed with RLHF_SIGNING_KEY_FILE (adapters/signing.py; serving applies
+nothing unsigned). It (and every dead letter) is first written to the `outbox` table in the same
 transaction that records the adapter as published, then sent with an idempotent producer
 (acks from all in-sync replicas) and marked sent. A learner killed between the two sends it
 on restart with the same event id, so the announcement is never lost and a replica can tell
@@ -34,7 +35,8 @@ def publish_adapter(store, settings, folder: Path | str, *, name: str = "policy"
     """Store the PEFT folder as the next `name@vN`, record it, queue its announcement; returns the event."""
     version, rel, sha = write_adapter(settings.adapter_dir, name, folder, parent=parent, base_model=base_model,
                                       metrics=metrics, feedback_count=feedback_count, source_kind="learner")
-    ev = AdapterAnnounced(version=version, path=rel, manifest_sha256=sha, parent=parent, source="learner")
+    ev = store.keys.sign(AdapterAnnounced(version=version, path=rel, manifest_sha256=sha, parent=parent,
+                                          source="learner"))
     with store.tx():
         store.db.execute("INSERT INTO outbox(event_id, topic, payload, key, created_at) VALUES(?,?,?,?,?)",
                          (ev.event_id, TOPIC_ADAPTERS, ev.model_dump_json().encode(), ev.key(), time.time()))

@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from adapters.cache import cache_dir_of, private_copy
 from adapters.manifest import AdapterError
-from adapters.store import resolve_inside, verify_adapter
 from learner.gate import UNMEASURED, GateConfig, decide, reward_model_accuracy
 from learner.ppo import PPOConfig, PPOTrainer
 from learner.reward import RewardConfig, RewardModel, RewardTrainer
@@ -300,17 +300,19 @@ class Learner:
                         + (" ..." if len(found) > 5 else ""))
 
     def serving_adapter_dir(self) -> tuple[str | None, Path | None]:
-        """(version, folder) of the adapter serving now, verified; (None, None) for the base model."""
+        """(version, folder) of the adapter serving now: its verified private copy (adapters/cache.py), so
+        what PEFT and vLLM read is what was checked; (None, None) for the base model."""
         serving = self.store.serving_adapter()
         if not serving:
             return None, None
         try:
-            verify_adapter(self.settings.adapter_dir, serving["path"], serving["manifest_sha256"])
-        except AdapterError as e:
+            folder = private_copy(self.settings.adapter_dir, serving["path"], serving["manifest_sha256"],
+                                  cache_dir_of(self.settings))
+        except (AdapterError, OSError) as e:
             log.warning("serving adapter %s does not verify (%s); starting from the base model",
                         serving["version"], e)
             return None, None
-        return serving["version"], resolve_inside(self.settings.adapter_dir, serving["path"])
+        return serving["version"], folder
 
     def _rewards(self, rm, samples) -> list[float]:
         scores = rm.score_samples(samples, self.tokenizer, self.cfg.reward.eval_batch_size)

@@ -20,6 +20,11 @@ hash is keyed (RLHF_LEARNER_SPLIT_KEY, or a random key made when the store file 
 meta `split_salt`), so no one can choose user ids that land on the side they want (e.g. all in
 the held-out users whose consensus suspects are measured against).
 
+Only what its writers signed is stored: interactions and feedback need serving's HMAC
+(RLHF_EVENT_HMAC_KEY), routing events an Ed25519 signature by a trusted key. Anything else
+goes to the dead-letter outbox with the reason and is not recorded as seen, so a forged event
+cannot take the id of a real one.
+
 Exactly-once effect from at-least-once delivery: `ingest()` stores a whole poll batch in one
 transaction (WAL, synchronous=FULL) and only then does the caller commit the Kafka offsets.
 Killed before the SQLite commit, nothing was stored and Kafka redelivers; killed after it,
@@ -40,7 +45,10 @@ from typing import Any, Iterable
 
 from adapters.announcements import apply_event
 from adapters.routing_state import RoutingState
-from feedback.schema import TOPIC_FEEDBACK, AdapterAnnounced, DeadLetter, Interaction, Pairwise, RoutingChanged, Thumbs
+from adapters.signing import ControlKeys, control_keys, signature_refusal
+from feedback.event_hmac import hmac_refusal
+from feedback.schema import (TOPIC_DEADLETTER, TOPIC_FEEDBACK, AdapterAnnounced, ControlEvent, DeadLetter, Event,
+                             Interaction, Pairwise, RoutingChanged, Thumbs)
 
 STORE_FILE = "learner.sqlite3"
 
@@ -173,6 +181,7 @@ class IngestResult:
     pending: int = 0       # feedback rows now waiting for their interaction
     replaced: int = 0      # feedback that replaced an earlier one with the same dedupe key
     unchanged: int = 0     # feedback equal to the stored one (a re-post): nothing changed
+    refused: int = 0       # events without a valid HMAC or signature: dead-lettered, not stored
     by_topic: dict = field(default_factory=dict)  # topic -> new events
 
 
@@ -180,8 +189,11 @@ class Store:
     """One connection per thread: create a Store in each thread that uses it."""
 
     def __init__(self, path: Path | str, heldout_fraction: float = 0.2, *, adapter_dir: Path | str,
-                 default_canary_fraction: float = 0.0, max_lora_rank: int | None = None, split_key: str = ""):
+                 keys: ControlKeys, event_hmac_key: str, default_canary_fraction: float = 0.0,
+                 max_lora_rank: int | None = None, split_key: str = ""):
         self.path = Path(path)
+        self.keys = keys  # trusted keys check routing events; the signing key signs what the learner publishes
+        self.event_hmac_key = event_hmac_key  # serving's HMAC on interactions and feedback
         self.adapter_dir = Path(adapter_dir)
         self.max_lora_rank = max_lora_rank  # the replicas refuse larger adapters; so does the mirror of their routing
         self.default_canary_fraction = default_canary_fraction
@@ -227,6 +239,7 @@ class Store:
     def open(cls, settings, heldout_fraction: float = 0.2) -> "Store":
         """The store of these settings: RLHF_DATA_DIR/learner.sqlite3, following RLHF_ADAPTER_DIR."""
         return cls(Path(settings.data_dir) / STORE_FILE, heldout_fraction, adapter_dir=settings.adapter_dir,
+                   keys=control_keys(settings, need_signing=True), event_hmac_key=settings.event_hmac_key,
                    default_canary_fraction=settings.canary_fraction, max_lora_rank=settings.max_lora_rank,
                    split_key=settings.learner_split_key)
 
@@ -265,6 +278,11 @@ class Store:
             for topic, ev in items:
                 if ev is None:
                     continue
+                refused = self._refusal(ev)
+                if refused:
+                    self._refuse(topic, ev, refused)
+                    res.refused += 1
+                    continue
                 cur = self.db.execute("INSERT OR IGNORE INTO events(event_id, topic, type, ts, received_at) "
                                       "VALUES(?,?,?,?,?)", (ev.event_id, topic, ev.type, ev.ts, now))
                 if cur.rowcount == 0:
@@ -279,6 +297,22 @@ class Store:
                 elif isinstance(ev, (AdapterAnnounced, RoutingChanged)):
                     self._apply_routing(ev)
         return res
+
+    def _refusal(self, ev: Event) -> str | None:
+        """Why an event must not be stored: a missing or wrong HMAC, or signature (None: store it)."""
+        if isinstance(ev, ControlEvent):
+            return signature_refusal(ev, self.keys.trusted)
+        return hmac_refusal(ev, self.event_hmac_key)
+
+    def _refuse(self, topic: str, ev: Event, reason: str) -> None:
+        """Dead-letter an event that is not stored; its id is derived, so a redelivery queues it once."""
+        eid = hashlib.sha256(f"refused:{topic}:{ev.event_id}".encode()).hexdigest()[:32]
+        self._dead_letter(DeadLetter(event_id=eid, reason=f"{ev.type} refused: {reason}", source_topic=topic,
+                                     payload=ev.model_dump_json(), origin="learner"), ev.key())
+
+    def _dead_letter(self, dl: DeadLetter, key: bytes) -> None:
+        self.db.execute("INSERT OR IGNORE INTO outbox(event_id, topic, payload, key, created_at) VALUES(?,?,?,?,?)",
+                        (dl.event_id, TOPIC_DEADLETTER, dl.model_dump_json().encode(), key, time.time()))
 
     def _add_interaction(self, ev: Interaction, res: IngestResult) -> None:
         messages = [m.model_dump() for m in ev.messages]
@@ -346,9 +380,7 @@ class Store:
         self.db.execute("UPDATE feedback SET status='dead', reason=? WHERE dedupe_key=?", (reason, row["dedupe_key"]))
         payload = {k: row[k] for k in row.keys()}
         dl = DeadLetter(reason=reason, source_topic=TOPIC_FEEDBACK, payload=json.dumps(payload), origin="learner")
-        self.db.execute("INSERT OR IGNORE INTO outbox(event_id, topic, payload, key, created_at) VALUES(?,?,?,?,?)",
-                        (dl.event_id, "rlhf.deadletter", dl.model_dump_json().encode(), row["conversation_id"].encode(),
-                         time.time()))
+        self._dead_letter(dl, row["conversation_id"].encode())
 
     def expire_pending(self, join_wait_s: float, now: float | None = None) -> int:
         """Feedback that waited longer than join_wait_s for its interaction goes to the dead-letter outbox."""
@@ -378,7 +410,7 @@ class Store:
         """Follow `rlhf.adapters` with serving's own state machine, so "the adapter serving now"
         means here what it means on every replica."""
         state = self._routing()
-        apply_event(state, ev, self.adapter_dir, self.max_lora_rank)
+        apply_event(state, ev, self.adapter_dir, self.keys.trusted, self.max_lora_rank)  # signature checked by ingest
         self.set_meta("routing", json.dumps(state.to_json()))
 
     def serving_adapter(self) -> dict | None:

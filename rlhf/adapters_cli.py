@@ -4,10 +4,12 @@
     rlhf adapters publish PATH [--canary F] bring your own PEFT adapter: validate, store, announce
     rlhf adapters activate VERSION          route all traffic to VERSION (`base`: no adapter)
     rlhf adapters rollback                  end a canary, or go back to the previous version
+    rlhf adapters keygen DIR                a signing key pair: DIR/KEY_ID.key, DIR/KEY_ID.pub; prints KEY_ID last
 
-Changes are events on `rlhf.adapters` (AdapterAnnounced, RoutingChanged), so every serving
-replica follows them; nothing here talks to a replica except to confirm the switch when
-`RLHF_HOST:RLHF_PORT` serves. Exit codes: 0 done, 1 refused or nothing to do, 2 unreachable.
+Changes are events on `rlhf.adapters` (AdapterAnnounced, RoutingChanged), signed with
+RLHF_SIGNING_KEY_FILE (adapters/signing.py), so every serving replica follows them; nothing
+here talks to a replica except to confirm the switch when `RLHF_HOST:RLHF_PORT` serves.
+Exit codes: 0 done, 1 refused or nothing to do (or no usable key), 2 unreachable.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import httpx
 from adapters.announcements import announce, replay_state
 from adapters.manifest import AdapterError
 from adapters.peft_check import adapter_name_for, check_peft_adapter
+from adapters.signing import SigningError, control_keys, make_key_pair
 from adapters.store import list_adapters, verify_announced, write_adapter
 from feedback.schema import AdapterAnnounced, RoutingChanged
 from rlhf.models.registry import model_display_name, resolve_model
@@ -84,10 +87,23 @@ def cmd_list(settings) -> int:
     return 0
 
 
+def cmd_keygen(folder: Path) -> int:
+    try:
+        key = make_key_pair(folder)
+    except (SigningError, OSError) as e:
+        _err(f"cannot make a key pair in {folder}: {e}")
+        return 1
+    print(f"private key {folder / key.key_id}.key (mode 0600): RLHF_SIGNING_KEY_FILE of the learner and operators\n"
+          f"public key  {folder / key.key_id}.pub: add it to RLHF_TRUSTED_KEYS of serving and the learner\n"
+          f"{key.key_id}")
+    return 0
+
+
 def cmd_publish(settings, path: Path, canary: float | None, name: str | None) -> int:
     if canary is not None and not 0.0 <= canary <= 1.0:
         _err("--canary must be between 0 and 1")
         return 1
+    control_keys(settings, need_signing=True)  # before storing anything: it could not be announced
     try:
         check_peft_adapter(path, resolve_model(settings.model), settings.max_lora_rank)
         version, rel, sha = write_adapter(settings.adapter_dir, name or adapter_name_for(path), path,
@@ -187,8 +203,18 @@ def cmd_canary(settings, version: str, fraction: float) -> int:
 def main(args) -> int:
     for noisy in ("kafka", "httpx"):  # their INFO lines bury the answer
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    settings = get_settings()
     cmd = args.adapters_command
+    if cmd == "keygen":
+        return cmd_keygen(Path(args.dir))
+    settings = get_settings()
+    try:
+        return _run(settings, cmd, args)
+    except SigningError as e:
+        _err(str(e))
+        return 1
+
+
+def _run(settings, cmd: str, args) -> int:
     if cmd == "list":
         return cmd_list(settings)
     if cmd == "publish":

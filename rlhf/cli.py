@@ -5,7 +5,7 @@
     rlhf broker  [--port N]                               embedded Kafka-compatible broker
     rlhf up      [--model NAME]                           broker + serving + learner together
     rlhf model prepare [--model NAME]                     make a model available offline
-    rlhf adapters list|publish PATH|activate VERSION|rollback|canary VERSION FRACTION
+    rlhf adapters list|publish PATH|activate VERSION|rollback|canary VERSION FRACTION|keygen DIR
     rlhf keys add NAME|list|revoke NAME                   API keys for RLHF_AUTH=api-key
 
 Options given here override the `RLHF_*` environment variables (see rlhf/settings.py).
@@ -151,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = asub.add_parser("canary", help="send a sticky share of users to VERSION")
     s.add_argument("version")
     s.add_argument("fraction", type=float, help="share of users, 0..1")
+    s = asub.add_parser("keygen", help="make an Ed25519 key pair that signs routing changes; prints its key id last")
+    s.add_argument("dir", help="folder for KEY_ID.key (private) and KEY_ID.pub (public)")
     a.set_defaults(func=cmd_adapters)
 
     k = sub.add_parser("keys", help="API keys of the clients serving accepts (RLHF_AUTH=api-key)")

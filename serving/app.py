@@ -23,6 +23,7 @@ from fastapi import FastAPI
 
 from adapters.follower import AdapterFollower
 from adapters.router import Router
+from adapters.signing import SigningError, control_keys
 from feedback.kafka_security import check_client_security
 from feedback.producer import EventPublisher
 from rlhf.models.registry import model_display_name, resolve_model
@@ -46,12 +47,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings.check_secrets()
     check_client_security(settings)  # exits naming the Kafka security setting that cannot work
     auth = build_authenticator(settings)  # exits with a clear message on unusable auth settings
+    try:
+        keys = control_keys(settings)  # public keys routing events must be signed by (+ a signing key: admin routes)
+    except SigningError as e:
+        raise SystemExit(str(e)) from None
     served_name = settings.served_model_name or model_display_name(settings.model)
 
     app = FastAPI(title="rlhf serving", lifespan=lifespan)
     app.state.settings = settings
     app.state.router = Router(served_name, settings.canary_fraction)
     app.state.auth = auth
+    app.state.control_keys = keys
     app.state.quotas = Quotas(settings)
     # Set by the lifespan once the engine runs; until then the routes needing them answer 503.
     app.state.engine = None
@@ -79,7 +85,8 @@ async def lifespan(app: FastAPI):
     app.state.engine = engine
     app.state.chat = ChatService(engine, app.state.router, settings, app.state.events)
     metrics.QUEUE_DEPTH.set_function(engine.queue_depth)
-    app.state.adapters = AdapterFollower(settings, engine, app.state.router, app.state.events)
+    app.state.adapters = AdapterFollower(settings, engine, app.state.router, app.state.events,
+                                         keys=app.state.control_keys)
     await app.state.adapters.start()
     metrics.ENGINE_READY.set(1)
     watcher = asyncio.create_task(_watch_engine(app, engine))

@@ -8,9 +8,13 @@
 
 Admin routes need `Authorization: Bearer $RLHF_ADMIN_TOKEN`: 404 when no token is configured
 (the routes do not exist then), 403 for a missing or wrong one. They do not change routing
-here: they publish a `RoutingChanged` on `rlhf.adapters`, which every replica (this one
+here: they publish a signed `RoutingChanged` on `rlhf.adapters`, which every replica (this one
 included) follows. The answer waits briefly for this replica to apply it: 200 with the new
 state once applied, 202 if it is still on its way (e.g. the broker is slow).
+
+Routing changes are signed (adapters/signing.py), so these routes work only on a replica that
+is also given RLHF_SIGNING_KEY_FILE, which makes it a control-plane writer; a replica holding
+only public keys answers 503 `no_signing_key` pointing to `rlhf adapters activate|rollback|canary`.
 """
 
 from __future__ import annotations
@@ -72,6 +76,13 @@ def _known(request: Request, version: str | None) -> None:
 
 async def _publish(request: Request, ev: RoutingChanged):
     follower = _follower(request)
+    keys = request.app.state.control_keys
+    if keys.signing is None:
+        raise APIError(503, "this replica holds no signing key, so it cannot change routing (routing changes are "
+                            "signed); run `rlhf adapters activate|rollback|canary` where RLHF_SIGNING_KEY_FILE is "
+                            "set, or give this replica RLHF_SIGNING_KEY_FILE to make it a control-plane writer",
+                       code="no_signing_key")
+    ev = keys.sign(ev)
     await request.app.state.events.publish(TOPIC_ADAPTERS, ev)
     applied, why = await follower.wait_applied(ev.event_id, APPLY_WAIT_S)
     body = {"event_id": ev.event_id, "action": ev.action, "applied": applied, "note": why,

@@ -8,6 +8,8 @@ Everything here starts real components: Tansu (the embedded Kafka-compatible bro
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -44,14 +46,27 @@ def nowhere() -> str:
 
 
 @pytest.fixture(scope="session")
-def server_factory(tmp_path_factory, tiny_model_path):
+def control_env(tmp_path_factory) -> dict[str, str]:
+    """The keys every process of the session shares (a development deployment's, made by the real
+    `rlhf adapters keygen`): a signing key pair for routing events, and serving's event HMAC key."""
+    folder = tmp_path_factory.mktemp("control-keys")
+    r = subprocess.run([sys.executable, "-m", "rlhf.cli", "adapters", "keygen", str(folder)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    key_id = r.stdout.splitlines()[-1]
+    return {"RLHF_SIGNING_KEY_FILE": str(folder / f"{key_id}.key"), "RLHF_TRUSTED_KEYS": str(folder / f"{key_id}.pub"),
+            "RLHF_EVENT_HMAC_KEY": "tests: the event hmac key of the session, 32+ chars"}
+
+
+@pytest.fixture(scope="session")
+def server_factory(tmp_path_factory, tiny_model_path, control_env):
     """Start extra serving processes (tiny model) with given RLHF_* overrides; all stopped at the end."""
     started: list[ServerProcess] = []
 
     def make(start_timeout: float = 600.0, **env) -> ServerProcess:
         d = tmp_path_factory.mktemp("serve")
         base = {"RLHF_MODEL": "tiny", "RLHF_DATA_DIR": str(d / "data"), "RLHF_ADAPTER_DIR": str(d / "adapters"),
-                "RLHF_MAX_MODEL_LEN": "512", "RLHF_LOG_LEVEL": "INFO"}
+                "RLHF_MAX_MODEL_LEN": "512", "RLHF_LOG_LEVEL": "INFO", **control_env}
         s = ServerProcess({**base, **{k: str(v) for k, v in env.items()}}, d / "server.log")
         started.append(s)
         return s.start(start_timeout)

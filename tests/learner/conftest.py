@@ -114,11 +114,11 @@ class LearnerProcess(ServerProcess):
 
 
 @pytest.fixture
-def learner_factory(tmp_path):
+def learner_factory(tmp_path, control_env):
     made: list[LearnerProcess] = []
 
     def make(**env) -> LearnerProcess:
-        lp = LearnerProcess(tmp_path, env)
+        lp = LearnerProcess(tmp_path, {**control_env, **env})
         made.append(lp)
         return lp
 

@@ -8,6 +8,7 @@ import uuid
 
 from kafka import KafkaProducer
 
+from feedback.event_hmac import sealed
 from feedback.schema import TOPIC_FEEDBACK, TOPIC_INTERACTIONS, Interaction, Message, Pairwise, Thumbs, encode
 from feedback.topics import ensure_topics
 from rlhf.settings import Settings
@@ -39,22 +40,23 @@ def make_events(nonce: str):
     return inter, fb, replaced, pairs
 
 
-def produce(bootstrap: str, events: list[tuple[str, object]]) -> None:
+def produce(bootstrap: str, events: list[tuple[str, object]], event_key: str) -> None:
+    """Events as serving writes them (with its HMAC, which the learner checks)."""
     p = KafkaProducer(bootstrap_servers=[bootstrap], linger_ms=20)
     for topic, ev in events:
-        p.send(topic, key=ev.key(), value=encode(ev))
+        p.send(topic, key=ev.key(), value=encode(sealed(ev, event_key)))
     p.flush(30)
     p.close()
 
 
-def test_sigkill_while_consuming_and_training_loses_and_doubles_nothing(broker, learner_factory):
+def test_sigkill_while_consuming_and_training_loses_and_doubles_nothing(broker, learner_factory, control_env):
     settings = Settings(kafka_bootstrap=broker)
     ensure_topics(settings)
     nonce = uuid.uuid4().hex[:8]
     inter, fb, replaced, pairs = make_events(nonce)
     first = [(TOPIC_FEEDBACK, e) for e in fb[: N_THUMBS // 2]] + [(TOPIC_INTERACTIONS, e) for e in inter]
     first += [(TOPIC_FEEDBACK, e) for e in fb[N_THUMBS // 2:]]
-    produce(broker, first)
+    produce(broker, first, control_env["RLHF_EVENT_HMAC_KEY"])
 
     n_feedback = N_THUMBS + N_PAIRS  # rows after dedupe by (user, response) / (user, pair)
     lp = learner_factory(RLHF_KAFKA_BOOTSTRAP=broker, RLHF_LEARNER_MIN_FEEDBACK=n_feedback,
@@ -78,7 +80,7 @@ def test_sigkill_while_consuming_and_training_loses_and_doubles_nothing(broker, 
     assert kills_mid_consume >= 1, "the learner consumed everything before it could be killed"
 
     # more events, and a redelivery of events already sent (same event ids)
-    produce(broker, [(TOPIC_FEEDBACK, e) for e in replaced + pairs] + first[:500])
+    produce(broker, [(TOPIC_FEEDBACK, e) for e in replaced + pairs] + first[:500], control_env["RLHF_EVENT_HMAC_KEY"])
 
     # 2. kill while training: the round starts once all feedback is in; kill during the reward model fit
     lp.launch()

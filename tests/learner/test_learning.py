@@ -15,6 +15,7 @@ import math
 import pytest
 
 from adapters.store import verify_adapter
+from feedback.event_hmac import sealed
 from feedback.schema import Interaction, Pairwise
 from learner.ppo import PPOTrainer
 from learner.reward import RewardConfig, RewardModel, RewardTrainer
@@ -75,7 +76,7 @@ def test_learns_a_hidden_preference_and_publishes(learner):
     events, stats = synthetic_events(learner.engine, learner.tokenizer, tiny_prompts(700, seed=11), seed=1,
                                      thumbs_share=0.2)
     assert stats["pairwise"] + stats["thumbs"] <= 500
-    learner.store.ingest(events)
+    learner.store.ingest([(t, sealed(e, learner.settings.event_hmac_key)) for t, e in events])  # as serving wrote them
 
     # 2. one round: reward model, PPO, gate, publish
     result = learner.run_round()

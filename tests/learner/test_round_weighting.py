@@ -13,6 +13,7 @@ from collections import Counter
 import pytest
 import torch
 
+from feedback.event_hmac import sealed
 from feedback.schema import TOPIC_INTERACTIONS, Interaction, Message
 from learner.reward import RewardConfig, RewardModel, RewardTrainer
 from learner.round import Learner, LearnerConfig
@@ -106,7 +107,7 @@ def test_the_prompt_pool_is_drawn_across_users(learner):
                 messages=[Message(role="user", content=f"Tell me about thing {u}-{k}.")], response="a",
                 model="tiny")))
     learner.store.heldout_fraction = 0.0
-    learner.store.ingest(items)
+    learner.store.ingest([(t, sealed(e, learner.settings.event_hmac_key)) for t, e in items])  # as serving wrote them
     learner.cfg.max_train_prompts = 200
     prompts, pool, held = learner.prompt_pools("user", suspects=set())
     assert len(prompts) == len(pool) == 200 and held == []
