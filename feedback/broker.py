@@ -36,13 +36,17 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
 
 
 def start_broker(port: int = 9092, host: str = "127.0.0.1", wait_s: float = 30.0,
-                 stdout=None) -> subprocess.Popen:
-    """Start Tansu listening on host:port and wait until it accepts connections."""
+                 stdout=None, advertised: str | None = None) -> subprocess.Popen:
+    """Start Tansu listening on host:port and wait until it accepts connections.
+
+    `advertised` ("host:port") is the address the broker tells clients to use, when they reach it
+    through something in front of it (a TLS-terminating proxy); by default its own."""
     if port_open(host, port):
         raise BrokerError(f"port {port} on {host} is already in use; choose another with --port")
     url = f"tcp://{host}:{port}"
     proc = subprocess.Popen(
-        [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+        [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url",
+         f"tcp://{advertised}" if advertised else url,
          "--storage-engine", "memory://tansu/"],
         stdout=stdout if stdout is not None else subprocess.DEVNULL,
         stderr=subprocess.STDOUT if stdout is not None else subprocess.DEVNULL,
