@@ -5,7 +5,8 @@
 Starts its own broker and `rlhf serve` (in a temporary folder), keeps `--streams` streaming
 chat requests going, and publishes `--swaps` new adapter versions one after another (random
 LoRAs made with peft; each swap is a new version under a new name and LoRA id, as the
-learner's would be). For every swap it reports the time from the announcement's timestamp to
+learner's would be, and signed with the development key pair serving finds in its data dir).
+For every swap it reports the time from the announcement's timestamp to
 the start of the first request served by the new version (a probe keeps sending 1-token
 requests so this is sampled finely), and it counts failed requests over the whole run.
 A benchmark, not a test: the numbers are from a shared 2-core machine.
@@ -28,6 +29,7 @@ from kafka import KafkaProducer
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from adapters.signing import dev_key, signed  # noqa: E402
 from adapters.store import write_adapter  # noqa: E402
 from feedback.schema import AdapterAnnounced, encode  # noqa: E402
 from harness.broker import start_broker  # noqa: E402
@@ -129,6 +131,7 @@ def main() -> int:
     model_path = resolve_model(args.model)
     loras = [make_lora(model_path, tmp / "src" / f"lora{i}", seed=i) for i in range(3)]
     broker = start_broker(tmp / "broker.log")
+    key = dev_key(tmp / "data")  # development mode: serving trusts the pair in its data dir
     server = ServerProcess({"RLHF_MODEL": args.model, "RLHF_KAFKA_BOOTSTRAP": broker.bootstrap,
                             "RLHF_DATA_DIR": str(tmp / "data"), "RLHF_ADAPTER_DIR": str(tmp / "adapters"),
                             "RLHF_MAX_MODEL_LEN": "512", "RLHF_LOG_LEVEL": "WARNING"}, tmp / "serve.log")
@@ -144,7 +147,7 @@ def main() -> int:
         print(f"{'swap':>4} {'version':<14} {'announce->first served':>24}")
         for i in range(args.swaps):
             version, rel, sha = write_adapter(tmp / "adapters", "policy", loras[i % len(loras)], base_model=args.model)
-            ev = AdapterAnnounced(version=version, path=rel, manifest_sha256=sha)
+            ev = signed(AdapterAnnounced(version=version, path=rel, manifest_sha256=sha), key)
             producer.send("rlhf.adapters", key=ev.key(), value=encode(ev)).get(timeout=15)
             first = load.first_served_by(version, timeout_s=30)
             lat = None if first is None else first - ev.ts

@@ -38,6 +38,9 @@ EXPECTED = {
     "RLHF_REPLICA_ID",              # the pod name, from the downward API
     "RLHF_HMAC_KEY",                # from the Secret rlhf-secrets
     "RLHF_ADMIN_TOKEN",             # from the Secret rlhf-secrets
+    "RLHF_EVENT_HMAC_KEY",          # from the Secret rlhf-secrets: serving's HMAC on events, checked by the learner
+    "RLHF_TRUSTED_KEYS",            # the Secret rlhf-trusted-keys (public keys), mounted in serving and the learner
+    "RLHF_SIGNING_KEY_FILE",        # the learner: the Secret rlhf-signing-key (private), mounted as a file
     "RLHF_AUTH",                    # api-key: no anonymous callers outside dev mode
     "RLHF_API_KEYS_FILE",           # the Secret rlhf-api-keys, mounted as a file
     "RLHF_SERVING_REPLICAS",        # = the Deployment's replicas: how the replicas share the quotas
@@ -45,7 +48,7 @@ EXPECTED = {
     "RLHF_CLIENT_CHAT_RATE_LIMIT",
     "RLHF_CLIENT_FEEDBACK_RATE_LIMIT",
 }
-SECRETS = {"RLHF_HMAC_KEY", "RLHF_ADMIN_TOKEN"}
+SECRETS = {"RLHF_HMAC_KEY", "RLHF_ADMIN_TOKEN", "RLHF_EVENT_HMAC_KEY"}
 IMPORTANT = {"model", "kafka_bootstrap", "adapter_dir", "data_dir", "hmac_key", "admin_token"}
 
 
