@@ -99,7 +99,7 @@ def main() -> None:
 
     # 1. this server
     server = ServerProcess({"RLHF_MODEL": args.model, "RLHF_MAX_MODEL_LEN": "1024", "RLHF_DATA_DIR": str(tmp / "data"),
-                            "RLHF_KAFKA_BOOTSTRAP": broker.bootstrap}, tmp / "serve.log")
+                            "RLHF_KAFKA_BOOTSTRAP": broker.bootstrap, "RLHF_ALLOW_IGNORE_EOS": "true"}, tmp / "serve.log")
     try:
         server.start(300)
         asyncio.run(run_load(server.url, name, 4, 8, args.max_tokens))  # warm-up

@@ -6,8 +6,9 @@ Routes: POST /v1/chat/completions, GET /v1/models, POST /v1/feedback, GET /v1/ad
 GET /metrics, GET /healthz (process up), GET /readyz (engine ready), GET / (chat page).
 One module per endpoint group (routes_*.py); request and response models in protocol.py;
 the work in services kept on `app.state` (chat.ChatService, feedback_service.FeedbackService,
-adapters.follower.AdapterFollower); who calls in auth.py (RLHF_AUTH), quotas in rate_limit.py;
-error answers in errors.py.
+adapters.follower.AdapterFollower); who calls in auth.py (RLHF_AUTH), quotas in rate_limit.py,
+chat requests in progress per client in concurrency.py; request sizes in body_limit.py (413)
+and limits.py; error answers in errors.py (documented in /openapi.json by openapi_errors.py).
 """
 
 from __future__ import annotations
@@ -31,10 +32,13 @@ from rlhf.settings import Settings, get_settings
 from serving import (metrics, routes_adapters, routes_chat, routes_feedback, routes_health, routes_models,
                      routes_page)
 from serving.auth import build_authenticator
+from serving.body_limit import BodySizeLimit
 from serving.chat import ChatService
+from serving.concurrency import ChatSlots
 from serving.engine import Engine
 from serving.errors import install_error_handlers
 from serving.feedback_service import FeedbackService
+from serving.openapi_errors import document_errors
 from serving.rate_limit import Quotas
 
 log = logging.getLogger(__name__)
@@ -59,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.auth = auth
     app.state.control_keys = keys
     app.state.quotas = Quotas(settings)
+    app.state.chat_slots = ChatSlots(settings.client_chat_concurrency)
     # Set by the lifespan once the engine runs; until then the routes needing them answer 503.
     app.state.engine = None
     app.state.chat = None
@@ -67,7 +72,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine_died = False
 
     app.add_middleware(metrics.MetricsMiddleware)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)  # outermost: before anything reads the body
     install_error_handlers(app)
+    document_errors(app)
     for module in (routes_feedback, routes_adapters, routes_page, routes_health, routes_models, routes_chat):
         app.include_router(module.router)
     return app

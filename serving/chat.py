@@ -56,11 +56,11 @@ class ChatService:
         self.replica = settings.replica_id or f"{settings.host}:{settings.port}"
 
     # ------------------------------------------------------------------ preparation
-    def prepare(self, req: ChatCompletionRequest, caller: Caller) -> Prepared:
+    async def prepare(self, req: ChatCompletionRequest, caller: Caller) -> Prepared:
         """Render, size and route one request; bad input raises here, before any byte is sent."""
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                     for m in req.messages]
-        prompt_ids = self.engine.render(messages)
+        prompt_ids = await self.engine.render_off_loop(messages)
         max_tokens = self.engine.fit_max_tokens(len(prompt_ids), req.wanted_tokens())
         params = SamplingParams(
             n=req.n, temperature=req.temperature, top_p=req.top_p, max_tokens=max_tokens,

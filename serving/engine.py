@@ -6,12 +6,15 @@ The engine core runs in a child process that vLLM spawns; callers must run under
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import AsyncIterator
 
 from transformers import AutoTokenizer
 from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.exceptions import VLLMClientError
 from vllm.inputs import TokensPrompt
 from vllm.lora.request import LoRARequest
 from vllm.v1.engine.async_llm import AsyncLLM
@@ -29,6 +32,14 @@ class EngineStopped(RuntimeError):
     """The vLLM engine core is gone (killed, out of memory, crashed): this replica cannot answer."""
 
 
+class EngineRefused(ValueError):
+    """vLLM refused a request's parameters (a check our request models missed): a 400, not a 500."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+
 class PromptTooLong(ValueError):
     """The rendered prompt (plus the requested answer) does not fit the context."""
 
@@ -42,6 +53,9 @@ class Engine:
         self.llm = None  # vllm AsyncLLM, once started
         self.tokenizer = None
         self.default_stop: list[str] = []  # the model card's stop strings (base models' Q/A transcript)
+        # Rendering and tokenizing a long prompt takes seconds: never on the event loop. One thread, because
+        # a fast tokenizer called from two threads at once can fail ("Already borrowed").
+        self._tokenize_pool = ThreadPoolExecutor(1, thread_name_prefix="tokenize")
 
     async def start(self) -> None:
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
@@ -73,6 +87,7 @@ class Engine:
         if self.llm is not None:
             self.llm.shutdown()
             self.llm = None
+        self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
 
     def render(self, messages: list[dict]) -> list[int]:
         """Chat template -> token ids, with exactly one <bos> in front when the model has one."""
@@ -82,6 +97,10 @@ class Engine:
         if bos is not None and (not ids or ids[0] != bos):
             ids = [bos] + ids
         return ids
+
+    async def render_off_loop(self, messages: list[dict]) -> list[int]:
+        """`render` on the tokenizer thread: the event loop (and /healthz) keeps answering meanwhile."""
+        return await asyncio.get_running_loop().run_in_executor(self._tokenize_pool, self.render, messages)
 
     def fit_max_tokens(self, prompt_len: int, wanted: int | None) -> int:
         room = self.max_model_len - prompt_len
@@ -110,6 +129,8 @@ class Engine:
                 yield out
         except EngineDeadError as e:
             raise EngineStopped("the inference engine of this replica stopped; it is restarting, retry shortly") from e
+        except VLLMClientError as e:
+            raise EngineRefused(str(e), getattr(e, "parameter", None)) from e
 
     async def add_lora(self, adapter: LoadedAdapter) -> bool:
         """Load an adapter version under its own name and LoRA id; False (or an exception) if vLLM refuses."""

@@ -6,6 +6,7 @@ other exception (bad JSON, validation, unknown route, engine errors, bugs), into
 
 from __future__ import annotations
 
+import json
 import logging
 
 from fastapi import FastAPI, Request
@@ -13,10 +14,19 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serving.engine import EngineStopped, PromptTooLong
+from serving import body_limit
+from serving.engine import EngineRefused, EngineStopped, PromptTooLong
 from serving.protocol import error_body
 
 log = logging.getLogger(__name__)
+
+
+class ErrorResponse(JSONResponse):
+    """JSON with non-ASCII escaped: an error message may quote input that is not valid UTF-8 text
+    (a lone surrogate), and the answer must still be sent."""
+
+    def render(self, content) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
 class APIError(Exception):
@@ -30,7 +40,7 @@ class APIError(Exception):
         self.headers = headers
 
     def response(self) -> JSONResponse:
-        return JSONResponse(self.body, status_code=self.status, headers=self.headers)
+        return ErrorResponse(self.body, status_code=self.status, headers=self.headers)
 
 
 def not_ready(headers: dict[str, str] | None = None) -> APIError:
@@ -72,6 +82,14 @@ async def _too_long(request: Request, exc: PromptTooLong) -> JSONResponse:
     return APIError(400, str(exc), param="max_tokens", code="context_length_exceeded").response()
 
 
+async def _too_large(request: Request, exc: body_limit.BodyTooLarge) -> JSONResponse:
+    return APIError(413, exc.detail, code=body_limit.CODE, headers={"Connection": "close"}).response()
+
+
+async def _engine_refused(request: Request, exc: EngineRefused) -> JSONResponse:
+    return APIError(400, str(exc), param=exc.param, code="invalid_value").response()
+
+
 async def _engine_stopped(request: Request, exc: EngineStopped) -> JSONResponse:
     return APIError(503, str(exc), type_="server_error", code="engine_stopped",
                     headers={"Retry-After": "10"}).response()
@@ -87,5 +105,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(StarletteHTTPException, _http)
     app.add_exception_handler(PromptTooLong, _too_long)
+    app.add_exception_handler(body_limit.BodyTooLarge, _too_large)
+    app.add_exception_handler(EngineRefused, _engine_refused)
     app.add_exception_handler(EngineStopped, _engine_stopped)
     app.add_exception_handler(Exception, _unexpected)

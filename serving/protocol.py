@@ -7,21 +7,48 @@ Extensions beyond OpenAI's shapes are marked `# extension`.
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")  # valid in a JSON escape (\ud800), not in any UTF-8 text
+SEED_RANGE = (-2**63, 2**63 - 1)  # vLLM seeds a 64-bit torch generator
+MIN_TOP_P = 1e-5  # vLLM's sampling epsilon: smaller nucleus sizes make its sampler refuse the request
+
+
+class Body(BaseModel):
+    """A request body's model: no NaN or Infinity (JSON's `NaN` literal), no lone surrogates in any text."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    @field_validator("*")
+    @classmethod
+    def _valid_unicode(cls, v):
+        if _has_lone_surrogate(v):
+            raise ValueError("text must be valid Unicode (it holds a lone surrogate code point)")
+        return v
+
+
+def _has_lone_surrogate(v) -> bool:
+    if isinstance(v, str):
+        return not v.isascii() and LONE_SURROGATE.search(v) is not None
+    if isinstance(v, (list, tuple)):
+        return any(_has_lone_surrogate(x) for x in v)
+    return False  # nested models check their own fields
+
+
 # ---------------------------------------------------------------------------- chat completions
 Role = Literal["system", "developer", "user", "assistant"]
 
 
-class TextPart(BaseModel):
+class TextPart(Body):
     type: Literal["text"]
     text: str
 
 
-class ChatMessage(BaseModel):
+class ChatMessage(Body):
     model_config = ConfigDict(extra="ignore")
     role: Role
     content: str | list[TextPart] = Field(description="Text, or a list of text parts.")
@@ -33,11 +60,11 @@ class ChatMessage(BaseModel):
         return "".join(p.text for p in self.content)
 
 
-class StreamOptions(BaseModel):
+class StreamOptions(Body):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(BaseModel):
+class ChatCompletionRequest(Body):
     # Unknown OpenAI fields are ignored, as OpenAI-compatible servers do; known ones are checked.
     model_config = ConfigDict(extra="ignore")
 
@@ -48,12 +75,12 @@ class ChatCompletionRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1)
     n: int = Field(1, ge=1, le=8)
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_p: float = Field(1.0, ge=MIN_TOP_P, le=1.0)
     user: str = Field("", max_length=256, description="End-user id; feedback tokens are bound to it.")
     ignore_eos: bool = False  # extension (as in vLLM): generate max_tokens even past EOS; for benchmarks
 
@@ -151,13 +178,13 @@ class ModelList(BaseModel):
 
 
 # ---------------------------------------------------------------------------- feedback (extension)
-class ResponseRef(BaseModel):  # an answer being rated: the ids of one `RLHFResponse`
+class ResponseRef(Body):  # an answer being rated: the ids of one `RLHFResponse`
     model_config = ConfigDict(extra="forbid")
     response_id: str = Field(max_length=128)
     feedback_token: str = Field(max_length=4096)
 
 
-class ThumbsFeedback(BaseModel):
+class ThumbsFeedback(Body):
     model_config = ConfigDict(extra="forbid")
     type: Literal["thumbs"]
     response_id: str = Field(max_length=128)
@@ -167,7 +194,7 @@ class ThumbsFeedback(BaseModel):
     user: str | None = Field(None, max_length=1024, description="Who is giving feedback; must match the token.")
 
 
-class PairwiseFeedback(BaseModel):
+class PairwiseFeedback(Body):
     model_config = ConfigDict(extra="forbid")
     type: Literal["pairwise"]
     chosen: ResponseRef
@@ -183,12 +210,12 @@ class FeedbackAccepted(BaseModel):
 
 
 # ---------------------------------------------------------------------------- adapter admin (extension)
-class ActivateBody(BaseModel):
+class ActivateBody(Body):
     model_config = ConfigDict(extra="forbid")
     version: str | None = Field(description="A loaded or announced version, or `base` (or null) for no adapter.")
 
 
-class CanaryBody(BaseModel):
+class CanaryBody(Body):
     model_config = ConfigDict(extra="forbid")
     version: str | None = Field(description="The canary version; null ends the canary.")
     fraction: float = Field(0.1, ge=0.0, le=1.0, description="Share of users (sticky by user id).")
