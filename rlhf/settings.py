@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     max_lora_rank: int = Field(16, description="Largest LoRA rank the engine accepts.")
     max_loras: int = Field(4, description="LoRA adapters the engine keeps resident at once.")
     max_tokens_default: int = Field(256, description="max_tokens when a request gives none.")
+    preamble: str = Field("", description="Example exchanges put before each conversation on the base model: "
+                          "empty for the model card's, `none` for none, or a JSON file of messages.")
 
     # --- HTTP -------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Address serving listens on.")

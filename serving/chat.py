@@ -24,6 +24,7 @@ from adapters.router import LoadedAdapter, Router
 from feedback import feedback_tokens
 from feedback.producer import SpoolFull
 from feedback.schema import TOPIC_INTERACTIONS, Interaction, Message
+from rlhf.models.card import model_card, preamble_messages, sampling_defaults, with_preamble
 from serving import metrics
 from serving.auth import Caller
 from serving.engine import Engine, EngineStopped
@@ -54,24 +55,31 @@ class ChatService:
         self.settings = settings
         self.events = events  # feedback.producer.EventPublisher, when wired
         self.replica = settings.replica_id or f"{settings.host}:{settings.port}"
+        card = model_card(engine.model_path)
+        # The preamble steers the bare base model; adapters learn (and are served) without it.
+        self.preamble = preamble_messages(card, settings.preamble)
+        self.stop = card.get("stop", [])  # applied beside a request's own stop strings
+        self.sampling_defaults = sampling_defaults(card)
 
     # ------------------------------------------------------------------ preparation
     async def prepare(self, req: ChatCompletionRequest, caller: Caller) -> Prepared:
         """Render, size and route one request; bad input raises here, before any byte is sent."""
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                     for m in req.messages]
-        prompt_ids = await self.engine.render_off_loop(messages)
+        user = caller.end_user(req.user)
+        adapter = self.router.pick(user, req.model)
+        prompt_ids = await self.engine.render_off_loop(messages if adapter else with_preamble(messages, self.preamble))
         max_tokens = self.engine.fit_max_tokens(len(prompt_ids), req.wanted_tokens())
+        temperature = self.sampling_defaults["temperature"] if req.temperature is None else req.temperature
+        top_p = self.sampling_defaults["top_p"] if req.top_p is None else req.top_p
         params = SamplingParams(
-            n=req.n, temperature=req.temperature, top_p=req.top_p, max_tokens=max_tokens,
-            stop=(req.stop or []) + self.engine.default_stop or None,
+            n=req.n, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+            stop=(req.stop or []) + self.stop or None,
             seed=req.seed, ignore_eos=req.ignore_eos, presence_penalty=req.presence_penalty,
             frequency_penalty=req.frequency_penalty,
             output_kind=RequestOutputKind.DELTA if req.stream else RequestOutputKind.FINAL_ONLY,
         )
-        user = caller.end_user(req.user)
-        adapter = self.router.pick(user, req.model)
-        sampling = {"temperature": req.temperature, "top_p": req.top_p, "max_tokens": max_tokens, "n": req.n,
+        sampling = {"temperature": temperature, "top_p": top_p, "max_tokens": max_tokens, "n": req.n,
                     "stop": req.stop, "seed": req.seed}
         return Prepared(req, messages, prompt_ids, params, adapter, sampling, user, caller.client)
 

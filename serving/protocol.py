@@ -79,8 +79,8 @@ class ChatCompletionRequest(Body):
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, ge=MIN_TOP_P, le=1.0)
+    temperature: float | None = Field(None, ge=0.0, le=2.0, description="Default: the model card's (else 1.0).")
+    top_p: float | None = Field(None, ge=MIN_TOP_P, le=1.0, description="Default: the model card's (else 1.0).")
     user: str = Field("", max_length=256, description="End-user id; feedback tokens are bound to it.")
     ignore_eos: bool = False  # extension (as in vLLM): generate max_tokens even past EOS; for benchmarks
 

@@ -1,11 +1,15 @@
-"""`rlhf model prepare`: the tiny model and the default Gemma 3 270M, built offline and cached."""
+"""`rlhf model prepare`: the tiny model and the default Gemma 3 270M, built offline and cached, and the
+model card (preamble, stop strings, sampling defaults) serving applies."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from rlhf.models.sizing import context_length
 
@@ -63,3 +67,42 @@ def test_prepare_default_model_answers_paris():
 
     tok = AutoTokenizer.from_pretrained(folder)
     assert tok("hello")["input_ids"][0] == tok.bos_token_id
+
+
+# ------------------------------------------------------------------------------ the model card
+def test_the_default_models_card_has_a_preamble_stops_and_sampling_defaults():
+    from rlhf.models.card import check_preamble, model_card, sampling_defaults
+    from rlhf.models.registry import resolve_model
+
+    card = model_card(resolve_model("gemma-3-270m"))
+    assert len(check_preamble(card["preamble"])) >= 6
+    assert {"\nQuestion:", "\nAnswer:"} <= set(card["stop"])
+    assert 0 < sampling_defaults(card)["temperature"] < 1 and 0 < sampling_defaults(card)["top_p"] <= 1
+
+
+def test_the_operator_replaces_or_turns_off_the_preamble(tmp_path):
+    from rlhf.models.card import PreambleError, preamble_messages, with_preamble
+
+    card = {"preamble": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}
+    assert preamble_messages(card, "") == card["preamble"]
+    assert preamble_messages(card, "none") == []
+    own = [{"role": "user", "content": "Capital of Peru?"}, {"role": "assistant", "content": "Lima."}]
+    (tmp_path / "p.json").write_text(json.dumps(own))
+    assert preamble_messages(card, str(tmp_path / "p.json")) == own
+    for bad in ('{"role": "user"}', '[{"role": "assistant", "content": "x"}]', '[{"role": "user", "content": "x"}]',
+                "not json"):
+        (tmp_path / "bad.json").write_text(bad)
+        with pytest.raises(PreambleError):
+            preamble_messages(card, str(tmp_path / "bad.json"))
+    with pytest.raises(PreambleError, match="cannot read"):
+        preamble_messages(card, str(tmp_path / "missing.json"))
+    # the preamble goes after the system prompt and before the conversation
+    conv = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello?"}]
+    assert with_preamble(conv, own) == [conv[0], *own, conv[1]]
+
+
+def test_sampling_defaults_are_openais_where_the_card_says_nothing():
+    from rlhf.models.card import sampling_defaults
+
+    assert sampling_defaults({}) == {"temperature": 1.0, "top_p": 1.0}
+    assert sampling_defaults({"sampling": {"temperature": 0.2}}) == {"temperature": 0.2, "top_p": 1.0}

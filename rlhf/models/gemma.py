@@ -22,8 +22,8 @@ GEMMA_VERSION = "gemma-3-270m-v2"  # the cache folder; bump when the conversion 
 # The default model is Gemma 3 270M *base* (not instruction-tuned): it does not follow Gemma's
 # turn markup ("<start_of_turn>user ..." makes it echo the question), but it answers a plain
 # Question/Answer transcript well ("Paris"; "red, blue and yellow"). So its chat template
-# renders that transcript, and its model card (QA_STOP) makes serving stop before the next
-# "Question:".
+# renders that transcript, and its model card (QA_STOP) makes serving stop where the next
+# turn would start.
 CHAT_TEMPLATE_QA = (
     "{{ bos_token }}{% for m in messages %}"
     "{% if m['role'] == 'system' %}{{ m['content'] }}\n\n"
@@ -31,7 +31,28 @@ CHAT_TEMPLATE_QA = (
     "{% else %} {{ m['content'] }}\n{% endif %}"
     "{% endfor %}"
 )
-QA_STOP = ["\nQuestion:", "\n\n"]
+QA_STOP = ["\nQuestion:", "\nAnswer:", "\n\n"]
+
+# In-context alignment (URIAL, Lin et al. 2023): a few exchanges in the style we want (one
+# direct, correct, polite answer on one line) before the conversation steer the base model to
+# answer like an assistant. None of them is in bench/first_impression.py's questions.
+PREAMBLE = [
+    ("What is the capital of Portugal?", "The capital of Portugal is Lisbon."),
+    ("Good morning!", "Good morning! How can I help you today?"),
+    ("What colour are ripe tomatoes?", "Ripe tomatoes are red."),
+    ("How do I make a cup of tea?",
+     "Put a tea bag in a cup, pour in boiling water, wait three minutes, then take the bag out."),
+    ("How many wheels does a bicycle have?", "A bicycle has two wheels."),
+]
+SAMPLING = {"temperature": 0.3, "top_p": 0.9}  # low temperature: a 270M base model drifts when sampled hot
+
+GEMMA_CARD = {
+    "base_model": "google/gemma-3-270m",
+    "stop": QA_STOP,
+    "preamble": [m for q, a in PREAMBLE for m in ({"role": "user", "content": q},
+                                                  {"role": "assistant", "content": a})],
+    "sampling": SAMPLING,
+}
 
 
 def _gguf_path() -> Path:
@@ -84,7 +105,7 @@ def build_gemma(final: Path) -> Path:
     cfg = json.loads(cfg_path.read_text())
     cfg["add_bos_token"] = True
     cfg_path.write_text(json.dumps(cfg, indent=2))
-    write_model_card(tmp, {"stop": QA_STOP, "base_model": "google/gemma-3-270m"})
+    write_model_card(tmp, GEMMA_CARD)
     publish_build(tmp, final)
     return final
 

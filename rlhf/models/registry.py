@@ -12,7 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from rlhf.models.cache import ModelError, cache_root
-from rlhf.models.gemma import GEMMA_VERSION, build_gemma
+from rlhf.models.card import refresh_model_card
+from rlhf.models.gemma import GEMMA_CARD, GEMMA_VERSION, build_gemma
 from rlhf.models.tiny import TINY_VERSION, build_tiny
 
 DEFAULT_MODEL = "gemma-3-270m"
@@ -33,6 +34,7 @@ def resolve_model(name: str, *, prepare: bool = True) -> Path:
             if not prepare:
                 raise ModelError(f"{DEFAULT_MODEL} not prepared; run `rlhf model prepare`")
             build_gemma(path)
+        refresh_model_card(path, GEMMA_CARD)
         return path
     path = Path(name).expanduser()
     if not (path / "config.json").exists():
