@@ -14,6 +14,7 @@
   None if malformed) and error (why it was malformed).
 - Malformed records go to `rlhf.deadletter` with the reason before `poll()` returns them (not
   for records read from rlhf.deadletter itself); if that fails, `poll()` rewinds and raises.
+  `deadletter(rec, reason)` does the same for a record the caller cannot process, so it can move on.
 - Dedupe: a record whose `event_id` was returned before (an LRU of `dedupe_size` ids, this
   process only) is skipped, though its offset still counts for `commit()`. The producer is
   at-least-once, so copies happen; the learner's store dedupes across restarts too.
@@ -220,18 +221,21 @@ class EventConsumer:
 
     # ------------------------------------------------------------------ dead letters
     def _deadletter(self, rec: Record) -> None:
+        self.deadletter(rec, f"malformed event at {rec.topic}/{rec.partition}@{rec.offset}: {rec.error}")
+        CONSUMER_MALFORMED.labels(rec.topic, self.group_id).inc()
+
+    def deadletter(self, rec: Record, reason: str) -> None:
+        """Keep `rec` on rlhf.deadletter with `reason`, acked by the broker; raises if it cannot."""
         if self._producer is None:
             self._producer = KafkaProducer(bootstrap_servers=bootstrap_servers(self.settings), acks="all",
                                            enable_idempotence=True, client_id=f"rlhf-{self.group_id}-dlq",
                                            max_block_ms=5000, bootstrap_timeout_ms=3000,
                                            **client_security(self.settings))
-        ev = DeadLetter(reason=f"malformed event at {rec.topic}/{rec.partition}@{rec.offset}: {rec.error}",
-                        source_topic=rec.topic, payload=rec.value[:100_000].decode("utf-8", errors="replace"),
+        ev = DeadLetter(reason=reason, source_topic=rec.topic,
+                        payload=rec.value[:100_000].decode("utf-8", errors="replace"),
                         origin=f"consumer:{self.group_id}")
         self._producer.send(TOPIC_DEADLETTER, key=ev.key(), value=encode(ev)).get(timeout=10)
-        CONSUMER_MALFORMED.labels(rec.topic, self.group_id).inc()
-        log.warning("malformed record %s/%d@%d sent to %s: %s", rec.topic, rec.partition, rec.offset,
-                    TOPIC_DEADLETTER, rec.error)
+        log.warning("record %s/%d@%d sent to %s: %s", rec.topic, rec.partition, rec.offset, TOPIC_DEADLETTER, reason)
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:

@@ -3,12 +3,18 @@
 Two threads and one HTTP server in one process:
 - consume (background thread): `rlhf.interactions`, `rlhf.feedback`, `rlhf.adapters` ->
   learner store (one SQLite transaction per poll batch) -> then commit the Kafka offsets.
+  A record the store cannot take (any error but the store's own, e.g. a locked or full disk) goes to
+  `rlhf.deadletter` with the reason and consumption moves on; a failed batch is narrowed to its bad
+  records by storing them one at a time.
   Every few seconds: feedback that waited too long for its interaction -> dead-letter outbox;
-  outbox (dead letters, announcements) -> Kafka.
+  outbox (dead letters, announcements) -> Kafka. Every few minutes: prune old history
+  (learner/retention.py, `RLHF_LEARNER_KEEP_DAYS`, `RLHF_LEARNER_KEEP_EVENTS`).
 - train (main thread): a round runs when at least `RLHF_LEARNER_MIN_FEEDBACK` new usable
   feedback events arrived since the last round, or `RLHF_LEARNER_INTERVAL_S` passed since it
   and there is any new feedback (learner/round.py). vLLM's engine starts with the first round.
-- `GET /metrics` (Prometheus) and `GET /healthz` on `RLHF_LEARNER_PORT`.
+- `GET /metrics` (Prometheus) and `GET /healthz` on `RLHF_LEARNER_PORT`. `/healthz` answers 503 when
+  the consume thread stopped, or when records wait (lag, or a batch not stored yet) and none was
+  stored for `RLHF_LEARNER_STALL_S`.
 
 Learner hyperparameters (reward model, PPO, gate) default to `learner.round.LearnerConfig`;
 a JSON file named by `RLHF_LEARNER_CONFIG` overrides any of them, e.g.
@@ -21,17 +27,20 @@ import json
 import logging
 import math
 import signal
+import sqlite3
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
 
-from feedback.consumer import EventConsumer
+from feedback.consumer import EventConsumer, Record
+from feedback.kafka_security import client_security
 from feedback.schema import TOPIC_ADAPTERS, TOPIC_FEEDBACK, TOPIC_INTERACTIONS
 from learner.publish import OutboxSender
+from learner.retention import PRUNE_EVERY_S, prune
 from learner.round import Learner, LearnerConfig
-from learner.store import Store
+from learner.store import IngestResult, Store
 from rlhf.models.cache import ModelError
 from rlhf.settings import get_settings
 
@@ -44,6 +53,10 @@ TOPICS = (TOPIC_INTERACTIONS, TOPIC_FEEDBACK, TOPIC_ADAPTERS)
 # (the consumer exports rlhf_consumer_lag{topic,group} itself, in the same registry)
 EVENTS = Counter("rlhf_learner_events", "Events stored in the learner store (new event ids only)", ["topic"])
 DUPLICATES = Counter("rlhf_learner_duplicate_events", "Redelivered events recognised by event id and skipped")
+UNSTORABLE = Counter("rlhf_learner_deadletters", "Records the learner could not store, sent to rlhf.deadletter",
+                     ["topic"])
+PRUNED = Counter("rlhf_learner_pruned_rows", "Rows pruned from the learner store by retention", ["table"])
+STALLED = Gauge("rlhf_learner_consume_stalled", "1 while records wait and none was stored for RLHF_LEARNER_STALL_S")
 FEEDBACK = Gauge("rlhf_learner_feedback", "Feedback rows in the learner store", ["status"])
 NEW_FEEDBACK = Gauge("rlhf_learner_new_feedback", "Usable feedback since the last round (trigger counts this)")
 RM_ACCURACY = Gauge("rlhf_learner_rm_accuracy", "Held-out reward-model accuracy of the latest version",
@@ -86,12 +99,48 @@ class ConsumeLoop(threading.Thread):
         self.error: str | None = None
         self.last_poll = time.monotonic()
         self.consumed = 0
+        self.progress_at = time.monotonic()  # last time records were stored, or nothing was waiting
+        self.waiting = 0  # records polled and not stored yet, plus the lag last measured
+
+    def stalled(self, stall_s: float) -> bool:
+        """Records wait, and none was stored for `stall_s` (read from the HTTP thread)."""
+        stalled = self.waiting > 0 and time.monotonic() - self.progress_at > stall_s
+        STALLED.set(int(stalled))
+        return stalled
+
+    def store_batch(self, store: Store, consumer: EventConsumer, records: list[Record]) -> IngestResult:
+        """Store a poll batch in one transaction; if that fails, store its records one by one and send those
+        that fail to rlhf.deadletter with the reason. The store's own errors (locked, disk full or broken:
+        sqlite3.OperationalError) are raised instead: no record is to blame, the batch is read again."""
+        try:
+            return store.ingest([(r.topic, r.event) for r in records])
+        except sqlite3.OperationalError:
+            raise
+        except Exception as e:  # noqa: BLE001 - narrowed to the record(s) at fault below
+            log.warning("a batch of %d records failed to store (%s: %s); storing them one by one", len(records),
+                        type(e).__name__, e)
+        total = IngestResult()
+        for rec in records:
+            try:
+                res = store.ingest([(rec.topic, rec.event)])
+            except sqlite3.OperationalError:
+                raise
+            except Exception as e:  # noqa: BLE001 - whatever one record makes ingest raise, it must not stop the rest
+                consumer.deadletter(rec, f"the learner could not store {rec.topic}/{rec.partition}@{rec.offset}: "
+                                         f"{type(e).__name__}: {e}")
+                UNSTORABLE.labels(rec.topic).inc()
+                continue
+            total.new += res.new
+            total.duplicates += res.duplicates
+            for topic, n in res.by_topic.items():
+                total.by_topic[topic] = total.by_topic.get(topic, 0) + n
+        return total
 
     def run(self) -> None:
         store = Store.open(self.settings, self.heldout_fraction)
         consumer = EventConsumer(self.settings, TOPICS, group_id=GROUP_ID, from_beginning=True)
         sender = None
-        next_housekeeping = 0.0
+        next_housekeeping = next_prune = 0.0
         last_log, logged = time.monotonic(), 0
         try:
             while not self.stop.is_set():
@@ -99,12 +148,14 @@ class ConsumeLoop(threading.Thread):
                     records = consumer.poll(1.0)
                     self.last_poll = time.monotonic()
                     if records:
+                        self.waiting += len(records)
                         try:
-                            res = store.ingest([(r.topic, r.event) for r in records])  # durable first...
+                            res = self.store_batch(store, consumer, records)  # durable first...
                         except Exception:
                             consumer.rewind()  # not stored: read the batch again
                             raise
-                        consumer.commit()                                              # ...then the offsets
+                        consumer.commit()                                     # ...then the offsets
+                        self.waiting, self.progress_at = 0, time.monotonic()
                         for topic, n in res.by_topic.items():
                             EVENTS.labels(topic).inc(n)
                         if res.duplicates:
@@ -123,6 +174,16 @@ class ConsumeLoop(threading.Thread):
                         for status in ("joined", "pending", "dead"):
                             FEEDBACK.labels(status).set(counts[f"feedback_{status}"])
                         NEW_FEEDBACK.set(store.new_feedback_count())
+                        self.waiting = sum(consumer.lag().values())
+                        if not self.waiting:
+                            self.progress_at = time.monotonic()
+                    if time.monotonic() >= next_prune:
+                        next_prune = time.monotonic() + PRUNE_EVERY_S
+                        pruned = prune(store, self.settings.learner_keep_days, self.settings.learner_keep_events)
+                        for table, n in pruned.items():
+                            PRUNED.labels(table).inc(n)
+                        if any(pruned.values()):
+                            log.info("retention pruned %s", pruned)
                     self.error = None
                     if self.consumed > logged and time.monotonic() - last_log > 30:
                         log.info("consumed %d new events so far (%s)", self.consumed, store.counts())
@@ -148,11 +209,17 @@ class _Handler(BaseHTTPRequestHandler):
         elif self.path.startswith("/healthz"):
             consumer: ConsumeLoop | None = self.state.get("consumer")
             alive = consumer is not None and consumer.is_alive()
-            info = {"status": "ok" if alive else "consumer stopped", "consumer_alive": alive,
+            stall_s = self.state.get("stall_s", 300.0)
+            stalled = alive and consumer.stalled(stall_s)
+            status = "ok" if alive and not stalled else "consumer stopped" if not alive else \
+                f"consumption stalled: records wait and none was stored for over {stall_s:g} s"
+            info = {"status": status, "consumer_alive": alive, "consumer_stalled": stalled,
+                    "records_waiting": consumer.waiting if consumer else None,
                     "consumer_error": consumer.error if consumer else None,
                     "round_running": self.state.get("round_running", False),
                     "last_round": self.state.get("last_round")}
-            body, ctype, code = json.dumps(info).encode(), "application/json", 200 if alive else 503
+            code = 200 if alive and not stalled else 503
+            body, ctype = json.dumps(info).encode(), "application/json"
         else:
             body, ctype, code = b"not found\n", "text/plain", 404
         self.send_response(code)
@@ -228,6 +295,7 @@ def run() -> int:
     settings = get_settings()
     logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLogger().level))  # chatty at INFO
     try:
+        client_security(settings)  # Kafka security settings that cannot work stop the start, with why
         cfg = load_config()
         learner = Learner(settings, cfg)
     except (ModelError, ValueError, OSError) as e:
@@ -239,7 +307,7 @@ def run() -> int:
         log.warning("%d round(s) were interrupted by a stop; their feedback counts as new again", aborted)
 
     stop = threading.Event()
-    state: dict = {"round_running": False, "last_round": store.last_round()}
+    state: dict = {"round_running": False, "last_round": store.last_round(), "stall_s": settings.learner_stall_s}
     running = {"round": False}
 
     def on_signal(signum, frame):
