@@ -23,7 +23,7 @@ from pathlib import Path
 
 from rlhf.settings import Settings
 
-__all__ = ["KafkaSecurityError", "client_security", "check_client_security"]
+__all__ = ["KafkaSecurityError", "check_client_security", "client_security"]
 
 
 class KafkaSecurityError(ValueError):

@@ -86,7 +86,7 @@ class TlsProxy:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             await writer.start_tls(self.context, ssl_handshake_timeout=self.HANDSHAKE_TIMEOUT_S)
-        except (ssl.SSLError, ConnectionError, OSError, asyncio.TimeoutError) as e:
+        except (ssl.SSLError, OSError, TimeoutError) as e:
             self.handshakes_refused.append(f"{type(e).__name__}: {e}")
             writer.transport.abort()
             return

@@ -27,7 +27,7 @@ import time
 
 from feedback.schema import TOPIC_FEEDBACK, TOPIC_INTERACTIONS
 
-__all__ = ["prune", "PRUNE_EVERY_S"]
+__all__ = ["PRUNE_EVERY_S", "prune"]
 
 PRUNE_EVERY_S = 600.0
 BATCH = 5000  # rows per transaction: ingest waits for the write lock at most this long

@@ -19,14 +19,15 @@ import sqlite3
 import uuid
 
 import httpx
-from kafka import KafkaProducer
 
-from feedback.event_hmac import sealed
 from feedback.schema import (TOPIC_ADAPTERS, TOPIC_DEADLETTER, TOPIC_FEEDBACK, TOPIC_INTERACTIONS, AdapterAnnounced,
-                             Interaction, Message, Thumbs, encode)
+                             Interaction, Message, Thumbs)
 from feedback.topics import ensure_topics
 from harness.kafka import read_topic
 from rlhf.settings import Settings
+from tests.learner.test_crash import (
+    produce,  # events as serving writes them, with its HMAC
+)
 
 STALL_S = 3
 
@@ -36,15 +37,6 @@ def interaction(nonce: str, i: int, response: str = "Cats are warm.") -> Interac
                        conversation_id=f"{nonce}-conv{i}", user=f"{nonce}-u",
                        messages=[Message(role="user", content=f"Tell me about cats, {i}.")], response=response,
                        finish_reason="stop", model="tiny")
-
-
-def produce(bootstrap: str, events: list[tuple[str, object]], event_key: str) -> None:
-    """Events as serving writes them (with the session's event HMAC), in one batch if they can."""
-    p = KafkaProducer(bootstrap_servers=[bootstrap], linger_ms=50)
-    for topic, ev in events:
-        p.send(topic, key=ev.key(), value=encode(sealed(ev, event_key)))
-    p.flush(30)
-    p.close()
 
 
 def health(lp) -> tuple[int, dict]:
@@ -96,7 +88,7 @@ def test_unstorable_record_goes_to_deadletter_and_a_stalled_store_turns_healthz_
     try:
         late = interaction(nonce, 3)
         produce(broker, [(TOPIC_INTERACTIONS, late)], control_env["RLHF_EVENT_HMAC_KEY"])
-        code, body = lp.wait("/healthz to report the stall", lambda: (h := health(lp))[0] == 503 and h, timeout=120,
+        _, body = lp.wait("/healthz to report the stall", lambda: (h := health(lp))[0] == 503 and h, timeout=120,
                              every=0.2)
         assert body["consumer_stalled"] is True and body["records_waiting"] >= 1 and body["consumer_alive"] is True
     finally:

@@ -41,7 +41,7 @@ def fill(store) -> None:
     store.mark_sent([r["event_id"] for r in store.unsent_outbox()])
     with store.tx():
         store.db.execute("UPDATE outbox SET created_at=?", (OLD,))
-    round_id, hwm, _ = store.start_round()
+    round_id, _, _ = store.start_round()
     store.finish_round(round_id, "rejected")
     ingest(store, [interaction("r_old2", conv="c_old2", ts=OLD), thumbs("r_old2", "down", OLD, conv="c_old2"),
                    thumbs("r_never", "up", OLD, conv="c_never")], now=OLD)
