@@ -11,7 +11,8 @@
   already holds events (to keep their order), fsynced to the spool (`feedback/spool.py`).
   A background task sends spooled events on, oldest first, when the broker is back; a restart
   drains what an earlier run left.
-It raises `SpoolFull` when the event cannot be made durable (the API answers 503 then).
+It raises `SpoolFull` when the event cannot be made durable (the API answers 503 then), and its
+subclass `StorageFull` when that is because the disk under the spool is full.
 
 Delivery is at least once: an event that timed out and was spooled may still reach Kafka
 from the first attempt, so a topic can hold the same `event_id` twice. The id is assigned
@@ -40,11 +41,11 @@ from prometheus_client import Counter, Gauge
 from feedback.event_hmac import sealed
 from feedback.kafka_security import client_security
 from feedback.schema import TOPIC_DEADLETTER, TOPIC_FEEDBACK, DeadLetter, Event, encode
-from feedback.spool import Spool, SpoolFull
+from feedback.spool import Spool, SpoolFull, StorageFull
 from feedback.topics import bootstrap_servers, ensure_topics
 from rlhf.settings import Settings
 
-__all__ = ["EventPublisher", "SpoolFull"]
+__all__ = ["EventPublisher", "SpoolFull", "StorageFull"]
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,8 @@ class EventPublisher:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self.spool = await self._loop.run_in_executor(
-            self._disk_pool, Spool, self.settings.data_dir / "spool", self.settings.spool_max_events)
+            self._disk_pool, Spool, self.settings.data_dir / "spool", self.settings.spool_max_events,
+            self.settings.spool_max_bytes)
         _current = weakref.ref(self)
         if len(self.spool):
             self._degraded = True
@@ -312,7 +314,10 @@ class EventPublisher:
                 rows = [row for row, _ in batch]
                 try:
                     accepted = await self._loop.run_in_executor(self._disk_pool, self.spool.append, rows)
-                except Exception as e:  # disk error: nobody gets a false "durable"
+                except Exception as e:  # disk error (StorageFull: disk full): nobody gets a false "durable"
+                    if isinstance(e, StorageFull):
+                        SPOOL_DROPPED.inc(len(batch))
+                        log.error("spool: %s; refused %d events", e, len(batch))
                     for _, fut in batch:
                         if not fut.done():
                             fut.set_exception(e)
@@ -324,7 +329,8 @@ class EventPublisher:
                         fut.set_result(None)
                     else:
                         SPOOL_DROPPED.inc()
-                        fut.set_exception(SpoolFull(f"feedback spool is full ({self.spool.max_events} events)"))
+                        fut.set_exception(SpoolFull(f"feedback spool is full ({self.spool.max_events} events or "
+                                                    f"{self.spool.max_bytes} bytes)"))
                 if accepted < len(batch):
                     log.error("spool full: refused %d events", len(batch) - accepted)
                 self._wake.set()

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from feedback import feedback_tokens
-from feedback.producer import EventPublisher, SpoolFull
+from feedback.producer import EventPublisher, SpoolFull, StorageFull
 from feedback.schema import TOPIC_FEEDBACK, Pairwise, Thumbs
 from rlhf.settings import Settings
 from serving.auth import Caller
@@ -35,6 +35,10 @@ class FeedbackService:
     async def _publish(self, event: Thumbs | Pairwise) -> None:
         try:
             await self.events.publish(TOPIC_FEEDBACK, event)
+        except StorageFull:
+            raise APIError(503, "feedback cannot be stored right now (event log unavailable and the disk of the "
+                                "local spool is full); retry later", type_="server_error", code="storage_full",
+                           headers={"Retry-After": "30"}) from None
         except SpoolFull:
             raise APIError(503, "feedback cannot be stored right now (event log unavailable and local spool full); "
                                 "retry later", type_="server_error", code="spool_full",

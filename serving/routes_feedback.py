@@ -20,7 +20,9 @@ valid credential; 404 for a response id this service never issued; 403 for a for
 mismatched or expired token, or another user's; 422 for pairwise answers to different prompts,
 the same answer twice, or a comment longer than RLHF_FEEDBACK_COMMENT_MAX; 429 with Retry-After
 above RLHF_FEEDBACK_RATE_LIMIT posts per user or RLHF_CLIENT_FEEDBACK_RATE_LIMIT per client per
-minute; 503 with Retry-After if the spool is full. Nothing is published on any 4xx. Errors use
+minute; 503 with Retry-After if the spool is full (`spool_full`) or its disk is (`storage_full`); 400 for
+text that is not valid Unicode (a lone surrogate) and 413 for a body over RLHF_MAX_BODY_BYTES.
+Nothing is published on any 4xx. Errors use
 OpenAI's shape {"error": {"message", "type", "param", "code"}}.
 The same feedback posted again (same `dedupe_key()` in schema.py, same value) gets 202 with the
 first event id and publishes nothing; a changed value gets a new event id, and consumers keep

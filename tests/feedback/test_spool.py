@@ -83,3 +83,15 @@ def test_concurrent_appends_keep_every_row(tmp_path):
 def test_rejects_zero_bound(tmp_path):
     with pytest.raises(ValueError):
         Spool(tmp_path, max_events=0)
+
+
+def test_bounded_by_bytes_as_well_as_events(tmp_path):
+    s = Spool(tmp_path, max_events=1000, max_bytes=100)
+    big = [("t", b"k", b"x" * 39)] * 3  # 40 bytes each (key + value)
+    assert s.append(big) == 2 and s.nbytes == 80 and s.refused == 1  # a third would make 120 > 100
+    assert s.append([("t", None, b"y" * 20)]) == 1 and s.nbytes == 100  # fits exactly
+    assert s.append([("t", None, b"z")]) == 0
+    s.remove_through(s.peek(1)[0].seq)
+    assert s.nbytes == 60 and s.append([("t", None, b"z" * 40)]) == 1
+    s.close()
+    assert Spool(tmp_path, max_events=1000, max_bytes=100).nbytes == 100  # counted again on reopen
