@@ -16,7 +16,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # Secrets that ship in examples; the service refuses to run with them outside dev mode.
 PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "secret", "changethis"}
 MIN_SECRET_BYTES = 32  # outside dev mode, the HMAC key and the admin token are at least this long
-MIN_SECRET_BYTES = 32  # outside dev mode, the HMAC key and the admin token are at least this long
 
 
 class Settings(BaseSettings):
@@ -82,19 +81,6 @@ class Settings(BaseSettings):
                                                             "its choices (n x max_tokens).")
     allow_ignore_eos: bool = Field(False, description="Accept `ignore_eos` (generate max_tokens past the end of "
                                                       "the answer; for benchmarks).")
-    client_chat_concurrency: int = Field(32, ge=0, description="Chat requests one client (API key or JWT client; "
-                                         "without auth, one remote address) may have in progress at once "
-                                         "(0: no limit).")
-
-    # --- request limits (serving; every refusal is a 4xx in OpenAI's error shape) ------
-    max_body_bytes: int = Field(2 * 2**20, ge=1024, description="Largest request body, in bytes (413 above it).")
-    max_messages: int = Field(256, ge=1, description="Most messages in one chat request.")
-    max_message_chars: int = Field(100_000, ge=1, description="Most characters in one chat message.")
-    max_stop_chars: int = Field(256, ge=1, description="Longest stop string, in characters (at most 4 of them).")
-    max_request_tokens: int = Field(8192, ge=1, description="Most tokens one chat request may ask for over all "
-                                                            "its choices (n x max_tokens).")
-    allow_ignore_eos: bool = Field(False, description="Accept `ignore_eos` (generate max_tokens past the end of "
-                                                      "the answer; for benchmarks).")
 
     # --- Kafka ------------------------------------------------------------------------
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, comma separated.")
@@ -118,8 +104,6 @@ class Settings(BaseSettings):
                                                            "(0: no limit).")
     feedback_comment_max: int = Field(2000, description="Longest accepted feedback comment, in characters.")
     spool_max_events: int = Field(100_000, description="Events the on-disk spool holds before it refuses more.")
-    spool_max_bytes: int = Field(2**30, ge=1, description="Bytes of events the on-disk spool holds before it "
-                                                          "refuses more.")
     spool_max_bytes: int = Field(2**30, ge=1, description="Bytes of events the on-disk spool holds before it "
                                                           "refuses more.")
     response_ttl_s: int = Field(7 * 24 * 3600, description="How long a response id accepts feedback.")
