@@ -12,8 +12,8 @@
   `RLHF_KAFKA_SASL_USERNAME`, the password read from `RLHF_KAFKA_SASL_PASSWORD_FILE` (a mounted
   Secret; a password never sits in the environment or a command line).
 
-Files are read each time a client is made, so a rotated password or certificate reaches the next
-connection. A missing file or a mechanism without credentials raises `KafkaSecurityError`, which
+Files are read each time a client is made (a long-running process takes a rotated password when it
+restarts). A missing file or a mechanism without credentials raises `KafkaSecurityError`, which
 names the setting.
 """
 

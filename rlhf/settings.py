@@ -130,7 +130,7 @@ class Settings(BaseSettings):
     learner_stall_s: float = Field(300.0, gt=0, description="The learner's /healthz answers 503 when it has "
                                                            "records to read but stored none for this many seconds.")
     learner_keep_days: float = Field(30.0, ge=0, description="Days of interactions and feedback the learner store "
-                                                             "keeps (0: no age limit); see docs/learner.md.")
+                                                             "keeps (0: no age limit); see learner/retention.py.")
     learner_keep_events: int = Field(1_000_000, ge=0, description="Most interactions, and most feedback rows, the "
                                                                   "learner store keeps, newest first (0: no limit).")
     learner_split_key: str = Field("", description="Secret key of the hash that splits users into training and "
