@@ -13,8 +13,8 @@ Two threads and one HTTP server in one process:
   feedback events arrived since the last round, or `RLHF_LEARNER_INTERVAL_S` passed since it
   and there is any new feedback (learner/round.py). vLLM's engine starts with the first round.
 - `GET /metrics` (Prometheus) and `GET /healthz` on `RLHF_LEARNER_PORT`. `/healthz` answers 503 when
-  the consume thread stopped, or when records wait (lag, or a batch not stored yet) and none was
-  stored for `RLHF_LEARNER_STALL_S`.
+  the consume thread stopped, when records wait (lag, or a batch not stored yet) and none was
+  stored for `RLHF_LEARNER_STALL_S`, or when the thread has not polled for that long.
 
 Learner hyperparameters (reward model, PPO, gate) default to `learner.round.LearnerConfig`;
 a JSON file named by `RLHF_LEARNER_CONFIG` overrides any of them, e.g.
@@ -103,8 +103,10 @@ class ConsumeLoop(threading.Thread):
         self.waiting = 0  # records polled and not stored yet, plus the lag last measured
 
     def stalled(self, stall_s: float) -> bool:
-        """Records wait, and none was stored for `stall_s` (read from the HTTP thread)."""
-        stalled = self.waiting > 0 and time.monotonic() - self.progress_at > stall_s
+        """Records wait and none was stored for `stall_s`, or the thread has not polled for that long
+        (stuck elsewhere, so it cannot see what waits). Read from the HTTP thread."""
+        now = time.monotonic()
+        stalled = (self.waiting > 0 and now - self.progress_at > stall_s) or now - self.last_poll > stall_s
         STALLED.set(int(stalled))
         return stalled
 
@@ -148,7 +150,7 @@ class ConsumeLoop(threading.Thread):
                     records = consumer.poll(1.0)
                     self.last_poll = time.monotonic()
                     if records:
-                        self.waiting += len(records)
+                        self.waiting = len(records)
                         try:
                             res = self.store_batch(store, consumer, records)  # durable first...
                         except Exception:
