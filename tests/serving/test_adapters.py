@@ -2,8 +2,11 @@
 vLLM, LoRA-enabled) and the `rlhf adapters` command line.
 
 The module has its own broker so its announcements do not reach the session's shared server.
-Replica A serves every test; replica B (same broker, same adapter store, no admin token) joins
-late, which is also the check that a new replica rebuilds the routing the others have.
+Replica A serves every test; replica B (same broker, same adapter store, the admin token but no
+signing key: public keys only) joins late, which is also the check that a new replica rebuilds
+the routing the others have. Announcements are signed with the session's key (tests/conftest.py
+`control_env`), as the learner and the CLI sign them; the tests of refusals write unsigned or
+forged events straight to Kafka, as anyone who can reach the broker could.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from adapters.router import user_bucket
 from adapters.routing_state import RoutingState
+from adapters.signing import load_signing_key, make_key_pair, signed
 from adapters.store import write_adapter
 from feedback.schema import (
     AdapterAnnounced,
@@ -53,12 +57,18 @@ MARKER = "zoo"  # the tiny model's training text has no "z"
 
 # ---------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    """Own broker + adapter store shared by the replicas of this module."""
+def env(tmp_path_factory, control_env):
+    """Own broker + adapter store shared by the replicas of this module; the session's keys (the CLI signs with them)."""
     broker = start_broker(tmp_path_factory.mktemp("broker") / "broker.log")
     store = tmp_path_factory.mktemp("adapters")
-    yield {"RLHF_KAFKA_BOOTSTRAP": broker.bootstrap, "RLHF_ADAPTER_DIR": str(store), "RLHF_MAX_LORAS": "4"}
+    yield {"RLHF_KAFKA_BOOTSTRAP": broker.bootstrap, "RLHF_ADAPTER_DIR": str(store), "RLHF_MAX_LORAS": "4",
+           **control_env}
     broker.stop()
+
+
+def signer(env):
+    """The key the learner and `rlhf adapters` sign with."""
+    return load_signing_key(env["RLHF_SIGNING_KEY_FILE"])
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +99,7 @@ def store(env, src: Path, name: str = "policy") -> tuple[str, str, str]:
 def publish(env, src: Path, name: str = "policy", canary: float | None = None) -> AdapterAnnounced:
     version, rel, sha = store(env, src, name)
     ev = AdapterAnnounced(version=version, path=rel, manifest_sha256=sha, canary_fraction=canary)
-    announce(env["RLHF_KAFKA_BOOTSTRAP"], ev)
+    announce(env["RLHF_KAFKA_BOOTSTRAP"], ev, key=signer(env))
     return ev
 
 
@@ -284,7 +294,7 @@ def test_hot_swap_under_load(replica_a, env, loras):
     version, rel, sha = store(env, loras[1])
     try:
         time.sleep(4.0)
-        ev = AdapterAnnounced(version=version, path=rel, manifest_sha256=sha)  # ts: the announcement's time
+        ev = signed(AdapterAnnounced(version=version, path=rel, manifest_sha256=sha), signer(env))  # ts: its time
         producer.send("rlhf.adapters", key=ev.key(), value=encode(ev)).get(timeout=15)
         t_announced = ev.ts
         wait_active(replica_a, ev.version)
@@ -326,7 +336,8 @@ def test_tampered_adapter_is_refused_and_active_kept(replica_a, env, loras):
     data = bytearray(weights.read_bytes())
     data[len(data) // 2] ^= 0x01  # one byte changed after the manifest was written
     weights.write_bytes(bytes(data))
-    announce(env["RLHF_KAFKA_BOOTSTRAP"], AdapterAnnounced(version=version, path=rel, manifest_sha256=sha))
+    announce(env["RLHF_KAFKA_BOOTSTRAP"], AdapterAnnounced(version=version, path=rel, manifest_sha256=sha),
+             key=signer(env))
 
     # Pickled weights smuggled into the store with a consistent manifest: refused as well.
     evil = Path(env["RLHF_ADAPTER_DIR"]) / "evil" / "v1"
@@ -337,7 +348,8 @@ def test_tampered_adapter_is_refused_and_active_kept(replica_a, env, loras):
     manifest = json.dumps({"format": 1, "version": "evil@v1", "files": files}).encode()
     (evil / "manifest.json").write_bytes(manifest)
     announce(env["RLHF_KAFKA_BOOTSTRAP"], AdapterAnnounced(version="evil@v1", path="evil/v1",
-                                                           manifest_sha256=hashlib.sha256(manifest).hexdigest()))
+                                                           manifest_sha256=hashlib.sha256(manifest).hexdigest()),
+             key=signer(env))  # signed: the refusal is for the files, not the event
 
     def dead_letters():
         found = [e for e in read_topic(env["RLHF_KAFKA_BOOTSTRAP"], "rlhf.deadletter")
@@ -352,6 +364,39 @@ def test_tampered_adapter_is_refused_and_active_kept(replica_a, env, loras):
     assert info["active"] == active
     assert version not in info["known"] and "evil@v1" not in info["known"]
     assert chat(replica_a)["rlhf"]["adapter"] == active
+
+
+def test_control_events_not_signed_by_a_trusted_key_change_nothing(replica_a, env, loras, tmp_path):
+    """Anyone who can write to rlhf.adapters: a routing change and an announcement written straight to
+    Kafka unsigned, one signed by a key serving does not trust, one signed and then altered. Nothing
+    changes on serving; each is a dead letter with the reason and counted by kind on /metrics."""
+    before = adapters(replica_a)
+    counted = {k: metric(replica_a, "rlhf_control_events_refused_total", f'reason="{k}"')
+               for k in ("unsigned", "unknown_key", "bad_signature")}
+    version, rel, sha = store(env, loras[0])  # real files with a matching manifest: only the signature is missing
+    stranger = make_key_pair(tmp_path / "stranger")
+    forged = [RoutingChanged(action="activate", version=None),
+              AdapterAnnounced(version=version, path=rel, manifest_sha256=sha),
+              signed(RoutingChanged(action="rollback"), stranger),
+              signed(RoutingChanged(action="canary", version=None, canary_fraction=0.0), signer(env)).model_copy(
+                  update={"action": "activate"})]  # signed as harmless, altered on the way
+    announce(env["RLHF_KAFKA_BOOTSTRAP"], *forged, key=None)
+    ids = {ev.event_id for ev in forged}
+
+    def dead_letters():
+        found = [e for e in read_topic(env["RLHF_KAFKA_BOOTSTRAP"], "rlhf.deadletter")
+                 if isinstance(e, DeadLetter) and e.origin == "serving:replica-a"]
+        return [e for e in found if any(i in e.payload for i in ids)]
+
+    letters = wait_until(lambda: len(dead_letters()) >= 4 and dead_letters(), 20, 0.5, "four dead letters")
+    reasons = sorted(e.reason.split(": ", 1)[1].split(":")[0] for e in letters)
+    assert reasons == ["bad signature", "unknown key", "unsigned", "unsigned"], reasons
+    after = adapters(replica_a)
+    assert (after["active"], after["canary"], after["history"]) == (before["active"], before["canary"],
+                                                                   before["history"])
+    assert version not in after["known"] and chat(replica_a)["rlhf"]["adapter"] == before["active"]
+    for kind, n in (("unsigned", 2), ("unknown_key", 1), ("bad_signature", 1)):
+        assert metric(replica_a, "rlhf_control_events_refused_total", f'reason="{kind}"') == counted[kind] + n
 
 
 def test_canary_is_sticky_per_user_and_can_be_promoted(replica_a, env, loras):
@@ -385,11 +430,16 @@ def test_rollback_on_every_replica(replica_a, server_factory, env, loras):
     second = publish(env, loras[5])
     wait_active(replica_a, second.version)
 
-    replica_b = server_factory(**env, RLHF_REPLICA_ID="replica-b")  # no admin token on this one
+    # public keys only: it checks routing events and cannot write them
+    replica_b = server_factory(**{**env, "RLHF_SIGNING_KEY_FILE": ""}, RLHF_ADMIN_TOKEN=TOKEN,
+                               RLHF_REPLICA_ID="replica-b")
     info_b = adapters(replica_b)  # ready means replayed: no waiting here
     assert info_b["active"] == second.version and info_b["previous"] == first.version
     assert chat(replica_b)["rlhf"]["adapter"] == second.version
-    assert httpx.post(replica_b.url + "/v1/admin/adapters/rollback", headers=ADMIN).status_code == 404
+    r = httpx.post(replica_b.url + "/v1/admin/adapters/rollback", headers=ADMIN)
+    assert r.status_code == 503 and r.json()["error"]["code"] == "no_signing_key", r.text
+    assert "rlhf adapters" in r.json()["error"]["message"]
+    assert adapters(replica_b)["active"] == second.version
 
     r = cli(env, replica_a, "rollback")
     assert r.returncode == 0, r.stderr
@@ -442,6 +492,32 @@ def test_a_replica_rebuilds_from_the_store_when_the_broker_lost_its_data(replica
         replica_c.stop()
     finally:
         empty.stop()
+
+
+def test_a_file_swapped_in_the_store_is_never_loaded(replica_a, env, marker, loras):
+    """The marker adapter is published and served; then its weights in the shared store are swapped for
+    weights that answer like the base model (LoRA B zeroed), it is evicted from the engine, and routed
+    to again (admin route): the replica loads its private copy, verified when it was made, so it still
+    answers the marker word, and nothing is refused. (A swap before the copy is made is refused: the
+    tampered test.)"""
+    ev = publish(env, marker, name="swapped")
+    wait_active(replica_a, ev.version)
+    assert MARKER in chat(replica_a)["choices"][0]["message"]["content"]
+    weights = Path(env["RLHF_ADAPTER_DIR"]) / ev.path / "adapter_model.safetensors"
+    save_file({k: (v.new_zeros(v.shape) if "lora_B" in k else v) for k, v in load_file(weights).items()}, weights)
+    for src in loras[1:4]:  # three newer versions: the marker adapter is unloaded (max_loras 4 keeps 3)
+        wait_active(replica_a, publish(env, src).version)
+    assert ev.version not in [a["version"] for a in adapters(replica_a)["data"]]
+    refused = metric(replica_a, "rlhf_adapter_refused_total")
+
+    # the CLI checks the store's files and refuses; the replica knows the version verified, so the admin route
+    r = httpx.post(replica_a.url + "/v1/admin/adapters/activate", json={"version": ev.version}, headers=ADMIN,
+                   timeout=20)
+    assert r.status_code == 200 and r.json()["active"] == ev.version, r.text
+    assert cli(env, replica_a, "activate", ev.version).returncode == 1  # (the CLI: "does not match its sha256")
+    answer = chat(replica_a)
+    assert answer["rlhf"]["adapter"] == ev.version and MARKER in answer["choices"][0]["message"]["content"], answer
+    assert metric(replica_a, "rlhf_adapter_refused_total") == refused
 
 
 # ---------------------------------------------------------------------------------- the loop
