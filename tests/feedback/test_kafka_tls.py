@@ -3,7 +3,8 @@ starts (harness/tls_proxy.py), the broker advertising the proxy's address, certi
 
 The proxy asks for client certificates (mutual TLS), so one round trip checks the CA, the client
 certificate and its key reaching the project's own producer and consumer. Clients without the CA,
-without a client certificate, or without TLS at all are refused at the handshake.
+without a client certificate, or without TLS at all are refused at the handshake. Settings that cannot
+work stop `rlhf serve` and `rlhf learn` at start, naming the setting.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ipaddress
+import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -31,6 +35,8 @@ from harness.kafka import read_topic
 from harness.tls_proxy import TlsProxy, server_context
 from learner.publish import OutboxSender
 from rlhf.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # ---------------------------------------------------------------------------- certificates
@@ -171,6 +177,16 @@ def test_security_settings_that_cannot_work_stop_the_start(settings, says):
         client_security(Settings(**settings))
     with pytest.raises(SystemExit, match=says):
         check_client_security(Settings(**settings))
+
+
+@pytest.mark.parametrize("command", ["serve", "learn"])
+def test_serve_and_learn_refuse_to_start_naming_the_setting(command, tmp_path):
+    env = {**os.environ, "RLHF_MODEL": "tiny", "RLHF_DATA_DIR": str(tmp_path), "RLHF_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+           "RLHF_KAFKA_SASL_USERNAME": "learner", "RLHF_KAFKA_SASL_PASSWORD_FILE": str(tmp_path / "missing")}
+    r = subprocess.run([sys.executable, "-m", "rlhf.cli", command], env=env, cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode != 0
+    assert f"RLHF_KAFKA_SASL_PASSWORD_FILE={tmp_path / 'missing'}: no such file" in r.stdout + r.stderr
 
 
 def test_sasl_credentials_reach_the_project_s_clients(tls_broker, certs, tmp_path):
