@@ -237,7 +237,9 @@ class Store:
 
     @classmethod
     def open(cls, settings, heldout_fraction: float = 0.2) -> "Store":
-        """The store of these settings: RLHF_DATA_DIR/learner.sqlite3, following RLHF_ADAPTER_DIR."""
+        """The store of these settings: RLHF_DATA_DIR/learner.sqlite3, following RLHF_ADAPTER_DIR.
+        Exits, naming the setting, without the keys it checks events with (outside development mode)."""
+        settings.check_event_hmac_key()
         return cls(Path(settings.data_dir) / STORE_FILE, heldout_fraction, adapter_dir=settings.adapter_dir,
                    keys=control_keys(settings, need_signing=True), event_hmac_key=settings.event_hmac_key,
                    default_canary_fraction=settings.canary_fraction, max_lora_rank=settings.max_lora_rank,

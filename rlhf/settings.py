@@ -156,18 +156,16 @@ class Settings(BaseSettings):
         """Refuse placeholder secrets unless running in dev mode."""
         if self.dev_mode:
             return
-        for name, value in (("RLHF_HMAC_KEY", self.hmac_key), ("RLHF_ADMIN_TOKEN", self.admin_token)):
+        for name, value in (("RLHF_HMAC_KEY", self.hmac_key), ("RLHF_ADMIN_TOKEN", self.admin_token),
+                            ("RLHF_EVENT_HMAC_KEY", self.event_hmac_key)):
             if name == "RLHF_ADMIN_TOKEN" and not value:
                 continue  # no admin token: the admin routes are off
-            if value in PLACEHOLDER_SECRETS or value.startswith("dev-only") or len(value.encode()) < MIN_SECRET_BYTES:
-                raise SystemExit(f"{name} must be a real secret of at least {MIN_SECRET_BYTES} bytes when "
-                                 "RLHF_DEV_MODE=false; make one with "
-                                 "`python -c \"import secrets; print(secrets.token_urlsafe(32))\"`")
-        if not self.dev_mode and (self.event_hmac_key in PLACEHOLDER_SECRETS or len(self.event_hmac_key) < 32
-                                  or self.event_hmac_key.startswith("dev-only")):
-            raise SystemExit("RLHF_EVENT_HMAC_KEY must be a real secret of at least 32 characters when "
-                             "RLHF_DEV_MODE=false (the same on serving and the learner), e.g. "
-                             "`python -c 'import secrets; print(secrets.token_hex(32))'`")
+            _refuse_weak_secret(name, value)
+
+    def check_event_hmac_key(self) -> None:
+        """The learner's part of check_secrets: the key it checks serving's events with."""
+        if not self.dev_mode:
+            _refuse_weak_secret("RLHF_EVENT_HMAC_KEY", self.event_hmac_key)
 
     def check_auth(self) -> None:
         """Refuse to serve with caller settings that cannot work, or that trust anyone outside dev mode."""
@@ -187,6 +185,13 @@ class Settings(BaseSettings):
                                                           or len(self.jwt_secret) < 32):
                 raise SystemExit("RLHF_JWT_SECRET must be a real secret of at least 32 characters when "
                                  "RLHF_DEV_MODE=false")
+
+
+def _refuse_weak_secret(name: str, value: str) -> None:
+    if value in PLACEHOLDER_SECRETS or value.startswith("dev-only") or len(value.encode()) < MIN_SECRET_BYTES:
+        raise SystemExit(f"{name} must be a real secret of at least {MIN_SECRET_BYTES} bytes when "
+                         "RLHF_DEV_MODE=false; make one with "
+                         "`python -c \"import secrets; print(secrets.token_urlsafe(32))\"`")
 
 
 @lru_cache
