@@ -50,11 +50,18 @@ def _bound(store, table: str, column: str, where: str, args: tuple, cutoff: floa
     return max(bounds) if bounds else None
 
 
+def _round_running(store) -> bool:
+    return store.db.execute("SELECT 1 FROM rounds WHERE finished_at IS NULL").fetchone() is not None
+
+
 def _delete(store, table: str, where: str, args: tuple) -> int:
-    """Delete the rows of `table` matching `where`, a batch per transaction; returns how many."""
+    """Delete the rows of `table` matching `where`, a batch per transaction, until done or a round
+    starts; returns how many."""
     total = 0
     while True:
         with store.tx():
+            if _round_running(store):  # it started meanwhile: leave it the rows it counted
+                return total
             cur = store.db.execute(f"DELETE FROM {table} WHERE rowid IN "
                                    f"(SELECT rowid FROM {table} WHERE {where} LIMIT {BATCH})", args)
         total += cur.rowcount
@@ -69,7 +76,7 @@ def prune(store, keep_days: float, keep_events: int, now: float | None = None) -
     deleted = {"feedback": 0, "interactions": 0, "events": 0, "outbox": 0}
     if cutoff is None and keep_events <= 0:
         return deleted
-    if store.db.execute("SELECT 1 FROM rounds WHERE finished_at IS NULL").fetchone():
+    if _round_running(store):
         return deleted  # a round is reading the store
     last = store.last_round()
     hwm = last["feedback_hwm"] if last else 0
