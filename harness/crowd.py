@@ -85,5 +85,5 @@ def attacker_shares(store_path: Path | str, round_id: int, client: str) -> dict:
     return {"posts": sum(r[1] for r in rows if r[0] == client) / posts,
             "rm_weight": sum(r[2] for r in rows if r[0] == client),
             "policy_weight": sum(r[3] for r in rows if r[0] == client),
-            "users": len(rows), "suspects": sum(1 for r in rows if r[4]),
+            "users": len(rows), "rm_users": sum(1 for r in rows if r[2] > 0), "suspects": sum(1 for r in rows if r[4]),
             "attacker_suspects": sum(1 for r in rows if r[4] and r[0] == client)}

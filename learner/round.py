@@ -181,8 +181,11 @@ class Learner:
 
     def capped(self, rows: list[dict], suspects: set[str] = frozenset()) -> CappedWeights:
         """Weights of rows (feedback examples or prompts, each with `user` and `client`) under the
-        operator's caps; a suspect's capped weights are then multiplied by `suspects.weight` and
-        the caps applied again, so the others share what the suspects lost."""
+        operator's caps; a suspect's capped weights are then multiplied by `suspects.weight`, and
+        the caps applied again so the others share what the suspects lost. A suspect never gets
+        back what it lost: when the caps could only be met by giving weight back to the suspects
+        (too few other users, or a client cap moving weight to the suspects' client), the others
+        take it above the caps instead."""
         users, clients = [r["user"] for r in rows], [r["client"] for r in rows]
         caps = {"max_user_share": self.settings.learner_max_user_share,
                 "max_client_share": self.settings.learner_max_client_share}
@@ -190,7 +193,14 @@ class Learner:
         if not suspects & set(users):
             return weights
         masses = [w * (self.cfg.suspects.weight if u in suspects else 1.0) for w, u in zip(weights.weights, users)]
-        return capped_weights(users, clients, **caps, masses=masses)
+        recapped = capped_weights(users, clients, **caps, masses=masses)
+        total = sum(masses)
+        scaled = [m / total for m in masses]
+        if sum(w for w, u in zip(recapped.weights, users) if u in suspects) <= sum(
+                w for w, u in zip(scaled, users) if u in suspects) * (1 + 1e-9):
+            return recapped
+        return CappedWeights(scaled, group_shares(scaled, users), group_shares(scaled, clients), recapped.user_cap,
+                             recapped.client_cap, client_cap_met=False)
 
     def split_feedback(self, hwm: int) -> tuple[str, list[dict], list[dict]]:
         """(split, train examples, held-out examples): by user; by conversation when every user

@@ -2,8 +2,9 @@
 
 Twenty honest users of client `app` like answers containing WORD; client `mallory` posts the
 opposite taste through three users, at the same total volume as all honest users together.
-The learner caps each user at RLHF_LEARNER_MAX_USER_SHARE of the training signal, so the three
-attackers carry at most three caps of it whatever they post. The round either publishes an
+The learner caps each user at RLHF_LEARNER_MAX_USER_SHARE of the training signal (an equal share
+when fewer users train), so the three attackers carry at most three users' shares whatever they
+post, and less once found suspect. The round either publishes an
 adapter the honest users prefer over the base (measured on prompts no one trained on) or
 publishes nothing; never one they like less.
 """
@@ -71,8 +72,9 @@ def test_three_sybils_at_equal_volume_cannot_turn_the_round(env, server_factory,
     print(f"round {round_id} {status}: attacker share of training rows {shares['posts']:.2f}, of the reward "
           f"model's weight {shares['rm_weight']:.3f}, of the policy's prompts {shares['policy_weight']:.3f}; "
           f"suspect users {shares['suspects']} (attacker's {shares['attacker_suspects']})")
-    assert shares["rm_weight"] <= 3 * MAX_USER_SHARE + 1e-6
-    assert shares["policy_weight"] <= 3 * MAX_USER_SHARE + 1e-6
+    cap = max(MAX_USER_SHARE, 1 / shares["rm_users"])  # fewer than 1/cap users in training: equal shares
+    assert shares["rm_weight"] <= 3 * cap + 1e-6
+    assert shares["policy_weight"] <= 3 * cap + 1e-6
 
     # 4. published: the honest users like it better than the base, on prompts no one trained on
     if status == "published":

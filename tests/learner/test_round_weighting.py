@@ -94,6 +94,20 @@ def test_a_label_flipper_is_found_down_weighted_and_counted(learner):
     assert "'mallory'" in note and "1 suspect user" in note
 
 
+def test_suspects_lose_weight_even_among_fewer_users_than_the_cap_needs(learner):
+    """15 honest users of one client and 3 suspects of another: under a 0.05 user cap every user
+    would get an equal 1/18, the suspects too, and the 0.5 client cap would hand the suspects'
+    client back all their users can take; down-weighted, each suspect keeps 0.1 of an honest
+    user's share."""
+    rows = [{"user": f"app:u{i}", "client": "app"} for i in range(15) for _ in range(4)]
+    rows += [{"user": f"m:m{i}", "client": "m"} for i in range(3) for _ in range(40)]
+    plain = learner.capped(rows)
+    assert plain.user_shares["m:m0"] == pytest.approx(1 / 18) == plain.user_shares["app:u0"]
+    down = learner.capped(rows, {"m:m0", "m:m1", "m:m2"})
+    assert down.user_shares["app:u0"] == pytest.approx(1 / 15.3)
+    assert sum(down.user_shares[f"m:m{i}"] for i in range(3)) == pytest.approx(0.3 / 15.3)
+
+
 def test_the_prompt_pool_is_drawn_across_users(learner):
     items = []
     for i in range(1000):  # one user asks a thousand questions...
