@@ -42,7 +42,7 @@ def _follower(request: Request):
     return follower
 
 
-@router.get("/v1/adapters", dependencies=[Depends(authenticate)], responses={401: {}})
+@router.get("/v1/adapters", dependencies=[Depends(authenticate)], responses={401: {}, 503: {}})
 async def list_adapters(request: Request):
     return _follower(request).describe()
 
@@ -58,6 +58,8 @@ def require_admin(request: Request, authorization: Annotated[str | None, Header(
 
 
 Admin = Annotated[None, Depends(require_admin)]
+# What an admin route may answer besides 200 (documented in /openapi.json).
+ADMIN_ANSWERS = {202: {"description": "Published; this replica has not applied it yet"}, 403: {}, 404: {}, 503: {}}
 
 
 def _base(request: Request, version: str | None) -> str | None:
@@ -90,14 +92,14 @@ async def _publish(request: Request, ev: RoutingChanged):
     return JSONResponse(body, status_code=200 if applied else 202)
 
 
-@router.post("/v1/admin/adapters/activate")
+@router.post("/v1/admin/adapters/activate", responses=ADMIN_ANSWERS)
 async def activate(body: ActivateBody, request: Request, _: Admin):
     version = _base(request, body.version)
     _known(request, version)
     return await _publish(request, RoutingChanged(action="activate", version=version))
 
 
-@router.post("/v1/admin/adapters/rollback")
+@router.post("/v1/admin/adapters/rollback", responses=ADMIN_ANSWERS)
 async def rollback(request: Request, _: Admin):
     state = _follower(request).state
     if state.canary is None and not state.history:
@@ -105,7 +107,7 @@ async def rollback(request: Request, _: Admin):
     return await _publish(request, RoutingChanged(action="rollback"))
 
 
-@router.post("/v1/admin/adapters/canary")
+@router.post("/v1/admin/adapters/canary", responses=ADMIN_ANSWERS)
 async def canary(body: CanaryBody, request: Request, _: Admin):
     version = _base(request, body.version)
     _known(request, version)

@@ -37,7 +37,11 @@ async def _service(request: Request) -> ChatService:
 Chat = Annotated[ChatService, Depends(_service)]
 
 
-@router.post("/v1/chat/completions", responses={401: {}, 429: {}, 503: {}})
+STREAMED = {"description": "A chat.completion, or with `stream` chat.completion.chunk events ending with "
+                          "`data: [DONE]`", "content": {"text/event-stream": {}}}
+
+
+@router.post("/v1/chat/completions", responses={200: STREAMED, 401: {}, 429: {}, 503: {}})
 async def chat_completions(req: ChatCompletionRequest, chat: Chat, caller: Authenticated, request: Request):
     check_chat_request(req, request.app.state.settings)
     slot = request.app.state.chat_slots.acquire(client_key(caller, request))

@@ -9,14 +9,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 router = APIRouter()
 
 
-@router.get("/healthz")
+@router.get("/healthz", responses={503: {}})
 async def healthz(request: Request):
     if request.app.state.engine_died:  # the process is up but useless: let the orchestrator restart it
         return JSONResponse({"status": "engine stopped"}, status_code=503)
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={503: {}})
 async def readyz(request: Request):
     engine = request.app.state.engine
     if engine is None or not engine.ready:
@@ -24,6 +24,6 @@ async def readyz(request: Request):
     return {"status": "ready", "model": engine.served_name}
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)
 async def prometheus():
     return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
