@@ -81,7 +81,10 @@ COPY --from=build /opt/venv /opt/venv
 COPY --from=build /app /app
 
 # Writable places only: /cache, /data, /adapters and /tmp (volumes in Kubernetes, where the
-# root filesystem is read-only). No telemetry, no model hub.
+# root filesystem is read-only). No telemetry, no model hub. Development mode is off: the
+# container refuses to start without real secrets (RLHF_HMAC_KEY, and RLHF_ADMIN_TOKEN if
+# set, at least 32 bytes each) and authentication (RLHF_AUTH=api-key or jwt);
+# `docker run -e RLHF_DEV_MODE=true` is for trying it on a laptop.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -94,6 +97,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     VLLM_NO_USAGE_STATS=1 \
     DO_NOT_TRACK=1 \
     RLHF_HOST=0.0.0.0 \
+    RLHF_DEV_MODE=false \
     RLHF_CACHE_DIR=/cache \
     RLHF_DATA_DIR=/data \
     RLHF_ADAPTER_DIR=/adapters
