@@ -82,7 +82,8 @@ def test_serving_refuses_to_start_with_unusable_auth_settings(tmp_path, env, mes
     clean = {k: v for k, v in os.environ.items() if not k.startswith("RLHF_")}
     r = subprocess.run([sys.executable, "-m", "rlhf.cli", "serve", "--model", "tiny"], cwd=ROOT, timeout=300,
                        capture_output=True, text=True,
-                       env={**clean, "RLHF_HMAC_KEY": secrets.token_hex(32), "RLHF_DATA_DIR": str(tmp_path), **env})
+                       env={**clean, "RLHF_HMAC_KEY": secrets.token_hex(32), "RLHF_EVENT_HMAC_KEY": secrets.token_hex(32),
+                            "RLHF_DATA_DIR": str(tmp_path), **env})
     assert r.returncode != 0 and message in r.stderr, r.stderr[-2000:]
 
 
