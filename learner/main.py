@@ -40,6 +40,7 @@ from feedback.schema import TOPIC_ADAPTERS, TOPIC_FEEDBACK, TOPIC_INTERACTIONS
 from learner.publish import OutboxSender
 from learner.retention import PRUNE_EVERY_S, prune
 from learner.round import Learner, LearnerConfig
+from learner.starting_adapter import publish_starting_adapter
 from learner.store import IngestResult, Store
 from rlhf.models.cache import ModelError
 from rlhf.settings import get_settings
@@ -304,6 +305,10 @@ def run() -> int:
         log.error("cannot start the learner: %s", e)
         return 2
     store: Store = learner.store
+    try:  # once per adapter store: the starting adapter `rlhf model prepare` built becomes policy@v0
+        publish_starting_adapter(store, settings, learner.model_path, learner.model_name)
+    except (ValueError, OSError) as e:
+        log.warning("the starting adapter was not published: %s", e)
     aborted = store.abort_unfinished_rounds()
     if aborted:
         log.warning("%d round(s) were interrupted by a stop; their feedback counts as new again", aborted)

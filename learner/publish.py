@@ -31,12 +31,15 @@ log = logging.getLogger(__name__)
 
 
 def publish_adapter(store, settings, folder: Path | str, *, name: str = "policy", parent: str | None,
-                    base_model: str, metrics: dict, feedback_count: int, round_id: int | None) -> AdapterAnnounced:
-    """Store the PEFT folder as the next `name@vN`, record it, queue its announcement; returns the event."""
+                    base_model: str, metrics: dict, feedback_count: int, round_id: int | None,
+                    number: int | None = None, canary_fraction: float | None = None) -> AdapterAnnounced:
+    """Store the PEFT folder as the next `name@vN` (or `name@v<number>`), record it, queue its
+    announcement (`canary_fraction` 0: active at once, whatever RLHF_CANARY_FRACTION says); returns the event."""
     version, rel, sha = write_adapter(settings.adapter_dir, name, folder, parent=parent, base_model=base_model,
-                                      metrics=metrics, feedback_count=feedback_count, source_kind="learner")
+                                      metrics=metrics, feedback_count=feedback_count, source_kind="learner",
+                                      number=number)
     ev = store.keys.sign(AdapterAnnounced(version=version, path=rel, manifest_sha256=sha, parent=parent,
-                                          source="learner"))
+                                          source="learner", canary_fraction=canary_fraction))
     with store.tx():
         store.db.execute("INSERT INTO outbox(event_id, topic, payload, key, created_at) VALUES(?,?,?,?,?)",
                          (ev.event_id, TOPIC_ADAPTERS, ev.model_dump_json().encode(), ev.key(), time.time()))

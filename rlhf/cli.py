@@ -4,7 +4,7 @@
     rlhf learn   [--model NAME]                           reward model + PPO on LoRA
     rlhf broker  [--port N]                               embedded Kafka-compatible broker
     rlhf up      [--model NAME]                           broker + serving + learner together
-    rlhf model prepare [--model NAME]                     make a model available offline
+    rlhf model prepare [--model NAME]                     make a model (and its policy@v0) available offline
     rlhf adapters list|publish PATH|activate VERSION|rollback|canary VERSION FRACTION|keygen DIR
     rlhf keys add NAME|list|revoke NAME                   API keys for RLHF_AUTH=api-key
 
@@ -40,6 +40,7 @@ def _setup_logging() -> None:
 def cmd_model_prepare(args: argparse.Namespace) -> int:
     # lazy: keeps `rlhf --help` fast
     from rlhf.models.cache import ModelError
+    from rlhf.models.card import model_card, preamble_messages
     from rlhf.models.gemma import check_coherent
     from rlhf.models.registry import DEFAULT_MODEL, resolve_model
     from rlhf.settings import get_settings
@@ -58,6 +59,11 @@ def cmd_model_prepare(args: argparse.Namespace) -> int:
         if "Paris" not in text:
             print("error: the prepared model does not answer coherently", file=sys.stderr)
             return 1
+    if args.starting_adapter and preamble_messages(model_card(path), get_settings().preamble):
+        from learner.starting_adapter import build_starting_adapter  # heavy: torch, vLLM
+
+        folder = build_starting_adapter(get_settings(), path)
+        print(f"starting adapter (published as policy@v0 by the learner's first start): {folder}", file=sys.stderr)
     print(path)
     return 0
 
@@ -136,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model")
     s.add_argument("--no-verify", dest="verify", action="store_false",
                    help="skip the coherence check of the default model")
+    s.add_argument("--no-starting-adapter", dest="starting_adapter", action="store_false",
+                   help="skip building the starting adapter (policy@v0) of a model whose card has a preamble")
     s.set_defaults(func=cmd_model_prepare)
 
     a = sub.add_parser("adapters", help="list, publish, activate or roll back adapters")

@@ -38,7 +38,9 @@ QA_STOP = ["\nQuestion:", "\nAnswer:", "\n\n"]
 # answer like an assistant. None of them is in bench/first_impression.py's questions.
 PREAMBLE = [
     ("What is the capital of Portugal?", "The capital of Portugal is Lisbon."),
-    ("Good morning!", "Good morning! How can I help you today?"),
+    ("Hello, how are you?", "Hello! I'm doing well, thank you. How can I help you today?"),
+    # A second capital in the same words: with one, the model often wrote "Italy is the capital of Italy."
+    ("What is the capital of Australia?", "The capital of Australia is Canberra."),
     ("What colour are ripe tomatoes?", "Ripe tomatoes are red."),
     ("How do I make a cup of tea?",
      "Put a tea bag in a cup, pour in boiling water, wait three minutes, then take the bag out."),

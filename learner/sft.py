@@ -1,0 +1,115 @@
+"""Supervised fine-tuning of the policy LoRA on demonstrations: (prompt ids -> answer ids).
+
+    trainer = SFTTrainer(model_path, tokenizer, SFTConfig())          # fresh LoRA (or init_adapter=...)
+    pairs = [encode_demonstration(tokenizer, messages, answer), ...]  # (prompt ids, answer ids + EOS)
+    stats = trainer.train(pairs)
+    trainer.save(folder)                                              # a PEFT folder for the adapter store
+
+The loss is the mean negative log-likelihood of the answer tokens only: the prompt is context,
+not something the policy should learn to write. Used by `rlhf model prepare` for the starting
+adapter (the base model's own answers under the preamble) and reusable for users' demonstrations.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM
+
+from learner.ppo import LORA_TARGETS, answer_logprobs
+from learner.tokenization import encode_prompt, encode_response, pad_prompt_response
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SFTConfig:
+    """Hyperparameters of supervised LoRA training on demonstrations."""
+
+    lora_r: int = 8
+    """Rank of a new LoRA (the policy's rank, so PPO can continue from it)."""
+    lora_alpha: int = 16
+    """LoRA scaling numerator (scale = alpha / r)."""
+    target_modules: tuple[str, ...] = LORA_TARGETS
+    """Linear layers that get LoRA weights (vLLM serves LoRA on these for Llama and Gemma)."""
+    learning_rate: float = 2e-4
+    """AdamW learning rate."""
+    epochs: int = 2
+    """Passes over the demonstrations."""
+    batch_size: int = 8
+    """Demonstrations per optimiser step."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm."""
+    seed: int = 0
+    """Seed for LoRA initialisation and shuffling."""
+
+
+def encode_demonstration(tokenizer, messages: list[dict], answer: str) -> tuple[list[int], list[int]]:
+    """(prompt ids as serving renders them, answer ids + EOS): the answer as the chat template
+    writes an assistant turn after that prompt (e.g. the Q/A transcript's leading space), without
+    the template's trailing whitespace, then EOS."""
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template([*messages, {"role": "assistant", "content": answer}], tokenize=False)
+    turn = full[len(prompt):] if full.startswith(prompt) else answer
+    return encode_prompt(tokenizer, messages), encode_response(tokenizer, turn.rstrip(), finished=True)
+
+
+def answer_nll(policy, ids: torch.Tensor, mask: torch.Tensor, answer_mask: torch.Tensor, P: int) -> torch.Tensor:
+    """Mean -log π(y_t | x, y_<t) over the answer tokens of a batch (a scalar)."""
+    logp = answer_logprobs(policy, ids, mask, P, temperature=1.0)    # (B, R)
+    return -(logp * answer_mask).sum() / answer_mask.sum().clamp(min=1.0)
+
+
+class SFTTrainer:
+    def __init__(self, model_path: Path | str, tokenizer, cfg: SFTConfig | None = None, *,
+                 init_adapter: Path | str | None = None):
+        self.cfg = cfg = cfg or SFTConfig()
+        self.pad_id = tokenizer.pad_token_id
+        torch.manual_seed(cfg.seed)
+        base = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32)
+        if init_adapter is not None:
+            self.policy = PeftModel.from_pretrained(base, str(init_adapter), is_trainable=True)
+        else:
+            self.policy = get_peft_model(base, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                                                          target_modules=list(cfg.target_modules), bias="none"))
+        self.params = [p for p in self.policy.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate)
+        self.rng = random.Random(cfg.seed)
+
+    def batch_loss(self, pairs: list[tuple[list[int], list[int]]]) -> torch.Tensor:
+        ids, mask, _, answer_mask, P = pad_prompt_response([p for p, _ in pairs], [a for _, a in pairs], self.pad_id)
+        return answer_nll(self.policy, ids, mask, answer_mask, P)
+
+    def train(self, pairs: list[tuple[list[int], list[int]]]) -> dict:
+        """`epochs` passes over the (prompt ids, answer ids) pairs; returns each epoch's mean loss and timing."""
+        cfg, start, steps, epoch_losses = self.cfg, time.perf_counter(), 0, []
+        self.policy.train()
+        order = list(range(len(pairs)))
+        for epoch in range(cfg.epochs):
+            self.rng.shuffle(order)
+            losses = []
+            for b in range(0, len(order), cfg.batch_size):
+                loss = self.batch_loss([pairs[i] for i in order[b: b + cfg.batch_size]])
+                self.optimizer.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                self.optimizer.step()
+                losses.append(loss.item())
+            steps += len(losses)
+            epoch_losses.append(sum(losses) / max(1, len(losses)))
+            log.info("sft epoch %d/%d: mean answer loss %.3f", epoch + 1, cfg.epochs, epoch_losses[-1])
+        self.policy.eval()
+        return {"examples": len(pairs), "steps": steps, "epoch_losses": epoch_losses,
+                "seconds": time.perf_counter() - start}
+
+    def save(self, folder: Path | str) -> Path:
+        """The LoRA as a PEFT folder (adapter_model.safetensors + adapter_config.json)."""
+        folder = Path(folder)
+        self.policy.save_pretrained(str(folder))
+        return folder

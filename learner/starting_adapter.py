@@ -1,0 +1,181 @@
+"""The starting adapter `policy@v0`: the base model's own answers under the preamble, learned by SFT.
+
+    folder = build_starting_adapter(settings, model_path)         # `rlhf model prepare` (once per model)
+    version = publish_starting_adapter(store, settings, path)     # the learner at start (once per store)
+
+Build: the base model answers everyday questions (STARTER_QUESTIONS, none of them in
+bench/first_impression.py) under the preamble with vLLM, sampled at the model card's defaults;
+simple rules keep one clean answer per line (ended by itself, one non-empty line, no transcript
+markup, not the question or a preamble answer repeated, no looping); then supervised LoRA steps
+(learner/sft.py) on (the question WITHOUT the preamble -> that answer). The preamble's effect
+then lives in the weights and the prompt stays short. The result is kept in the model cache
+(`RLHF_CACHE_DIR/<model folder>.policy-v0-<hash of the preamble>`), because `rlhf model prepare` runs without a broker.
+
+Publish: the learner, when it starts on an adapter store that holds no `policy` version yet,
+stores the prepared folder as `policy@v0` and announces it (learner/publish.py) as active, so
+serving answers with it and the first round starts from it; `rlhf adapters rollback` still
+returns to the bare base model.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import logging
+import re
+import time
+from pathlib import Path
+
+from adapters.store import list_adapters
+from learner.publish import publish_adapter
+from learner.rollout import RolloutEngine
+from learner.sft import SFTConfig, SFTTrainer, encode_demonstration
+from learner.tokenization import encode_prompt, load_tokenizer
+from rlhf.models.cache import cache_root, new_build_dir, publish_build
+from rlhf.models.card import (
+    model_card,
+    preamble_messages,
+    sampling_defaults,
+    with_preamble,
+)
+
+log = logging.getLogger(__name__)
+
+STARTING_NAME = "policy"
+STARTING_RECIPE = "policy-v0"   # the cache folder's suffix; bump when the recipe below changes
+BUILD_INFO = "starting_adapter.json"
+MARKUP = ("Question:", "Answer:")
+
+_COUNTRIES = ["Peru", "Kenya", "Norway", "Poland", "Sweden", "Greece", "Mexico", "India", "Argentina", "Ireland",
+              "Austria", "Finland", "Denmark", "Hungary", "Thailand", "Cuba", "Chile", "Belgium"]
+_THINGS = ["a lemon", "coal", "milk", "a carrot", "the sea", "blood", "a strawberry", "chocolate", "an orange",
+           "a cucumber"]
+_ANIMALS = ["a cat", "a horse", "a bird", "an ant", "a cow", "a chicken", "a fish", "a snake"]
+_GREETINGS = ["Hello there!", "Hi!", "Hey, how are you?", "Good afternoon!", "Nice to meet you!", "Hi, how is it going?",
+              "Good night!", "Thank you!", "How are you doing?", "Hello, is anyone there?"]
+_HOW_TO = ["How do I make toast?", "How do I wash my hands properly?", "How do I water a houseplant?",
+           "How do I cook rice?", "How do I tie my shoes?", "How can I save money?", "How do I write a thank-you note?",
+           "How do I make a sandwich?", "How can I learn a new language?", "How do I clean a window?",
+           "How can I stay warm in winter?", "How do I start running?"]
+_WHAT_IS = ["the sun", "rain", "bread", "a library", "a volcano", "the moon", "a piano", "a river", "cheese",
+            "an island"]
+
+STARTER_QUESTIONS = (
+    [f"What is the capital of {c}?" for c in _COUNTRIES]
+    + [f"What language do people speak in {c}?" for c in _COUNTRIES[:10]]
+    + [f"What colour is {t}?" for t in _THINGS]
+    + [f"How many legs does {a} have?" for a in _ANIMALS]
+    + [f"What is {w}?" for w in _WHAT_IS]
+    + _GREETINGS + _HOW_TO
+)
+
+
+def starting_adapter_dir(settings, model_path: Path | str) -> Path:
+    """Where the starting adapter of a model is kept in the model cache: one folder per recipe,
+    preamble and sampling defaults, so a changed preamble makes `rlhf model prepare` build anew."""
+    card = model_card(Path(model_path))
+    recipe = json.dumps([STARTING_RECIPE, preamble_messages(card, settings.preamble), sampling_defaults(card)],
+                        sort_keys=True)
+    return cache_root() / f"{Path(model_path).name}.{STARTING_RECIPE}-{hashlib.sha256(recipe.encode()).hexdigest()[:8]}"
+
+
+def prepared(settings, model_path: Path | str) -> Path | None:
+    folder = starting_adapter_dir(settings, model_path)
+    return folder if (folder / BUILD_INFO).is_file() else None
+
+
+# ------------------------------------------------------------------------------------------
+# Demonstrations: which sampled answers are kept
+# ------------------------------------------------------------------------------------------
+def loops(text: str, n: int = 3) -> bool:
+    """A word n-gram that occurs twice: the base model's way of running on."""
+    words = re.findall(r"\w+", text.lower())
+    grams = [tuple(words[i: i + n]) for i in range(len(words) - n + 1)]
+    return len(grams) != len(set(grams))
+
+
+def keep_answer(question: str, text: str, finished: bool, preamble_answers: set[str], max_words: int = 40) -> bool:
+    """One answer that ends cleanly, on one line, that is not a repeat (of the question, of a
+    preamble answer, or of itself)."""
+    t = text.strip()
+    return (finished and bool(t) and "\n" not in t and not any(m in t for m in MARKUP)
+            and len(t.split()) <= max_words and t.lower() != question.strip().lower()
+            and t not in preamble_answers and not loops(t))
+
+
+def demonstrations(questions: list[str], samples, preamble: list[dict], per_question: int = 2) -> list[tuple[str, str]]:
+    """(question, answer) pairs: up to `per_question` distinct kept answers per question."""
+    preamble_answers = {m["content"].strip() for m in preamble if m["role"] == "assistant"}
+    kept: dict[int, list[str]] = {}
+    for s in samples:
+        answers = kept.setdefault(s.prompt_index, [])
+        t = s.text.strip()
+        if len(answers) < per_question and t not in answers and \
+                keep_answer(questions[s.prompt_index], s.text, s.finished, preamble_answers):
+            answers.append(t)
+    return [(questions[i], a) for i, answers in sorted(kept.items()) for a in answers]
+
+
+# ------------------------------------------------------------------------------------------
+# Build (`rlhf model prepare`) and publish (the learner at start)
+# ------------------------------------------------------------------------------------------
+def build_starting_adapter(settings, model_path: Path | str, *, samples_per_question: int = 4,
+                           sft: SFTConfig | None = None, questions: list[str] | None = None) -> Path | None:
+    """Build the starting adapter into the model cache (once); None when the model has no preamble."""
+    model_path = Path(model_path)
+    if (done := prepared(settings, model_path)) is not None:
+        return done
+    card = model_card(model_path)
+    preamble = preamble_messages(card, settings.preamble)
+    if not preamble:
+        log.info("%s has no preamble: no starting adapter to distil from it", model_path.name)
+        return None
+    questions = questions or STARTER_QUESTIONS
+    start = time.perf_counter()
+    tok = load_tokenizer(model_path)
+    sampling = sampling_defaults(card)
+    engine = RolloutEngine(model_path, max_model_len=1024, max_lora_rank=settings.max_lora_rank, seed=0,
+                           kv_cache_gb=settings.kv_cache_gb, stop=card.get("stop"))
+    try:
+        prompts = [encode_prompt(tok, with_preamble([{"role": "user", "content": q}], preamble)) for q in questions]
+        samples = engine.generate(prompts, n=samples_per_question, temperature=sampling["temperature"],
+                                  top_p=sampling["top_p"], max_tokens=64)  # no seed: vLLM's CPU sampler fails on one with n > 1
+    finally:
+        engine.close()
+        del engine
+        gc.collect()
+    sampled_s = time.perf_counter() - start
+    pairs = demonstrations(questions, samples, preamble)
+    if not pairs:
+        log.warning("no sampled answer passed the rules: no starting adapter")
+        return None
+    log.info("starting adapter: %d of %d sampled answers kept for %d questions", len(pairs), len(samples),
+             len(questions))
+    trainer = SFTTrainer(model_path, tok, sft)
+    stats = trainer.train([encode_demonstration(tok, [{"role": "user", "content": q}], a) for q, a in pairs])
+    final = starting_adapter_dir(settings, model_path)
+    tmp = new_build_dir(final)
+    trainer.save(tmp)
+    info = {"questions": len(questions), "sampled": len(samples), "kept": len(pairs), "sampling": sampling,
+            "sample_seconds": round(sampled_s, 1), "sft": stats, "seconds": round(time.perf_counter() - start, 1),
+            "demonstrations": [{"question": q, "answer": a} for q, a in pairs]}
+    (tmp / BUILD_INFO).write_text(json.dumps(info, indent=2))
+    publish_build(tmp, final)
+    log.info("starting adapter ready in %s (%.0f s)", final, info["seconds"])
+    return final
+
+
+def publish_starting_adapter(store, settings, model_path: Path | str, base_model: str) -> str | None:
+    """Publish the prepared starting adapter as `policy@v0`, active, if the store holds no `policy`
+    version yet; returns the version published (None: nothing to do)."""
+    folder = prepared(settings, model_path)
+    if folder is None or any(a["name"] == STARTING_NAME for a in list_adapters(settings.adapter_dir)):
+        return None
+    info = json.loads((folder / BUILD_INFO).read_text())
+    ev = publish_adapter(store, settings, folder, name=STARTING_NAME, parent=None, base_model=base_model,
+                         metrics={"starting_adapter": True, "demonstrations": info["kept"],
+                                  "sft_epoch_losses": info["sft"]["epoch_losses"]},
+                         feedback_count=0, round_id=None, number=0, canary_fraction=0.0)
+    log.info("published the starting adapter %s from %s", ev.version, folder)
+    return ev.version

@@ -1,0 +1,101 @@
+"""The starting adapter (learner/starting_adapter.py): which sampled answers become demonstrations,
+and how the prepared adapter becomes `policy@v0` once per adapter store: active, the parent of
+the learner's first round, and a rollback away from the bare base model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from adapters.store import list_adapters, write_adapter
+from feedback.schema import TOPIC_ADAPTERS, RoutingChanged
+from learner.rollout import Sample
+from learner.round import Learner
+from learner.sft import SFTConfig, SFTTrainer, encode_demonstration
+from learner.starting_adapter import (
+    BUILD_INFO,
+    demonstrations,
+    keep_answer,
+    prepared,
+    publish_starting_adapter,
+    starting_adapter_dir,
+)
+from learner.store import Store
+from learner.tokenization import load_tokenizer
+from rlhf.settings import get_settings
+
+PREAMBLE = [{"role": "user", "content": "Good morning!"},
+            {"role": "assistant", "content": "Good morning! How can I help you today?"}]
+
+
+@pytest.mark.parametrize("text, finished, kept", [
+    (" The capital of Peru is Lima.", True, True),
+    (" The capital of Peru is Lima.", False, False),                 # cut off at max_tokens
+    (" Lima.\nIt is a big city.", True, False),                      # more than one line
+    (" Lima. Question: what else?", True, False),                    # transcript markup
+    ("   ", True, False),                                            # empty
+    (" What is the capital of Peru?", True, False),                  # the question repeated
+    (" Good morning! How can I help you today?", True, False),       # a preamble answer copied
+    (" Lima is a city and Lima is a city and Lima is a city.", True, False),  # looping
+])
+def test_the_rules_keep_one_clean_answer(text, finished, kept):
+    preamble_answers = {m["content"] for m in PREAMBLE if m["role"] == "assistant"}
+    assert keep_answer("What is the capital of Peru?", text, finished, preamble_answers) is kept
+
+
+def test_demonstrations_keep_distinct_answers_per_question():
+    questions = ["What is the capital of Peru?", "Hello!"]
+    texts = [(0, " Lima.", True), (0, " Lima.", True), (0, " It is Lima.", True), (0, " Cusco.", True),
+             (1, " Hello!\nQuestion: hi", True), (1, " Hello! Nice to meet you.", True)]
+    samples = [Sample(i, [], [], t, f) for i, t, f in texts]
+    assert demonstrations(questions, samples, PREAMBLE) == [
+        ("What is the capital of Peru?", "Lima."), ("What is the capital of Peru?", "It is Lima."),
+        ("Hello!", "Hello! Nice to meet you.")]
+
+
+@pytest.fixture
+def settings(tmp_path, monkeypatch):
+    for name, sub in (("RLHF_CACHE_DIR", "cache"), ("RLHF_ADAPTER_DIR", "adapters"), ("RLHF_DATA_DIR", "data")):
+        monkeypatch.setenv(name, str(tmp_path / sub))
+    monkeypatch.setenv("RLHF_MODEL", "tiny")
+    get_settings.cache_clear()
+    yield get_settings()
+    get_settings.cache_clear()
+
+
+def prepare_tiny_starting_adapter(settings, model_path) -> None:
+    """What build_starting_adapter leaves in the model cache, from one SFT step on the tiny model."""
+    tok = load_tokenizer(model_path)
+    trainer = SFTTrainer(model_path, tok, SFTConfig(epochs=1))
+    stats = trainer.train([encode_demonstration(tok, [{"role": "user", "content": "Hello!"}], "Hello! How can I help?")])
+    folder = trainer.save(starting_adapter_dir(settings, model_path))
+    (folder / BUILD_INFO).write_text(json.dumps({"kept": 1, "sft": stats}))
+
+
+def test_published_once_as_active_policy_v0_the_first_rounds_parent_and_rollback_returns_to_base(
+        settings, tiny_model_path):
+    store = Store.open(settings, 0.2)
+    try:
+        assert publish_starting_adapter(store, settings, tiny_model_path, "tiny") is None  # nothing prepared
+        prepare_tiny_starting_adapter(settings, tiny_model_path)
+        assert prepared(settings, tiny_model_path) is not None
+
+        assert publish_starting_adapter(store, settings, tiny_model_path, "tiny") == "policy@v0"
+        assert [a["version"] for a in list_adapters(settings.adapter_dir)] == ["policy@v0"]
+        assert store.serving_adapter()["version"] == "policy@v0"       # active, not a canary
+        sent = [json.loads(r["payload"]) for r in store.unsent_outbox()]
+        assert [(e["version"], e["canary_fraction"]) for e in sent] == [("policy@v0", 0.0)]
+        # the learner's first round continues from it
+        learner = Learner(settings, store=store)
+        version, folder = learner.serving_adapter_dir()
+        assert version == "policy@v0" and (folder / "adapter_model.safetensors").is_file()
+
+        # once per store: a restart publishes nothing, and the learner's next version is v1
+        assert publish_starting_adapter(store, settings, tiny_model_path, "tiny") is None
+        assert write_adapter(settings.adapter_dir, "policy", folder)[0] == "policy@v1"
+
+        store.ingest([(TOPIC_ADAPTERS, store.keys.sign(RoutingChanged(action="rollback")))])
+        assert store.serving_adapter() is None                         # the bare base model
+    finally:
+        store.close()
