@@ -56,9 +56,6 @@ class ChatSlots:
         self._in_use[key] += 1
         return Slot(self, key)
 
-    def in_use(self, key: str) -> int:
-        return self._in_use[key]
-
     def _give_back(self, key: str) -> None:
         self._in_use[key] -= 1
         if self._in_use[key] <= 0:

@@ -53,12 +53,15 @@ class Engine:
         self.llm = None  # vllm AsyncLLM, once started
         self.tokenizer = None
         self.default_stop: list[str] = []  # the model card's stop strings (base models' Q/A transcript)
+        self.max_token_bytes = 1  # set with the tokenizer
         # Rendering and tokenizing a long prompt takes seconds: never on the event loop. One thread, because
         # a fast tokenizer called from two threads at once can fail ("Already borrowed").
         self._tokenize_pool = ThreadPoolExecutor(1, thread_name_prefix="tokenize")
 
     async def start(self) -> None:
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        # The most text one token stands for: its vocabulary string in UTF-8 bytes (at least its characters).
+        self.max_token_bytes = max((len(t.encode()) for t in self.tokenizer.get_vocab()), default=1)
         self.default_stop = model_card(self.model_path).get("stop", [])
         args = AsyncEngineArgs(
             model=str(self.model_path),
@@ -90,9 +93,19 @@ class Engine:
         self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
 
     def render(self, messages: list[dict]) -> list[int]:
-        """Chat template -> token ids, with exactly one <bos> in front when the model has one."""
+        """Chat template -> token ids, with exactly one <bos> in front when the model has one.
+
+        A prompt longer than the context comes back cut to one token more than the context (still
+        too long, as `fit_max_tokens` says): turning millions of token ids into a Python list would
+        hold the interpreter lock, and so the event loop, for seconds."""
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        # A text this long has more tokens than the context whatever it says: refused without tokenizing it.
+        # (x4: slack for a normalizer that merges characters before tokenizing.)
+        if len(text) > 4 * self.max_token_bytes * (self.max_model_len + 1):
+            raise PromptTooLong(f"the prompt is {len(text)} characters, more than {self.max_model_len} tokens; this "
+                                f"model's context is {self.max_model_len} tokens")
+        ids = self.tokenizer(text, add_special_tokens=False, truncation=True,
+                             max_length=self.max_model_len + 1)["input_ids"]
         bos = self.tokenizer.bos_token_id
         if bos is not None and (not ids or ids[0] != bos):
             ids = [bos] + ids
@@ -105,8 +118,8 @@ class Engine:
     def fit_max_tokens(self, prompt_len: int, wanted: int | None) -> int:
         room = self.max_model_len - prompt_len
         if room <= 0:
-            raise PromptTooLong(
-                f"the prompt is {prompt_len} tokens; this model's context is {self.max_model_len} tokens")
+            size = f"more than {self.max_model_len}" if prompt_len > self.max_model_len else str(prompt_len)
+            raise PromptTooLong(f"the prompt is {size} tokens; this model's context is {self.max_model_len} tokens")
         if wanted is None:
             return min(self.settings.max_tokens_default, room)
         if wanted > room:

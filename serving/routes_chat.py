@@ -3,7 +3,8 @@
 The caller authenticates first (auth.py: 401 without a valid credential); the request's sizes are
 checked (limits.py: 400), it takes one of its client's chat slots (concurrency.py: 429 with
 Retry-After above RLHF_CLIENT_CHAT_CONCURRENCY in progress), is rendered, tokenized (on a worker
-thread, so that a huge prompt never holds up the event loop and /healthz) and routed (4xx before
+thread, so that a huge prompt never holds up the event loop and /healthz; one too long for the
+context by its length alone is refused untokenized: engine.py) and routed (4xx before
 any byte is sent), counted against the chat quotas (429 with Retry-After: RLHF_CHAT_RATE_LIMIT per
 user, RLHF_CLIENT_CHAT_RATE_LIMIT per client; rate_limit.py), and generated. The body as a whole is
 bounded by body_limit.py (413). The work is in chat.py (`ChatService`, kept on `app.state.chat`

@@ -17,12 +17,14 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from harness.waiting import wait_until
 from serving.protocol import MIN_TOP_P, SEED_RANGE
 
 HELLO = [{"role": "user", "content": "Hello there."}]
 # The issue asks that /healthz (the liveness probe) answer "within 1 s" while hostile bodies are being
 # processed; it answers in milliseconds when the event loop is free and stalled for 10 s or more before
-# tokenization moved to a thread. 1 s is the bound a liveness probe's timeout would use.
+# prompts were refused by length before tokenizing, and tokenized on a thread. 1 s is the bound a liveness
+# probe's timeout would use.
 HEALTHZ_BOUND_S = 1.0
 
 
@@ -110,10 +112,10 @@ def test_ignore_eos_is_refused_unless_allowed(server):
 
 # ---------------------------------------------------------------------------- 64 MB bodies
 def healthz_latencies(server, while_running) -> list[float]:
-    """GET /healthz every 50 ms for as long as `while_running()` holds; the latency of each."""
+    """GET /healthz every 50 ms for as long as `while_running()` holds (at least once); each latency."""
     latencies = []
     with httpx.Client(timeout=30) as client:
-        while while_running():
+        while not latencies or while_running():  # at least once
             start = time.perf_counter()
             assert client.get(server.url + "/healthz").status_code == 200
             latencies.append(time.perf_counter() - start)
@@ -185,29 +187,32 @@ def test_a_chunked_64_mb_body_is_cut_off_at_the_limit_and_healthz_keeps_answerin
 # ---------------------------------------------------------------------------- huge prompts, concurrency
 @pytest.fixture(scope="module")
 def roomy_server(server_factory, broker):
-    """A server that accepts a 16 MB body (so tokenizing it takes seconds) and one chat request at a time
-    per client (here: per remote address, without auth)."""
+    """A server that accepts a 16 MB body, `ignore_eos`, and one chat request at a time per client (here:
+    per remote address, without auth)."""
     return server_factory(RLHF_KAFKA_BOOTSTRAP=broker, RLHF_MAX_BODY_BYTES=16 * 2**20,
-                          RLHF_MAX_MESSAGE_CHARS=16 * 2**20, RLHF_CLIENT_CHAT_CONCURRENCY=1)
+                          RLHF_MAX_MESSAGE_CHARS=16 * 2**20, RLHF_CLIENT_CHAT_CONCURRENCY=1,
+                          RLHF_ALLOW_IGNORE_EOS="true")
 
 
-def test_healthz_answers_while_a_huge_prompt_is_tokenized_and_the_client_waits_its_turn(roomy_server):
+def test_healthz_answers_while_a_huge_prompt_is_processed(roomy_server):
     huge = chat(messages=[{"role": "user", "content": "hello world, how are you? " * 500_000}])  # 13 MB
     with ThreadPoolExecutor(1) as pool:
         big = pool.submit(post, roomy_server, huge)
-        # The big request holds this client's only slot while its prompt is tokenized (seconds):
-        # a second request from the same client is told to come back.
-        second = None
-        while not big.done():
-            second = post(roomy_server, chat())
-            if second.status_code == 429:
-                break
         latencies = healthz_latencies(roomy_server, lambda: not big.done())
         answer = big.result()
-    assert second is not None and second.status_code == 429, "the big request ended before a second was refused"
-    assert int(second.headers["Retry-After"]) >= 1
-    assert second.json()["error"]["code"] == "too_many_concurrent_requests"
-    # tokenized, then refused for its length (the tiny model's context is 512 tokens)
-    refused(answer, 400, code="context_length_exceeded")
-    assert latencies and max(latencies) < HEALTHZ_BOUND_S, latencies
-    assert post(roomy_server, chat()).status_code == 200  # the slot was given back
+    refused(answer, 400, code="context_length_exceeded")  # the tiny model's context is 512 tokens
+    assert max(latencies) < HEALTHZ_BOUND_S, latencies
+
+
+def test_a_client_beyond_its_concurrent_requests_gets_429_until_one_ends(roomy_server):
+    long_stream = chat(max_tokens=400, ignore_eos=True, stream=True)  # generates for seconds
+    with httpx.Client(base_url=roomy_server.url, timeout=120) as client:
+        with client.stream("POST", "/v1/chat/completions", json=long_stream) as stream:
+            assert stream.status_code == 200
+            next(stream.iter_lines())  # generating: this client's only slot is taken
+            second = client.post("/v1/chat/completions", json=chat())
+        # leaving the block closed the stream mid-answer: its slot is given back
+        assert second.status_code == 429 and int(second.headers["Retry-After"]) >= 1
+        assert second.json()["error"]["code"] == "too_many_concurrent_requests"
+        wait_until(lambda: client.post("/v1/chat/completions", json=chat()).status_code == 200, 60, 0.5,
+                   "a chat request once the stream ended")
