@@ -131,7 +131,7 @@ def main() -> None:
                           attacker_taste, seed=2)
         jobs = interleave(honest, attack, seed=3)
         t_talk = time.monotonic()
-        kinds = talk(url, jobs, max_tokens=args.max_tokens)
+        kinds = talk(url, jobs, max_tokens=args.max_tokens, timeout_s=900)  # the two cores are shared
         sent = [j.api_key for j, k in zip(jobs, kinds, strict=True) if k]
         n_attack = sum(1 for key in sent if key == mallory)
         print(f"both crowds done in {time.monotonic() - t_talk:.0f} s: {len(sent)} feedback posts, the attacker's "

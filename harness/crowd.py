@@ -57,11 +57,11 @@ def interleave(*streams: list[Job], seed: int = 0) -> list[Job]:
     return jobs
 
 
-def talk(url: str, jobs: list[Job], workers: int = 4, max_tokens: int = 48) -> list[str | None]:
+def talk(url: str, jobs: list[Job], workers: int = 4, max_tokens: int = 48, timeout_s: float = 120.0) -> list[str | None]:
     """Each job: a question, two answers, the user's feedback, all through the HTTP API."""
     clients: dict[str, httpx.Client] = {}
     for key in {j.api_key for j in jobs}:
-        clients[key] = httpx.Client(base_url=url, timeout=120, headers={"Authorization": f"Bearer {key}"})
+        clients[key] = httpx.Client(base_url=url, timeout=timeout_s, headers={"Authorization": f"Bearer {key}"})
     try:
         with ThreadPoolExecutor(workers) as pool:
             return list(pool.map(lambda j: converse(clients[j.api_key], j.taste, j.question, seed=j.seed,
