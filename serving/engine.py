@@ -14,7 +14,6 @@ from typing import AsyncIterator
 
 from transformers import AutoTokenizer
 from vllm.engine.arg_utils import AsyncEngineArgs
-from vllm.exceptions import VLLMClientError
 from vllm.inputs import TokensPrompt
 from vllm.lora.request import LoRARequest
 from vllm.v1.engine.async_llm import AsyncLLM
@@ -30,14 +29,6 @@ log = logging.getLogger(__name__)
 
 class EngineStopped(RuntimeError):
     """The vLLM engine core is gone (killed, out of memory, crashed): this replica cannot answer."""
-
-
-class EngineRefused(ValueError):
-    """vLLM refused a request's parameters (a check our request models missed): a 400, not a 500."""
-
-    def __init__(self, message: str, param: str | None = None):
-        super().__init__(message)
-        self.param = param
 
 
 class PromptTooLong(ValueError):
@@ -142,8 +133,6 @@ class Engine:
                 yield out
         except EngineDeadError as e:
             raise EngineStopped("the inference engine of this replica stopped; it is restarting, retry shortly") from e
-        except VLLMClientError as e:
-            raise EngineRefused(str(e), getattr(e, "parameter", None)) from e
 
     async def add_lora(self, adapter: LoadedAdapter) -> bool:
         """Load an adapter version under its own name and LoRA id; False (or an exception) if vLLM refuses."""

@@ -13,9 +13,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from vllm.exceptions import VLLMClientError
 
 from serving import body_limit
-from serving.engine import EngineRefused, EngineStopped, PromptTooLong
+from serving.engine import EngineStopped, PromptTooLong
 from serving.protocol import error_body
 
 log = logging.getLogger(__name__)
@@ -86,8 +87,10 @@ async def _too_large(request: Request, exc: body_limit.BodyTooLarge) -> JSONResp
     return APIError(413, exc.detail, code=body_limit.CODE, headers={"Connection": "close"}).response()
 
 
-async def _engine_refused(request: Request, exc: EngineRefused) -> JSONResponse:
-    return APIError(400, str(exc), param=exc.param, code="invalid_value").response()
+async def _vllm_refused(request: Request, exc: VLLMClientError) -> JSONResponse:
+    """vLLM refused the request's parameters (building its SamplingParams, or adding the request), e.g.
+    n > 1 with greedy sampling: a check the request models do not make, so a 400, not a 500."""
+    return APIError(400, str(exc), param=getattr(exc, "parameter", None), code="invalid_value").response()
 
 
 async def _engine_stopped(request: Request, exc: EngineStopped) -> JSONResponse:
@@ -106,6 +109,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http)
     app.add_exception_handler(PromptTooLong, _too_long)
     app.add_exception_handler(body_limit.BodyTooLarge, _too_large)
-    app.add_exception_handler(EngineRefused, _engine_refused)
+    app.add_exception_handler(VLLMClientError, _vllm_refused)
     app.add_exception_handler(EngineStopped, _engine_stopped)
     app.add_exception_handler(Exception, _unexpected)

@@ -216,3 +216,9 @@ def test_a_client_beyond_its_concurrent_requests_gets_429_until_one_ends(roomy_s
         assert second.json()["error"]["code"] == "too_many_concurrent_requests"
         wait_until(lambda: client.post("/v1/chat/completions", json=chat()).status_code == 200, 60, 0.5,
                    "a chat request once the stream ended")
+
+
+def test_what_vllm_itself_refuses_is_400(server):
+    """Found by the schema fuzz: vLLM refuses several choices with greedy sampling (temperature 0)."""
+    error = refused(post(server, chat(n=5, temperature=0.0)), 400, code="invalid_value")
+    assert "greedy" in error["message"]
