@@ -199,8 +199,9 @@ class Learner:
         if sum(w for w, u in zip(recapped.weights, users) if u in suspects) <= sum(
                 w for w, u in zip(scaled, users) if u in suspects) * (1 + 1e-9):
             return recapped
-        return CappedWeights(scaled, group_shares(scaled, users), group_shares(scaled, clients), recapped.user_cap,
-                             recapped.client_cap, client_cap_met=False)
+        client_shares = group_shares(scaled, clients)
+        return CappedWeights(scaled, group_shares(scaled, users), client_shares, recapped.user_cap, recapped.client_cap,
+                             client_cap_met=max(client_shares.values()) <= recapped.client_cap * (1 + 1e-6))
 
     def split_feedback(self, hwm: int) -> tuple[str, list[dict], list[dict]]:
         """(split, train examples, held-out examples): by user; by conversation when every user
