@@ -77,7 +77,7 @@ def attacker_shares(store_path: Path | str, round_id: int, client: str) -> dict:
     weight and of the policy's prompts, from the learner's per-round accounting (`round_users`)."""
     db = sqlite3.connect(f"file:{store_path}?mode=ro", uri=True)
     try:
-        rows = db.execute("SELECT client, examples, rm_share, policy_share, suspect FROM round_users "
+        rows = db.execute("SELECT client, examples, rm_share, policy_share, suspect, prompts FROM round_users "
                           "WHERE round_id=?", (round_id,)).fetchall()
     finally:
         db.close()
@@ -85,5 +85,6 @@ def attacker_shares(store_path: Path | str, round_id: int, client: str) -> dict:
     return {"posts": sum(r[1] for r in rows if r[0] == client) / posts,
             "rm_weight": sum(r[2] for r in rows if r[0] == client),
             "policy_weight": sum(r[3] for r in rows if r[0] == client),
-            "users": len(rows), "rm_users": sum(1 for r in rows if r[2] > 0), "suspects": sum(1 for r in rows if r[4]),
+            "policy_prompts": sum(r[5] for r in rows), "users": len(rows), "rm_users": sum(1 for r in rows if r[2] > 0),
+            "policy_users": sum(1 for r in rows if r[3] > 0), "suspects": sum(1 for r in rows if r[4]),
             "attacker_suspects": sum(1 for r in rows if r[4] and r[0] == client)}

@@ -74,7 +74,10 @@ def test_three_sybils_at_equal_volume_cannot_turn_the_round(env, server_factory,
           f"suspect users {shares['suspects']} (attacker's {shares['attacker_suspects']})")
     cap = max(MAX_USER_SHARE, 1 / shares["rm_users"])  # fewer than 1/cap users in training: equal shares
     assert shares["rm_weight"] <= 3 * cap + 1e-6
-    assert shares["policy_weight"] <= 3 * cap + 1e-6
+    # the policy's prompts are whole draws: each user's share is its weight to within one prompt
+    if shares["policy_prompts"]:  # none when the round stopped at the reward model's gate
+        policy_cap = max(MAX_USER_SHARE, 1 / shares["policy_users"])
+        assert shares["policy_weight"] <= 3 * policy_cap + 3 / shares["policy_prompts"] + 1e-6
 
     # 4. published: the honest users like it better than the base, on prompts no one trained on
     if status == "published":
