@@ -204,31 +204,17 @@ def test_healthz_answers_while_a_huge_prompt_is_processed(roomy_server):
     assert max(latencies) < HEALTHZ_BOUND_S, latencies
 
 
-def second_request_while_streaming(client: httpx.Client) -> httpx.Response:
-    """A short chat request sent right after the first line of a long stream from the same client."""
-    long_stream = chat(max_tokens=400, ignore_eos=True, stream=True)  # generates for about 2 s on a quiet machine
-    with client.stream("POST", "/v1/chat/completions", json=long_stream) as stream:
-        assert stream.status_code == 200
-        next(stream.iter_lines())  # generating: this client's only slot is taken
-        return client.post("/v1/chat/completions", json=chat())
-    # leaving the block closed the stream mid-answer: its slot is given back
-
-
 @pytest.mark.skip(reason="fails in the full suite on every try (5 of 5 got 200), passes alone and with its module: "
                          "the limiter does not refuse there, cause not found yet")
 def test_a_client_beyond_its_concurrent_requests_gets_429_until_one_ends(roomy_server):
-    # How long the server holds the stream is not in the test's hands: alone it is about 2 s against the few
-    # milliseconds the second request takes, but in the full suite a stream has been seen to end first. So the
-    # test tries up to five times; a limiter that never refuses fails it every time.
+    long_stream = chat(max_tokens=400, ignore_eos=True, stream=True)  # generates for about 2 s on a quiet machine
     with httpx.Client(base_url=roomy_server.url, timeout=120) as client:
-        tries = []
-        while len(tries) < 5 and (not tries or tries[-1].status_code == 200):
-            wait_until(lambda: client.post("/v1/chat/completions", json=chat()).status_code == 200, 60, 0.5,
-                       "the client's slot to be free")  # the last try's stream may still be closing
-            tries.append(second_request_while_streaming(client))
-        second = tries[-1]
-        assert second.status_code == 429, [t.status_code for t in tries]
-        assert int(second.headers["Retry-After"]) >= 1
+        with client.stream("POST", "/v1/chat/completions", json=long_stream) as stream:
+            assert stream.status_code == 200
+            next(stream.iter_lines())  # generating: this client's only slot is taken
+            second = client.post("/v1/chat/completions", json=chat())
+        # leaving the block closed the stream mid-answer: its slot is given back
+        assert second.status_code == 429 and int(second.headers["Retry-After"]) >= 1
         assert second.json()["error"]["code"] == "too_many_concurrent_requests"
         wait_until(lambda: client.post("/v1/chat/completions", json=chat()).status_code == 200, 60, 0.5,
                    "a chat request once the stream ended")
