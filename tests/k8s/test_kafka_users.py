@@ -162,13 +162,15 @@ def test_each_component_logs_in_as_its_own_user_with_the_mounted_secrets(docs, t
             assert secret_file(pod, c, env["RLHF_KAFKA_SSL_CAFILE"]) == (CA_SECRET, "ca.crt")
 
             # The files as the kubelet would lay them out, under tmp_path instead of /.
-            for setting in ("RLHF_KAFKA_SASL_PASSWORD_FILE", "RLHF_KAFKA_SSL_CAFILE"):
+            contents = {"RLHF_KAFKA_SASL_PASSWORD_FILE": f"{workload}-password",
+                        "RLHF_KAFKA_SSL_CAFILE": "-----BEGIN CERTIFICATE-----\n"}
+            for setting, content in contents.items():
                 local = tmp_path / workload / env[setting].lstrip("/")
                 local.parent.mkdir(parents=True, exist_ok=True)
-                local.write_text(f"{workload}-password" if setting.endswith("PASSWORD_FILE") else "-----BEGIN CERTIFICATE-----\n")
+                local.write_text(content)
                 env[setting] = str(local)
-            for var in [v for v in Settings.model_fields]:
-                monkeypatch.delenv(f"RLHF_{var.upper()}", raising=False)
+            for field in Settings.model_fields:
+                monkeypatch.delenv(f"RLHF_{field.upper()}", raising=False)
             kwargs = client_security(Settings(
                 kafka_bootstrap=env["RLHF_KAFKA_BOOTSTRAP"],
                 kafka_security_protocol=env["RLHF_KAFKA_SECURITY_PROTOCOL"],
