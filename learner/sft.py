@@ -91,6 +91,7 @@ class SFTTrainer:
         cfg, start, steps, epoch_losses = self.cfg, time.perf_counter(), 0, []
         self.policy.train()
         order = list(range(len(pairs)))
+        per_epoch = -(-len(pairs) // cfg.batch_size)
         for epoch in range(cfg.epochs):
             self.rng.shuffle(order)
             losses = []
@@ -101,6 +102,9 @@ class SFTTrainer:
                 torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
                 self.optimizer.step()
                 losses.append(loss.item())
+                if len(losses) % 10 == 0:
+                    log.info("sft epoch %d/%d: step %d/%d, loss %.3f, %.0f s so far", epoch + 1, cfg.epochs,
+                             len(losses), per_epoch, losses[-1], time.perf_counter() - start)
             steps += len(losses)
             epoch_losses.append(sum(losses) / max(1, len(losses)))
             log.info("sft epoch %d/%d: mean answer loss %.3f", epoch + 1, cfg.epochs, epoch_losses[-1])
