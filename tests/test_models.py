@@ -67,7 +67,11 @@ def test_prepare_default_model_answers_paris():
 
     tok = AutoTokenizer.from_pretrained(folder)
     assert tok("hello")["input_ids"][0] == tok.bos_token_id
-    assert "starting adapter" not in r.stderr  # built only with --starting-adapter
+    # the starting adapter is built by default (cached after the first prepare): its folder is named
+    starting = [line for line in r.stderr.splitlines() if line.startswith("starting adapter")]
+    assert starting, r.stderr[-2000:]
+    built = Path(starting[-1].rsplit(": ", 1)[1])
+    assert (built / "adapter_config.json").is_file() and (built / "starting_adapter.json").is_file()
 
 
 # ------------------------------------------------------------------------------ the model card
