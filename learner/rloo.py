@@ -1,0 +1,252 @@
+"""RLOO on a LoRA adapter: PPO's clipped update without a critic, k answers per prompt instead.
+
+    policy     = frozen base + trainable policy LoRA (starts from the adapter serving now)
+    reference  = the same base with the adapter switched off (peft `disable_adapter()`)
+    baseline   = the other k - 1 answers to the same prompt (no value model: about half of PPO's
+                 memory and update time on the same answers)
+    rollouts   = vLLM (learner/rollout.py), k answers per prompt, with the current LoRA saved under
+                 a new name and id; training log-probs are recomputed here, never taken from vLLM
+
+One iteration (`RLOOTrainer.step`), after Ahmadian et al., "Back to Basics: Revisiting
+REINFORCE Style Optimization for Learning from Human Feedback in LLMs" (2024, arXiv 2402.14740):
+
+    sample y_1..y_k ~ π(·|x) at temperature T for each prompt x           (vLLM, n = k)
+    logp_t  = log π(y_t | x, y_<t) at the same T, ref_t the same without the LoRA
+    score_i = RM(x, text(y_i)) normalised; minus `missing_eos_penalty` if y_i was cut off without EOS
+    R_i     = score_i - β Σ_t (logp_t - ref_t)              one reward per answer, KL included
+    A_i     = R_i - 1/(k-1) Σ_{j≠i} R_j  = k/(k-1) (R_i - mean_j R_j)      leave-one-out baseline
+    A_{i,t} = A_i for every token t of answer i (not whitened by default: see `whiten_advantages`)
+    L_pg    = mean_t max(-A_t ρ_t, -A_t clip(ρ_t, 1 - ε, 1 + ε)),  ρ_t = exp(logp'_t - logp_t)
+    `epochs` passes over minibatches of the iteration's answers; gradients clipped; β fixed
+
+TRL's RLOOTrainer (the bench's reference) computes the same R_i and A_i; its ratio is one per
+answer (exp of the summed log-ratio), ours one per token, as PPO's: the clip then acts on each
+token, and a long answer's ratio does not leave the clip range after a small change per token.
+
+Measure it:  .venv/bin/python bench/learner.py --models tiny   (step time, tokens/s, beside TRL)
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from learner.ppo import (LORA_TARGETS, FixedKLController, PPOTrainer, answer_logprobs, load_policy, masked_whiten,
+                         policy_loss, share_frozen_weights)
+from learner.tokenization import pad_prompt_response
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RLOOConfig:
+    """Hyperparameters of RLOO on the policy LoRA (the learner's, not the operator's)."""
+
+    lora_r: int = 8
+    """Rank of a new policy LoRA (an adapter to continue from keeps its own rank)."""
+    lora_alpha: int = 16
+    """LoRA scaling numerator (scale = alpha / r)."""
+    target_modules: tuple[str, ...] = LORA_TARGETS
+    """Linear layers that get LoRA weights (vLLM serves LoRA on these for Llama and Gemma)."""
+    learning_rate: float = 3e-4
+    """AdamW learning rate of the policy LoRA."""
+    steps: int = 8
+    """RLOO iterations (rollout + update) per round."""
+    rollout_prompts: int = 16
+    """Prompts sampled per iteration; each gets `num_samples` answers (16 x 2 = PPO's 32 answers)."""
+    num_samples: int = 2
+    """k: answers per prompt, at least 2 (each answer's baseline is the mean of the other k - 1)."""
+    minibatch_size: int = 8
+    """Answers per optimiser step."""
+    epochs: int = 4
+    """Passes over one iteration's answers (TRL's `num_iterations`)."""
+    max_new_tokens: int = 48
+    """Longest answer sampled; answers cut off here get the missing-EOS penalty."""
+    temperature: float = 1.0
+    """Sampling temperature; training log-probs use the same one (logits / T)."""
+    clip_range: float = 0.2
+    """Ratio clip ε of the surrogate."""
+    beta: float = 0.1
+    """β of the KL penalty in each answer's reward, fixed (nothing is carried across rounds)."""
+    whiten_advantages: bool = False
+    """Scale the advantages to mean 0, std 1 over the iteration's answers. Off: leave-one-out
+    advantages already have mean 0 for each prompt and the round normalises scores to std 1, while
+    whitening a batch whose answers all scored nearly alike would blow its noise up to full-size steps."""
+    kl_stop_fraction: float = 0.8
+    """KL guard: when an iteration's sampled KL to the base goes above this share of the
+    operator's `kl_budget` (and above the previous iteration's), the round stops and keeps the
+    policy from before the update that crossed it (0 disables the guard)."""
+    missing_eos_penalty: float = 1.0
+    """Subtracted from the (normalised) score of an answer cut off without EOS."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm."""
+    forward_batch_size: int = 8
+    """Sequences per no-grad forward pass while scoring rollouts."""
+    seed: int = 0
+    """Seed for prompt sampling, minibatch shuffling and vLLM sampling."""
+
+
+# ------------------------------------------------------------------------------------------
+# The math (pure functions on tensors; tests compare them with hand-computed values)
+# ------------------------------------------------------------------------------------------
+def sequence_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
+                     mask: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """R_i = score_i - β Σ_t (logp_t - ref_t) over answer i's tokens (padding ignored).
+
+    scores: (B,); logprobs, ref_logprobs, mask: (B, R). Returns R (B,) and the sampled KL per answer (B,)."""
+    kl = ((logprobs - ref_logprobs) * mask).sum(1)               # (B,)
+    return scores - beta * kl, kl
+
+
+def leave_one_out_advantages(rewards: torch.Tensor, k: int) -> torch.Tensor:
+    """A_i = R_i - mean of the other k - 1 rewards of the same prompt.
+
+    rewards: (B,) with the k answers of each prompt consecutive (B = prompts·k). Returns (B,)."""
+    if k < 2:
+        raise ValueError("leave-one-out needs at least 2 answers per prompt")
+    grouped = rewards.view(-1, k)                                 # (prompts, k)
+    baseline = (grouped.sum(1, keepdim=True) - grouped) / (k - 1)  # (prompts, k)
+    return (grouped - baseline).reshape(-1)                       # (B,)
+
+
+# ------------------------------------------------------------------------------------------
+# Hand-off from rollout to update
+# ------------------------------------------------------------------------------------------
+@dataclass
+class Experience:
+    ids: torch.Tensor            # (B, P+R) prompt left-padded to P, answer right-padded to R
+    mask: torch.Tensor           # (B, P+R) attention mask
+    P: int                       # column where every answer starts
+    response_mask: torch.Tensor  # (B, R) 1 on generated tokens (incl. the final EOS), 0 on padding
+    logprobs: torch.Tensor       # (B, R) policy log-probs at rollout time (trainer-computed)
+    rewards: torch.Tensor        # (B,) R_i: score - β·KL
+    advantages: torch.Tensor     # (B,) A_i, leave-one-out (applied to every token of answer i)
+    scores: torch.Tensor         # (B,) normalised reward-model score, after the missing-EOS penalty
+    kl: torch.Tensor             # (B,) Σ_t (logp_t - ref_t): sampled KL(policy || reference) per answer
+    finished: torch.Tensor       # (B,) bool: ended with EOS
+
+
+# ------------------------------------------------------------------------------------------
+# Trainer (the same public interface as PPOTrainer: the round runs either)
+# ------------------------------------------------------------------------------------------
+class RLOOTrainer:
+    def __init__(self, model_path: Path | str, tokenizer, cfg: RLOOConfig, reward_model, *,
+                 init_adapter: Path | str | None = None, workdir: Path | str, kl_coef: float | None = None):
+        if cfg.num_samples < 2:
+            raise ValueError(f"rloo.num_samples must be at least 2 (got {cfg.num_samples})")
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.pad_id = tokenizer.pad_token_id
+        self.rm = reward_model.eval()
+        for p in self.rm.parameters():
+            p.requires_grad_(False)
+        torch.manual_seed(cfg.seed)
+        self.policy = load_policy(model_path, cfg, init_adapter)
+        n_rm = share_frozen_weights(self.policy.get_base_model().get_decoder(), self.rm.backbone)
+        log.debug("sharing frozen base weights: %d tensors with the reward model", n_rm)
+        self.params = [p for p in self.policy.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, eps=1e-5)
+        self.kl_ctl = FixedKLController(cfg.beta if kl_coef is None else kl_coef)
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.rng = random.Random(cfg.seed)
+        self.iteration = 0
+
+    # The policy side is PPO's: the same LoRA, the same KL-guard undo, the same saved folder and
+    # the same KL measurement for the gate (they read only self.policy, self.cfg, self.pad_id).
+    policy_state = PPOTrainer.policy_state
+    restore_policy = PPOTrainer.restore_policy
+    save_policy = PPOTrainer.save_policy
+    answer_kl = PPOTrainer.answer_kl
+
+    # -- rollout side ------------------------------------------------------------------------
+    @torch.no_grad()
+    def make_experience(self, samples) -> Experience:
+        """Score rollouts (k consecutive answers per prompt): log-probs, reference, rewards, advantages."""
+        cfg = self.cfg
+        k = cfg.num_samples
+        if len(samples) % k or any(samples[i].prompt_index != samples[i - i % k].prompt_index
+                                   for i in range(len(samples))):
+            raise ValueError(f"rollouts must come as {k} consecutive answers per prompt")
+        ids, mask, _, rmask, P = pad_prompt_response([s.prompt_ids for s in samples],
+                                                     [s.response_ids for s in samples], self.pad_id)
+        self.policy.eval()
+        logprobs, ref_logprobs = [], []
+        for i in range(0, len(samples), cfg.forward_batch_size):
+            b_ids, b_mask = ids[i: i + cfg.forward_batch_size], mask[i: i + cfg.forward_batch_size]
+            logprobs.append(answer_logprobs(self.policy, b_ids, b_mask, P, cfg.temperature))
+            with self.policy.disable_adapter():  # the reference: the same weights with the LoRA off
+                ref_logprobs.append(answer_logprobs(self.policy, b_ids, b_mask, P, cfg.temperature))
+        logprobs, ref_logprobs = torch.cat(logprobs) * rmask, torch.cat(ref_logprobs) * rmask
+        finished = torch.tensor([s.finished for s in samples])
+        # the reward model reads each answer's text like a logged one (tokens + EOS if finished)
+        scores = torch.tensor(self.rm.score_samples(samples, self.tokenizer, cfg.forward_batch_size))
+        scores = scores - cfg.missing_eos_penalty * (~finished).float()
+        rewards, kl = sequence_rewards(scores, logprobs, ref_logprobs, rmask, self.kl_ctl.value)
+        adv = leave_one_out_advantages(rewards, k)                                  # (B,)
+        if cfg.whiten_advantages:
+            adv = masked_whiten(adv, torch.ones_like(adv))
+        return Experience(ids, mask, P, rmask, logprobs, rewards, adv, scores, kl, finished)
+
+    # -- update side -----------------------------------------------------------------------
+    def train_on(self, exp: Experience) -> dict:
+        """`epochs` passes of the clipped surrogate over minibatches of one iteration's answers."""
+        cfg = self.cfg
+        self.policy.train()
+        B = exp.ids.shape[0]
+        stats = {"policy_loss": [], "clipfrac": [], "approxkl": []}
+        for _ in range(cfg.epochs):
+            order = list(range(B))
+            self.rng.shuffle(order)
+            for i in range(0, B, cfg.minibatch_size):
+                mb = torch.tensor(order[i: i + cfg.minibatch_size])
+                ids, mask, rmask = exp.ids[mb], exp.mask[mb], exp.response_mask[mb]
+                # drop columns that are padding for every row of this minibatch
+                R = int(rmask.sum(1).max().item())
+                ids, mask, rmask = ids[:, : exp.P + R], mask[:, : exp.P + R], rmask[:, :R]
+                new_logprobs = answer_logprobs(self.policy, ids, mask, exp.P, cfg.temperature)   # (b, R)
+                advantages = exp.advantages[mb, None] * rmask                                    # (b, R)
+                loss, clipfrac, approxkl = policy_loss(new_logprobs, exp.logprobs[mb, :R], advantages, rmask,
+                                                       cfg.clip_range)
+                self.optimizer.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                self.optimizer.step()
+                stats["policy_loss"].append(loss.item())
+                stats["clipfrac"].append(clipfrac)
+                stats["approxkl"].append(approxkl)
+        return {k: sum(v) / len(v) for k, v in stats.items()}
+
+    def step(self, engine, prompts: list[list[int]]) -> dict:
+        """One RLOO iteration: save LoRA -> k vLLM answers per prompt -> score -> update."""
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        self.iteration += 1
+        folder = self.save_policy(self.workdir / f"iter-{self.iteration}")
+        batch = self.rng.sample(prompts, min(cfg.rollout_prompts, len(prompts)))
+        if len(batch) < cfg.rollout_prompts:  # few prompts: sample them again (each copy its own group)
+            batch += [self.rng.choice(prompts) for _ in range(cfg.rollout_prompts - len(batch))]
+        samples = engine.generate(batch, n=cfg.num_samples, temperature=cfg.temperature,
+                                  max_tokens=cfg.max_new_tokens, lora=engine.lora(folder, f"rollout-{self.iteration}"),
+                                  seed=self.rng.randrange(2**31))
+        t1 = time.perf_counter()
+        exp = self.make_experience(samples)
+        t2 = time.perf_counter()
+        upd = self.train_on(exp)
+        t3 = time.perf_counter()
+        shutil.rmtree(folder, ignore_errors=True)
+        n_tokens = int(exp.response_mask.sum().item())
+        return {**upd, "score": exp.scores.mean().item(), "kl": exp.kl.mean().item(), "kl_coef": self.kl_ctl.value,
+                "non_score_reward": (exp.rewards - exp.scores).mean().item(),
+                "advantage_abs": exp.advantages.abs().mean().item(),
+                "prompts": len(samples) // cfg.num_samples,
+                "eos_fraction": exp.finished.float().mean().item(),
+                "response_tokens": n_tokens / len(samples), "tokens": n_tokens,
+                "time_rollout": t1 - t0, "time_score": t2 - t1, "time_update": t3 - t2,
+                "tokens_per_s": n_tokens / max(t3 - t0, 1e-9)}
