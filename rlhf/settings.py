@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # Secrets that ship in examples; the service refuses to run with them outside dev mode.
 PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "secret", "changethis"}
 MIN_SECRET_BYTES = 32  # outside dev mode, the HMAC key and the admin token are at least this long
+LearnerAlgorithm = Literal["ppo", "rloo"]  # RLHF_LEARNER_ALGORITHM: learner/ppo.py, learner/rloo.py
 
 
 class Settings(BaseSettings):
@@ -135,6 +136,9 @@ class Settings(BaseSettings):
                                                                   "learner store keeps, newest first (0: no limit).")
     learner_split_key: str = Field("", description="Secret key of the hash that splits users into training and "
                                                    "held-out (empty: a random key kept in the learner store).")
+    learner_algorithm: LearnerAlgorithm = Field(
+        "ppo", description="How the learner trains the policy LoRA: `ppo` (learner/ppo.py, with a critic) or "
+        "`rloo` (learner/rloo.py, k answers per prompt, leave-one-out baseline, no critic).")
 
     log_level: str = Field("INFO", description="Python logging level.")
 
@@ -143,6 +147,14 @@ class Settings(BaseSettings):
     def _fraction(cls, v: float) -> float:
         if not 0.0 <= v <= 1.0:
             raise ValueError("canary_fraction must be between 0 and 1")
+        return v
+
+    @field_validator("learner_algorithm", mode="before")
+    @classmethod
+    def _algorithm(cls, v):
+        if v not in get_args(LearnerAlgorithm):  # a clearer refusal than pydantic's literal_error
+            raise ValueError(f"RLHF_LEARNER_ALGORITHM must be one of {', '.join(get_args(LearnerAlgorithm))}, "
+                             f"not {v!r}")
         return v
 
     @field_validator("learner_max_user_share", "learner_max_client_share")
