@@ -64,11 +64,11 @@ RM_ACCURACY = Gauge("rlhf_learner_rm_accuracy", "Held-out reward-model accuracy 
                     ["measure"])
 REWARD_MEAN = Gauge("rlhf_learner_reward_mean", "Mean normalised reward in the latest round", ["policy"])
 KL = Gauge("rlhf_learner_kl", "KL(policy || base) per answer, nats", ["stage"])
-KL_COEF = Gauge("rlhf_learner_kl_coef", "Adaptive KL penalty coefficient β")
-POLICY_LOSS = Gauge("rlhf_learner_policy_loss", "PPO clipped policy loss (last iteration)")
+KL_COEF = Gauge("rlhf_learner_kl_coef", "KL penalty coefficient β (adaptive for PPO, fixed for RLOO)")
+POLICY_LOSS = Gauge("rlhf_learner_policy_loss", "Clipped policy loss of PPO or RLOO (last iteration)")
 VALUE_LOSS = Gauge("rlhf_learner_value_loss", "PPO clipped value loss (last iteration)")
-CLIPFRAC = Gauge("rlhf_learner_clipfrac", "Fraction of answer tokens where the PPO ratio was clipped")
-PPO_TOKENS = Gauge("rlhf_learner_ppo_tokens_per_second", "Answer tokens per second of a PPO iteration")
+CLIPFRAC = Gauge("rlhf_learner_clipfrac", "Fraction of answer tokens where the PPO or RLOO ratio was clipped")
+PPO_TOKENS = Gauge("rlhf_learner_ppo_tokens_per_second", "Answer tokens per second of a PPO or RLOO iteration")
 ROUND_SECONDS = Histogram("rlhf_learner_round_seconds", "Duration of a training round",
                           buckets=(10, 30, 60, 120, 300, 600, 1200, 3600, 7200))
 ROUNDS = Counter("rlhf_learner_rounds", "Training rounds by outcome", ["status"])
@@ -260,9 +260,10 @@ def report_round(result) -> None:
     _set(RM_ACCURACY, m.get("rm_accuracy"), "gate")
     _set(REWARD_MEAN, m.get("reward_candidate"), "candidate")
     _set(REWARD_MEAN, m.get("reward_serving"), "serving")
-    _set(REWARD_MEAN, m.get("ppo_score"), "ppo")
+    algo = m.get("algorithm", "ppo")  # the policy stage's metrics are ppo_* or rloo_*
+    _set(REWARD_MEAN, m.get(f"{algo}_score"), algo)
     _set(KL, m.get("kl_candidate"), "candidate")
-    _set(KL, m.get("ppo_kl"), "ppo")
+    _set(KL, m.get(f"{algo}_kl"), algo)
     _set(SUSPECT_USERS, m.get("suspect_users"))
     if m.get("round_seconds"):
         ROUND_SECONDS.observe(m["round_seconds"])
@@ -271,13 +272,14 @@ def report_round(result) -> None:
 
 
 def on_progress(stage: str, m: dict) -> None:
-    if stage == "ppo_step":
+    if stage in ("ppo_step", "rloo_step"):
+        algo = stage.removesuffix("_step")
         _set(POLICY_LOSS, m.get("policy_loss"))
-        _set(VALUE_LOSS, m.get("value_loss"))
+        _set(VALUE_LOSS, m.get("value_loss"))  # PPO's critic only
         _set(CLIPFRAC, m.get("clipfrac"))
-        _set(KL, m.get("kl"), "ppo")
+        _set(KL, m.get("kl"), algo)
         _set(KL_COEF, m.get("kl_coef"))
-        _set(REWARD_MEAN, m.get("score"), "ppo")
+        _set(REWARD_MEAN, m.get("score"), algo)
         _set(PPO_TOKENS, m.get("tokens_per_s"))
     elif stage == "reward_model":
         _set(RM_ACCURACY, m.get("rm_pairwise_accuracy"), "pairwise")

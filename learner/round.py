@@ -1,4 +1,4 @@
-"""One training round: reward model update -> PPO on the policy LoRA -> gate -> publish or keep.
+"""One training round: reward model update -> PPO or RLOO on the policy LoRA -> gate -> publish or keep.
 
     learner = Learner(get_settings())          # opens the store; the vLLM engine starts on first use
     result = learner.run_round()               # RoundResult(status='published'|'rejected', ...)
@@ -11,8 +11,9 @@ Steps, each logged with its duration:
    accuracy and thumbs AUC, weighted per held-out user.
 2. Normalise rewards: sample the policy serving now (vLLM) on training prompts and set the
    reward model's mean/std so those answers score mean 0, std 1. Save the version.
-3. PPO: policy LoRA initialised from the serving adapter (or fresh), `ppo.steps` iterations on
-   a pool of training users' prompts drawn by the users' capped weights.
+3. Policy: RLHF_LEARNER_ALGORITHM picks PPO (learner/ppo.py) or RLOO (learner/rloo.py); the policy
+   LoRA starts from the serving adapter (or fresh) and runs `ppo.steps` or `rloo.steps` iterations
+   on a pool of training users' prompts drawn by the users' capped weights.
 4. Gate (learner/gate.py) on held-out users' prompts: reward gain, KL budget, reward-model accuracy.
 
 The split is by user (`learner.store.split_of`): the gate measures whether the learned taste
@@ -43,6 +44,7 @@ from adapters.manifest import AdapterError
 from learner.gate import UNMEASURED, GateConfig, decide, reward_model_accuracy
 from learner.ppo import PPOConfig, PPOTrainer
 from learner.reward import RewardConfig, RewardModel, RewardTrainer
+from learner.rloo import RLOOConfig, RLOOTrainer
 from learner.store import Store
 from learner.suspects import SuspectConfig, UserAgreement, consensus_rate, find_suspects
 from learner.tokenization import encode_prompt, load_tokenizer, stop_strings
@@ -60,7 +62,9 @@ class LearnerConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
     """Reward model hyperparameters (learner/reward.py)."""
     ppo: PPOConfig = field(default_factory=PPOConfig)
-    """PPO hyperparameters (learner/ppo.py)."""
+    """PPO hyperparameters (learner/ppo.py), used when RLHF_LEARNER_ALGORITHM=ppo."""
+    rloo: RLOOConfig = field(default_factory=RLOOConfig)
+    """RLOO hyperparameters (learner/rloo.py), used when RLHF_LEARNER_ALGORITHM=rloo."""
     gate: GateConfig = field(default_factory=GateConfig)
     """How candidates are measured before publishing (learner/gate.py)."""
     suspects: SuspectConfig = field(default_factory=SuspectConfig)
@@ -79,7 +83,8 @@ class LearnerConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "LearnerConfig":
-        parts = {"reward": RewardConfig, "ppo": PPOConfig, "gate": GateConfig, "suspects": SuspectConfig}
+        parts = {"reward": RewardConfig, "ppo": PPOConfig, "rloo": RLOOConfig, "gate": GateConfig,
+                 "suspects": SuspectConfig}
         kwargs = {}
         for k, v in data.items():
             if k in parts:
@@ -131,6 +136,9 @@ class Learner:
     def __init__(self, settings, cfg: LearnerConfig | None = None, *, store: Store | None = None, engine=None):
         self.settings = settings
         self.cfg = cfg or LearnerConfig()
+        self.algorithm = settings.learner_algorithm
+        # the policy algorithm's config: sampling (temperature, answer length, EOS penalty) follows it everywhere
+        self.policy_cfg: PPOConfig | RLOOConfig = self.cfg.rloo if self.algorithm == "rloo" else self.cfg.ppo
         self.model_path = resolve_model(settings.model)
         self.model_name = model_display_name(settings.model)
         self.tokenizer = load_tokenizer(self.model_path)
@@ -138,7 +146,7 @@ class Learner:
         self.store = store or Store.open(settings, self.cfg.heldout_fraction)
         self.data_dir = Path(settings.data_dir)
         self._engine = engine
-        self.rng = random.Random(self.cfg.ppo.seed)
+        self.rng = random.Random(self.policy_cfg.seed)
         self.max_model_len = context_length(self.model_path, settings.max_model_len)
 
     @property
@@ -152,7 +160,7 @@ class Learner:
                                          max_lora_rank=self.settings.max_lora_rank, max_loras=2,
                                          gpu_memory_utilization=self.settings.gpu_memory_utilization,
                                          kv_cache_gb=self.settings.kv_cache_gb,
-                                         seed=self.cfg.ppo.seed, stop=self.stop)
+                                         seed=self.policy_cfg.seed, stop=self.stop)
         return self._engine
 
     def close(self) -> None:
@@ -161,14 +169,14 @@ class Learner:
 
     # ---------------------------------------------------------------------------- helpers
     def encode_prompts(self, messages_list: list[list[dict]]) -> list[list[int]]:
-        limit = self.max_model_len - self.cfg.ppo.max_new_tokens
+        limit = self.max_model_len - self.policy_cfg.max_new_tokens
         out = [encode_prompt(self.tokenizer, m) for m in messages_list]
         return [p for p in out if len(p) <= limit]
 
     def encode_rows(self, rows: list[dict]) -> tuple[list[list[int]], list[dict]]:
         """Token ids of prompt rows (Store.user_prompts), each distinct prompt encoded once; rows whose
         prompt leaves no room for an answer are dropped. Returns (ids, the rows kept)."""
-        limit = self.max_model_len - self.cfg.ppo.max_new_tokens
+        limit = self.max_model_len - self.policy_cfg.max_new_tokens
         cache: dict[str, list[int]] = {}
         ids, kept = [], []
         for r in rows:
@@ -327,7 +335,7 @@ class Learner:
 
     def _rewards(self, rm, samples) -> list[float]:
         scores = rm.score_samples(samples, self.tokenizer, self.cfg.reward.eval_batch_size)
-        return [r - (0.0 if s.finished else self.cfg.ppo.missing_eos_penalty) for r, s in zip(scores, samples)]
+        return [r - (0.0 if s.finished else self.policy_cfg.missing_eos_penalty) for r, s in zip(scores, samples)]
 
     def _save_reward_model(self, rm, round_id: int, metrics: dict) -> int:
         prev = self.store.latest_reward_model()
@@ -350,11 +358,13 @@ class Learner:
     # ---------------------------------------------------------------------------- the round
     def run_round(self, on_progress: Callable[[str, dict], None] | None = None) -> RoundResult:
         cfg, store, settings = self.cfg, self.store, self.settings
+        algo, pcfg = self.algorithm, self.policy_cfg
         progress = on_progress or (lambda stage, m: None)
         round_id, hwm, n_feedback = store.start_round()
         t_round = time.perf_counter()
-        metrics: dict = {"round": round_id, "feedback_count": n_feedback}
-        log.info("round %d: %d feedback events (through seq %d)", round_id, n_feedback, hwm)
+        metrics: dict = {"round": round_id, "feedback_count": n_feedback, "algorithm": algo}
+        log.info("round %d: %d feedback events (through seq %d); policy algorithm %s", round_id, n_feedback, hwm,
+                 algo)
         try:
             # ---- 1. reward model ---------------------------------------------------------
             t = time.perf_counter()
@@ -388,7 +398,7 @@ class Learner:
                 # the gate could not pass any candidate: stop before the costly part; the next round
                 # continues from the previous reward-model version, so this feedback is not lost
                 reasons = [(f"{UNMEASURED} ({metrics['rm_heldout_pairs']} pairs, {metrics['rm_heldout_thumbs']} "
-                            f"thumbs from {metrics['heldout_users']} held-out users): PPO skipped")]
+                            f"thumbs from {metrics['heldout_users']} held-out users): {algo.upper()} skipped")]
                 metrics["round_seconds"] = time.perf_counter() - t_round
                 clean = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, type(None)))}
                 store.finish_round(round_id, "rejected", reason="; ".join(filter(None, [*reasons, suspect_note])),
@@ -400,8 +410,8 @@ class Learner:
             parent, serving_dir = self.serving_adapter_dir()
             serving_lora = self.engine.lora(serving_dir, parent) if serving_dir else None
             norm_prompts = [self.rng.choice(train_prompts) for _ in range(cfg.norm_samples)]
-            samples = self.engine.generate(norm_prompts, temperature=cfg.ppo.temperature,
-                                           max_tokens=cfg.ppo.max_new_tokens, lora=serving_lora,
+            samples = self.engine.generate(norm_prompts, temperature=pcfg.temperature,
+                                           max_tokens=pcfg.max_new_tokens, lora=serving_lora,
                                            seed=self.rng.randrange(2**31))
             raw = rm.score_samples(samples, self.tokenizer, cfg.reward.eval_batch_size, normalised=False)
             rm.set_normalisation(raw)
@@ -413,44 +423,51 @@ class Learner:
             log.info("round %d: reward model v%d normalised on %d answers of %s (mean %.3f, std %.3f)", round_id,
                      rm_version, len(samples), parent or "the base model", rm.norm_mean, rm.norm_std)
 
-            # ---- 3. PPO ------------------------------------------------------------------
+            # ---- 3. policy: PPO or RLOO ---------------------------------------------------
             t = time.perf_counter()
-            workdir = self.data_dir / "ppo" / f"round-{round_id}"
-            beta = store.get_meta("kl_coef")
-            ppo = PPOTrainer(self.model_path, self.tokenizer, cfg.ppo, rm, init_adapter=serving_dir, workdir=workdir,
-                             kl_coef=float(beta) if beta else None)
+            workdir = self.data_dir / algo / f"round-{round_id}"
+            name = algo.upper()
+            if algo == "rloo":  # a fixed β: nothing carried across rounds
+                trainer = RLOOTrainer(self.model_path, self.tokenizer, pcfg, rm, init_adapter=serving_dir,
+                                      workdir=workdir)
+            else:
+                beta = store.get_meta("kl_coef")
+                trainer = PPOTrainer(self.model_path, self.tokenizer, pcfg, rm, init_adapter=serving_dir,
+                                     workdir=workdir, kl_coef=float(beta) if beta else None)
             history = defaultdict(list)
-            kl_limit = cfg.ppo.kl_stop_fraction * settings.kl_budget
+            kl_limit = pcfg.kl_stop_fraction * settings.kl_budget
             before_last = None  # the policy before the latest update (restored by the KL guard)
-            for k in range(cfg.ppo.steps):
-                state = ppo.policy_state() if kl_limit > 0 else None
-                stats = ppo.step(self.engine, train_prompts)
+            for k in range(pcfg.steps):
+                state = trainer.policy_state() if kl_limit > 0 else None
+                stats = trainer.step(self.engine, train_prompts)
                 if kl_guard_trips(history["kl"], stats["kl"], kl_limit):
                     # the rollouts just sampled came from the policy after the last update, and its KL
                     # crossed the limit: undo that update and stop here
-                    ppo.restore_policy(before_last)
-                    metrics["ppo_kl_guard"] = k
-                    log.info("round %d: PPO stopped after %d iterations: the policy's KL %.3f went over %.0f%% "
+                    trainer.restore_policy(before_last)
+                    metrics[f"{algo}_kl_guard"] = k
+                    log.info("round %d: %s stopped after %d iterations: the policy's KL %.3f went over %.0f%% "
                              "of the budget (%.3f); keeping the policy from before the last update", round_id,
-                             k, stats["kl"], 100 * cfg.ppo.kl_stop_fraction, kl_limit)
+                             name, k, stats["kl"], 100 * pcfg.kl_stop_fraction, kl_limit)
                     break
                 before_last = state
                 for key, v in stats.items():
                     history[key].append(v)
-                log.info("round %d: PPO %d/%d score %+.3f kl %.3f (β %.4f) pg %.4f vf %.4f clip %.3f eos %.2f "
-                         "len %.1f %.1f s", round_id, k + 1, cfg.ppo.steps, stats["score"], stats["kl"],
-                         stats["kl_coef"], stats["policy_loss"], stats["value_loss"], stats["clipfrac"],
+                vf = f" vf {stats['value_loss']:.4f}" if "value_loss" in stats else ""  # RLOO has no critic
+                log.info("round %d: %s %d/%d score %+.3f kl %.3f (β %.4f) pg %.4f%s clip %.3f eos %.2f "
+                         "len %.1f %.1f s", round_id, name, k + 1, pcfg.steps, stats["score"], stats["kl"],
+                         stats["kl_coef"], stats["policy_loss"], vf, stats["clipfrac"],
                          stats["eos_fraction"], stats["response_tokens"],
                          stats["time_rollout"] + stats["time_score"] + stats["time_update"])
-                progress("ppo_step", {**stats, "step": k + 1})
+                progress(f"{algo}_step", {**stats, "step": k + 1})
             last = {key: v[-1] for key, v in history.items()}
-            metrics.update({f"ppo_{key}": v for key, v in last.items()})
-            metrics["ppo_score_first"] = history["score"][0] if history["score"] else math.nan
-            metrics["time_ppo"] = time.perf_counter() - t
-            store.set_meta("kl_coef", repr(ppo.kl_ctl.value))
+            metrics.update({f"{algo}_{key}": v for key, v in last.items()})
+            metrics[f"{algo}_score_first"] = history["score"][0] if history["score"] else math.nan
+            metrics[f"time_{algo}"] = time.perf_counter() - t
+            if algo == "ppo":  # the adaptive β continues in the next round
+                store.set_meta("kl_coef", repr(trainer.kl_ctl.value))
             cand_dir = self.data_dir / "candidates" / f"round-{round_id}"
             shutil.rmtree(cand_dir, ignore_errors=True)
-            ppo.save_policy(cand_dir)
+            trainer.save_policy(cand_dir)
             shutil.rmtree(workdir, ignore_errors=True)
 
             # ---- 4. gate -----------------------------------------------------------------
@@ -458,14 +475,14 @@ class Learner:
             g = cfg.gate
             held = held_prompts[: g.max_prompts]
             cand_lora = self.engine.lora(cand_dir, f"candidate-r{round_id}")
-            gen = dict(n=g.samples_per_prompt, temperature=cfg.ppo.temperature, max_tokens=cfg.ppo.max_new_tokens,
+            gen = dict(n=g.samples_per_prompt, temperature=pcfg.temperature, max_tokens=pcfg.max_new_tokens,
                        seed=g.seed)
             cand_samples = self.engine.generate(held, lora=cand_lora, **gen)
             serv_samples = self.engine.generate(held, lora=serving_lora, **gen)
             cand_r = _per_prompt(cand_samples, self._rewards(rm, cand_samples))
             serv_r = _per_prompt(serv_samples, self._rewards(rm, serv_samples))
             common = sorted(set(cand_r) & set(serv_r))
-            kl = ppo.answer_kl(cand_samples)
+            kl = trainer.answer_kl(cand_samples)
             decision = decide([cand_r[i] for i in common], [serv_r[i] for i in common], kl, metrics["rm_accuracy"],
                               kl_budget=settings.kl_budget, rm_accuracy_floor=settings.rm_accuracy_floor, cfg=g)
             metrics.update(decision.metrics)
@@ -476,7 +493,7 @@ class Learner:
                      metrics["reward_serving"], metrics["reward_gain"], metrics["reward_gain_se"],
                      metrics["kl_candidate"], settings.kl_budget, _fmt(metrics["rm_accuracy"]),
                      settings.rm_accuracy_floor, "publish" if decision.publish else "; ".join(decision.reasons))
-            del ppo, rm, rm_trainer
+            del trainer, rm, rm_trainer
             gc.collect()
 
             # ---- 5. publish or keep ------------------------------------------------------
