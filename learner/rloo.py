@@ -2,8 +2,8 @@
 
     policy     = frozen base + trainable policy LoRA (starts from the adapter serving now)
     reference  = the same base with the adapter switched off (peft `disable_adapter()`)
-    baseline   = the other k - 1 answers to the same prompt (no value model: about half of PPO's
-                 memory and update time on the same answers)
+    baseline   = the other k - 1 answers to the same prompt (no value model: no critic LoRA, value
+                 head or value forward/backward pass)
     rollouts   = vLLM (learner/rollout.py), k answers per prompt, with the current LoRA saved under
                  a new name and id; training log-probs are recomputed here, never taken from vLLM
 
