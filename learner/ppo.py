@@ -249,7 +249,8 @@ class ValueModel(nn.Module):
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor, P: int) -> torch.Tensor:
         """V(s_t) for each answer token t, from the state before it: (B, R)."""
-        h = self.backbone(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).last_hidden_state
+        h = self.backbone(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
+                          use_cache=False).last_hidden_state
         return self.head(h[:, P - 1: -1]).squeeze(-1)             # (B, R)
 
 
@@ -269,7 +270,7 @@ def answer_logprobs(policy, ids: torch.Tensor, mask: torch.Tensor, P: int, tempe
     vocabulary, logits over the prompt would cost more memory than the whole model."""
     lm = policy.get_base_model()                                     # the LoRA layers live inside it
     h = lm.get_decoder()(input_ids=ids, attention_mask=mask,
-                         position_ids=position_ids(mask)).last_hidden_state  # (B, P+R, H)
+                         position_ids=position_ids(mask), use_cache=False).last_hidden_state  # (B, P+R, H)
     logits = lm.get_output_embeddings()(h[:, P - 1: -1]).float()      # (B, R, V)
     cap = getattr(lm.config, "final_logit_softcapping", None)
     if cap:
@@ -279,6 +280,25 @@ def answer_logprobs(policy, ids: torch.Tensor, mask: torch.Tensor, P: int, tempe
     # log softmax at the chosen token = logit - logsumexp: one (B, R, V) tensor instead of three
     chosen = logits.gather(-1, ids[:, P:].unsqueeze(-1)).squeeze(-1)    # (B, R)
     return chosen - torch.logsumexp(logits, dim=-1)                      # (B, R)
+
+
+def trimmed(ids: torch.Tensor, mask: torch.Tensor, P: int, rows: torch.Tensor
+            ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """These rows of a prompt-left-padded, answer-right-padded batch, without the columns that are
+    padding in every one of them: (ids, mask, column where the answers now start). Rows of
+    similar length then cost what their own tokens cost, not the longest prompt and answer of
+    the whole batch."""
+    m = mask[rows]
+    real = m.any(0).nonzero().squeeze(-1)
+    first = min(int(real[0]), P - 1) if real.numel() else P - 1
+    last = max(int(real[-1]) + 1, P + 1) if real.numel() else P + 1
+    return ids[rows][:, first:last], m[:, first:last], P - first
+
+
+def by_length(mask: torch.Tensor, size: int) -> list[torch.Tensor]:
+    """Row indices in chunks of `size`, rows of similar length together (for no-grad passes)."""
+    order = torch.argsort(mask.sum(1), stable=True)
+    return list(order.split(size))
 
 
 # ------------------------------------------------------------------------------------------
@@ -357,15 +377,15 @@ class PPOTrainer:
                                                      [s.response_ids for s in samples], self.pad_id)
         self.policy.eval()
         self.critic.eval()
-        logprobs, ref_logprobs, values = [], [], []
-        for i in range(0, len(samples), cfg.forward_batch_size):
-            b_ids, b_mask = ids[i: i + cfg.forward_batch_size], mask[i: i + cfg.forward_batch_size]
-            logprobs.append(answer_logprobs(self.policy, b_ids, b_mask, P, cfg.temperature))
+        logprobs, ref_logprobs, values = (torch.zeros_like(rmask) for _ in range(3))
+        for rows in by_length(mask, cfg.forward_batch_size):
+            b_ids, b_mask, b_P = trimmed(ids, mask, P, rows)
+            R = b_ids.shape[1] - b_P
+            logprobs[rows, :R] = answer_logprobs(self.policy, b_ids, b_mask, b_P, cfg.temperature)
             with self.policy.disable_adapter():  # the reference: the same weights with the LoRA off
-                ref_logprobs.append(answer_logprobs(self.policy, b_ids, b_mask, P, cfg.temperature))
-            values.append(self.critic(b_ids, b_mask, P))
-        logprobs, ref_logprobs = torch.cat(logprobs) * rmask, torch.cat(ref_logprobs) * rmask
-        values = torch.cat(values) * rmask
+                ref_logprobs[rows, :R] = answer_logprobs(self.policy, b_ids, b_mask, b_P, cfg.temperature)
+            values[rows, :R] = self.critic(b_ids, b_mask, b_P)
+        logprobs, ref_logprobs, values = logprobs * rmask, ref_logprobs * rmask, values * rmask
         finished = torch.tensor([s.finished for s in samples])
         # the reward model reads each answer's text like a logged one (tokens + EOS if finished)
         scores = torch.tensor(self.rm.score_samples(samples, self.tokenizer, cfg.forward_batch_size))
@@ -389,12 +409,11 @@ class PPOTrainer:
             self.rng.shuffle(order)
             for i in range(0, B, cfg.minibatch_size):
                 mb = torch.tensor(order[i: i + cfg.minibatch_size])
-                ids, mask, rmask = exp.ids[mb], exp.mask[mb], exp.response_mask[mb]
-                # drop columns that are padding for every row of this minibatch
-                R = int(rmask.sum(1).max().item())
-                ids, mask, rmask = ids[:, : exp.P + R], mask[:, : exp.P + R], rmask[:, :R]
-                new_logprobs = answer_logprobs(self.policy, ids, mask, exp.P, cfg.temperature)   # (b, R)
-                new_values = self.critic(ids, mask, exp.P)                                        # (b, R)
+                ids, mask, P = trimmed(exp.ids, exp.mask, exp.P, mb)  # without all-padding columns
+                R = ids.shape[1] - P
+                rmask = exp.response_mask[mb, :R]
+                new_logprobs = answer_logprobs(self.policy, ids, mask, P, cfg.temperature)   # (b, R)
+                new_values = self.critic(ids, mask, P)                                        # (b, R)
                 pg_loss, clipfrac, approxkl = policy_loss(new_logprobs, exp.logprobs[mb, :R],
                                                           exp.advantages[mb, :R], rmask, cfg.clip_range)
                 v_loss, vf_clipfrac = value_loss(new_values, exp.values[mb, :R], exp.returns[mb, :R], rmask,
@@ -444,15 +463,17 @@ class PPOTrainer:
     @torch.no_grad()
     def answer_kl(self, samples) -> list[float]:
         """Σ_t log π/π_ref over each sampled answer: Monte-Carlo KL(policy || reference) per answer."""
-        out: list[float] = []
+        if not samples:
+            return []
         self.policy.eval()
-        for i in range(0, len(samples), self.cfg.forward_batch_size):
-            chunk = samples[i: i + self.cfg.forward_batch_size]
-            ids, mask, _, rmask, P = pad_prompt_response([s.prompt_ids for s in chunk],
-                                                         [s.response_ids for s in chunk], self.pad_id)
-            lp = answer_logprobs(self.policy, ids, mask, P, self.cfg.temperature)
+        ids, mask, _, rmask, P = pad_prompt_response([s.prompt_ids for s in samples],
+                                                     [s.response_ids for s in samples], self.pad_id)
+        kl = torch.zeros(len(samples))
+        for rows in by_length(mask, self.cfg.forward_batch_size):
+            b_ids, b_mask, b_P = trimmed(ids, mask, P, rows)
+            lp = answer_logprobs(self.policy, b_ids, b_mask, b_P, self.cfg.temperature)
             with self.policy.disable_adapter():
-                ref = answer_logprobs(self.policy, ids, mask, P, self.cfg.temperature)
-            out.extend(((lp - ref) * rmask).sum(1).tolist())
-        return out
+                ref = answer_logprobs(self.policy, b_ids, b_mask, b_P, self.cfg.temperature)
+            kl[rows] = ((lp - ref) * rmask[rows, : lp.shape[1]]).sum(1)
+        return kl.tolist()
 

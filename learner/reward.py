@@ -45,7 +45,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel
 
-from learner.tokenization import encode_prompt, encode_response, last_token_index, pad_pairs, position_ids
+from learner.tokenization import (
+    encode_prompt,
+    encode_response,
+    last_token_index,
+    length_buckets,
+    pad_pairs,
+    position_ids,
+)
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +110,10 @@ class RewardConfig:
     from the thumbs alone): the answer mean gives the head every answer token directly."""
     eval_batch_size: int = 32
     """Sequences per forward pass when scoring."""
+    bucket_cost_tokens: int = 64
+    """Fixed cost of one more forward pass, in padded tokens: a batch's sequences are grouped by
+    length (learner/tokenization.py `length_buckets`) so that less padding is computed, and a
+    group is split off only when it saves more than this. Training and scoring both group."""
     seed: int = 0
     """Seed for shuffling and the head's initialisation."""
 
@@ -205,7 +216,7 @@ class RewardModel(nn.Module):
 
         answer_mask (B, T): 1 on the answer's tokens, for mean pooling (None: every real token)."""
         h = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
-                          position_ids=position_ids(attention_mask)).last_hidden_state  # (B, T, H)
+                          position_ids=position_ids(attention_mask), use_cache=False).last_hidden_state  # (B, T, H)
         if self.pooling == "last":
             pooled = h[torch.arange(h.shape[0]), last_token_index(attention_mask)]     # (B, H)
         else:
@@ -219,17 +230,25 @@ class RewardModel(nn.Module):
         """Normalised reward (B,): mean 0, std 1 over the current policy's answers."""
         return (self.raw(input_ids, attention_mask, answer_mask) - self.norm_mean) / self.norm_std
 
+    def raw_pairs(self, pairs: list[tuple[list[int], list[int]]], pad_id: int, bucket_cost: int,
+                  max_rows: int | None = None) -> torch.Tensor:
+        """Unnormalised rewards (S,) of (prompt ids, answer ids) pairs, in their order, computed in
+        groups of similar length (see `length_buckets`) instead of one batch padded to the longest."""
+        groups = length_buckets([len(p) + len(a) for p, a in pairs], bucket_cost, max_rows)
+        parts = [self.raw(*pad_pairs([pairs[i] for i in g], pad_id)) for g in groups]
+        where = torch.empty(len(pairs), dtype=torch.long)
+        where[torch.tensor([i for g in groups for i in g], dtype=torch.long)] = torch.arange(len(pairs))
+        return torch.cat(parts)[where]
+
     @torch.no_grad()
     def score_ids(self, pairs: list[tuple[list[int], list[int]]], pad_id: int, batch_size: int = 32,
-                  normalised: bool = True) -> list[float]:
-        """Rewards of (prompt ids, answer ids) pairs."""
+                  normalised: bool = True, bucket_cost: int = 64) -> list[float]:
+        """Rewards of (prompt ids, answer ids) pairs (at most `batch_size` sequences per forward pass)."""
         self.eval()
-        out: list[float] = []
-        for i in range(0, len(pairs), batch_size):
-            ids, mask, answer = pad_pairs(pairs[i: i + batch_size], pad_id)
-            r = self(ids, mask, answer) if normalised else self.raw(ids, mask, answer)
-            out.extend(r.tolist())
-        return out
+        if not pairs:
+            return []
+        r = self.raw_pairs(pairs, pad_id, bucket_cost, batch_size)
+        return ((r - self.norm_mean) / self.norm_std if normalised else r).tolist()
 
     def score_samples(self, samples, tokenizer, batch_size: int = 32, normalised: bool = True) -> list[float]:
         """Rewards of rollouts (learner/rollout.py Sample), read from their text like logged answers."""
@@ -285,8 +304,7 @@ class RewardTrainer:
             else:
                 seqs.append(self.encode(ex["messages"], ex["response"], ex["finish_reason"]))
                 thumbs.append((len(seqs) - 1, ex["label"], wi))
-        ids, mask, answer = pad_pairs(seqs, self.tokenizer.pad_token_id)
-        r = self.rm.raw(ids, mask, answer)                                      # (S,)
+        r = self.rm.raw_pairs(seqs, self.tokenizer.pad_token_id, self.cfg.bucket_cost_tokens)  # (S,)
         loss = r.new_zeros(())
         stats = {}
         if pairs:
@@ -378,7 +396,7 @@ class RewardTrainer:
             else:
                 seqs.append(self.encode(ex["messages"], ex["response"], ex["finish_reason"]))
         flat = iter(self.rm.score_ids(seqs, self.tokenizer.pad_token_id, self.cfg.eval_batch_size,
-                                      normalised=False))
+                                      normalised=False, bucket_cost=self.cfg.bucket_cost_tokens))
         return [(next(flat), next(flat)) if ex["type"] == "pairwise" else (next(flat), None) for ex in examples]
 
     def agreement(self, examples: list[dict], scores: list[tuple[float, float | None]] | None = None) -> list[bool]:
