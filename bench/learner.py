@@ -15,8 +15,12 @@ batch sizes, answer length and temperature equal):
   GAE). TRL 1.16 no longer ships a PPO trainer, so the comparison is its RLOO trainer
   configured the same way (16 prompts x 2 generations, num_iterations=4, beta=0.1), which
   samples with transformers `generate` (TRL's vLLM mode needs a GPU) and has no critic.
-Times exclude the first (warm-up) step on both sides and are medians over the timed steps (the
-CI machine is shared; the load average is printed). Needs `trl` for the comparison (`.venv/bin/pip install trl==1.16.0`; not in the `bench` extra because it pulls datasets, pandas and pyarrow), or `--skip-trl`.
+Times exclude the first (warm-up) step on both sides and are medians over at least 3 timed
+steps. Each measurement also records how many cores other processes used meanwhile
+(bench/machine_load.py); a ratio is printed only when both sides ran on a quiet machine
+(`--max-other-cores`), otherwise the row says `busy`. Needs `trl` for the comparison
+(`.venv/bin/pip install trl==1.16.0`; not in the `bench` extra because it pulls datasets, pandas
+and pyarrow), or `--skip-trl`.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
+from bench.machine_load import OtherLoad  # noqa: E402
 from learner.ppo import PPOConfig, PPOTrainer  # noqa: E402
 from learner.reward import RewardConfig, RewardModel, RewardTrainer  # noqa: E402
 from learner.rollout import RolloutEngine  # noqa: E402
@@ -178,30 +183,45 @@ def trl_rloo(model_path, tokenizer, iterations: int) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ main
+def measured(out: dict, part: str, what: str, fn, *args) -> None:
+    """Run one measurement, keep its figures and how busy the rest of the machine was meanwhile."""
+    log.info(what)
+    with OtherLoad() as load:
+        figures = fn(*args)
+    log.info("%s: %s", what, load.summary())
+    out.update(figures)
+    out[f"others_{part}"] = load.cores
+    gc.collect()
+
+
 def bench_model(name: str, iterations: int, rm_steps: int, skip_trl: bool) -> dict:
     torch.manual_seed(0)
     path = resolve_model(name)
     tok = load_tokenizer(path)
     out = {"ours": {}, "trl": {}}
-    log.info("%s: reward model, ours", name)
-    out["ours"].update(ours_reward(path, tok, rm_steps))
-    gc.collect()
+    measured(out["ours"], "rm", f"{name}: reward model, ours", ours_reward, path, tok, rm_steps)
     if not skip_trl:
-        log.info("%s: reward model, TRL RewardTrainer", name)
-        out["trl"].update(trl_reward(path, tok, rm_steps))
-    gc.collect()
+        measured(out["trl"], "rm", f"{name}: reward model, TRL RewardTrainer", trl_reward, path, tok, rm_steps)
     engine = RolloutEngine(path, max_model_len=512, stop=stop_strings(path), kv_cache_gb=0.5)
     try:
-        log.info("%s: PPO, ours", name)
-        out["ours"].update(ours_ppo(path, tok, iterations, engine))
+        measured(out["ours"], "ppo", f"{name}: PPO, ours", ours_ppo, path, tok, iterations, engine)
     finally:
         engine.close()
         del engine
         gc.collect()
     if not skip_trl:
-        log.info("%s: RLOO, TRL", name)
-        out["trl"].update(trl_rloo(path, tok, iterations))
+        measured(out["trl"], "ppo", f"{name}: RLOO, TRL", trl_rloo, path, tok, iterations)
     return out
+
+
+def ratio(ours: dict, trl: dict, key: str, part: str, max_other: float) -> str:
+    """ours/TRL, or why there is none: a side was not measured, or the machine was busy."""
+    if trl.get(key) is None:
+        return ""
+    busy = max(ours.get(f"others_{part}", 0.0), trl.get(f"others_{part}", 0.0))
+    if busy > max_other:
+        return f"busy ({busy:.2f} cores used by others)"
+    return f"{ours[key] / trl[key]:.2f}"
 
 
 def main() -> int:
@@ -210,23 +230,34 @@ def main() -> int:
     p.add_argument("--iterations", type=int, default=3, help="timed PPO/RLOO iterations (after one warm-up)")
     p.add_argument("--rm-steps", type=int, default=10, help="timed reward-model steps (after one warm-up)")
     p.add_argument("--skip-trl", action="store_true")
+    p.add_argument("--max-other-cores", type=float, default=0.3,
+                   help="print no ratio when other processes used more cores than this during either side")
     args = p.parse_args()
+    if args.iterations < 3 or args.rm_steps < 3:
+        p.error("--iterations and --rm-steps must be at least 3 (each figure is a median)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("vllm", "httpx", "datasets", "transformers", "trl"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     load0 = tuple(round(x, 1) for x in os.getloadavg())
-    rows = [("rm_examples_per_s", "RM pairs/s (higher better)"), ("rm_step_s", "RM step s"),
-            ("ppo_step_s", "PPO/RLOO iteration s"), ("ppo_tokens_per_s", "PPO/RLOO answer tokens/s"),
-            ("ppo_rollout_s", "  of which rollout s (vLLM)"), ("ppo_update_s", "  of which score+update s")]
-    lines = [f"{'model':<14} {'metric':<28} {'ours':>10} {'TRL':>10} {'ours/TRL':>9}"]
+    # (key, label, part, whether higher is better): ours/TRL is printed so that >= 1 means ours is faster
+    rows = [("rm_examples_per_s", "RM pairs/s", "rm", True), ("rm_step_s", "RM step s", "rm", False),
+            ("ppo_step_s", "PPO/RLOO iteration s", "ppo", False),
+            ("ppo_tokens_per_s", "PPO/RLOO answer tokens/s", "ppo", True),
+            ("ppo_rollout_s", "  of which rollout s (vLLM)", "ppo", False),
+            ("ppo_update_s", "  of which score+update s", "ppo", False)]
+    lines = [f"{'model':<14} {'metric':<28} {'ours':>10} {'TRL':>10}  speed ours/TRL"]
     for name in args.models.split(","):
         r = bench_model(name.strip(), args.iterations, args.rm_steps, args.skip_trl)
-        for key, label in rows:
+        for key, label, part, higher in rows:
             a, b = r["ours"].get(key), r["trl"].get(key)
             if a is None:
                 continue
-            ratio = f"{a / b:9.2f}" if b else f"{'':>9}"
-            lines.append(f"{name:<14} {label:<28} {a:10.3f} {b if b is not None else float('nan'):10.3f} {ratio}")
+            speed = ratio(r["ours"], r["trl"], key, part, args.max_other_cores) if higher else \
+                ratio(r["trl"], r["ours"], key, part, args.max_other_cores)
+            lines.append(f"{name:<14} {label:<28} {a:10.3f} {b if b is not None else float('nan'):10.3f}  {speed}")
+        for part in ("rm", "ppo"):
+            lines.append(f"{name:<14} {'others cores, ' + part:<28} {r['ours'].get(f'others_{part}', 0):10.2f} "
+                         f"{r['trl'].get(f'others_{part}', float('nan')):10.2f}")
         print("\n" + "\n".join(lines), flush=True)  # after each model, so a later failure keeps these
     print(f"\nthreads: torch {torch.get_num_threads()}, cpus {os.cpu_count()}; "
           f"load average at start {load0}, at end {tuple(round(x, 1) for x in os.getloadavg())}")
