@@ -301,6 +301,21 @@ def by_length(mask: torch.Tensor, size: int) -> list[torch.Tensor]:
     return list(order.split(size))
 
 
+@torch.no_grad()
+def logprobs_with_reference(policy, ids: torch.Tensor, mask: torch.Tensor, P: int, response_mask: torch.Tensor,
+                            chunk: int, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Policy and reference (adapter off) log-probs (B, R) of every answer token, zero on padding;
+    computed `chunk` rows at a time, rows of similar length together, each chunk trimmed."""
+    logprobs, ref_logprobs = torch.zeros_like(response_mask), torch.zeros_like(response_mask)
+    for rows in by_length(mask, chunk):
+        b_ids, b_mask, b_P = trimmed(ids, mask, P, rows)
+        R = b_ids.shape[1] - b_P
+        logprobs[rows, :R] = answer_logprobs(policy, b_ids, b_mask, b_P, temperature)
+        with policy.disable_adapter():  # the reference: the same weights with the LoRA off
+            ref_logprobs[rows, :R] = answer_logprobs(policy, b_ids, b_mask, b_P, temperature)
+    return logprobs * response_mask, ref_logprobs * response_mask
+
+
 # ------------------------------------------------------------------------------------------
 # Hand-off from rollout to update (OpenRLHF's `Experience`)
 # ------------------------------------------------------------------------------------------
@@ -341,7 +356,7 @@ class PPOTrainer:
         n_rm = share_frozen_weights(decoder, self.rm.backbone)
         log.debug("sharing frozen base weights: %d tensors with the critic, %d with the reward model", n_critic, n_rm)
         self.params = [p for p in [*self.policy.parameters(), *self.critic.parameters()] if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, eps=1e-5)
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, eps=1e-5, fused=True)
         beta = cfg.init_kl_coef if kl_coef is None or not cfg.adaptive_kl else kl_coef
         self.kl_ctl = (AdaptiveKLController(beta, cfg.target_kl, cfg.kl_horizon) if cfg.adaptive_kl
                        else FixedKLController(beta))
@@ -377,15 +392,13 @@ class PPOTrainer:
                                                      [s.response_ids for s in samples], self.pad_id)
         self.policy.eval()
         self.critic.eval()
-        logprobs, ref_logprobs, values = (torch.zeros_like(rmask) for _ in range(3))
+        logprobs, ref_logprobs = logprobs_with_reference(self.policy, ids, mask, P, rmask, cfg.forward_batch_size,
+                                                         cfg.temperature)
+        values = torch.zeros_like(rmask)
         for rows in by_length(mask, cfg.forward_batch_size):
             b_ids, b_mask, b_P = trimmed(ids, mask, P, rows)
-            R = b_ids.shape[1] - b_P
-            logprobs[rows, :R] = answer_logprobs(self.policy, b_ids, b_mask, b_P, cfg.temperature)
-            with self.policy.disable_adapter():  # the reference: the same weights with the LoRA off
-                ref_logprobs[rows, :R] = answer_logprobs(self.policy, b_ids, b_mask, b_P, cfg.temperature)
-            values[rows, :R] = self.critic(b_ids, b_mask, b_P)
-        logprobs, ref_logprobs, values = logprobs * rmask, ref_logprobs * rmask, values * rmask
+            values[rows, : b_ids.shape[1] - b_P] = self.critic(b_ids, b_mask, b_P)
+        values = values * rmask
         finished = torch.tensor([s.finished for s in samples])
         # the reward model reads each answer's text like a logged one (tokens + EOS if finished)
         scores = torch.tensor(self.rm.score_samples(samples, self.tokenizer, cfg.forward_batch_size))
@@ -468,12 +481,7 @@ class PPOTrainer:
         self.policy.eval()
         ids, mask, _, rmask, P = pad_prompt_response([s.prompt_ids for s in samples],
                                                      [s.response_ids for s in samples], self.pad_id)
-        kl = torch.zeros(len(samples))
-        for rows in by_length(mask, self.cfg.forward_batch_size):
-            b_ids, b_mask, b_P = trimmed(ids, mask, P, rows)
-            lp = answer_logprobs(self.policy, b_ids, b_mask, b_P, self.cfg.temperature)
-            with self.policy.disable_adapter():
-                ref = answer_logprobs(self.policy, b_ids, b_mask, b_P, self.cfg.temperature)
-            kl[rows] = ((lp - ref) * rmask[rows, : lp.shape[1]]).sum(1)
-        return kl.tolist()
+        lp, ref = logprobs_with_reference(self.policy, ids, mask, P, rmask, self.cfg.forward_batch_size,
+                                          self.cfg.temperature)
+        return (lp - ref).sum(1).tolist()
 

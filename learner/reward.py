@@ -51,6 +51,7 @@ from learner.tokenization import (
     last_token_index,
     length_buckets,
     pad_pairs,
+    pass_cost_tokens,
     position_ids,
 )
 
@@ -110,10 +111,12 @@ class RewardConfig:
     from the thumbs alone): the answer mean gives the head every answer token directly."""
     eval_batch_size: int = 32
     """Sequences per forward pass when scoring."""
-    bucket_cost_tokens: int = 64
+    bucket_cost_tokens: int | None = None
     """Fixed cost of one more forward pass, in padded tokens: a batch's sequences are grouped by
     length (learner/tokenization.py `length_buckets`) so that less padding is computed, and a
-    group is split off only when it saves more than this. Training and scoring both group."""
+    group is split off only when it saves more than this. Training and scoring both group.
+    None: derived from the model's size (`pass_cost_tokens`: ~64 for Gemma 3 270M, no split
+    for the tiny model)."""
     seed: int = 0
     """Seed for shuffling and the head's initialisation."""
 
@@ -181,6 +184,7 @@ class RewardModel(nn.Module):
         self.thumbs_bias = nn.Parameter(torch.zeros(()))  # b in P(up) = σ(r - b)
         self.register_buffer("norm_mean", torch.zeros(()))
         self.register_buffer("norm_std", torch.ones(()))
+        self.pass_cost = pass_cost_tokens(backbone, backbone.config.num_hidden_layers)  # see length_buckets
 
     @classmethod
     def create(cls, model_path: Path | str, cfg: RewardConfig) -> "RewardModel":
@@ -230,11 +234,13 @@ class RewardModel(nn.Module):
         """Normalised reward (B,): mean 0, std 1 over the current policy's answers."""
         return (self.raw(input_ids, attention_mask, answer_mask) - self.norm_mean) / self.norm_std
 
-    def raw_pairs(self, pairs: list[tuple[list[int], list[int]]], pad_id: int, bucket_cost: int,
+    def raw_pairs(self, pairs: list[tuple[list[int], list[int]]], pad_id: int, bucket_cost: int | None = None,
                   max_rows: int | None = None) -> torch.Tensor:
         """Unnormalised rewards (S,) of (prompt ids, answer ids) pairs, in their order, computed in
-        groups of similar length (see `length_buckets`) instead of one batch padded to the longest."""
-        groups = length_buckets([len(p) + len(a) for p, a in pairs], bucket_cost, max_rows)
+        groups of similar length (see `length_buckets`; bucket_cost None: this model's pass cost)
+        instead of one batch padded to the longest."""
+        cost = self.pass_cost if bucket_cost is None else bucket_cost
+        groups = length_buckets([len(p) + len(a) for p, a in pairs], cost, max_rows)
         parts = [self.raw(*pad_pairs([pairs[i] for i in g], pad_id)) for g in groups]
         where = torch.empty(len(pairs), dtype=torch.long)
         where[torch.tensor([i for g in groups for i in g], dtype=torch.long)] = torch.arange(len(pairs))
@@ -242,7 +248,7 @@ class RewardModel(nn.Module):
 
     @torch.no_grad()
     def score_ids(self, pairs: list[tuple[list[int], list[int]]], pad_id: int, batch_size: int = 32,
-                  normalised: bool = True, bucket_cost: int = 64) -> list[float]:
+                  normalised: bool = True, bucket_cost: int | None = None) -> list[float]:
         """Rewards of (prompt ids, answer ids) pairs (at most `batch_size` sequences per forward pass)."""
         self.eval()
         if not pairs:
@@ -277,7 +283,7 @@ class RewardTrainer:
 
     def __post_init__(self):
         self.optimizer = torch.optim.AdamW(self.rm.trainable_parameters(), lr=self.cfg.learning_rate,
-                                           weight_decay=self.cfg.weight_decay)
+                                           weight_decay=self.cfg.weight_decay, fused=True)
         self.rng = random.Random(self.cfg.seed)
         self._cache: dict[tuple, list[int]] = {}
         self._class_weights = torch.ones(2)  # (down, up), set from the thumbs of each update

@@ -37,8 +37,8 @@ from pathlib import Path
 
 import torch
 
-from learner.ppo import (LORA_TARGETS, FixedKLController, PPOTrainer, answer_logprobs, load_policy, masked_whiten,
-                         policy_loss, share_frozen_weights)
+from learner.ppo import (LORA_TARGETS, FixedKLController, PPOTrainer, answer_logprobs, load_policy,
+                         logprobs_with_reference, masked_whiten, policy_loss, share_frozen_weights, trimmed)
 from learner.tokenization import pad_prompt_response
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ class RLOOTrainer:
         n_rm = share_frozen_weights(self.policy.get_base_model().get_decoder(), self.rm.backbone)
         log.debug("sharing frozen base weights: %d tensors with the reward model", n_rm)
         self.params = [p for p in self.policy.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, eps=1e-5)
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, eps=1e-5, fused=True)
         self.kl_ctl = FixedKLController(cfg.beta if kl_coef is None else kl_coef)
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -177,13 +177,8 @@ class RLOOTrainer:
         ids, mask, _, rmask, P = pad_prompt_response([s.prompt_ids for s in samples],
                                                      [s.response_ids for s in samples], self.pad_id)
         self.policy.eval()
-        logprobs, ref_logprobs = [], []
-        for i in range(0, len(samples), cfg.forward_batch_size):
-            b_ids, b_mask = ids[i: i + cfg.forward_batch_size], mask[i: i + cfg.forward_batch_size]
-            logprobs.append(answer_logprobs(self.policy, b_ids, b_mask, P, cfg.temperature))
-            with self.policy.disable_adapter():  # the reference: the same weights with the LoRA off
-                ref_logprobs.append(answer_logprobs(self.policy, b_ids, b_mask, P, cfg.temperature))
-        logprobs, ref_logprobs = torch.cat(logprobs) * rmask, torch.cat(ref_logprobs) * rmask
+        logprobs, ref_logprobs = logprobs_with_reference(self.policy, ids, mask, P, rmask, cfg.forward_batch_size,
+                                                         cfg.temperature)
         finished = torch.tensor([s.finished for s in samples])
         # the reward model reads each answer's text like a logged one (tokens + EOS if finished)
         scores = torch.tensor(self.rm.score_samples(samples, self.tokenizer, cfg.forward_batch_size))
@@ -206,11 +201,10 @@ class RLOOTrainer:
             self.rng.shuffle(order)
             for i in range(0, B, cfg.minibatch_size):
                 mb = torch.tensor(order[i: i + cfg.minibatch_size])
-                ids, mask, rmask = exp.ids[mb], exp.mask[mb], exp.response_mask[mb]
-                # drop columns that are padding for every row of this minibatch
-                R = int(rmask.sum(1).max().item())
-                ids, mask, rmask = ids[:, : exp.P + R], mask[:, : exp.P + R], rmask[:, :R]
-                new_logprobs = answer_logprobs(self.policy, ids, mask, exp.P, cfg.temperature)   # (b, R)
+                ids, mask, P = trimmed(exp.ids, exp.mask, exp.P, mb)  # without all-padding columns
+                R = ids.shape[1] - P
+                rmask = exp.response_mask[mb, :R]
+                new_logprobs = answer_logprobs(self.policy, ids, mask, P, cfg.temperature)   # (b, R)
                 advantages = exp.advantages[mb, None] * rmask                                    # (b, R)
                 loss, clipfrac, approxkl = policy_loss(new_logprobs, exp.logprobs[mb, :R], advantages, rmask,
                                                        cfg.clip_range)

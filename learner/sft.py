@@ -79,7 +79,7 @@ class SFTTrainer:
             self.policy = get_peft_model(base, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
                                                           target_modules=list(cfg.target_modules), bias="none"))
         self.params = [p for p in self.policy.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate)
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, fused=True)
         self.rng = random.Random(cfg.seed)
 
     def batch_loss(self, pairs: list[tuple[list[int], list[int]]]) -> torch.Tensor:
