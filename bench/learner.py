@@ -11,10 +11,11 @@ batch sizes, answer length and temperature equal):
   head + LoRA), timed by a callback from its second step on.
 - policy optimisation: 32 answers of at most 48 new tokens per iteration, 4 epochs over
   minibatches of 8 (16 optimiser steps), KL penalty to the base, our reward model as reward.
-  Ours: learner/ppo.py `PPOTrainer.step` (rollouts with vLLM under a new LoRA id, critic,
-  GAE). TRL 1.16 no longer ships a PPO trainer, so the comparison is its RLOO trainer
-  configured the same way (16 prompts x 2 generations, num_iterations=4, beta=0.1), which
-  samples with transformers `generate` (TRL's vLLM mode needs a GPU) and has no critic.
+  Ours: learner/rloo.py `RLOOTrainer.step` (16 prompts x 2 answers, leave-one-out baseline)
+  and learner/ppo.py `PPOTrainer.step` (critic, GAE), both sampling with vLLM under a new
+  LoRA id. TRL: its RLOO trainer configured the same way (16 prompts x 2 generations,
+  num_iterations=4, beta=0.1), which samples with transformers `generate` (TRL's vLLM mode
+  needs a GPU). TRL 1.16 ships no PPO trainer, so our PPO is also set beside TRL's RLOO.
 Times exclude the first (warm-up) step on both sides and are medians over at least 3 timed
 steps. Each measurement also records how many cores other processes used meanwhile
 (bench/machine_load.py); a ratio is printed only when both sides ran on a quiet machine
@@ -44,6 +45,7 @@ from transformers import TrainerCallback  # noqa: E402
 from bench.machine_load import OtherLoad  # noqa: E402
 from learner.ppo import PPOConfig, PPOTrainer  # noqa: E402
 from learner.reward import RewardConfig, RewardModel, RewardTrainer  # noqa: E402
+from learner.rloo import RLOOConfig, RLOOTrainer  # noqa: E402
 from learner.rollout import RolloutEngine  # noqa: E402
 from learner.tokenization import encode_prompt, encode_response, load_tokenizer, stop_strings  # noqa: E402
 from rlhf.models.dialogues import tiny_dialogues, tiny_prompts  # noqa: E402
@@ -78,26 +80,34 @@ def ours_reward(model_path, tokenizer, steps: int) -> dict:
     return {"rm_step_s": step_s, "rm_examples_per_s": RM_BATCH / step_s}
 
 
-def ours_ppo(model_path, tokenizer, iterations: int, engine) -> dict:
-    cfg = PPOConfig(rollout_batch_size=ROLLOUTS, minibatch_size=MINIBATCH, ppo_epochs=EPOCHS,
-                    max_new_tokens=MAX_NEW, learning_rate=LR, init_kl_coef=BETA, adaptive_kl=False)
+def ours_policy(algorithm: str, model_path, tokenizer, iterations: int, engine) -> dict:
+    """Our PPO or RLOO: iterations of the same size as TRL's RLOO (32 answers, 4 epochs of 8)."""
+    if algorithm == "ppo":
+        trainer_cls = PPOTrainer
+        cfg = PPOConfig(rollout_batch_size=ROLLOUTS, minibatch_size=MINIBATCH, ppo_epochs=EPOCHS,
+                        max_new_tokens=MAX_NEW, learning_rate=LR, init_kl_coef=BETA, adaptive_kl=False)
+    else:
+        trainer_cls = RLOOTrainer
+        cfg = RLOOConfig(rollout_prompts=ROLLOUTS // 2, num_samples=2, minibatch_size=MINIBATCH, epochs=EPOCHS,
+                         max_new_tokens=MAX_NEW, learning_rate=LR, beta=BETA)
     rm = RewardModel.create(model_path, RewardConfig())
     with tempfile.TemporaryDirectory() as d:
-        ppo = PPOTrainer(model_path, tokenizer, cfg, rm, workdir=d)
+        trainer = trainer_cls(model_path, tokenizer, cfg, rm, workdir=d)
         prompts = [encode_prompt(tokenizer, [{"role": "user", "content": q}]) for q in tiny_prompts(256, seed=5)]
         stats = []
         for k in range(iterations + 1):
             t = time.perf_counter()
-            s = ppo.step(engine, prompts)
+            s = trainer.step(engine, prompts)
             s["wall"] = time.perf_counter() - t
             stats.append(s)
-            log.info("ours PPO %d/%d: %.1f s (rollout %.1f, score %.1f, update %.1f), %d tokens", k + 1,
-                     iterations + 1, s["wall"], s["time_rollout"], s["time_score"], s["time_update"], s["tokens"])
+            log.info("ours %s %d/%d: %.1f s (rollout %.1f, score %.1f, update %.1f), %d tokens", algorithm.upper(),
+                     k + 1, iterations + 1, s["wall"], s["time_rollout"], s["time_score"], s["time_update"],
+                     s["tokens"])
     rest = stats[1:]
-    return {"ppo_step_s": statistics.median(s["wall"] for s in rest),
-            "ppo_tokens_per_s": statistics.median(s["tokens"] / s["wall"] for s in rest),
-            "ppo_rollout_s": statistics.median(s["time_rollout"] for s in rest),
-            "ppo_update_s": statistics.median(s["time_score"] + s["time_update"] for s in rest)}
+    return {f"{algorithm}_step_s": statistics.median(s["wall"] for s in rest),
+            f"{algorithm}_tokens_per_s": statistics.median(s["tokens"] / s["wall"] for s in rest),
+            f"{algorithm}_rollout_s": statistics.median(s["time_rollout"] for s in rest),
+            f"{algorithm}_update_s": statistics.median(s["time_score"] + s["time_update"] for s in rest)}
 
 
 # ------------------------------------------------------------------------------------------ TRL
@@ -178,8 +188,8 @@ def trl_rloo(model_path, tokenizer, iterations: int) -> dict:
     ends = timer.ends
     iter_times = [ends[(k + 1) * per_iter - 1] - ends[k * per_iter - 1] for k in range(1, iterations + 1)]
     tokens = [sum(lengths[k * ROLLOUTS:(k + 1) * ROLLOUTS]) for k in range(1, iterations + 1)]
-    return {"ppo_step_s": statistics.median(iter_times),
-            "ppo_tokens_per_s": statistics.median(n / t for n, t in zip(tokens, iter_times))}
+    return {"rloo_step_s": statistics.median(iter_times),
+            "rloo_tokens_per_s": statistics.median(n / t for n, t in zip(tokens, iter_times))}
 
 
 # ------------------------------------------------------------------------------------------ main
@@ -204,24 +214,28 @@ def bench_model(name: str, iterations: int, rm_steps: int, skip_trl: bool) -> di
         measured(out["trl"], "rm", f"{name}: reward model, TRL RewardTrainer", trl_reward, path, tok, rm_steps)
     engine = RolloutEngine(path, max_model_len=512, stop=stop_strings(path), kv_cache_gb=0.5)
     try:
-        measured(out["ours"], "ppo", f"{name}: PPO, ours", ours_ppo, path, tok, iterations, engine)
+        for algorithm in ("rloo", "ppo"):
+            measured(out["ours"], algorithm, f"{name}: {algorithm.upper()}, ours", ours_policy, algorithm, path, tok,
+                     iterations, engine)
     finally:
         engine.close()
         del engine
         gc.collect()
     if not skip_trl:
-        measured(out["trl"], "ppo", f"{name}: RLOO, TRL", trl_rloo, path, tok, iterations)
+        measured(out["trl"], "rloo", f"{name}: RLOO, TRL", trl_rloo, path, tok, iterations)
     return out
 
 
-def ratio(ours: dict, trl: dict, key: str, part: str, max_other: float) -> str:
-    """ours/TRL, or why there is none: a side was not measured, or the machine was busy."""
-    if trl.get(key) is None:
+def speed(ours: dict, trl: dict, row: tuple, max_other: float) -> str:
+    """How many times faster ours is (>= 1: ours faster), or why there is no figure: TRL was not
+    measured, or the machine was busy while either side ran."""
+    key, trl_key, _, part, trl_part, higher = row
+    if trl.get(trl_key) is None:
         return ""
-    busy = max(ours.get(f"others_{part}", 0.0), trl.get(f"others_{part}", 0.0))
+    busy = max(ours.get(f"others_{part}", 0.0), trl.get(f"others_{trl_part}", 0.0))
     if busy > max_other:
         return f"busy ({busy:.2f} cores used by others)"
-    return f"{ours[key] / trl[key]:.2f}"
+    return f"{ours[key] / trl[trl_key] if higher else trl[trl_key] / ours[key]:.2f}"
 
 
 def main() -> int:
@@ -239,24 +253,28 @@ def main() -> int:
     for noisy in ("vllm", "httpx", "datasets", "transformers", "trl"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     load0 = tuple(round(x, 1) for x in os.getloadavg())
-    # (key, label, part, whether higher is better): ours/TRL is printed so that >= 1 means ours is faster
-    rows = [("rm_examples_per_s", "RM pairs/s", "rm", True), ("rm_step_s", "RM step s", "rm", False),
-            ("ppo_step_s", "PPO/RLOO iteration s", "ppo", False),
-            ("ppo_tokens_per_s", "PPO/RLOO answer tokens/s", "ppo", True),
-            ("ppo_rollout_s", "  of which rollout s (vLLM)", "ppo", False),
-            ("ppo_update_s", "  of which score+update s", "ppo", False)]
-    lines = [f"{'model':<14} {'metric':<28} {'ours':>10} {'TRL':>10}  speed ours/TRL"]
+    # (our key, TRL's key, label, our part, TRL's part, whether higher is better)
+    rows = [("rm_examples_per_s", "rm_examples_per_s", "RM pairs/s", "rm", "rm", True),
+            ("rm_step_s", "rm_step_s", "RM step s", "rm", "rm", False),
+            ("rloo_step_s", "rloo_step_s", "RLOO iteration s", "rloo", "rloo", False),
+            ("rloo_tokens_per_s", "rloo_tokens_per_s", "RLOO answer tokens/s", "rloo", "rloo", True),
+            ("rloo_rollout_s", None, "  of which rollout s (vLLM)", "rloo", "rloo", False),
+            ("rloo_update_s", None, "  of which score+update s", "rloo", "rloo", False),
+            ("ppo_step_s", "rloo_step_s", "PPO iteration s (TRL: RLOO)", "ppo", "rloo", False),
+            ("ppo_rollout_s", None, "  of which rollout s (vLLM)", "ppo", "rloo", False),
+            ("ppo_update_s", None, "  of which score+update s", "ppo", "rloo", False)]
+    lines = [f"{'model':<14} {'metric':<28} {'ours':>10} {'TRL':>10}  times faster (ours)"]
     for name in args.models.split(","):
         r = bench_model(name.strip(), args.iterations, args.rm_steps, args.skip_trl)
-        for key, label, part, higher in rows:
-            a, b = r["ours"].get(key), r["trl"].get(key)
+        for row in rows:
+            a, b = r["ours"].get(row[0]), r["trl"].get(row[1])
             if a is None:
                 continue
-            speed = ratio(r["ours"], r["trl"], key, part, args.max_other_cores) if higher else \
-                ratio(r["trl"], r["ours"], key, part, args.max_other_cores)
-            lines.append(f"{name:<14} {label:<28} {a:10.3f} {b if b is not None else float('nan'):10.3f}  {speed}")
-        for part in ("rm", "ppo"):
-            lines.append(f"{name:<14} {'others cores, ' + part:<28} {r['ours'].get(f'others_{part}', 0):10.2f} "
+            lines.append(f"{name:<14} {row[2]:<28} {a:10.3f} {b if b is not None else float('nan'):10.3f}  "
+                         f"{speed(r['ours'], r['trl'], row, args.max_other_cores)}")
+        for part in ("rm", "rloo", "ppo"):
+            lines.append(f"{name:<14} {'cores used by others, ' + part:<28} "
+                         f"{r['ours'].get(f'others_{part}', float('nan')):10.2f} "
                          f"{r['trl'].get(f'others_{part}', float('nan')):10.2f}")
         print("\n" + "\n".join(lines), flush=True)  # after each model, so a later failure keeps these
     print(f"\nthreads: torch {torch.get_num_threads()}, cpus {os.cpu_count()}; "
