@@ -37,6 +37,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM
 
+from learner.token_logprobs import chosen_logprobs
 from learner.tokenization import pad_prompt_response, position_ids
 
 log = logging.getLogger(__name__)
@@ -267,19 +268,13 @@ def answer_logprobs(policy, ids: torch.Tensor, mask: torch.Tensor, P: int, tempe
     """log π(y_t | x, y_<t) at temperature T for each answer token: (B, R).
 
     Runs the decoder, then the LM head only on the answer positions: with Gemma's 262k-token
-    vocabulary, logits over the prompt would cost more memory than the whole model."""
+    vocabulary, logits over the prompt would cost more memory than the whole model (and the
+    answers' logits live in a reused buffer: learner/token_logprobs.py)."""
     lm = policy.get_base_model()                                     # the LoRA layers live inside it
     h = lm.get_decoder()(input_ids=ids, attention_mask=mask,
                          position_ids=position_ids(mask), use_cache=False).last_hidden_state  # (B, P+R, H)
-    logits = lm.get_output_embeddings()(h[:, P - 1: -1]).float()      # (B, R, V)
     cap = getattr(lm.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    if temperature != 1.0:
-        logits = logits.div_(temperature)  # in place: nothing saved for backward holds these values
-    # log softmax at the chosen token = logit - logsumexp: one (B, R, V) tensor instead of three
-    chosen = logits.gather(-1, ids[:, P:].unsqueeze(-1)).squeeze(-1)    # (B, R)
-    return chosen - torch.logsumexp(logits, dim=-1)                      # (B, R)
+    return chosen_logprobs(h[:, P - 1: -1], lm.get_output_embeddings(), ids[:, P:], temperature, cap)  # (B, R)
 
 
 def trimmed(ids: torch.Tensor, mask: torch.Tensor, P: int, rows: torch.Tensor

@@ -5,6 +5,12 @@ and prefix blocks by id, so reloading new weights under an old id could sample f
 policy. The engine runs in its own process (vLLM spawns the engine core); scripts that create
 one need the `if __name__ == "__main__":` guard.
 
+On x86 vLLM's CPU worker leaves one core to its scheduler process and computes on the rest,
+which on a 2-core machine is one thread. The learner samples and trains in turn, never at once,
+so its engine computes on every core (`VLLM_CPU_NUM_OF_RESERVED_CPU=0` unless the environment
+sets it): Gemma 3 270M, 16 prompts x 2 answers of at most 48 tokens took 23.5-27.2 s instead of
+35.4-37.8 s on the 2-core VM.
+
     engine = RolloutEngine(model_path, max_model_len=512)
     samples = engine.generate([prompt_ids, ...], temperature=1.0, max_tokens=48,
                               lora=engine.lora("/path/to/peft_adapter", "policy-step-3"))
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +30,8 @@ from vllm.lora.request import LoRARequest
 from rlhf.models.sizing import vllm_scheduling
 
 log = logging.getLogger(__name__)
+
+RESERVED_CPUS = "VLLM_CPU_NUM_OF_RESERVED_CPU"
 
 
 @dataclass
@@ -41,6 +50,7 @@ class RolloutEngine:
         self.model_path = str(model_path)
         self.stop = stop or None  # serving's stop strings for this model; EOS always stops
         log.info("starting the rollout engine (vLLM) on %s", self.model_path)
+        os.environ.setdefault(RESERVED_CPUS, "0")  # read by the engine's worker when it starts
         self.llm = LLM(model=self.model_path, enable_lora=True, max_lora_rank=max_lora_rank, max_loras=max_loras,
                        enforce_eager=True, gpu_memory_utilization=gpu_memory_utilization,
                        max_model_len=max_model_len, seed=seed, **vllm_scheduling(max_model_len, 4096),
