@@ -17,9 +17,10 @@ batch sizes, answer length and temperature equal):
   num_iterations=4, beta=0.1), which samples with transformers `generate` (TRL's vLLM mode
   needs a GPU). TRL 1.16 ships no PPO trainer, so our PPO is also set beside TRL's RLOO.
 Times exclude the first (warm-up) step on both sides and are medians over at least 3 timed
-steps. Each measurement also records how many cores other processes used meanwhile
-(bench/machine_load.py); a ratio is printed only when both sides ran on a quiet machine
-(`--max-other-cores`), otherwise the row says `busy`. Needs `trl` for the comparison
+steps; the reward model's pairs are tokenised before the timed steps on both sides. Each
+measurement also records how many cores other processes used meanwhile (bench/machine_load.py);
+a ratio is printed only when both sides ran on a quiet machine (`--max-other-cores`), otherwise
+the row says `busy`. Needs `trl` for the comparison
 (`.venv/bin/pip install trl==1.16.0`; not in the `bench` extra because it pulls datasets, pandas
 and pyarrow), or `--skip-trl`.
 """
@@ -71,6 +72,9 @@ def ours_reward(model_path, tokenizer, steps: int) -> dict:
     rm = RewardModel.create(model_path, cfg)
     tr = RewardTrainer(rm, tokenizer, cfg)
     data = pairs_data(RM_BATCH * (steps + 1))
+    for ex in data:  # tokenised before the timed steps, as TRL's trainer maps its dataset up front
+        tr.encode(ex["messages"], ex["chosen"], ex["chosen_finish"])
+        tr.encode(ex["messages"], ex["rejected"], ex["rejected_finish"])
     times = []
     for i in range(steps + 1):
         t = time.perf_counter()
