@@ -164,6 +164,9 @@ class RoutingChanged(ControlEvent):
     action: Literal["activate", "rollback", "canary"]
     version: str | None = None
     canary_fraction: float | None = Field(None, ge=0.0, le=1.0)
+    source: Literal["operator", "promotion-controller"] = "operator"
+    reason: str | None = Field(None, max_length=2000, description="Why (the promotion controller's decisions).")
+    evidence: dict | None = Field(None, description="The numbers behind a controller's decision.")
 
     def key(self) -> bytes:
         return b"adapters"

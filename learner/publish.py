@@ -41,8 +41,7 @@ def publish_adapter(store, settings, folder: Path | str, *, name: str = "policy"
     ev = store.keys.sign(AdapterAnnounced(version=version, path=rel, manifest_sha256=sha, parent=parent,
                                           source="learner", canary_fraction=canary_fraction))
     with store.tx():
-        store.db.execute("INSERT INTO outbox(event_id, topic, payload, key, created_at) VALUES(?,?,?,?,?)",
-                         (ev.event_id, TOPIC_ADAPTERS, ev.model_dump_json().encode(), ev.key(), time.time()))
+        store.add_to_outbox(TOPIC_ADAPTERS, ev)
         store.db.execute(
             "INSERT OR REPLACE INTO adapters(version, path, parent, manifest_sha256, status, reason, round_id, "
             "created_at, metrics) VALUES(?,?,?,?,'published',NULL,?,?,?)",

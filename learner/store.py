@@ -47,8 +47,8 @@ from adapters.announcements import apply_event
 from adapters.routing_state import RoutingState
 from adapters.signing import ControlKeys, control_keys, signature_refusal
 from feedback.event_hmac import hmac_refusal
-from feedback.schema import (TOPIC_DEADLETTER, TOPIC_FEEDBACK, AdapterAnnounced, ControlEvent, DeadLetter, Event,
-                             Interaction, Pairwise, RoutingChanged, Thumbs)
+from feedback.schema import (TOPIC_ADAPTERS, TOPIC_DEADLETTER, TOPIC_FEEDBACK, AdapterAnnounced, ControlEvent,
+                             DeadLetter, Event, Interaction, Pairwise, RoutingChanged, Thumbs)
 
 STORE_FILE = "learner.sqlite3"
 
@@ -393,6 +393,18 @@ class Store:
             for row in rows:
                 self._kill(row, f"interaction not received within {join_wait_s:g} s of the feedback")
         return len(rows)
+
+    def add_to_outbox(self, topic: str, ev: Event) -> None:
+        """Queue an event to send (inside the caller's transaction)."""
+        self.db.execute("INSERT INTO outbox(event_id, topic, payload, key, created_at) VALUES(?,?,?,?,?)",
+                        (ev.event_id, topic, ev.model_dump_json().encode(), ev.key(), time.time()))
+
+    def queue_control_event(self, ev: ControlEvent) -> None:
+        """A signed routing event of ours: into the outbox (sent at least once), and followed here at
+        once (the copy that comes back from the broker is then a known event id, skipped)."""
+        with self.tx():
+            self.add_to_outbox(TOPIC_ADAPTERS, ev)
+        self.ingest([(TOPIC_ADAPTERS, ev)])
 
     def unsent_outbox(self, limit: int = 500) -> list[sqlite3.Row]:
         return self.db.execute("SELECT * FROM outbox WHERE sent_at IS NULL ORDER BY created_at LIMIT ?",
