@@ -75,7 +75,8 @@ CREATE TABLE IF NOT EXISTS interactions (
     adapter         TEXT,
     sampling        TEXT NOT NULL,
     ts              REAL NOT NULL,
-    split           TEXT NOT NULL    -- 'train' | 'heldout', by user
+    split           TEXT NOT NULL,   -- 'train' | 'heldout', by user
+    completion_tokens INTEGER        -- answer length in tokens, as serving counted it
 );
 CREATE TABLE IF NOT EXISTS feedback (
     dedupe_key      TEXT PRIMARY KEY,
@@ -158,7 +159,7 @@ CREATE TABLE IF NOT EXISTS meta (
 
 
 # Columns added after a store file was first created: added on open when missing.
-ADDED_COLUMNS = {"interactions": {"client": "TEXT NOT NULL DEFAULT ''"},
+ADDED_COLUMNS = {"interactions": {"client": "TEXT NOT NULL DEFAULT ''", "completion_tokens": "INTEGER"},
                  "feedback": {"client": "TEXT NOT NULL DEFAULT ''"}}
 
 
@@ -320,11 +321,11 @@ class Store:
         messages = [m.model_dump() for m in ev.messages]
         cur = self.db.execute(
             "INSERT OR IGNORE INTO interactions(response_id, event_id, completion_id, conversation_id, user, client, "
-            "messages, prompt_key, response, finish_reason, model, adapter, sampling, ts, split) "
-            "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "messages, prompt_key, response, finish_reason, model, adapter, sampling, ts, split, completion_tokens) "
+            "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (ev.response_id, ev.event_id, ev.completion_id, ev.conversation_id, ev.user, ev.client,
              json.dumps(messages), prompt_key(messages), ev.response, ev.finish_reason, ev.model, ev.adapter,
-             json.dumps(ev.sampling), ev.ts, self.split_of(ev.user, self.heldout_fraction)))
+             json.dumps(ev.sampling), ev.ts, self.split_of(ev.user, self.heldout_fraction), ev.completion_tokens))
         if cur.rowcount == 0:
             return
         rid = ev.response_id

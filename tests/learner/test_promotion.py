@@ -5,45 +5,20 @@ reason and numbers, and an operator's routing change wins."""
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 
-from adapters.store import write_adapter
-from feedback.schema import TOPIC_ADAPTERS, AdapterAnnounced, RoutingChanged
+from feedback.schema import TOPIC_ADAPTERS, RoutingChanged
 from learner.promotion import CONTROLLER, PromotionConfig, PromotionController
-from tests.learner.test_store import ingest, interaction, open_store, thumbs
+from tests.learner.canary_store import canary_store, feedback
+from tests.learner.test_store import ingest
 
 
 @pytest.fixture
 def store(tmp_path):
-    s = open_store(tmp_path / "learner.sqlite3", heldout_fraction=0.0, adapter_dir=tmp_path / "adapters")
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "adapter_config.json").write_text('{"r": 8}')
-    (src / "adapter_model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
-    for i, fraction in ((1, 0.0), (2, 0.5)):  # v1 active, then v2 announced as a canary
-        version, rel, sha = write_adapter(tmp_path / "adapters", "policy", src)
-        ingest(s, [(TOPIC_ADAPTERS, AdapterAnnounced(version=version, path=rel, manifest_sha256=sha,
-                                                     canary_fraction=fraction, ts=1000.0 * i))])
-    routing = s._routing()
-    assert (routing.active, routing.canary) == ("policy@v1", "policy@v2")
+    s = canary_store(tmp_path)
     yield s
     s.close()
-
-
-def feedback(store, n_users: int, up_rate: dict[str, float], per_user: int = 3, seed: int = 0, ts: float = 3000.0):
-    """n_users users, each routed to one version (as sticky routing does), thumbs up with its rate."""
-    rng = random.Random(seed)
-    items = []
-    for u in range(n_users):
-        version = "policy@v2" if u % 2 else "policy@v1"
-        for k in range(per_user):
-            rid = f"r-{seed}-{u}-{k}"
-            items.append(interaction(rid, conv=f"c{u}", adapter=version, ts=ts))
-            items.append(thumbs(rid, "up" if rng.random() < up_rate[version] else "down", ts + 1, conv=f"c{u}",
-                                user=f"user{u}"))
-    ingest(store, items)
 
 
 def controller(store, **kw) -> PromotionController:

@@ -1,0 +1,102 @@
+"""Live evaluation: how users receive each adapter version, from the events serving logged.
+
+    table = version_table(store)           # one VersionFigures per version that answered
+    print(format_table(table))             # what `rlhf adapters status` prints
+
+Per version, every rate with its 95 % confidence interval (learner/canary_statistics.py: valid
+however often it is looked at, so a dashboard refreshed every minute does not mislead):
+thumbs-up rate, share of answers that got any feedback, win rate in blind votes against other
+versions; and answers given, mean answer length in tokens. Thumbs count at most `max_per_user`
+per user and version, as for the promotion controller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from learner.canary_statistics import Interval, rate_interval
+
+DISPLAY_ALPHA = 0.05
+HORIZON = 1000
+"""Where the intervals are tightest (observations); they stay valid everywhere."""
+BASE = "base"
+"""How the base model (answers without an adapter) is named in the table."""
+
+
+@dataclass(frozen=True)
+class VersionFigures:
+    version: str                 # `policy@v3`, or `base`
+    role: str                    # active | canary | (empty)
+    answers: int
+    answer_tokens: float         # mean completion tokens
+    thumbs_up: Interval
+    with_feedback: Interval
+    pairwise_win: Interval
+
+
+ANSWERS = """
+SELECT COALESCE(i.adapter, 'base') AS version, COUNT(*) AS answers, AVG(i.completion_tokens) AS tokens,
+       SUM(EXISTS(SELECT 1 FROM feedback f WHERE f.status = 'joined' AND
+                  (f.response_id = i.response_id OR f.chosen_id = i.response_id OR f.rejected_id = i.response_id)))
+         AS with_feedback
+FROM interactions i GROUP BY version
+"""
+
+THUMBS = """
+SELECT version, SUM(up) AS ups, COUNT(*) AS n FROM (
+  SELECT COALESCE(i.adapter, 'base') AS version, f.value AS up,
+         ROW_NUMBER() OVER (PARTITION BY f.user, COALESCE(i.adapter, 'base') ORDER BY f.ts) AS nth
+  FROM feedback f JOIN interactions i ON i.response_id = f.response_id
+  WHERE f.type = 'thumbs' AND f.status = 'joined')
+WHERE nth <= ? GROUP BY version
+"""
+
+VOTES = """
+SELECT COALESCE(c.adapter, 'base') AS chosen, COALESCE(r.adapter, 'base') AS rejected, COUNT(*) AS n
+FROM feedback f JOIN interactions c ON c.response_id = f.chosen_id JOIN interactions r ON r.response_id = f.rejected_id
+WHERE f.type = 'pairwise' AND f.status = 'joined' AND COALESCE(c.adapter, 'base') != COALESCE(r.adapter, 'base')
+GROUP BY chosen, rejected
+"""
+
+
+def version_table(store, max_per_user: int = 20) -> list[VersionFigures]:
+    """Every version that answered, the active one first, then the canary, then newest first."""
+    routing = store._routing()
+    roles = {routing.active or BASE: "active"}
+    if routing.canary:
+        roles[routing.canary] = "canary"
+    thumbs = {r["version"]: (r["ups"], r["n"]) for r in store.db.execute(THUMBS, (max_per_user,))}
+    wins: dict[str, list[int]] = {}
+    for r in store.db.execute(VOTES):
+        wins.setdefault(r["chosen"], [0, 0])[0] += r["n"]
+        wins.setdefault(r["rejected"], [0, 0])[1] += r["n"]
+    rows = []
+    for r in store.db.execute(ANSWERS):
+        v = r["version"]
+        ups, n = thumbs.get(v, (0, 0))
+        w, lo = wins.get(v, (0, 0))
+        rows.append(VersionFigures(
+            v, roles.get(v, ""), r["answers"], float(r["tokens"] or 0.0),
+            rate_interval(ups, n, DISPLAY_ALPHA, HORIZON),
+            rate_interval(r["with_feedback"], r["answers"], DISPLAY_ALPHA, HORIZON),
+            rate_interval(w, w + lo, DISPLAY_ALPHA, HORIZON)))
+    order = {"active": 0, "canary": 1, "": 2}
+    return sorted(rows, key=lambda f: (order[f.role], -version_number(f.version)))
+
+
+def version_number(version: str) -> int:
+    tail = version.rpartition("@v")[2]
+    return int(tail) if tail.isdigit() else -1
+
+
+def _rate(i: Interval) -> str:
+    return "-" if i.n == 0 else f"{100 * i.estimate:.0f}% [{100 * i.low:.0f}-{100 * i.high:.0f}] n={i.n}"
+
+
+def format_table(rows: list[VersionFigures]) -> str:
+    """The table a person reads in five seconds (rates in %, 95 % intervals)."""
+    head = ("version", "role", "answers", "tokens", "thumbs up", "with feedback", "wins (blind votes)")
+    body = [(f.version, f.role, str(f.answers), f"{f.answer_tokens:.0f}", _rate(f.thumbs_up), _rate(f.with_feedback),
+             _rate(f.pairwise_win)) for f in rows]
+    widths = [max(len(r[k]) for r in [head, *body]) for k in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head, *body])
