@@ -1,7 +1,8 @@
 """Live evaluation: how users receive each adapter version, from the events serving logged.
 
-    table = version_table(store)           # one VersionFigures per version that answered
-    print(format_table(table))             # what `rlhf adapters status` prints
+    table = version_table(store.db, store._routing())    # one VersionFigures per version that answered
+    print(format_table(table))                            # what `rlhf adapters status` prints
+    db, routing = open_read_only(data_dir)                # beside a running learner (the CLI)
 
 Per version, every rate with its 95 % confidence interval (learner/canary_statistics.py: valid
 however often it is looked at, so a dashboard refreshed every minute does not mislead):
@@ -12,9 +13,14 @@ per user and version, as for the promotion controller.
 
 from __future__ import annotations
 
+import json
+import sqlite3
 from dataclasses import dataclass
+from pathlib import Path
 
+from adapters.routing_state import RoutingState
 from learner.canary_statistics import Interval, rate_interval
+from learner.store import STORE_FILE
 
 DISPLAY_ALPHA = 0.05
 HORIZON = 1000
@@ -59,19 +65,29 @@ GROUP BY chosen, rejected
 """
 
 
-def version_table(store, max_per_user: int = 20) -> list[VersionFigures]:
+def open_read_only(data_dir: Path | str) -> tuple[sqlite3.Connection, RoutingState]:
+    """The learner store of RLHF_DATA_DIR, read-only (a running learner keeps writing), and its routing."""
+    path = Path(data_dir) / STORE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no learner store at {path}: the learner has not run with this RLHF_DATA_DIR")
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    db.row_factory = sqlite3.Row
+    raw = db.execute("SELECT value FROM meta WHERE key = 'routing'").fetchone()
+    return db, RoutingState.from_json(json.loads(raw["value"])) if raw else RoutingState()
+
+
+def version_table(db: sqlite3.Connection, routing: RoutingState, max_per_user: int = 20) -> list[VersionFigures]:
     """Every version that answered, the active one first, then the canary, then newest first."""
-    routing = store._routing()
     roles = {routing.active or BASE: "active"}
     if routing.canary:
         roles[routing.canary] = "canary"
-    thumbs = {r["version"]: (r["ups"], r["n"]) for r in store.db.execute(THUMBS, (max_per_user,))}
+    thumbs = {r["version"]: (r["ups"], r["n"]) for r in db.execute(THUMBS, (max_per_user,))}
     wins: dict[str, list[int]] = {}
-    for r in store.db.execute(VOTES):
+    for r in db.execute(VOTES):
         wins.setdefault(r["chosen"], [0, 0])[0] += r["n"]
         wins.setdefault(r["rejected"], [0, 0])[1] += r["n"]
     rows = []
-    for r in store.db.execute(ANSWERS):
+    for r in db.execute(ANSWERS):
         v = r["version"]
         ups, n = thumbs.get(v, (0, 0))
         w, lo = wins.get(v, (0, 0))

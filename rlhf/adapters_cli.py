@@ -15,6 +15,7 @@ Exit codes: 0 done, 1 refused or nothing to do (or no usable key), 2 unreachable
 from __future__ import annotations
 
 import logging
+import sqlite3
 import sys
 import time
 from datetime import datetime
@@ -28,6 +29,7 @@ from adapters.peft_check import adapter_name_for, check_peft_adapter
 from adapters.signing import SigningError, control_keys, make_key_pair
 from adapters.store import list_adapters, verify_announced, write_adapter
 from feedback.schema import AdapterAnnounced, RoutingChanged
+from learner.live_evaluation import format_table, open_read_only, version_table
 from rlhf.models.registry import model_display_name, resolve_model
 from rlhf.settings import get_settings
 
@@ -84,6 +86,25 @@ def cmd_list(settings) -> int:
                                                        if state.canary else ""))
     if not live:
         print(f"(broker at {settings.kafka_bootstrap} unreachable: routing shown from the store's snapshot)")
+    return 0
+
+
+def cmd_status(settings) -> int:
+    try:
+        db, routing = open_read_only(settings.data_dir)
+    except FileNotFoundError as e:
+        _err(str(e))
+        return 1
+    try:
+        rows = version_table(db, routing)
+    except sqlite3.OperationalError as e:
+        _err(f"cannot read the learner store in {settings.data_dir}: {e} (start the learner once to upgrade it)")
+        return 1
+    finally:
+        db.close()
+    print(format_table(rows) if rows else "no answers logged yet")
+    print(f"active: {routing.active or 'base model'}" + (
+        f"; canary: {routing.canary} on {routing.canary_fraction:.0%} of users" if routing.canary else ""))
     return 0
 
 
@@ -217,8 +238,11 @@ def main(args) -> int:
 def _run(settings, cmd: str, args) -> int:
     if cmd == "list":
         return cmd_list(settings)
+    if cmd == "status":
+        return cmd_status(settings)
     if cmd == "publish":
-        return cmd_publish(settings, Path(args.path), args.canary, getattr(args, "name", None))
+        canary = 0.0 if getattr(args, "activate", False) else args.canary
+        return cmd_publish(settings, Path(args.path), canary, getattr(args, "name", None))
     if cmd == "activate":
         return cmd_activate(settings, args.version)
     if cmd == "rollback":

@@ -21,7 +21,7 @@ def store(tmp_path):
 def test_each_version_with_its_rates_and_intervals(store):
     feedback(store, 200, {CANARY: 0.9, ACTIVE: 0.3}, tokens={CANARY: 12, ACTIVE: 30})
     ingest(store, [interaction("plain", conv="c-base", ts=3000.0)])         # an answer of the base model, no feedback
-    active, canary, base = version_table(store)
+    active, canary, base = version_table(store.db, store._routing())
     assert (active.version, active.role, canary.version, canary.role, base.version) == (
         ACTIVE, "active", CANARY, "canary", "base")
     assert active.answers == canary.answers == 300 and base.answers == 1
@@ -41,14 +41,14 @@ def test_blind_votes_between_versions(store):
                                             rejected_response_id=b if k < 24 else a, conversation_id=f"v{k}",
                                             user=f"voter{k}"))]
     ingest(store, items)
-    by_version = {f.version: f for f in version_table(store)}
+    by_version = {f.version: f for f in version_table(store.db, store._routing())}
     assert by_version[CANARY].pairwise_win.estimate == pytest.approx(0.8)
     assert by_version[ACTIVE].pairwise_win.estimate == pytest.approx(0.2) and by_version[ACTIVE].pairwise_win.n == 30
 
 
 def test_the_status_table(store):
     feedback(store, 20, {CANARY: 1.0, ACTIVE: 0.0})
-    lines = format_table(version_table(store)).splitlines()
+    lines = format_table(version_table(store.db, store._routing())).splitlines()
     assert lines[0].split()[:2] == ["version", "role"]
     assert lines[1].startswith(ACTIVE) and "0% [" in lines[1] and "n=30" in lines[1]
     assert lines[2].startswith(CANARY) and "100% [" in lines[2]

@@ -1,0 +1,38 @@
+"""`rlhf adapters status`, run as the real command line on a learner store with an active version
+and a canary: the per-version table, read-only beside a learner that keeps the store open."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from learner.store import STORE_FILE
+from tests.conftest import ROOT
+from tests.learner.canary_store import ACTIVE, CANARY, canary_store, feedback
+
+
+def rlhf_status(data_dir) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RLHF_")}
+    env["RLHF_DATA_DIR"] = str(data_dir)
+    return subprocess.run([sys.executable, "-m", "rlhf.cli", "adapters", "status"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_status_prints_each_version_with_its_figures(tmp_path):
+    store = canary_store(tmp_path)          # stays open, as a running learner keeps it
+    feedback(store, 100, {CANARY: 0.9, ACTIVE: 0.2}, tokens={CANARY: 9, ACTIVE: 25})
+    assert (tmp_path / STORE_FILE).is_file()
+    r = rlhf_status(tmp_path)
+    store.close()
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].split()[:4] == ["version", "role", "answers", "tokens"]
+    assert lines[1].split()[:4] == [ACTIVE, "active", "150", "25"]
+    assert lines[2].split()[:4] == [CANARY, "canary", "150", "9"]
+    assert f"active: {ACTIVE}; canary: {CANARY} on 50% of users" in r.stdout
+
+
+def test_status_without_a_learner_store_says_so(tmp_path):
+    r = rlhf_status(tmp_path / "nothing-here")
+    assert r.returncode == 1 and "no learner store" in r.stderr and "Traceback" not in r.stderr
