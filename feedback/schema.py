@@ -6,7 +6,8 @@ conversation id, so all events of one conversation land in one partition, in ord
 
 Topics:
 - rlhf.interactions  Interaction        one per generated answer (per choice)
-- rlhf.feedback      Thumbs | Pairwise  what users said about answers
+- rlhf.feedback      Thumbs | Pairwise | Demonstration  what users said about answers (a demonstration:
+                     the answer as the user corrected it)
 - rlhf.adapters      AdapterAnnounced | RoutingChanged
 - rlhf.deadletter    DeadLetter         anything malformed or unprocessable, with the reason
 
@@ -142,6 +143,25 @@ class Pairwise(ServingEvent):
         return f"pairwise:{self.user}:{a}:{b}"
 
 
+class Demonstration(ServingEvent):
+    """A user's corrected answer: the text the answer should have been. A later correction by the same
+    user of the same answer replaces the earlier one."""
+
+    type: Literal["demonstration"] = "demonstration"
+    response_id: str = Field(description="The answer that was corrected.")
+    conversation_id: str
+    user: str = ""
+    client: str = ""
+    text: str = Field(description="The corrected answer.")
+    adapter: str | None = None
+
+    def key(self) -> bytes:
+        return self.conversation_id.encode()
+
+    def dedupe_key(self) -> str:
+        return f"demonstration:{self.user}:{self.response_id}"
+
+
 class AdapterAnnounced(ControlEvent):
     """A new adapter version is in the adapter store; replicas verify and load it."""
 
@@ -182,14 +202,16 @@ class DeadLetter(Event):
     origin: str = Field("", description="Component that gave up on it.")
 
 
-FeedbackEvent = Annotated[Union[Thumbs, Pairwise], Field(discriminator="type")]
+UserFeedback = Union[Thumbs, Pairwise, Demonstration]
+FeedbackEvent = Annotated[UserFeedback, Field(discriminator="type")]
 AnyEvent = Annotated[
-    Union[Interaction, Thumbs, Pairwise, AdapterAnnounced, RoutingChanged, DeadLetter], Field(discriminator="type")
+    Union[Interaction, Thumbs, Pairwise, Demonstration, AdapterAnnounced, RoutingChanged, DeadLetter],
+    Field(discriminator="type")
 ]
 _any = TypeAdapter(AnyEvent)
 
 
-def parse_event(raw: bytes | str) -> Interaction | Thumbs | Pairwise | AdapterAnnounced | RoutingChanged | DeadLetter:
+def parse_event(raw: bytes | str) -> Interaction | UserFeedback | AdapterAnnounced | RoutingChanged | DeadLetter:
     """Parse one JSON event; raises pydantic.ValidationError on anything malformed."""
     return _any.validate_json(raw)
 

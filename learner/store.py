@@ -3,8 +3,9 @@
 What is in it:
 - `events`       every event id ever stored: a redelivered event is recognised and skipped.
 - `interactions` one row per generated answer (response id), with its prompt and text.
-- `feedback`     one row per dedupe key (`thumbs:user:response`, `pairwise:user:a:b`): a later
-                 thumbs by the same user on the same answer replaces the earlier one, never adds;
+- `feedback`     one row per dedupe key (`thumbs:user:response`, `pairwise:user:a:b`,
+                 `demonstration:user:response`): a later thumbs (or corrected answer) by the same
+                 user on the same answer replaces the earlier one, never adds;
                  the same opinion posted again (another replica, another event id) changes nothing.
                  `status` is `pending` until every answer it refers to has arrived (`joined`),
                  or `dead` after `learner_join_wait_s` without them. `seq` is given when a row
@@ -48,7 +49,8 @@ from adapters.routing_state import RoutingState
 from adapters.signing import ControlKeys, control_keys, signature_refusal
 from feedback.event_hmac import hmac_refusal
 from feedback.schema import (TOPIC_ADAPTERS, TOPIC_DEADLETTER, TOPIC_FEEDBACK, AdapterAnnounced, ControlEvent,
-                             DeadLetter, Event, Interaction, Pairwise, RoutingChanged, Thumbs)
+                             DeadLetter, Demonstration, Event, Interaction, Pairwise, RoutingChanged, Thumbs,
+                             UserFeedback)
 
 STORE_FILE = "learner.sqlite3"
 
@@ -81,14 +83,15 @@ CREATE TABLE IF NOT EXISTS interactions (
 CREATE TABLE IF NOT EXISTS feedback (
     dedupe_key      TEXT PRIMARY KEY,
     event_id        TEXT NOT NULL,
-    type            TEXT NOT NULL,   -- 'thumbs' | 'pairwise'
+    type            TEXT NOT NULL,   -- 'thumbs' | 'pairwise' | 'demonstration'
     user            TEXT NOT NULL,
     client          TEXT NOT NULL DEFAULT '',
     conversation_id TEXT NOT NULL,
-    response_id     TEXT,            -- thumbs
+    response_id     TEXT,            -- thumbs, demonstration
     value           INTEGER,         -- thumbs: 1 up, 0 down
     chosen_id       TEXT,            -- pairwise
     rejected_id     TEXT,            -- pairwise
+    text            TEXT,            -- demonstration: the corrected answer
     ts              REAL NOT NULL,
     received_at     REAL NOT NULL,   -- learner clock: when this version of the row arrived
     status          TEXT NOT NULL,   -- 'pending' | 'joined' | 'dead'
@@ -160,7 +163,7 @@ CREATE TABLE IF NOT EXISTS meta (
 
 # Columns added after a store file was first created: added on open when missing.
 ADDED_COLUMNS = {"interactions": {"client": "TEXT NOT NULL DEFAULT ''", "completion_tokens": "INTEGER"},
-                 "feedback": {"client": "TEXT NOT NULL DEFAULT ''"}}
+                 "feedback": {"client": "TEXT NOT NULL DEFAULT ''", "text": "TEXT"}}
 
 
 def split_of(key: str, heldout_fraction: float, salt: bytes) -> str:
@@ -295,7 +298,7 @@ class Store:
                 res.by_topic[topic] = res.by_topic.get(topic, 0) + 1
                 if isinstance(ev, Interaction):
                     self._add_interaction(ev, res)
-                elif isinstance(ev, (Thumbs, Pairwise)):
+                elif isinstance(ev, (Thumbs, Pairwise, Demonstration)):
                     self._add_feedback(ev, now, res)
                 elif isinstance(ev, (AdapterAnnounced, RoutingChanged)):
                     self._apply_routing(ev)
@@ -333,14 +336,16 @@ class Store:
                                    "(response_id=? OR chosen_id=? OR rejected_id=?)", (rid, rid, rid)).fetchall():
             self._try_join(row["dedupe_key"], res)
 
-    def _add_feedback(self, ev: Thumbs | Pairwise, now: float, res: IngestResult) -> None:
+    def _add_feedback(self, ev: UserFeedback, now: float, res: IngestResult) -> None:
         key = ev.dedupe_key()
         if isinstance(ev, Thumbs):
             fields = dict(response_id=ev.response_id, value=1 if ev.value == "up" else 0,
-                          chosen_id=None, rejected_id=None)
+                          chosen_id=None, rejected_id=None, text=None)
+        elif isinstance(ev, Demonstration):
+            fields = dict(response_id=ev.response_id, value=None, chosen_id=None, rejected_id=None, text=ev.text)
         else:
             fields = dict(response_id=None, value=None, chosen_id=ev.chosen_response_id,
-                          rejected_id=ev.rejected_response_id)
+                          rejected_id=ev.rejected_response_id, text=None)
         old = self.db.execute("SELECT * FROM feedback WHERE dedupe_key=?", (key,)).fetchone()
         if old is not None:
             if ev.ts < old["ts"]:
@@ -353,17 +358,17 @@ class Store:
             res.replaced += 1
         self.db.execute(
             "INSERT OR REPLACE INTO feedback(dedupe_key, event_id, type, user, client, conversation_id, response_id, "
-            "value, chosen_id, rejected_id, ts, received_at, status, reason, seq, split) "
-            "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,'pending',NULL,NULL,?)",
+            "value, chosen_id, rejected_id, text, ts, received_at, status, reason, seq, split) "
+            "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,'pending',NULL,NULL,?)",
             (key, ev.event_id, ev.type, ev.user, ev.client, ev.conversation_id, fields["response_id"],
-             fields["value"], fields["chosen_id"], fields["rejected_id"], ev.ts, now,
+             fields["value"], fields["chosen_id"], fields["rejected_id"], fields["text"], ev.ts, now,
              self.split_of(ev.user, self.heldout_fraction)))
         if not self._try_join(key, res):
             res.pending += 1
 
     def _try_join(self, key: str, res: IngestResult) -> bool:
         row = self.db.execute("SELECT * FROM feedback WHERE dedupe_key=?", (key,)).fetchone()
-        ids = [row["response_id"]] if row["type"] == "thumbs" else [row["chosen_id"], row["rejected_id"]]
+        ids = [row["response_id"]] if row["response_id"] is not None else [row["chosen_id"], row["rejected_id"]]
         found = {r["response_id"]: r for r in self.db.execute(
             f"SELECT response_id, prompt_key FROM interactions WHERE response_id IN ({','.join('?' * len(ids))})",
             ids).fetchall()}
@@ -527,6 +532,9 @@ class Store:
                   "client": r["client"], "messages": json.loads(r["a_messages"])}
             if r["type"] == "thumbs":
                 ex.update(response=r["a_response"], finish_reason=r["a_finish"], label=int(r["value"]))
+            elif r["type"] == "demonstration":  # the corrected answer preferred over the one it corrects
+                ex.update(type="pairwise", demonstration=True, chosen=r["text"], chosen_finish="stop",
+                          rejected=r["a_response"], rejected_finish=r["a_finish"])
             else:
                 ex.update(chosen=r["a_response"], chosen_finish=r["a_finish"],
                           rejected=r["b_response"], rejected_finish=r["b_finish"])

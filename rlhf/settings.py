@@ -104,6 +104,8 @@ class Settings(BaseSettings):
     feedback_rate_limit: int = Field(600, ge=0, description="Feedback posts one user may make per minute "
                                                            "(0: no limit).")
     feedback_comment_max: int = Field(2000, description="Longest accepted feedback comment, in characters.")
+    demonstration_max_chars: int = Field(4000, ge=1, description="Longest accepted corrected answer (feedback of "
+                                                                 "type `demonstration`), in characters.")
     spool_max_events: int = Field(100_000, description="Events the on-disk spool holds before it refuses more.")
     spool_max_bytes: int = Field(2**30, ge=1, description="Bytes of events the on-disk spool holds before it "
                                                           "refuses more.")

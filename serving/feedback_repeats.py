@@ -1,7 +1,7 @@
 """Feedback posted again unchanged is answered with the first event id and published once.
 
 Clients retry: after a timeout, on a flaky network, or because a user pressed 👍 twice. A post
-with the same dedupe key (`Thumbs.dedupe_key()` / `Pairwise.dedupe_key()`: the user and the
+with the same dedupe key (`dedupe_key()` of Thumbs, Pairwise, Demonstration: the user and the
 answer or pair) and the same value as the one that stands gets 202 with that earlier event's
 `event_id`, and nothing new goes on `rlhf.feedback`. A changed value (👍 then 👎, the other
 answer of a pair preferred, a changed comment) is a new event that replaces the earlier one,
@@ -23,16 +23,18 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from feedback.schema import Pairwise, Thumbs
+from feedback.schema import Demonstration, Thumbs, UserFeedback
 from serving import metrics
 
 MAX_KEYS = 200_000
 
 
-def feedback_value(event: Thumbs | Pairwise) -> tuple:
+def feedback_value(event: UserFeedback) -> tuple:
     """What the user said, apart from who and about what (the dedupe key)."""
     if isinstance(event, Thumbs):
         return ("thumbs", event.value, event.comment)
+    if isinstance(event, Demonstration):
+        return ("demonstration", event.text)
     return ("pairwise", event.chosen_response_id)
 
 
@@ -53,7 +55,7 @@ class RecentFeedback:
     def __len__(self) -> int:
         return len(self._standing)
 
-    async def publish_once(self, event: Thumbs | Pairwise, publish: Callable[[Thumbs | Pairwise], Awaitable[None]]
+    async def publish_once(self, event: UserFeedback, publish: Callable[[UserFeedback], Awaitable[None]]
                            ) -> str:
         """Publish `event` unless the same feedback stands already; returns the event id that stands."""
         key, value = event.dedupe_key(), feedback_value(event)

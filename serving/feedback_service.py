@@ -1,5 +1,5 @@
 """Feedback intake: a parsed POST /v1/feedback body from an authenticated caller -> a verified
-`Thumbs` or `Pairwise` event on `rlhf.feedback`, published once however often it is posted
+`Thumbs`, `Pairwise` or `Demonstration` event on `rlhf.feedback`, published once however often it is posted
 (feedback_repeats.py). The rules (which answer is which status) are documented in routes_feedback.py.
 """
 
@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from feedback import feedback_tokens
 from feedback.producer import EventPublisher, SpoolFull, StorageFull
-from feedback.schema import TOPIC_FEEDBACK, Pairwise, Thumbs
+from feedback.schema import TOPIC_FEEDBACK, Demonstration, Pairwise, Thumbs, UserFeedback
 from rlhf.settings import Settings
 from serving.auth import Caller
 from serving.errors import APIError
 from serving.feedback_repeats import RecentFeedback
-from serving.protocol import PairwiseFeedback, ThumbsFeedback
+from serving.protocol import DemonstrationFeedback, PairwiseFeedback, ThumbsFeedback
 
 
 class FeedbackService:
@@ -21,18 +21,20 @@ class FeedbackService:
         self.events = events
         self.recent = RecentFeedback(settings.response_ttl_s)
 
-    def check(self, body: ThumbsFeedback | PairwiseFeedback, caller: Caller) -> Thumbs | Pairwise:
+    def check(self, body: ThumbsFeedback | PairwiseFeedback | DemonstrationFeedback, caller: Caller) -> UserFeedback:
         """The event to publish, or an APIError (404/403/422) if the body may not become one."""
         if isinstance(body, ThumbsFeedback):
             return self._thumbs(body, caller)
+        if isinstance(body, DemonstrationFeedback):
+            return self._demonstration(body, caller)
         return self._pairwise(body, caller)
 
-    async def publish(self, event: Thumbs | Pairwise) -> str:
+    async def publish(self, event: UserFeedback) -> str:
         """The id of the event that stands for this feedback, once it is durable: `event`'s, or
         that of the same feedback posted before. 503 if it cannot be stored (broker down, spool full)."""
         return await self.recent.publish_once(event, self._publish)
 
-    async def _publish(self, event: Thumbs | Pairwise) -> None:
+    async def _publish(self, event: UserFeedback) -> None:
         try:
             await self.events.publish(TOPIC_FEEDBACK, event)
         except StorageFull:
@@ -53,6 +55,18 @@ class FeedbackService:
         group, _ = feedback_tokens.parse_response_id(body.response_id)
         return Thumbs(response_id=body.response_id, conversation_id=group, user=info.user, client=caller.client,
                       value=body.value, comment=body.comment, adapter=info.adapter)
+
+    def _demonstration(self, body: DemonstrationFeedback, caller: Caller) -> Demonstration:
+        limit = self.settings.demonstration_max_chars
+        if len(body.text) > limit:
+            raise APIError(422, f"text is {len(body.text)} characters; at most {limit} are accepted", param="text",
+                           code="too_long")
+        if not body.text.strip():
+            raise APIError(422, "text is empty: send the corrected answer", param="text", code="empty")
+        info = self._verify(body.response_id, body.feedback_token, caller, body.user, "")
+        group, _ = feedback_tokens.parse_response_id(body.response_id)
+        return Demonstration(response_id=body.response_id, conversation_id=group, user=info.user,
+                             client=caller.client, text=body.text, adapter=info.adapter)
 
     def _pairwise(self, body: PairwiseFeedback, caller: Caller) -> Pairwise:
         if body.chosen.response_id == body.rejected.response_id:

@@ -202,7 +202,16 @@ class PairwiseFeedback(Body):
     user: str | None = Field(None, max_length=1024, description="Who is giving feedback; must match the token.")
 
 
-FeedbackRequest = Annotated[ThumbsFeedback | PairwiseFeedback, Field(discriminator="type")]
+class DemonstrationFeedback(Body):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["demonstration"]
+    response_id: str = Field(max_length=128)
+    feedback_token: str = Field(max_length=4096)
+    text: str = Field(min_length=1, description="The corrected answer (length checked against settings).")
+    user: str | None = Field(None, max_length=1024, description="Who is giving feedback; must match the token.")
+
+
+FeedbackRequest = Annotated[ThumbsFeedback | PairwiseFeedback | DemonstrationFeedback, Field(discriminator="type")]
 
 
 class FeedbackAccepted(BaseModel):

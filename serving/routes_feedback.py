@@ -1,10 +1,12 @@
-"""POST /v1/feedback: thumbs and pairwise choices on answers this service produced.
+"""POST /v1/feedback: thumbs, pairwise choices and corrected answers on answers this service produced.
 
     POST /v1/feedback {"type": "thumbs", "response_id": "r_...", "feedback_token": "...",
                        "value": "up", "comment": "optional", "user": "alice"}
     POST /v1/feedback {"type": "pairwise", "user": "alice",
                        "chosen":   {"response_id": "r_..._0", "feedback_token": "..."},
                        "rejected": {"response_id": "r_..._1", "feedback_token": "..."}}
+    POST /v1/feedback {"type": "demonstration", "response_id": "r_...", "feedback_token": "...",
+                       "text": "the answer as it should have been", "user": "alice"}
     -> 202 {"event_id": "..."}
 
 Identity: the caller authenticates as for chat (serving/auth.py), and the feedback token names
@@ -18,7 +20,8 @@ received an answer (holds its token) can rate it, and always as the user it aske
 Answers: 202 once the event is durable (acked by Kafka or fsynced to the spool); 401 without a
 valid credential; 404 for a response id this service never issued; 403 for a forged,
 mismatched or expired token, or another user's; 422 for pairwise answers to different prompts,
-the same answer twice, or a comment longer than RLHF_FEEDBACK_COMMENT_MAX; 429 with Retry-After
+the same answer twice, a comment longer than RLHF_FEEDBACK_COMMENT_MAX, or a demonstration's
+text empty or longer than RLHF_DEMONSTRATION_MAX_CHARS; 429 with Retry-After
 above RLHF_FEEDBACK_RATE_LIMIT posts per user or RLHF_CLIENT_FEEDBACK_RATE_LIMIT per client per
 minute; 503 with Retry-After if the spool is full (`spool_full`) or its disk is (`storage_full`); 400 for
 text that is not valid Unicode (a lone surrogate) and 413 for a body over RLHF_MAX_BODY_BYTES.
@@ -38,7 +41,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Request
 
-from feedback.schema import Pairwise, Thumbs
+from feedback.schema import UserFeedback
 from serving.auth import Authenticated, authenticate
 from serving.errors import not_ready
 from serving.feedback_service import FeedbackService
@@ -61,20 +64,20 @@ Feedback = Annotated[FeedbackService, Depends(_service)]
 
 
 async def _checked_event(body: Annotated[FeedbackRequest, Body()], feedback: Feedback,
-                         caller: Authenticated) -> Thumbs | Pairwise:
+                         caller: Authenticated) -> UserFeedback:
     return feedback.check(body, caller)
 
 
-CheckedEvent = Annotated[Thumbs | Pairwise, Depends(_checked_event)]
+CheckedEvent = Annotated[UserFeedback, Depends(_checked_event)]
 
 
-async def _within_quota(event: CheckedEvent, request: Request) -> Thumbs | Pairwise:
+async def _within_quota(event: CheckedEvent, request: Request) -> UserFeedback:
     """Counted after the checks, against the user the token proves and their client: invalid posts cost nothing."""
     request.app.state.quotas.charge_feedback(event.client, event.user)
     return event
 
 
-RateLimitedEvent = Annotated[Thumbs | Pairwise, Depends(_within_quota)]
+RateLimitedEvent = Annotated[UserFeedback, Depends(_within_quota)]
 
 
 @router.post("/v1/feedback", status_code=202, response_model=FeedbackAccepted,

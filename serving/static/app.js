@@ -1,6 +1,6 @@
 // The chat page. Plain JavaScript, no build step; only the public API:
 //   POST /v1/chat/completions (streamed; `user` = a per-browser id kept in localStorage)
-//   POST /v1/feedback         (thumbs, pairwise: the wire shapes of DESIGN.md)
+//   POST /v1/feedback         (thumbs, pairwise, corrected answers: the wire shapes of DESIGN.md)
 //   GET  /v1/adapters         (which adapter version serves, for the header and the model menu)
 // When the server wants a credential (RLHF_AUTH=api-key or jwt) an API call answers 401: the page
 // then asks for an API key or token once, keeps it in localStorage, sends it as
@@ -157,7 +157,9 @@ function answerBox(turn, index, pair) {
                             "aria-pressed": "false", "data-testid": "thumbs-up", disabled: true });
   const down = el("button", { type: "button", text: "👎 bad", title: "bad answer", "aria-label": "thumbs down",
                               "aria-pressed": "false", "data-testid": "thumbs-down", disabled: true });
-  const meta = el("div", { class: "meta" }, [adapter, up, down]);
+  const improve = el("button", { type: "button", text: "✏️ improve", title: "correct this answer",
+                                 "data-testid": "improve", disabled: true });
+  const meta = el("div", { class: "meta" }, [adapter, up, down, improve]);
   let prefer = null;
   if (pair) {
     prefer = el("button", { type: "button", text: "this one is better", "data-testid": "prefer", disabled: true });
@@ -165,7 +167,8 @@ function answerBox(turn, index, pair) {
   }
   meta.appendChild(status);
   const box = el("div", { class: "answer", "data-testid": "answer" }, [msg, meta]);
-  const answer = { turn, index, box, msg, adapter, status, up, down, prefer, text: "", ref: null, adapterName: null };
+  const answer = { turn, index, box, msg, adapter, status, up, down, prefer, improve, text: "", ref: null,
+                   adapterName: null };
 
   const thumbs = async (value) => {
     try {
@@ -181,6 +184,7 @@ function answerBox(turn, index, pair) {
   };
   up.onclick = () => thumbs("up");
   down.onclick = () => thumbs("down");
+  improve.onclick = () => editInPlace(answer);
   if (prefer) prefer.onclick = () => choose(turn, index);
   return answer;
 }
@@ -191,8 +195,47 @@ function ready(answer, ref, adapterName) {
   answer.adapter.textContent = adapterLabel(adapterName);
   answer.box.dataset.adapter = adapterName || "base";
   answer.box.dataset.responseId = ref.response_id;
-  answer.up.disabled = answer.down.disabled = false;
+  answer.up.disabled = answer.down.disabled = answer.improve.disabled = false;
   if (answer.prefer) answer.prefer.disabled = false;
+}
+
+// "Improve this answer": the user rewrites it in place and sends it as a demonstration; the
+// conversation then goes on with the corrected answer.
+function editInPlace(answer) {
+  const area = el("textarea", { class: "edit", rows: 4, "data-testid": "improve-text", value: answer.text });
+  const send = el("button", { type: "button", text: "send correction", "data-testid": "improve-send" });
+  const cancel = el("button", { type: "button", text: "cancel", "data-testid": "improve-cancel" });
+  const editor = el("div", { class: "editor" }, [area, el("div", { class: "meta" }, [send, cancel])]);
+  answer.msg.hidden = true;
+  answer.improve.disabled = true;
+  answer.box.insertBefore(editor, answer.msg.nextSibling);
+  area.focus();
+  const close = () => {
+    editor.remove();
+    answer.msg.hidden = false;
+    answer.improve.disabled = false;
+  };
+  cancel.onclick = close;
+  send.onclick = async () => {
+    const text = area.value.trim();
+    if (!text || text === answer.text.trim()) return close();
+    send.disabled = true;
+    try {
+      await postFeedback({ type: "demonstration", response_id: answer.ref.response_id,
+                           feedback_token: answer.ref.feedback_token, text });
+    } catch (e) {
+      showError("correction failed: " + e.message);
+      send.disabled = false;
+      return;
+    }
+    showError("");
+    answer.text = text;
+    answer.msg.textContent = text;
+    answer.box.classList.add("corrected");
+    answer.status.textContent = "corrected — thanks!";
+    answer.turn.historyEntry.content = text; // the conversation continues with the corrected answer
+    close();
+  };
 }
 
 // Pairwise: the pressed answer is chosen, the other rejected; the conversation goes on with it.

@@ -18,7 +18,8 @@ from adapters.signing import ControlKeys, SigningKey, TrustedKeys, key_id_of, si
 from adapters.store import write_adapter
 from feedback.event_hmac import sealed
 from feedback.schema import (TOPIC_ADAPTERS, TOPIC_DEADLETTER, TOPIC_FEEDBACK, TOPIC_INTERACTIONS, AdapterAnnounced,
-                             ControlEvent, DeadLetter, Interaction, Message, Pairwise, RoutingChanged, Thumbs)
+                             ControlEvent, DeadLetter, Demonstration, Interaction, Message, Pairwise, RoutingChanged,
+                             Thumbs)
 from learner.store import Store
 
 EVENT_KEY = "tests: event hmac key of serving, 32+ chars"
@@ -321,3 +322,21 @@ def test_routing_events_not_signed_by_a_trusted_key_change_nothing(store, tmp_pa
         "routing_changed refused", "routing_changed refused", "routing_changed refused"]
     assert {d.reason.split(": ", 1)[1].split(":")[0] for d in dead_letters(store)} == {
         "unsigned", "unknown key", "bad signature"}
+
+
+def demonstration(rid: str, text: str, ts: float, conv: str = "c1", user: str = "u") -> tuple[str, Demonstration]:
+    return TOPIC_FEEDBACK, Demonstration(response_id=rid, conversation_id=conv, user=user, text=text, ts=ts)
+
+
+def test_a_corrected_answer_is_preferred_over_the_answer_it_corrects(store):
+    res = ingest(store, [demonstration("r1", "Cats purr.", 1.0)])    # before its interaction: waits
+    assert res.pending == 1 and store.feedback_examples("train") == []
+    ingest(store, [interaction("r1", text="Cats are warm.")])
+    (ex,) = store.feedback_examples("train")
+    assert (ex["type"], ex["demonstration"], ex["chosen"], ex["chosen_finish"], ex["rejected"]) == (
+        "pairwise", True, "Cats purr.", "stop", "Cats are warm.")
+    assert store.new_feedback_count() == 1                               # counts toward a round
+    ingest(store, [demonstration("r1", "Cats purr when content.", 2.0)])  # a later correction replaces it
+    assert [e["chosen"] for e in store.feedback_examples("train")] == ["Cats purr when content."]
+    again = ingest(store, [demonstration("r1", "Cats purr when content.", 3.0)])
+    assert again.unchanged == 1

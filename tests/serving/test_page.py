@@ -11,7 +11,7 @@ import os
 import pytest
 from playwright.sync_api import sync_playwright
 
-from feedback.schema import Interaction, Pairwise, Thumbs
+from feedback.schema import Demonstration, Interaction, Pairwise, Thumbs
 from harness import browser as chromium
 from harness.kafka import read_topic
 from harness.waiting import wait_until
@@ -110,6 +110,32 @@ def test_compare_mode_records_a_pairwise_event(page, broker):
                                 if isinstance(e, Interaction) and e.response_id == follow_id], 20, 0.5, "interaction")
     assert [m.role for m in inter[0].messages] == ["user", "assistant", "user"]
     assert inter[0].messages[1].content.strip() == chosen_text.strip()
+
+
+def test_improve_this_answer_sends_one_demonstration_and_the_chat_goes_on_with_it(page, broker):
+    send(page, "What is the capital of France?")
+    answer = page.get_by_test_id("answer").last
+    response_id = answer.get_attribute("data-response-id")
+    answer.get_by_test_id("improve").click()
+    area = answer.get_by_test_id("improve-text")
+    assert area.input_value() == answer.get_by_test_id("answer-text").inner_text()  # starts from the answer
+    area.fill("The capital of France is Paris.")
+    answer.get_by_test_id("improve-send").click()
+    page.wait_for_function("() => document.querySelector('.answer.corrected') !== null")
+    assert page.get_by_test_id("error").is_hidden(), page.get_by_test_id("error").inner_text()
+    assert answer.get_by_test_id("answer-text").inner_text() == "The capital of France is Paris."
+    assert answer.get_by_test_id("improve-text").count() == 0   # the editor closed
+
+    demos = wait_until(lambda: [e for e in feedback_events(broker, Demonstration) if e.response_id == response_id],
+                       20, 0.5, "the Demonstration event on rlhf.feedback")
+    assert len(demos) == 1 and demos[0].text == "The capital of France is Paris."
+
+    send(page, "And of Italy?")  # the conversation goes on with the corrected answer
+    follow_id = page.get_by_test_id("answer").last.get_attribute("data-response-id")
+    inter = wait_until(lambda: [e for e in read_topic(broker, "rlhf.interactions")
+                                if isinstance(e, Interaction) and e.response_id == follow_id], 20, 0.5, "interaction")
+    assert inter[0].messages[1].content == "The capital of France is Paris."
+    assert len([e for e in feedback_events(broker, Demonstration) if e.response_id == response_id]) == 1
 
 
 def test_compare_two_models_pairs_answers_of_two_requests(page, broker):
