@@ -46,7 +46,7 @@ from torch import nn
 from transformers import AutoModel
 
 from learner.tokenization import (
-    encode_prompt,
+    encode_feedback_answer,
     encode_response,
     last_token_index,
     length_buckets,
@@ -293,9 +293,8 @@ class RewardTrainer:
         """(prompt ids, answer ids), the prompt cut from the left to fit max_length."""
         key = (repr(messages), response, finish_reason)
         if key not in self._cache:
-            p = encode_prompt(self.tokenizer, messages)
-            r = encode_response(self.tokenizer, response, finished=finish_reason == "stop")[: self.cfg.max_length]
-            self._cache[key] = (p[max(0, len(p) + len(r) - self.cfg.max_length):], r)
+            self._cache[key] = encode_feedback_answer(self.tokenizer, messages, response, finish_reason,
+                                                      self.cfg.max_length)
         return self._cache[key]
 
     def _batch_loss(self, batch: list[dict], weights: list[float] | None = None) -> tuple[torch.Tensor, dict]:

@@ -47,6 +47,16 @@ def encode_response(tokenizer, text: str, finished: bool) -> list[int]:
     return ids + [tokenizer.eos_token_id] if finished and tokenizer.eos_token_id is not None else ids
 
 
+def encode_feedback_answer(tokenizer, messages: list[dict], response: str, finish_reason: str | None,
+                           max_length: int) -> tuple[list[int], list[int]]:
+    """A logged answer as the learner trains on it: (prompt ids, answer ids), the answer with EOS if
+    serving stopped on it (finish_reason "stop"), cut to `max_length`, the prompt cut from the left
+    so both fit in `max_length`."""
+    p = encode_prompt(tokenizer, messages)
+    r = encode_response(tokenizer, response, finished=finish_reason == "stop")[:max_length]
+    return p[max(0, len(p) + len(r) - max_length):], r
+
+
 def pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, T) ids and attention mask, sequences left-aligned."""
     width = max(1, max(map(len, seqs)))
