@@ -7,7 +7,9 @@ Two threads and one HTTP server in one process:
   `rlhf.deadletter` with the reason and consumption moves on; a failed batch is narrowed to its bad
   records by storing them one at a time.
   Every few seconds: feedback that waited too long for its interaction -> dead-letter outbox;
-  outbox (dead letters, announcements) -> Kafka. Every few minutes: prune old history
+  outbox (dead letters, announcements) -> Kafka. Every 10 s: live evaluation per version and
+  the promotion controller's turn on the canary (learner/live_metrics.py, learner/promotion.py),
+  its decision sent with the outbox. Every few minutes: prune old history
   (learner/retention.py, `RLHF_LEARNER_KEEP_DAYS`, `RLHF_LEARNER_KEEP_EVENTS`).
 - train (main thread): a round runs when at least `RLHF_LEARNER_MIN_FEEDBACK` new usable
   feedback events arrived since the last round, or `RLHF_LEARNER_INTERVAL_S` passed since it
@@ -37,6 +39,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, His
 from feedback.consumer import EventConsumer, Record
 from feedback.kafka_security import client_security
 from feedback.schema import TOPIC_ADAPTERS, TOPIC_FEEDBACK, TOPIC_INTERACTIONS
+from learner.live_metrics import EVERY_S as LIVE_EVERY_S
+from learner.live_metrics import LiveEvaluation
 from learner.publish import OutboxSender
 from learner.retention import PRUNE_EVERY_S, prune
 from learner.round import Learner, LearnerConfig
@@ -143,7 +147,8 @@ class ConsumeLoop(threading.Thread):
         store = Store.open(self.settings, self.heldout_fraction)
         consumer = EventConsumer(self.settings, TOPICS, group_id=GROUP_ID, from_beginning=True)
         sender = None
-        next_housekeeping = next_prune = 0.0
+        live = LiveEvaluation(store, self.settings)
+        next_housekeeping = next_prune = next_evaluation = 0.0
         last_log, logged = time.monotonic(), 0
         try:
             while not self.stop.is_set():
@@ -170,7 +175,10 @@ class ConsumeLoop(threading.Thread):
                         if expired:
                             log.warning("%d feedback events never met their interaction within %g s: "
                                         "sent to the dead-letter topic", expired, self.settings.learner_join_wait_s)
-                        if store.unsent_outbox(1):
+                        if time.monotonic() >= next_evaluation:  # may queue the controller's decision...
+                            next_evaluation = time.monotonic() + LIVE_EVERY_S
+                            live.tick()
+                        if store.unsent_outbox(1):                # ...sent here
                             sender = sender or OutboxSender(self.settings)
                             sender.flush(store)
                         counts = store.counts()
@@ -260,7 +268,7 @@ def report_round(result) -> None:
     _set(RM_ACCURACY, m.get("rm_accuracy"), "gate")
     _set(REWARD_MEAN, m.get("reward_candidate"), "candidate")
     _set(REWARD_MEAN, m.get("reward_serving"), "serving")
-    algo = m.get("algorithm", "ppo")  # the policy stage's metrics are ppo_* or rloo_*
+    algo = m.get("algorithm", "ppo")  # the policy stage's metrics are <algorithm>_*
     _set(REWARD_MEAN, m.get(f"{algo}_score"), algo)
     _set(KL, m.get("kl_candidate"), "candidate")
     _set(KL, m.get(f"{algo}_kl"), algo)
@@ -272,7 +280,7 @@ def report_round(result) -> None:
 
 
 def on_progress(stage: str, m: dict) -> None:
-    if stage in ("ppo_step", "rloo_step"):
+    if stage in ("ppo_step", "rloo_step", "dpo_step", "kto_step"):
         algo = stage.removesuffix("_step")
         _set(POLICY_LOSS, m.get("policy_loss"))
         _set(VALUE_LOSS, m.get("value_loss"))  # PPO's critic only

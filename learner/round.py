@@ -1,4 +1,4 @@
-"""One training round: reward model update -> PPO or RLOO on the policy LoRA -> gate -> publish or keep.
+"""One training round: reward model update -> PPO, RLOO, DPO or KTO on the policy LoRA -> gate -> publish.
 
     learner = Learner(get_settings())          # opens the store; the vLLM engine starts on first use
     result = learner.run_round()               # RoundResult(status='published'|'rejected', ...)
@@ -11,9 +11,11 @@ Steps, each logged with its duration:
    accuracy and thumbs AUC, weighted per held-out user.
 2. Normalise rewards: sample the policy serving now (vLLM) on training prompts and set the
    reward model's mean/std so those answers score mean 0, std 1. Save the version.
-3. Policy: RLHF_LEARNER_ALGORITHM picks PPO (learner/ppo.py) or RLOO (learner/rloo.py); the policy
-   LoRA starts from the serving adapter (or fresh) and runs `ppo.steps` or `rloo.steps` iterations
-   on a pool of training users' prompts drawn by the users' capped weights.
+3. Policy: RLHF_LEARNER_ALGORITHM picks PPO (learner/ppo.py), RLOO (learner/rloo.py), DPO
+   (learner/dpo.py) or KTO (learner/kto.py); the policy LoRA starts from the serving adapter (or
+   fresh) and runs the algorithm's `steps` iterations: PPO and RLOO on a pool of training users'
+   prompts drawn by the users' capped weights, DPO and KTO on the training feedback under the
+   same weights (no rollouts).
 4. Gate (learner/gate.py) on held-out users' prompts: reward gain, KL budget, reward-model accuracy.
 
 The split is by user (`learner.store.split_of`): the gate measures whether the learned taste
@@ -41,7 +43,9 @@ from typing import Callable
 
 from adapters.cache import cache_dir_of, private_copy
 from adapters.manifest import AdapterError
+from learner.dpo import DPOConfig, DPOTrainer
 from learner.gate import UNMEASURED, GateConfig, decide, reward_model_accuracy
+from learner.kto import KTOConfig, KTOTrainer
 from learner.ppo import PPOConfig, PPOTrainer
 from learner.reward import RewardConfig, RewardModel, RewardTrainer
 from learner.rloo import RLOOConfig, RLOOTrainer
@@ -65,6 +69,10 @@ class LearnerConfig:
     """PPO hyperparameters (learner/ppo.py), used when RLHF_LEARNER_ALGORITHM=ppo."""
     rloo: RLOOConfig = field(default_factory=RLOOConfig)
     """RLOO hyperparameters (learner/rloo.py), used when RLHF_LEARNER_ALGORITHM=rloo."""
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    """DPO hyperparameters (learner/dpo.py), used when RLHF_LEARNER_ALGORITHM=dpo."""
+    kto: KTOConfig = field(default_factory=KTOConfig)
+    """KTO hyperparameters (learner/kto.py), used when RLHF_LEARNER_ALGORITHM=kto."""
     gate: GateConfig = field(default_factory=GateConfig)
     """How candidates are measured before publishing (learner/gate.py)."""
     suspects: SuspectConfig = field(default_factory=SuspectConfig)
@@ -83,8 +91,8 @@ class LearnerConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "LearnerConfig":
-        parts = {"reward": RewardConfig, "ppo": PPOConfig, "rloo": RLOOConfig, "gate": GateConfig,
-                 "suspects": SuspectConfig}
+        parts = {"reward": RewardConfig, "ppo": PPOConfig, "rloo": RLOOConfig, "dpo": DPOConfig, "kto": KTOConfig,
+                 "gate": GateConfig, "suspects": SuspectConfig}
         kwargs = {}
         for k, v in data.items():
             if k in parts:
@@ -138,7 +146,7 @@ class Learner:
         self.cfg = cfg or LearnerConfig()
         self.algorithm = settings.learner_algorithm
         # the policy algorithm's config: sampling (temperature, answer length, EOS penalty) follows it everywhere
-        self.policy_cfg: PPOConfig | RLOOConfig = self.cfg.rloo if self.algorithm == "rloo" else self.cfg.ppo
+        self.policy_cfg: PPOConfig | RLOOConfig | DPOConfig | KTOConfig = getattr(self.cfg, self.algorithm)
         self.model_path = resolve_model(settings.model)
         self.model_name = model_display_name(settings.model)
         self.tokenizer = load_tokenizer(self.model_path)
@@ -333,6 +341,21 @@ class Learner:
             return None, None
         return serving["version"], folder
 
+    def policy_trainer(self, rm, serving_dir: Path | None, workdir: Path, fit: RewardFit):
+        """The chosen algorithm's trainer, its LoRA starting from the serving adapter (or fresh). PPO and
+        RLOO sample and score with the reward model; DPO and KTO learn from the round's training
+        feedback under its capped weights (the reward model only judges at the gate)."""
+        algo, pcfg = self.algorithm, self.policy_cfg
+        if algo in ("dpo", "kto"):
+            offline = DPOTrainer if algo == "dpo" else KTOTrainer
+            return offline(self.model_path, self.tokenizer, pcfg, fit.examples, fit.weights.weights,
+                           init_adapter=serving_dir)
+        if algo == "rloo":  # a fixed β: nothing carried across rounds
+            return RLOOTrainer(self.model_path, self.tokenizer, pcfg, rm, init_adapter=serving_dir, workdir=workdir)
+        beta = self.store.get_meta("kl_coef")
+        return PPOTrainer(self.model_path, self.tokenizer, pcfg, rm, init_adapter=serving_dir, workdir=workdir,
+                          kl_coef=float(beta) if beta else None)
+
     def _rewards(self, rm, samples) -> list[float]:
         scores = rm.score_samples(samples, self.tokenizer, self.cfg.reward.eval_batch_size)
         return [r - (0.0 if s.finished else self.policy_cfg.missing_eos_penalty) for r, s in zip(scores, samples)]
@@ -423,17 +446,11 @@ class Learner:
             log.info("round %d: reward model v%d normalised on %d answers of %s (mean %.3f, std %.3f)", round_id,
                      rm_version, len(samples), parent or "the base model", rm.norm_mean, rm.norm_std)
 
-            # ---- 3. policy: PPO or RLOO ---------------------------------------------------
+            # ---- 3. policy: PPO, RLOO, DPO or KTO -----------------------------------------
             t = time.perf_counter()
             workdir = self.data_dir / algo / f"round-{round_id}"
             name = algo.upper()
-            if algo == "rloo":  # a fixed β: nothing carried across rounds
-                trainer = RLOOTrainer(self.model_path, self.tokenizer, pcfg, rm, init_adapter=serving_dir,
-                                      workdir=workdir)
-            else:
-                beta = store.get_meta("kl_coef")
-                trainer = PPOTrainer(self.model_path, self.tokenizer, pcfg, rm, init_adapter=serving_dir,
-                                     workdir=workdir, kl_coef=float(beta) if beta else None)
+            trainer = self.policy_trainer(rm, serving_dir, workdir, fit)
             history = defaultdict(list)
             kl_limit = pcfg.kl_stop_fraction * settings.kl_budget
             before_last = None  # the policy before the latest update (restored by the KL guard)
@@ -459,6 +476,8 @@ class Learner:
                          stats["eos_fraction"], stats["response_tokens"],
                          stats["time_rollout"] + stats["time_score"] + stats["time_update"])
                 progress(f"{algo}_step", {**stats, "step": k + 1})
+            if hasattr(trainer, "heldout_accuracy"):  # algorithms with an implicit reward (DPO, KTO)
+                metrics[f"{algo}_heldout_accuracy"] = trainer.heldout_accuracy(held_ex)
             last = {key: v[-1] for key, v in history.items()}
             metrics.update({f"{algo}_{key}": v for key, v in last.items()})
             metrics[f"{algo}_score_first"] = history["score"][0] if history["score"] else math.nan

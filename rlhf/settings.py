@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # Secrets that ship in examples; the service refuses to run with them outside dev mode.
 PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "secret", "changethis"}
 MIN_SECRET_BYTES = 32  # outside dev mode, the HMAC key and the admin token are at least this long
-LearnerAlgorithm = Literal["ppo", "rloo"]  # RLHF_LEARNER_ALGORITHM: learner/ppo.py, learner/rloo.py
+LearnerAlgorithm = Literal["ppo", "rloo", "dpo", "kto"]  # RLHF_LEARNER_ALGORITHM: learner/<name>.py
 
 
 class Settings(BaseSettings):
@@ -117,6 +117,13 @@ class Settings(BaseSettings):
 
     # --- routing ----------------------------------------------------------------------
     canary_fraction: float = Field(0.0, description="Share of users routed to a canary adapter (0..1).")
+    promote_margin: float = Field(0.0, ge=0.0, le=1.0, description="The promotion controller promotes a canary "
+                                  "that is not worse than the active version by more than this (a difference in "
+                                  "thumbs-up rate, or in blind-vote wins minus losses); 0: only a better one.")
+    promote_confidence: float = Field(0.95, gt=0.5, lt=1.0, description="Confidence of the promotion controller's "
+                                      "decisions (always-valid: holds however often it looks).")
+    canary_max_events: int = Field(2000, ge=1, description="Canary feedback events after which an undecided canary "
+                                   "ends and the active version stays.")
 
     # --- learner ----------------------------------------------------------------------
     learner_port: int = Field(8001, description="Port of the learner's /metrics and /healthz.")
@@ -139,8 +146,10 @@ class Settings(BaseSettings):
     learner_split_key: str = Field("", description="Secret key of the hash that splits users into training and "
                                                    "held-out (empty: a random key kept in the learner store).")
     learner_algorithm: LearnerAlgorithm = Field(
-        "ppo", description="How the learner trains the policy LoRA: `ppo` (learner/ppo.py, with a critic) or "
-        "`rloo` (learner/rloo.py, k answers per prompt, leave-one-out baseline, no critic).")
+        "ppo", description="How the learner trains the policy LoRA: `ppo` (learner/ppo.py, with a critic), "
+        "`rloo` (learner/rloo.py, k answers per prompt, leave-one-out baseline, no critic), `dpo` (learner/dpo.py, "
+        "from logged pairwise choices and up/down thumbs of one prompt, no rollouts) or `kto` (learner/kto.py, "
+        "thumbs as desirable/undesirable answers, pairwise choices as one of each, no rollouts).")
 
     log_level: str = Field("INFO", description="Python logging level.")
 

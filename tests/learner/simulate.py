@@ -7,6 +7,7 @@ with vLLM directly (n=2 per prompt) and records the user's feedback on them as e
 
 from __future__ import annotations
 
+import math
 import random
 import uuid
 
@@ -60,3 +61,17 @@ def preference_rate(engine, tokenizer, questions: list[str], *, lora=None, word:
     prompts = [encode_prompt(tokenizer, [{"role": "user", "content": q}]) for q in questions]
     samples = engine.generate(prompts, n=n, temperature=1.0, max_tokens=max_tokens, lora=lora, seed=seed)
     return sum(Preference(word).likes(s.text) for s in samples) / max(1, len(samples))
+
+
+def two_proportion_z(p1: float, p2: float, n: int) -> float:
+    """z of the rise from p1 to p2, two shares measured on n samples each (pooled standard error)."""
+    p = (p1 + p2) / 2
+    return (p2 - p1) / math.sqrt(max(p * (1 - p) * 2 / n, 1e-12))
+
+
+def adapter_vs_base(engine, tokenizer, folder, name: str, questions: list[str], n: int = 4
+                    ) -> tuple[float, float, float]:
+    """(base rate, the adapter's rate, z of the rise) of answers with the word, n samples per question each."""
+    base = preference_rate(engine, tokenizer, questions, n=n)
+    tuned = preference_rate(engine, tokenizer, questions, lora=engine.lora(folder, name), n=n)
+    return base, tuned, two_proportion_z(base, tuned, n * len(questions))

@@ -1,0 +1,129 @@
+"""DPO on the tiny model: one step trains the policy LoRA from logged pairs (no rollouts), and a round
+with RLHF_LEARNER_ALGORITHM=dpo learns a hidden preference from synthetic feedback and publishes it.
+
+The simulated user prefers answers containing "happy" (the tiny model writes it in ~13 % of its
+answers), as in test_rloo.py, whose round this mirrors.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from adapters.store import verify_adapter
+from feedback.event_hmac import sealed
+from learner.dpo import DPOConfig, DPOTrainer
+from learner.round import Learner, LearnerConfig
+from rlhf.models.dialogues import tiny_prompts
+from rlhf.settings import Settings
+from tests.learner.conftest import FAST_CONFIG, SPLIT_KEY
+from tests.learner.simulate import WORD, adapter_vs_base, synthetic_events
+
+DPO_FAST = {"steps": 10, "examples_per_step": 64, "minibatch_size": 8}
+
+
+def make_learner(tmp_path_factory, algorithm: str, part: dict) -> Learner:
+    d = tmp_path_factory.mktemp(algorithm)
+    settings = Settings(model="tiny", data_dir=d / "data", adapter_dir=d / "adapters", max_model_len=512,
+                        kafka_bootstrap="127.0.0.1:9", kl_budget=5.0, rm_accuracy_floor=0.6,
+                        learner_split_key=SPLIT_KEY, learner_algorithm=algorithm)
+    return Learner(settings, LearnerConfig.from_dict({**FAST_CONFIG, algorithm: part}))
+
+
+@pytest.fixture(scope="module")
+def learner(tiny_model_path, tmp_path_factory):
+    lrn = make_learner(tmp_path_factory, "dpo", DPO_FAST)
+    yield lrn
+    lrn.close()
+
+
+def _pairwise(q: str, chosen: str, rejected: str) -> dict:
+    return {"type": "pairwise", "messages": [{"role": "user", "content": q}], "chosen": chosen,
+            "chosen_finish": "stop", "rejected": rejected, "rejected_finish": "length", "user": "u", "client": "c"}
+
+
+# ------------------------------------------------------------------------------------ selection
+def test_learner_config_reads_dpo_options():
+    cfg = LearnerConfig.from_dict({"dpo": {"beta": 0.3, "target_modules": ["q_proj", "v_proj"]}})
+    assert cfg.dpo.beta == 0.3 and cfg.dpo.target_modules == ("q_proj", "v_proj")
+    with pytest.raises(ValueError, match="unknown dpo options"):
+        LearnerConfig.from_dict({"dpo": {"num_samples": 2}})  # DPO samples nothing
+
+
+# ------------------------------------------------------------------------------------ one step
+def test_one_dpo_step_moves_every_lora_tensor_and_nothing_frozen(learner):
+    examples = [_pairwise(f"question {i}", f"a happy answer {i}", f"a sad answer {i}") for i in range(6)]
+    examples.append({"type": "thumbs", "messages": [{"role": "user", "content": "q"}], "response": "happy",
+                     "finish_reason": "stop", "label": 1, "user": "u", "client": "c"})
+    cfg = DPOConfig(examples_per_step=6, minibatch_size=3)  # 2 optimiser steps
+    dpo = DPOTrainer(learner.model_path, learner.tokenizer, cfg, examples)
+    assert len(dpo.weights) == 6  # the lone thumb makes no pair
+    before = {n: (p.requires_grad, p.detach().clone()) for n, p in dpo.policy.named_parameters()}
+    kept = dpo.policy_state()
+
+    # a fresh LoRA is the reference exactly: no pair has a margin > 0 yet
+    assert dpo.heldout_accuracy(examples) == 0.0
+    s1 = dpo.step()
+    assert s1["pairs"] == 6 and s1["time_rollout"] == 0.0 and s1["clipfrac"] == 0.0 and s1["time_score"] > 0
+    assert all(math.isfinite(float(v)) for v in s1.values())
+    assert s1["eos_fraction"] == pytest.approx(0.5)  # chosen answers stopped, rejected ones were cut off
+
+    moved = {n for n, p in dpo.policy.named_parameters() if not torch.equal(before[n][1], p.detach())}
+    trainable = {n for n, (rg, _) in before.items() if rg}
+    assert moved == trainable and all("lora_" in n for n in moved)
+
+    for _ in range(5):
+        s = dpo.step()
+    assert s["time_score"] == 0.0  # the reference pass ran once, before the first step
+    assert s["score"] > s1["score"] and s["policy_loss"] < s1["policy_loss"]  # the margin grows on its data
+    assert dpo.heldout_accuracy(examples) == 1.0
+    assert math.isnan(dpo.heldout_accuracy(examples[-1:]))  # no pair to measure
+
+    dpo.restore_policy(kept)  # the KL guard's undo works on DPO's policy too
+    assert all(torch.equal(before[n][1], p.detach()) for n, p in dpo.policy.named_parameters())
+    assert dpo.heldout_accuracy(examples) == 0.0  # policy = reference: no margin > 0
+
+
+def test_dpo_refuses_feedback_without_pairs(learner):
+    thumbs = [{"type": "thumbs", "messages": [{"role": "user", "content": "q"}], "response": "x",
+               "finish_reason": "stop", "label": 1}]
+    with pytest.raises(ValueError, match="no preference pairs"):
+        DPOTrainer(learner.model_path, learner.tokenizer, DPOConfig(), thumbs)
+
+
+# ------------------------------------------------------------------------------------ a round
+@pytest.mark.timeout(1800)  # shared 2-core machine
+def test_dpo_round_learns_a_hidden_preference_and_publishes(learner):
+    # 1. the user's feedback on 700 prompts answered twice by the base model (~400 feedback events)
+    events, stats = synthetic_events(learner.engine, learner.tokenizer, tiny_prompts(700, seed=11), seed=1,
+                                     thumbs_share=0.2)
+    learner.store.ingest([(t, sealed(e, learner.settings.event_hmac_key)) for t, e in events])
+
+    # 2. one round: reward model (for the gate), DPO, gate, publish
+    result = learner.run_round()
+    m = result.metrics
+    print(f"\nfeedback {stats}; round: {result.status} {result.reasons}; DPO margin {m['dpo_score_first']:.3f} -> "
+          f"{m['dpo_score']:.3f}, held-out implicit accuracy {m['dpo_heldout_accuracy']:.3f}; reward "
+          f"{m['reward_candidate']:.3f} vs base {m['reward_serving']:.3f}; KL {m['kl_candidate']:.3f}; "
+          f"DPO {m['time_dpo']:.0f} s of {m['round_seconds']:.0f} s")
+    assert m["algorithm"] == "dpo"
+    assert "ppo_score" not in m and "rloo_score" not in m
+    assert m["dpo_heldout_accuracy"] > 0.5
+    assert result.status == "published", result.reasons
+    assert result.version == "policy@v1"
+
+    (row,) = learner.store.unsent_outbox()
+    ann = json.loads(row["payload"])
+    manifest = verify_adapter(learner.settings.adapter_dir, ann["path"], ann["manifest_sha256"])
+    assert manifest["metrics"]["algorithm"] == "dpo"
+    assert manifest["metrics"]["dpo_heldout_accuracy"] == m["dpo_heldout_accuracy"]
+    assert 0.0 < manifest["metrics"]["kl_candidate"] <= learner.settings.kl_budget
+
+    # 3. the adapter writes the preferred word more often than the base model, by a clear margin (z > 3)
+    base, tuned, z = adapter_vs_base(learner.engine, learner.tokenizer, learner.settings.adapter_dir / ann["path"],
+                                     "policy@v1", tiny_prompts(100, seed=777))
+    print(f"answers containing {WORD!r}: base {base:.3f}, policy@v1 {tuned:.3f} (400 samples each, z {z:.1f})")
+    assert z > 3
