@@ -63,6 +63,8 @@ UNSTORABLE = Counter("rlhf_learner_deadletters", "Records the learner could not 
 PRUNED = Counter("rlhf_learner_pruned_rows", "Rows pruned from the learner store by retention", ["table"])
 STALLED = Gauge("rlhf_learner_consume_stalled", "1 while records wait and none was stored for RLHF_LEARNER_STALL_S")
 FEEDBACK = Gauge("rlhf_learner_feedback", "Feedback rows in the learner store", ["status"])
+FEEDBACK_BY_TYPE = Gauge("rlhf_learner_feedback_by_type", "Usable (joined) feedback in the learner store by type: "
+                         "thumbs, pairwise, demonstration (corrected answers)", ["type"])
 NEW_FEEDBACK = Gauge("rlhf_learner_new_feedback", "Usable feedback since the last round (trigger counts this)")
 RM_ACCURACY = Gauge("rlhf_learner_rm_accuracy", "Held-out reward-model accuracy of the latest version",
                     ["measure"])
@@ -184,6 +186,8 @@ class ConsumeLoop(threading.Thread):
                         counts = store.counts()
                         for status in ("joined", "pending", "dead"):
                             FEEDBACK.labels(status).set(counts[f"feedback_{status}"])
+                        for kind, n in store.joined_by_type().items():
+                            FEEDBACK_BY_TYPE.labels(kind).set(n)
                         NEW_FEEDBACK.set(store.new_feedback_count())
                         self.waiting = sum(consumer.lag().values())
                         if not self.waiting:

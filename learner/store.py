@@ -581,6 +581,11 @@ class Store:
             return None
         return {**dict(row), "metrics": json.loads(row["metrics"])}
 
+    def joined_by_type(self) -> dict[str, int]:
+        """Usable feedback per type: thumbs, pairwise, demonstration."""
+        got = dict(self.db.execute("SELECT type, COUNT(*) FROM feedback WHERE status='joined' GROUP BY type"))
+        return {t: got.get(t, 0) for t in ("thumbs", "pairwise", "demonstration")}
+
     def counts(self) -> dict[str, int]:
         one = lambda q: int(self.db.execute(q).fetchone()[0])  # noqa: E731
         return {

@@ -117,6 +117,9 @@ class Settings(BaseSettings):
 
     # --- routing ----------------------------------------------------------------------
     canary_fraction: float = Field(0.0, description="Share of users routed to a canary adapter (0..1).")
+    blind_compare_share: float = Field(0.5, ge=0.0, le=1.0, description="Share of the chat page's compare turns "
+                                       "that, while a canary runs, show the active version's and the canary's answers "
+                                       "side by side in random order, unlabelled until the user votes.")
     promote_margin: float = Field(0.0, ge=0.0, le=1.0, description="The promotion controller promotes a canary "
                                   "that is not worse than the active version by more than this (a difference in "
                                   "thumbs-up rate, or in blind-vote wins minus losses); 0: only a better one.")

@@ -44,7 +44,7 @@ def _follower(request: Request):
 
 @router.get("/v1/adapters", dependencies=[Depends(authenticate)], responses={401: {}, 503: {}})
 async def list_adapters(request: Request):
-    return _follower(request).describe()
+    return {**_follower(request).describe(), "blind_compare_share": request.app.state.settings.blind_compare_share}
 
 
 # ---------------------------------------------------------------------------------- admin

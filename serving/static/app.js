@@ -13,6 +13,9 @@ const state = {
   history: [],      // [{role, content}] sent with the next request
   busy: false,
   base: null,       // base model name, from /v1/adapters
+  active: null,     // the active version (null: the base model) and the canary, from /v1/adapters
+  canary: null,
+  blindShare: 0,    // share of compare turns that put active and canary side by side, unlabelled
 };
 
 function browserUserId() {
@@ -189,14 +192,19 @@ function answerBox(turn, index, pair) {
   return answer;
 }
 
-function ready(answer, ref, adapterName) {
+function ready(answer, ref, adapterName, blind) {
   answer.ref = ref;
   answer.adapterName = adapterName;
-  answer.adapter.textContent = adapterLabel(adapterName);
-  answer.box.dataset.adapter = adapterName || "base";
+  if (blind) answer.adapter.textContent = `answer ${answer.index + 1}`; // which version: shown after the vote
+  else reveal(answer);
   answer.box.dataset.responseId = ref.response_id;
   answer.up.disabled = answer.down.disabled = answer.improve.disabled = false;
   if (answer.prefer) answer.prefer.disabled = false;
+}
+
+function reveal(answer) {
+  answer.adapter.textContent = adapterLabel(answer.adapterName);
+  answer.box.dataset.adapter = answer.adapterName || "base";
 }
 
 // "Improve this answer": the user rewrites it in place and sends it as a demonstration; the
@@ -258,6 +266,7 @@ async function choose(turn, index) {
   }
   chosen.status.textContent = "preferred — thanks!";
   turn.historyEntry.content = chosen.text;
+  if (turn.blind) turn.answers.forEach(reveal);
 }
 
 // ------------------------------------------------------------------------------ a turn
@@ -276,7 +285,10 @@ async function send(text) {
   const row = el("div", { class: "answers" + (compare ? " pair" : "") });
   log.appendChild(el("div", { class: "turn" }, [row]));
 
-  const turn = { answers: [], historyEntry: { role: "assistant", content: "" } };
+  // A blind turn: while a canary runs, a share of compare turns asks the active version and the
+  // canary for one answer each, in random order, and shows which is which only after the vote.
+  const blind = compare && !twoModels && state.canary != null && Math.random() < state.blindShare;
+  const turn = { answers: [], blind, historyEntry: { role: "assistant", content: "" } };
   const count = compare ? 2 : 1;
   for (let i = 0; i < count; i++) {
     turn.answers.push(answerBox(turn, i, compare));
@@ -288,11 +300,13 @@ async function send(text) {
     log.lastElementChild.scrollIntoView({ block: "end" });
   };
 
-  if (twoModels) {
-    // Two adapters answer the same prompt: two requests, one answer each.
-    const runs = [model, second].map((m, i) =>
+  if (twoModels || blind) {
+    // Two versions answer the same prompt: two requests, one answer each.
+    const pair = twoModels ? [model, second] : [state.active || state.base, state.canary];
+    if (blind && Math.random() < 0.5) pair.reverse();
+    const runs = pair.map((m, i) =>
       streamCompletion({ model: m, messages }, write(turn.answers[i])).then(({ rlhf }) =>
-        ready(turn.answers[i], rlhf.responses[0], rlhf.adapter)));
+        ready(turn.answers[i], rlhf.responses[0], rlhf.adapter, blind)));
     await Promise.all(runs);
   } else {
     const { rlhf } = await streamCompletion({ model, messages, n: count }, (i, piece) => write(turn.answers[i])(i, piece));
@@ -312,6 +326,9 @@ async function refreshAdapters() {
     if (!res.ok) throw new Error(await errorText(res));
     const info = await res.json();
     state.base = info.base;
+    state.active = info.active;
+    state.canary = info.canary;
+    state.blindShare = info.blind_compare_share || 0;
     let text = `answering with ${adapterLabel(info.active)}`;
     if (info.canary) text += ` · trying ${info.canary} on ${Math.round(info.canary_fraction * 100)}% of users`;
     $("serving").textContent = text;

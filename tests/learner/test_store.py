@@ -336,6 +336,7 @@ def test_a_corrected_answer_is_preferred_over_the_answer_it_corrects(store):
     assert (ex["type"], ex["demonstration"], ex["chosen"], ex["chosen_finish"], ex["rejected"]) == (
         "pairwise", True, "Cats purr.", "stop", "Cats are warm.")
     assert store.new_feedback_count() == 1                               # counts toward a round
+    assert store.joined_by_type() == {"thumbs": 0, "pairwise": 0, "demonstration": 1}
     ingest(store, [demonstration("r1", "Cats purr when content.", 2.0)])  # a later correction replaces it
     assert [e["chosen"] for e in store.feedback_examples("train")] == ["Cats purr when content."]
     again = ingest(store, [demonstration("r1", "Cats purr when content.", 3.0)])

@@ -7,6 +7,7 @@ asks for one, keeps it, chats and sends feedback with it, and asks again when it
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 import pytest
 from playwright.sync_api import sync_playwright
@@ -28,18 +29,28 @@ def browser():
         b.close()
 
 
-@pytest.fixture
-def page(browser, server):
+@contextmanager
+def chat_page(browser, url: str | None, expected_error: str | None = None):
+    """A fresh browser context on the chat page at `url` (None: not opened yet); fails the test
+    on any page error or console error (except messages containing `expected_error`)."""
     context = browser.new_context()
     pg = context.new_page()
     errors: list[str] = []
     pg.on("pageerror", lambda e: errors.append(str(e)))
-    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" and not (
+        expected_error and expected_error in m.text) else None)
     pg.set_default_timeout(60_000)
-    pg.goto(server.url + "/")
+    if url is not None:
+        pg.goto(url + "/")
     yield pg
     context.close()
     assert not errors, errors
+
+
+@pytest.fixture
+def page(browser, server):
+    with chat_page(browser, server.url) as pg:
+        yield pg
 
 
 def send(page, text: str) -> None:
@@ -163,15 +174,8 @@ REFUSED = "the server responded with a status of 401"  # Chromium logs each refu
 
 @pytest.fixture
 def keyed_page(browser, api_key_server):
-    context = browser.new_context()
-    pg = context.new_page()
-    errors: list[str] = []
-    pg.on("pageerror", lambda e: errors.append(str(e)))
-    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" and REFUSED not in m.text else None)
-    pg.set_default_timeout(60_000)
-    yield pg
-    context.close()
-    assert not errors, errors
+    with chat_page(browser, None, REFUSED) as pg:
+        yield pg
 
 
 def test_the_page_asks_for_an_api_key_then_chats_and_sends_feedback(keyed_page, api_key_server, new_client,
