@@ -11,9 +11,10 @@ Steps, each logged with its duration:
    accuracy and thumbs AUC, weighted per held-out user.
 2. Normalise rewards: sample the policy serving now (vLLM) on training prompts and set the
    reward model's mean/std so those answers score mean 0, std 1. Save the version.
-3. Policy: RLHF_LEARNER_ALGORITHM picks PPO (learner/ppo.py), RLOO (learner/rloo.py), DPO
-   (learner/dpo.py) or KTO (learner/kto.py); the policy LoRA starts from the serving adapter (or
-   fresh) and runs the algorithm's `steps` iterations: PPO and RLOO on a pool of training users'
+3. Policy: users' corrected answers in the round (demonstrations) first train the policy LoRA
+   by supervised steps (learner/sft.py, `demonstration_sft`); then RLHF_LEARNER_ALGORITHM picks
+   PPO (learner/ppo.py), RLOO (learner/rloo.py), DPO (learner/dpo.py) or KTO (learner/kto.py);
+   the policy LoRA starts from that (else the serving adapter, or fresh) and runs the algorithm's `steps` iterations: PPO and RLOO on a pool of training users'
    prompts drawn by the users' capped weights, DPO and KTO on the training feedback under the
    same weights (no rollouts).
 4. Gate (learner/gate.py) on held-out users' prompts: reward gain, KL budget, reward-model accuracy.
@@ -49,9 +50,10 @@ from learner.kto import KTOConfig, KTOTrainer
 from learner.ppo import PPOConfig, PPOTrainer
 from learner.reward import RewardConfig, RewardModel, RewardTrainer
 from learner.rloo import RLOOConfig, RLOOTrainer
+from learner.sft import SFTConfig, SFTTrainer
 from learner.store import Store
 from learner.suspects import SuspectConfig, UserAgreement, consensus_rate, find_suspects
-from learner.tokenization import encode_prompt, load_tokenizer, stop_strings
+from learner.tokenization import encode_feedback_answer, encode_prompt, load_tokenizer, stop_strings
 from learner.weighting import CappedWeights, capped_weights, group_shares, systematic_sample, weighted_order
 from rlhf.models.registry import model_display_name, resolve_model
 from rlhf.models.sizing import context_length
@@ -73,6 +75,8 @@ class LearnerConfig:
     """DPO hyperparameters (learner/dpo.py), used when RLHF_LEARNER_ALGORITHM=dpo."""
     kto: KTOConfig = field(default_factory=KTOConfig)
     """KTO hyperparameters (learner/kto.py), used when RLHF_LEARNER_ALGORITHM=kto."""
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    """Supervised steps on users' corrected answers before the policy stage (learner/sft.py)."""
     gate: GateConfig = field(default_factory=GateConfig)
     """How candidates are measured before publishing (learner/gate.py)."""
     suspects: SuspectConfig = field(default_factory=SuspectConfig)
@@ -92,7 +96,7 @@ class LearnerConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "LearnerConfig":
         parts = {"reward": RewardConfig, "ppo": PPOConfig, "rloo": RLOOConfig, "dpo": DPOConfig, "kto": KTOConfig,
-                 "gate": GateConfig, "suspects": SuspectConfig}
+                 "sft": SFTConfig, "gate": GateConfig, "suspects": SuspectConfig}
         kwargs = {}
         for k, v in data.items():
             if k in parts:
@@ -356,6 +360,30 @@ class Learner:
         return PPOTrainer(self.model_path, self.tokenizer, pcfg, rm, init_adapter=serving_dir, workdir=workdir,
                           kl_coef=float(beta) if beta else None)
 
+    def demonstration_sft(self, fit: RewardFit, start: Path | None, folder: Path) -> tuple[Path | None, dict]:
+        """Supervised steps on the round's corrected answers (the loss on the answer tokens only),
+        from the serving adapter, before the policy algorithm: the policy then explores from the
+        answers users wrote instead of having to find them by sampling (the seed documents' order:
+        SFT, then RL). Demonstrations are drawn by their users' capped weights, as everywhere in
+        the round. Returns the adapter the policy stage starts from, and metrics."""
+        idx = [i for i, e in enumerate(fit.examples) if e.get("demonstration")]
+        if not idx:
+            return start, {"sft_demonstrations": 0}
+        draws = systematic_sample([fit.weights.weights[i] for i in idx], len(idx), self.rng)
+        pairs = [encode_feedback_answer(self.tokenizer, fit.examples[idx[j]]["messages"],
+                                        fit.examples[idx[j]]["chosen"], "stop", self.cfg.reward.max_length)
+                 for j in draws]
+        trainer = SFTTrainer(self.model_path, self.tokenizer, self.cfg.sft, init_adapter=start)
+        stats = trainer.train(pairs)
+        shutil.rmtree(folder, ignore_errors=True)
+        trainer.save(folder)
+        del trainer
+        gc.collect()
+        log.info("supervised steps on %d corrected answers: answer loss %s in %.1f s", len(idx),
+                 " -> ".join(f"{x:.3f}" for x in stats["epoch_losses"]), stats["seconds"])
+        return folder, {"sft_demonstrations": len(idx), "sft_steps": stats["steps"],
+                        "sft_loss": stats["epoch_losses"][-1]}
+
     def _rewards(self, rm, samples) -> list[float]:
         scores = rm.score_samples(samples, self.tokenizer, self.cfg.reward.eval_batch_size)
         return [r - (0.0 if s.finished else self.policy_cfg.missing_eos_penalty) for r, s in zip(scores, samples)]
@@ -399,7 +427,7 @@ class Learner:
             rm_trainer = RewardTrainer(rm, self.tokenizer, cfg.reward)
             since = prev["metrics"].get("trained_through_seq", 0) if prev else 0
             fit = self.fit_reward_model(rm_trainer, train_ex, held_ex, since)
-            metrics.update(fit.metrics)
+            metrics.update(fit.metrics, **feedback_kinds(fit.examples))
             metrics["suspects"], suspect_note = self.suspect_summary(fit)
             metrics["rm_accuracy"] = reward_model_accuracy(metrics, cfg.gate)
             metrics["time_reward_model"] = time.perf_counter() - t
@@ -446,11 +474,15 @@ class Learner:
             log.info("round %d: reward model v%d normalised on %d answers of %s (mean %.3f, std %.3f)", round_id,
                      rm_version, len(samples), parent or "the base model", rm.norm_mean, rm.norm_std)
 
-            # ---- 3. policy: PPO, RLOO, DPO or KTO -----------------------------------------
+            # ---- 3. policy: corrected answers first, then PPO, RLOO, DPO or KTO -----------
+            t = time.perf_counter()
+            sft_dir = self.data_dir / "sft" / f"round-{round_id}"
+            start_dir, sft_metrics = self.demonstration_sft(fit, serving_dir, sft_dir)
+            metrics.update(sft_metrics, time_sft=time.perf_counter() - t)
             t = time.perf_counter()
             workdir = self.data_dir / algo / f"round-{round_id}"
             name = algo.upper()
-            trainer = self.policy_trainer(rm, serving_dir, workdir, fit)
+            trainer = self.policy_trainer(rm, start_dir, workdir, fit)
             history = defaultdict(list)
             kl_limit = pcfg.kl_stop_fraction * settings.kl_budget
             before_last = None  # the policy before the latest update (restored by the KL guard)
@@ -488,6 +520,7 @@ class Learner:
             shutil.rmtree(cand_dir, ignore_errors=True)
             trainer.save_policy(cand_dir)
             shutil.rmtree(workdir, ignore_errors=True)
+            shutil.rmtree(sft_dir, ignore_errors=True)
 
             # ---- 4. gate -----------------------------------------------------------------
             t = time.perf_counter()
@@ -541,6 +574,14 @@ class Learner:
                 self._engine.close()
                 self._engine = None
             raise
+
+
+def feedback_kinds(examples: list[dict]) -> dict[str, int]:
+    """How many of the round's training examples are of each kind (round record, manifest)."""
+    demos = sum(1 for e in examples if e.get("demonstration"))
+    return {"examples_thumbs": sum(1 for e in examples if e["type"] == "thumbs"),
+            "examples_pairwise": sum(1 for e in examples if e["type"] == "pairwise") - demos,
+            "examples_demonstration": demos}
 
 
 def kl_guard_trips(previous_kls: list[float], kl: float, limit: float) -> bool:

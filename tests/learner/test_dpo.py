@@ -25,10 +25,10 @@ from tests.learner.simulate import WORD, adapter_vs_base, synthetic_events
 DPO_FAST = {"steps": 10, "examples_per_step": 64, "minibatch_size": 8}
 
 
-def make_learner(tmp_path_factory, algorithm: str, part: dict) -> Learner:
+def make_learner(tmp_path_factory, algorithm: str, part: dict, kl_budget: float = 5.0) -> Learner:
     d = tmp_path_factory.mktemp(algorithm)
     settings = Settings(model="tiny", data_dir=d / "data", adapter_dir=d / "adapters", max_model_len=512,
-                        kafka_bootstrap="127.0.0.1:9", kl_budget=5.0, rm_accuracy_floor=0.6,
+                        kafka_bootstrap="127.0.0.1:9", kl_budget=kl_budget, rm_accuracy_floor=0.6,
                         learner_split_key=SPLIT_KEY, learner_algorithm=algorithm)
     return Learner(settings, LearnerConfig.from_dict({**FAST_CONFIG, algorithm: part}))
 

@@ -1,0 +1,62 @@
+"""Users' corrected answers teach a taste: a round whose feedback is only demonstrations (answers of
+the tiny model that users rewrote to say "happy") runs the supervised stage on them, trains the
+reward model on each correction as preferred over the answer it corrects, publishes, and the
+adapter writes the word far more often than the base model on held-out prompts (z > 3)."""
+
+from __future__ import annotations
+
+import random
+import uuid
+
+import pytest
+
+from feedback.event_hmac import sealed
+from feedback.schema import TOPIC_FEEDBACK, TOPIC_INTERACTIONS, Demonstration, Interaction, Message
+from learner.tokenization import encode_prompt
+from rlhf.models.dialogues import tiny_prompts
+from tests.learner.simulate import WORD, adapter_vs_base
+from tests.learner.test_dpo import DPO_FAST, make_learner
+
+
+@pytest.fixture(scope="module")
+def learner(tiny_model_path, tmp_path_factory):
+    # KL budget: the corrections add a sentence the base model almost never writes, and the round
+    # learns to write it: far more nats per answer than the default budget allows on this model
+    # (20-27 measured), so the budget is 40 here; the gate still measures and enforces it.
+    lrn = make_learner(tmp_path_factory, "dpo", DPO_FAST, kl_budget=40.0)
+    yield lrn
+    lrn.close()
+
+
+def corrected_answers(engine, tokenizer, questions: list[str], seed: int = 0) -> list:
+    """One base-model answer per question, and its user's correction (a happy remark, then the answer)."""
+    rng = random.Random(seed)
+    prompts = [encode_prompt(tokenizer, [{"role": "user", "content": q}]) for q in questions]
+    events = []
+    for q, s in zip(questions, engine.generate(prompts, n=1, temperature=1.0, max_tokens=48, seed=seed)):
+        conv, rid, user = uuid.uuid4().hex, "r_" + uuid.uuid4().hex, f"user{rng.randrange(20)}"
+        events.append((TOPIC_INTERACTIONS, Interaction(
+            response_id=rid, completion_id="c_" + conv, conversation_id=conv, user=user,
+            messages=[Message(role="user", content=q)], response=s.text, finish_reason="stop" if s.finished else "length",
+            model="tiny", completion_tokens=len(s.response_ids))))
+        events.append((TOPIC_FEEDBACK, Demonstration(response_id=rid, conversation_id=conv, user=user,
+                                                     text=f"Yes, birds are {WORD}. {s.text.strip()}")))
+    return events
+
+
+def test_corrected_answers_alone_teach_a_taste(learner):
+    events = corrected_answers(learner.engine, learner.tokenizer, tiny_prompts(300, seed=21))
+    learner.store.ingest([(t, sealed(e, learner.settings.event_hmac_key)) for t, e in events])
+    result = learner.run_round()
+    m = result.metrics
+    print(f"\nround: {result.status} {result.reasons}; {m['sft_demonstrations']} corrected answers, SFT loss "
+          f"{m.get('sft_loss')}; RM pairwise accuracy {m['rm_pairwise_accuracy']:.3f}; KL {m['kl_candidate']:.3f}")
+    assert m["sft_demonstrations"] > 100 and m["sft_steps"] > 0
+    assert m["examples_demonstration"] == m["sft_demonstrations"] and m["examples_thumbs"] == m["examples_pairwise"] == 0
+    assert m["rm_pairwise_accuracy"] > 0.8      # held-out users' corrections beat the answers they corrected
+    assert result.status == "published", result.reasons
+    assert not (learner.data_dir / "sft" / f"round-{result.round_id}").exists()  # the stage's folder is cleaned up
+    folder = learner.settings.adapter_dir / "policy" / "v1"
+    base, tuned, z = adapter_vs_base(learner.engine, learner.tokenizer, folder, "policy@v1", tiny_prompts(100, seed=777))
+    print(f"answers containing {WORD!r}: base {base:.3f}, policy@v1 {tuned:.3f} (400 samples each, z {z:.1f})")
+    assert z > 3
