@@ -53,7 +53,7 @@ SELECT version, SUM(up) AS ups, COUNT(*) AS n FROM (
   SELECT COALESCE(i.adapter, 'base') AS version, f.value AS up,
          ROW_NUMBER() OVER (PARTITION BY f.user, COALESCE(i.adapter, 'base') ORDER BY f.ts) AS nth
   FROM feedback f JOIN interactions i ON i.response_id = f.response_id
-  WHERE f.type = 'thumbs' AND f.status = 'joined')
+  WHERE f.type = 'thumbs' AND f.status = 'joined' AND i.ts >= ?)
 WHERE nth <= ? GROUP BY version
 """
 
@@ -76,12 +76,18 @@ def open_read_only(data_dir: Path | str) -> tuple[sqlite3.Connection, RoutingSta
     return db, RoutingState.from_json(json.loads(raw["value"])) if raw else RoutingState()
 
 
+def thumbs_by_version(db: sqlite3.Connection, max_per_user: int, since: float = 0.0) -> dict[str, tuple[int, int]]:
+    """(ups, thumbs) per version (`base` without an adapter) on answers given since `since`, each
+    user's first `max_per_user` thumbs per version counted."""
+    return {r["version"]: (r["ups"], r["n"]) for r in db.execute(THUMBS, (since, max_per_user))}
+
+
 def version_table(db: sqlite3.Connection, routing: RoutingState, max_per_user: int = 20) -> list[VersionFigures]:
     """Every version that answered, the active one first, then the canary, then newest first."""
     roles = {routing.active or BASE: "active"}
     if routing.canary:
         roles[routing.canary] = "canary"
-    thumbs = {r["version"]: (r["ups"], r["n"]) for r in db.execute(THUMBS, (max_per_user,))}
+    thumbs = thumbs_by_version(db, max_per_user)
     wins: dict[str, list[int]] = {}
     for r in db.execute(VOTES):
         wins.setdefault(r["chosen"], [0, 0])[0] += r["n"]

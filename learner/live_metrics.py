@@ -13,15 +13,11 @@ settled it. Gauges (Prometheus, on the learner's /metrics; the dashboard plots t
 
 from __future__ import annotations
 
-import logging
-
 from prometheus_client import Counter, Gauge
 
 from learner.canary_statistics import Interval
 from learner.live_evaluation import version_table
 from learner.promotion import PromotionConfig, PromotionController
-
-log = logging.getLogger(__name__)
 
 EVERY_S = 10.0
 

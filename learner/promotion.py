@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 
 from feedback.schema import RoutingChanged
 from learner.canary_statistics import CanaryEvidence, Verdict, decide
+from learner.live_evaluation import BASE, thumbs_by_version
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +61,6 @@ def hand_routed(state) -> set[str | None]:
             if ev.get("type") == "routing_changed" and ev.get("source") != CONTROLLER}
 
 
-THUMBS = """
-SELECT i.adapter AS version, f.value AS up, f.user AS user,
-       ROW_NUMBER() OVER (PARTITION BY f.user, i.adapter ORDER BY f.ts) AS nth
-FROM feedback f JOIN interactions i ON i.response_id = f.response_id
-WHERE f.type = 'thumbs' AND f.status = 'joined' AND i.ts >= ? AND (i.adapter IS ? OR i.adapter IS ?)
-"""
-
 VOTES = """
 SELECT c.adapter AS chosen, r.adapter AS rejected,
        ROW_NUMBER() OVER (PARTITION BY f.user ORDER BY f.ts) AS nth
@@ -83,11 +77,9 @@ class PromotionController:
 
     def evidence(self, canary: str, active: str | None, since: float) -> CanaryEvidence:
         cap = self.cfg.max_per_user
-        ups = {canary: 0, active: 0}
-        downs = {canary: 0, active: 0}
-        for row in self.store.db.execute(THUMBS, (since, canary, active)):
-            if row["nth"] <= cap:
-                (ups if row["up"] else downs)[row["version"]] += 1
+        thumbs = thumbs_by_version(self.store.db, cap, since)
+        c_up, c_n = thumbs.get(canary, (0, 0))
+        a_up, a_n = thumbs.get(active or BASE, (0, 0))
         wins = losses = 0
         for row in self.store.db.execute(VOTES, (since, since, canary, active, active, canary)):
             if row["nth"] <= cap:
@@ -95,7 +87,7 @@ class PromotionController:
                     wins += 1
                 else:
                     losses += 1
-        return CanaryEvidence(ups[canary], downs[canary], ups[active], downs[active], wins, losses)
+        return CanaryEvidence(c_up, c_n - c_up, a_up, a_n - a_up, wins, losses)
 
     def check(self) -> Verdict | None:
         """Judge the current canary; on a decision queue its signed routing event. None: nothing to judge."""
