@@ -52,10 +52,18 @@ class Event(BaseModel):
         return self.event_id.encode()
 
 
+# Fields added to an event type after events of it were first sealed: left out of the sealed bytes while
+# at their default, so events written before the field existed still verify.
+LATER_FIELDS: dict[str, dict[str, Any]] = {"pairwise": {"source": "user"}}
+
+
 def canonical_bytes(event: Event, without: str) -> bytes:
     """The bytes a MAC or signature covers: every field but `without`, as sorted compact JSON.
     Both sides compute it from parsed values, so whitespace or key order on the wire do not matter."""
     data = event.model_dump(mode="json", exclude={without})
+    for name, default in LATER_FIELDS.get(data.get("type"), {}).items():
+        if data.get(name) == default:
+            del data[name]
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
@@ -124,7 +132,8 @@ class Thumbs(ServingEvent):
 
 
 class Pairwise(ServingEvent):
-    """A user's choice between two answers to the same prompt."""
+    """A choice between two answers to the same prompt: a user's (serving writes it from POST /v1/feedback,
+    which never lets a client set `source`), or the AI judge's (`source: "ai"`, judge/main.py)."""
 
     type: Literal["pairwise"] = "pairwise"
     chosen_response_id: str
@@ -134,13 +143,16 @@ class Pairwise(ServingEvent):
     client: str = ""
     chosen_adapter: str | None = None
     rejected_adapter: str | None = None
+    source: Literal["user", "ai"] = Field("user", description="Who chose: a user, or the AI judge. The learner "
+                                          "weighs AI choices by RLHF_JUDGE_WEIGHT and never counts them as a user.")
 
     def key(self) -> bytes:
         return self.conversation_id.encode()
 
     def dedupe_key(self) -> str:
         a, b = sorted((self.chosen_response_id, self.rejected_response_id))
-        return f"pairwise:{self.user}:{a}:{b}"
+        who = "ai" if self.source == "ai" else self.user  # the judge's verdicts never share a key with a user's
+        return f"pairwise:{who}:{a}:{b}"
 
 
 class Demonstration(ServingEvent):

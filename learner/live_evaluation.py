@@ -60,7 +60,7 @@ WHERE nth <= ? GROUP BY version
 VOTES = """
 SELECT COALESCE(c.adapter, 'base') AS chosen, COALESCE(r.adapter, 'base') AS rejected, COUNT(*) AS n
 FROM feedback f JOIN interactions c ON c.response_id = f.chosen_id JOIN interactions r ON r.response_id = f.rejected_id
-WHERE f.type = 'pairwise' AND f.status = 'joined' AND COALESCE(c.adapter, 'base') != COALESCE(r.adapter, 'base')
+WHERE f.type = 'pairwise' AND f.status = 'joined' AND f.source = 'user' AND COALESCE(c.adapter, 'base') != COALESCE(r.adapter, 'base')
 GROUP BY chosen, rejected
 """
 

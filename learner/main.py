@@ -65,6 +65,8 @@ STALLED = Gauge("rlhf_learner_consume_stalled", "1 while records wait and none w
 FEEDBACK = Gauge("rlhf_learner_feedback", "Feedback rows in the learner store", ["status"])
 FEEDBACK_BY_TYPE = Gauge("rlhf_learner_feedback_by_type", "Usable (joined) feedback in the learner store by type: "
                          "thumbs, pairwise, demonstration (corrected answers)", ["type"])
+FEEDBACK_BY_SOURCE = Gauge("rlhf_learner_feedback_by_source", "Usable (joined) feedback in the learner store by "
+                           "source: user, ai (the AI judge's pairwise choices)", ["source"])
 NEW_FEEDBACK = Gauge("rlhf_learner_new_feedback", "Usable feedback since the last round (trigger counts this)")
 RM_ACCURACY = Gauge("rlhf_learner_rm_accuracy", "Held-out reward-model accuracy of the latest version",
                     ["measure"])
@@ -188,6 +190,8 @@ class ConsumeLoop(threading.Thread):
                             FEEDBACK.labels(status).set(counts[f"feedback_{status}"])
                         for kind, n in store.joined_by_type().items():
                             FEEDBACK_BY_TYPE.labels(kind).set(n)
+                        for source, n in store.joined_by_source().items():
+                            FEEDBACK_BY_SOURCE.labels(source).set(n)
                         NEW_FEEDBACK.set(store.new_feedback_count())
                         self.waiting = sum(consumer.lag().values())
                         if not self.waiting:

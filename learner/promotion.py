@@ -65,7 +65,7 @@ VOTES = """
 SELECT c.adapter AS chosen, r.adapter AS rejected,
        ROW_NUMBER() OVER (PARTITION BY f.user ORDER BY f.ts) AS nth
 FROM feedback f JOIN interactions c ON c.response_id = f.chosen_id JOIN interactions r ON r.response_id = f.rejected_id
-WHERE f.type = 'pairwise' AND f.status = 'joined' AND c.ts >= ? AND r.ts >= ?
+WHERE f.type = 'pairwise' AND f.status = 'joined' AND f.source = 'user' AND c.ts >= ? AND r.ts >= ?
   AND ((c.adapter IS ? AND r.adapter IS ?) OR (c.adapter IS ? AND r.adapter IS ?))
 """
 

@@ -54,7 +54,8 @@ from learner.sft import SFTConfig, SFTTrainer
 from learner.store import Store
 from learner.suspects import SuspectConfig, UserAgreement, consensus_rate, find_suspects
 from learner.tokenization import encode_feedback_answer, encode_prompt, load_tokenizer, stop_strings
-from learner.weighting import CappedWeights, capped_weights, group_shares, systematic_sample, weighted_order
+from learner.weighting import (CappedWeights, capped_weights, group_shares, systematic_sample, weighted_order,
+                               with_ai_examples)
 from rlhf.models.registry import model_display_name, resolve_model
 from rlhf.models.sizing import context_length
 
@@ -200,6 +201,16 @@ class Learner:
         return ids, kept
 
     def capped(self, rows: list[dict], suspects: set[str] = frozenset()) -> CappedWeights:
+        """Weights of rows (feedback examples or prompts): the people's under the operator's caps
+        (`capped_people`), the AI judge's at RLHF_JUDGE_WEIGHT times a mean person's example, outside
+        every cap (learner/weighting.py `with_ai_examples`)."""
+        is_ai = [r.get("source") == "ai" for r in rows]
+        if not any(is_ai):
+            return self.capped_people(rows, suspects)
+        people = self.capped_people([r for r, ai in zip(rows, is_ai) if not ai], suspects)
+        return with_ai_examples(people, is_ai, self.settings.judge_weight)
+
+    def capped_people(self, rows: list[dict], suspects: set[str] = frozenset()) -> CappedWeights:
         """Weights of rows (feedback examples or prompts, each with `user` and `client`) under the
         operator's caps; a suspect's capped weights are then multiplied by `suspects.weight`, and
         the caps applied again so the others share what the suspects lost. A suspect never gets
@@ -246,7 +257,8 @@ class Learner:
         held_weights = self.capped(held_ex).weights
         held_scores = trainer.scores(held_ex)
         consensus = consensus_rate(trainer.agreement(held_ex, held_scores), held_weights, sc.min_consensus_labels)
-        tested = find_suspects([e["user"] for e in chosen], trainer.agreement(chosen), consensus, sc)
+        people = [e for e in chosen if e.get("source") != "ai"]  # the judge is not tested as a user
+        tested = find_suspects([e["user"] for e in people], trainer.agreement(people), consensus, sc)
         suspects = {u for u, a in tested.items() if a.suspect}
         if suspects:
             weights = self.capped(chosen, suspects)
@@ -256,8 +268,7 @@ class Learner:
             metrics.update(rm_refit_steps=refit["rm_steps"], rm_refit_loss=refit["rm_loss"])
             held_scores = trainer.scores(held_ex)
         metrics.update(trainer.evaluate(held_ex, held_weights, held_scores))
-        by_client = group_shares(weights.weights, [e["client"] for e in chosen])
-        metrics.update(rm_users=len(weights.user_shares), rm_clients=len(by_client),
+        metrics.update(rm_users=len(weights.user_shares), rm_clients=len(weights.client_shares),
                        rm_max_user_share=weights.max_user_share, rm_max_client_share=weights.max_client_share,
                        rm_client_cap_met=int(weights.client_cap_met), consensus_agreement=consensus,
                        suspects_tested=len(tested), suspect_users=len(suspects),
@@ -577,11 +588,12 @@ class Learner:
 
 
 def feedback_kinds(examples: list[dict]) -> dict[str, int]:
-    """How many of the round's training examples are of each kind (round record, manifest)."""
+    """How many of the round's training examples are of each kind and source (round record, manifest)."""
     demos = sum(1 for e in examples if e.get("demonstration"))
+    ai = sum(1 for e in examples if e.get("source") == "ai")
     return {"examples_thumbs": sum(1 for e in examples if e["type"] == "thumbs"),
             "examples_pairwise": sum(1 for e in examples if e["type"] == "pairwise") - demos,
-            "examples_demonstration": demos}
+            "examples_demonstration": demos, "examples_user": len(examples) - ai, "examples_ai": ai}
 
 
 def kl_guard_trips(previous_kls: list[float], kl: float, limit: float) -> bool:

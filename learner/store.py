@@ -97,7 +97,8 @@ CREATE TABLE IF NOT EXISTS feedback (
     status          TEXT NOT NULL,   -- 'pending' | 'joined' | 'dead'
     reason          TEXT,
     seq             INTEGER,         -- set when the row becomes usable (joined)
-    split           TEXT NOT NULL    -- 'train' | 'heldout', by user
+    split           TEXT NOT NULL,   -- 'train' | 'heldout', by user (the AI judge's: always 'train')
+    source          TEXT NOT NULL DEFAULT 'user'  -- 'user' | 'ai' (the AI judge's pairwise choices)
 );
 CREATE INDEX IF NOT EXISTS feedback_status ON feedback(status, seq);
 CREATE INDEX IF NOT EXISTS feedback_resp ON feedback(response_id);
@@ -163,7 +164,8 @@ CREATE TABLE IF NOT EXISTS meta (
 
 # Columns added after a store file was first created: added on open when missing.
 ADDED_COLUMNS = {"interactions": {"client": "TEXT NOT NULL DEFAULT ''", "completion_tokens": "INTEGER"},
-                 "feedback": {"client": "TEXT NOT NULL DEFAULT ''", "text": "TEXT"}}
+                 "feedback": {"client": "TEXT NOT NULL DEFAULT ''", "text": "TEXT",
+                              "source": "TEXT NOT NULL DEFAULT 'user'"}}
 
 
 def split_of(key: str, heldout_fraction: float, salt: bytes) -> str:
@@ -235,8 +237,9 @@ class Store:
                     self.db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
         split_by = "user, hmac key " + hashlib.sha256(self.split_salt).hexdigest()[:16]
         if self.get_meta("split_by") != split_by:  # split otherwise before (older file, other key): re-split
-            for table in ("interactions", "feedback"):
-                self.db.execute(f"UPDATE {table} SET split = split_of(user, ?)", (self.heldout_fraction,))
+            self.db.execute("UPDATE interactions SET split = split_of(user, ?)", (self.heldout_fraction,))
+            self.db.execute("UPDATE feedback SET split = split_of(user, ?) WHERE source = 'user'",
+                            (self.heldout_fraction,))
             self.set_meta("split_by", split_by)
 
     @classmethod
@@ -356,13 +359,15 @@ class Store:
                 res.unchanged += 1
                 return
             res.replaced += 1
+        source = getattr(ev, "source", "user")
+        # the AI judge is not a user: its choices train only, and the gate measures on people
+        split = "train" if source == "ai" else self.split_of(ev.user, self.heldout_fraction)
         self.db.execute(
             "INSERT OR REPLACE INTO feedback(dedupe_key, event_id, type, user, client, conversation_id, response_id, "
-            "value, chosen_id, rejected_id, text, ts, received_at, status, reason, seq, split) "
-            "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,'pending',NULL,NULL,?)",
+            "value, chosen_id, rejected_id, text, ts, received_at, status, reason, seq, split, source) "
+            "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,'pending',NULL,NULL,?,?)",
             (key, ev.event_id, ev.type, ev.user, ev.client, ev.conversation_id, fields["response_id"],
-             fields["value"], fields["chosen_id"], fields["rejected_id"], fields["text"], ev.ts, now,
-             self.split_of(ev.user, self.heldout_fraction)))
+             fields["value"], fields["chosen_id"], fields["rejected_id"], fields["text"], ev.ts, now, split, source))
         if not self._try_join(key, res):
             res.pending += 1
 
@@ -515,9 +520,11 @@ class Store:
         raise ValueError(f"split by 'user' or 'conversation', not {by!r}")
 
     def feedback_examples(self, split: str, max_seq: int | None = None, by: str = "user") -> list[dict]:
-        """Joined feedback with its interactions: dicts with `type`, `user`, `client` and the texts the
-        reward model needs. `by`: the stored split by user, or a split by conversation."""
+        """Joined feedback with its interactions: dicts with `type`, `user`, `client`, `source` and the texts
+        the reward model needs. `by`: the stored split by user, or a split by conversation. The AI judge's
+        choices are always on the training side, never held out."""
         cond, cond_args = self._split_filter("f", by)
+        cond = f"({cond} OR f.source = 'ai')" if split == "train" else f"({cond} AND f.source = 'user')"
         q = ("SELECT f.*, a.messages AS a_messages, a.response AS a_response, a.finish_reason AS a_finish, "
              "b.response AS b_response, b.finish_reason AS b_finish FROM feedback f "
              "JOIN interactions a ON a.response_id = COALESCE(f.response_id, f.chosen_id) "
@@ -529,7 +536,7 @@ class Store:
         out = []
         for r in rows:
             ex = {"type": r["type"], "key": r["dedupe_key"], "seq": r["seq"], "user": r["user"],
-                  "client": r["client"], "messages": json.loads(r["a_messages"])}
+                  "client": r["client"], "source": r["source"], "messages": json.loads(r["a_messages"])}
             if r["type"] == "thumbs":
                 ex.update(response=r["a_response"], finish_reason=r["a_finish"], label=int(r["value"]))
             elif r["type"] == "demonstration":  # the corrected answer preferred over the one it corrects
@@ -585,6 +592,11 @@ class Store:
         """Usable feedback per type: thumbs, pairwise, demonstration."""
         got = dict(self.db.execute("SELECT type, COUNT(*) FROM feedback WHERE status='joined' GROUP BY type"))
         return {t: got.get(t, 0) for t in ("thumbs", "pairwise", "demonstration")}
+
+    def joined_by_source(self) -> dict[str, int]:
+        """Usable feedback per source: users, and the AI judge."""
+        got = dict(self.db.execute("SELECT source, COUNT(*) FROM feedback WHERE status='joined' GROUP BY source"))
+        return {s: got.get(s, 0) for s in ("user", "ai")}
 
     def counts(self) -> dict[str, int]:
         one = lambda q: int(self.db.execute(q).fetchone()[0])  # noqa: E731

@@ -129,6 +129,22 @@ def capped_weights(users: list[str], clients: list[str], *, max_user_share: floa
     return CappedWeights(w, group_shares(w, users), group_shares(w, clients), user_cap, client_cap, met)
 
 
+def with_ai_examples(people: CappedWeights, is_ai: list[bool], ai_weight: float) -> CappedWeights:
+    """Weights (sum 1) of a round's examples where some are the AI judge's (`is_ai`): the people's
+    capped weights keep their proportions, and each AI example weighs `ai_weight` times a mean
+    person's example (RLHF_JUDGE_WEIGHT). The judge is not a user: it takes no user's or client's
+    share under the caps, and the shares reported are the people's among themselves.
+    `people` holds the weights of the examples with is_ai False, in order."""
+    n_people = len(people.weights)
+    per_ai = ai_weight / n_people if n_people else 1.0  # a round of AI examples only: equal weights
+    mine = iter(people.weights)
+    raw = [per_ai if ai else next(mine) for ai in is_ai]
+    total = sum(raw)
+    weights = [w / total for w in raw] if total > 0 else raw
+    return CappedWeights(weights, people.user_shares, people.client_shares, people.user_cap, people.client_cap,
+                         people.client_cap_met)
+
+
 def systematic_sample(weights: list[float], k: int, rng) -> list[int]:
     """k indices drawn in proportion to `weights` (with repeats), by systematic sampling: index i
     is drawn floor or ceil of k·w_i/Σw times, so a run of indices (one user's examples, when the

@@ -154,6 +154,25 @@ class Settings(BaseSettings):
         "from logged pairwise choices and up/down thumbs of one prompt, no rollouts) or `kto` (learner/kto.py, "
         "thumbs as desirable/undesirable answers, pairwise choices as one of each, no rollouts).")
 
+    # --- AI judge (judge/, `rlhf judge`) ----------------------------------------------
+    judge_enabled: bool = Field(False, description="`rlhf up` also starts the AI judge (`rlhf judge`), which adds "
+                                "pairwise choices with source `ai` to rlhf.feedback.")
+    judge_url: str = Field("", description="OpenAI-compatible API the judge asks (ending in /v1); empty: our own "
+                           "serving, http://RLHF_HOST:RLHF_PORT/v1, whose answers to the judge are not logged.")
+    judge_model: str = Field("", description="Model the judge asks for; empty: the served base model's name.")
+    judge_api_key: str = Field("", description="Bearer key for RLHF_JUDGE_URL (our serving with RLHF_AUTH=api-key: "
+                               "a key from `rlhf keys add judge`).")
+    judge_rubric: str = Field("", description="Text file with the rubric the judge compares two answers by; empty: "
+                              "a short built-in rubric (helpful, correct, concise).")
+    judge_weight: float = Field(0.5, ge=0.0, description="How much one AI pairwise choice weighs in a round, as a "
+                                "multiple of one user's example; AI choices never take a user's share.")
+    judge_agreement_floor: float = Field(0.6, ge=0.0, le=1.0, description="The judge pauses (publishes nothing) "
+                                         "while its agreement with users' own pairwise choices is below this.")
+    judge_min_agreement_samples: int = Field(20, ge=1, description="Comparisons with users' choices needed before "
+                                             "the agreement floor can pause the judge.")
+    judge_port: int = Field(8002, description="Port of the judge's /metrics and /healthz.")
+    judge_timeout_s: float = Field(60.0, gt=0, description="How long the judge waits for one verdict.")
+
     log_level: str = Field("INFO", description="Python logging level.")
 
     @field_validator("canary_fraction")
