@@ -2,7 +2,7 @@
 
 Every completion gets a fresh id; each choice gets its own response id and a feedback token
 bound to the end user (`Caller.end_user`: the request's `user` within its client, or the JWT's
-`sub`). One `Interaction` event per choice, carrying that user and the client, goes to
+`sub`). One `Interaction` event per choice (none for `store: false`), carrying that user and the client, goes to
 `rlhf.interactions` before the answer (or the stream's last chunk) reaches the client, so
 feedback can never arrive for an answer the event log does not know.
 """
@@ -108,7 +108,7 @@ class ChatService:
         for i, text in enumerate(texts):
             metrics.GENERATED_TOKENS.labels(label).inc(completion_tokens[i])
             metrics.COMPLETIONS.labels(label, finish[i] or "unknown").inc()
-        if self.events is None:
+        if self.events is None or not prep.request.store:  # store=false: not logged, never trained on
             return False
         events = [
             Interaction(

@@ -83,6 +83,8 @@ class ChatCompletionRequest(Body):
     top_p: float | None = Field(None, ge=MIN_TOP_P, le=1.0, description="Default: the model card's (else 1.0).")
     user: str = Field("", max_length=256, description="End-user id; feedback tokens are bound to it.")
     ignore_eos: bool = False  # extension (as in vLLM): generate max_tokens even past EOS; for benchmarks
+    store: bool = Field(True, description="As in OpenAI's API: false keeps this completion out of the event log, "
+                        "so it never trains (the AI judge's own questions); it then has no feedback tokens.")
 
     @field_validator("stop")
     @classmethod

@@ -1,7 +1,7 @@
 """The house plan, read from the imports: every arrow points down, and no cycle.
 
     rlhf command line (cli, up, adapters_cli, keys_cli)     floor 4
-    serving/          learner/                          floor 3 (never import each other)
+    serving/          learner/         judge/           floor 3 (never import each other)
     adapters/                                           floor 2
     feedback/                                           floor 1
     rlhf settings and models                            floor 0
@@ -16,7 +16,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("rlhf", "serving", "learner", "adapters", "feedback")
+PACKAGES = ("rlhf", "serving", "learner", "judge", "adapters", "feedback")
 COMMAND_LINE = ("rlhf.cli", "rlhf.up", "rlhf.adapters_cli", "rlhf.keys_cli")
 
 
@@ -31,7 +31,7 @@ def floor(module: str) -> int:
     top = module.split(".")[0]
     if top == "rlhf":
         return 4 if module.startswith(COMMAND_LINE) else 0
-    return {"feedback": 1, "adapters": 2, "serving": 3, "learner": 3}[top]
+    return {"feedback": 1, "adapters": 2, "serving": 3, "learner": 3, "judge": 3}[top]
 
 
 def project_imports() -> dict[str, set[str]]:
