@@ -2,8 +2,9 @@
 
     rlhf serve   [--model NAME] [--host H] [--port N]     chat API (vLLM) + feedback
     rlhf learn   [--model NAME]                           reward model + PPO on LoRA
+    rlhf judge                                            AI judge: pairwise feedback with source "ai"
     rlhf broker  [--port N]                               embedded Kafka-compatible broker
-    rlhf up      [--model NAME]                           broker + serving + learner together
+    rlhf up      [--model NAME]                           broker + serving + learner (+ judge) together
     rlhf model prepare [--model NAME] [--no-starting-adapter] make a model (and its policy@v0) available offline
     rlhf adapters list|publish PATH|activate VERSION|rollback|canary VERSION FRACTION|keygen DIR
     rlhf keys add NAME|list|revoke NAME                   API keys for RLHF_AUTH=api-key
@@ -84,6 +85,13 @@ def cmd_learn(args: argparse.Namespace) -> int:
     return run()
 
 
+def cmd_judge(args: argparse.Namespace) -> int:
+    _setup_logging()
+    from judge.main import run  # lazy: keeps `rlhf --help` fast
+
+    return run()
+
+
 def cmd_broker(args: argparse.Namespace) -> int:
     _setup_logging()
     from feedback.broker import run  # lazy: keeps `rlhf --help` fast
@@ -125,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("learn", help="start the learner (reward model + PPO on LoRA)")
     s.add_argument("--model")
     s.set_defaults(func=cmd_learn)
+
+    s = sub.add_parser("judge", help="start the AI judge: pairwise feedback with source `ai` from a judge model "
+                                     "(RLHF_JUDGE_*)")
+    s.set_defaults(func=cmd_judge)
 
     s = sub.add_parser("broker", help="start the embedded Kafka-compatible broker")
     s.add_argument("--port", type=int, default=9092)

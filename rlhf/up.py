@@ -9,7 +9,10 @@ without key settings a key pair in `RLHF_DATA_DIR/control-keys` with which the l
 `rlhf adapters` sign routing changes and serving checks them (adapters/signing.py). If something already
 answers at `RLHF_KAFKA_BOOTSTRAP`, that broker is used instead of starting one.
 
-Children write to `RLHF_DATA_DIR/logs/{broker,serve,learn}.log`. A serving or learner process
+With `RLHF_JUDGE_ENABLED=true` the AI judge (`rlhf judge`) runs beside them, asking serving's base
+model unless RLHF_JUDGE_URL names another endpoint.
+
+Children write to `RLHF_DATA_DIR/logs/{broker,serve,learn,judge}.log`. A serving or learner process
 that dies is restarted (with backoff, at most 3 times in 10 minutes); after that, or if the
 broker dies, everything is stopped and `rlhf up` exits 1 with the end of the log that explains
 it. Ctrl-C or SIGTERM stops serving and the learner (SIGTERM, then SIGKILL after 30 s), then
@@ -56,7 +59,7 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
 
 @dataclass
 class Child:
-    name: str  # `serve` or `learn`
+    name: str  # `serve`, `learn` or `judge`
     env: dict
     log_path: Path
     proc: subprocess.Popen | None = None
@@ -121,10 +124,13 @@ def run() -> int:
     logs.mkdir(parents=True, exist_ok=True)
     adapter_dir.mkdir(parents=True, exist_ok=True)
 
-    for what, port in (("serving", settings.port), ("the learner", settings.learner_port)):
+    needs = [("serving", settings.port, "--port"), ("the learner", settings.learner_port, "RLHF_LEARNER_PORT")]
+    if settings.judge_enabled:
+        needs.append(("the judge", settings.judge_port, "RLHF_JUDGE_PORT"))
+    for what, port, option in needs:
         if port_open(settings.host, port):
             print(f"error: port {port} on {settings.host} is in use ({what} needs it); stop what uses it "
-                  f"or choose another ({'--port' if what == 'serving' else 'RLHF_LEARNER_PORT'})", file=sys.stderr)
+                  f"or choose another ({option})", file=sys.stderr)
             return 2
 
     try:  # made here once, before serving and the learner both look for it
@@ -170,6 +176,8 @@ def run() -> int:
            "RLHF_DATA_DIR": str(data_dir), "RLHF_ADAPTER_DIR": str(adapter_dir), "RLHF_HOST": settings.host,
            "RLHF_PORT": str(settings.port), "PYTHONUNBUFFERED": "1"}
     children = [Child("serve", env, logs / "serve.log"), Child("learn", env, logs / "learn.log")]
+    if settings.judge_enabled:
+        children.append(Child("judge", env, logs / "judge.log"))
     for c in children:
         c.start()
     url = f"http://{settings.host}:{settings.port}"
@@ -219,7 +227,9 @@ def run() -> int:
                         f"  chat page   {url}/\n"
                         f"  API         {url}/v1   (OpenAI-compatible: /v1/chat/completions, /v1/models;"
                         f" /v1/feedback, /v1/adapters)\n"
-                        f"  metrics     {url}/metrics   learner: http://{settings.host}:{settings.learner_port}/metrics\n"
+                        f"  metrics     {url}/metrics   learner: http://{settings.host}:{settings.learner_port}/metrics"
+                        + (f"   judge: http://{settings.host}:{settings.judge_port}/metrics" if settings.judge_enabled
+                           else "") + "\n"
                         f"  broker      {settings.kafka_bootstrap}\n"
                         f"  logs        {logs}/\n"
                         "  Ctrl-C stops everything.")

@@ -12,8 +12,10 @@ from pathlib import Path
 import httpx
 
 from feedback.broker import port_open
+from harness import ports
 from harness.procfs import cmdline, descendants
 from harness.up import UpProcess
+from harness.waiting import answers_200, wait_until
 
 
 def test_up_starts_supervises_and_stops_everything(tmp_path, tiny_model_path):
@@ -51,5 +53,23 @@ def test_up_starts_supervises_and_stops_everything(tmp_path, tiny_model_path):
                 Path(f"/proc/{pid}/status").read_text(errors="replace")]
         assert not left, {pid: cmdline(pid) for pid in left}
         assert not port_open("127.0.0.1", up.port) and not port_open("127.0.0.1", up.broker_port)
+    finally:
+        up.stop()
+
+
+def test_up_starts_the_judge_when_enabled(tmp_path, tiny_model_path):
+    judge_port = ports.pick_port()
+    up = UpProcess({"RLHF_DATA_DIR": str(tmp_path / "data"), "RLHF_ADAPTER_DIR": str(tmp_path / "adapters"),
+                    "RLHF_JUDGE_ENABLED": "true", "RLHF_JUDGE_PORT": str(judge_port)}, "tiny")
+    try:
+        up.start(timeout=600)
+        up.output.wait_for(f"judge: http://127.0.0.1:{judge_port}/metrics", 30)
+        judge = [pid for pid in descendants(up.proc.pid) if cmdline(pid).endswith("rlhf.cli judge ")]
+        assert judge, {pid: cmdline(pid) for pid in descendants(up.proc.pid)}
+        wait_until(lambda: answers_200(f"http://127.0.0.1:{judge_port}/healthz"), 120, 0.5, "the judge's /healthz")
+        assert "rlhf_judge_paused 0.0" in httpx.get(f"http://127.0.0.1:{judge_port}/metrics", timeout=10).text
+        up.proc.send_signal(signal.SIGINT)
+        assert up.proc.wait(90) == 0, up.output.rest()
+        assert not port_open("127.0.0.1", judge_port)
     finally:
         up.stop()
