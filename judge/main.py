@@ -144,7 +144,8 @@ class Judge:
 
 async def serve(settings: Settings, rubric: str) -> int:
     url, model = endpoint(settings)
-    verdicts = VerdictClient(url, model, rubric, api_key=settings.judge_api_key, timeout_s=settings.judge_timeout_s)
+    verdicts = VerdictClient(url, model, rubric, api_key=settings.judge_api_key, timeout_s=settings.judge_timeout_s,
+                             letters_only=not settings.judge_url)  # our serving: a letter, always parseable
     consumer = EventConsumer(settings, [TOPIC_INTERACTIONS, TOPIC_FEEDBACK], group_id="judge")
     # its own spool: serving's spool folder belongs to serving (`rlhf up` shares RLHF_DATA_DIR)
     publisher = EventPublisher(settings.model_copy(update={"data_dir": Path(settings.data_dir) / "judge"}),

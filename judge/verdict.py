@@ -78,15 +78,18 @@ def combine(first_order: str | None, second_order: str | None) -> Verdict:
 
 class VerdictClient:
     def __init__(self, url: str, model: str, rubric: str, *, api_key: str = "", timeout_s: float = 60.0,
-                 max_tokens: int = 8):
+                 max_tokens: int = 8, letters_only: bool = False):
+        """`letters_only`: ask the endpoint to answer exactly "A" or "B" (vLLM's `structured_outputs`, which
+        our serving accepts too); other OpenAI-compatible APIs may refuse the field."""
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.http = httpx.AsyncClient(base_url=url.rstrip("/"), headers=headers, timeout=timeout_s)
         self.model, self.rubric, self.max_tokens = model, rubric, max_tokens
+        self.extra = {"structured_outputs": {"choice": ["A", "B"]}} if letters_only else {}
 
     async def ask(self, messages: list[dict], first: str, second: str) -> str:
         r = await self.http.post("/chat/completions", json={
             "model": self.model, "messages": question(self.rubric, messages, first, second),
-            "temperature": 0, "max_tokens": self.max_tokens, "store": False})
+            "temperature": 0, "max_tokens": self.max_tokens, "store": False, **self.extra})
         r.raise_for_status()
         return r.json()["choices"][0]["message"]["content"] or ""
 

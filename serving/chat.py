@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from vllm import SamplingParams
-from vllm.sampling_params import RequestOutputKind
+from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
 from adapters.router import LoadedAdapter, Router
 from feedback import feedback_tokens
@@ -77,6 +77,8 @@ class ChatService:
             stop=(req.stop or []) + self.stop or None,
             seed=req.seed, ignore_eos=req.ignore_eos, presence_penalty=req.presence_penalty,
             frequency_penalty=req.frequency_penalty,
+            structured_outputs=StructuredOutputsParams(choice=req.structured_outputs.choice)
+            if req.structured_outputs else None,
             output_kind=RequestOutputKind.DELTA if req.stream else RequestOutputKind.FINAL_ONLY,
         )
         sampling = {"temperature": temperature, "top_p": top_p, "max_tokens": max_tokens, "n": req.n,

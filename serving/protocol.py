@@ -64,6 +64,12 @@ class StreamOptions(Body):
     include_usage: bool = False
 
 
+class StructuredOutputs(Body):  # extension (as in vLLM's `structured_outputs`): only the choice form
+    model_config = ConfigDict(extra="forbid")
+    choice: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        min_length=1, max_length=16, description="The answer is exactly one of these strings (e.g. a judge's A or B).")
+
+
 class ChatCompletionRequest(Body):
     # Unknown OpenAI fields are ignored, as OpenAI-compatible servers do; known ones are checked.
     model_config = ConfigDict(extra="ignore")
@@ -83,6 +89,7 @@ class ChatCompletionRequest(Body):
     top_p: float | None = Field(None, ge=MIN_TOP_P, le=1.0, description="Default: the model card's (else 1.0).")
     user: str = Field("", max_length=256, description="End-user id; feedback tokens are bound to it.")
     ignore_eos: bool = False  # extension (as in vLLM): generate max_tokens even past EOS; for benchmarks
+    structured_outputs: StructuredOutputs | None = None  # extension, as in vLLM
     store: bool = Field(True, description="As in OpenAI's API: false keeps this completion out of the event log, "
                         "so it never trains (the AI judge's own questions); it then has no feedback tokens.")
 

@@ -3,7 +3,8 @@
 The judge model in the first and last test is harness/rule_judge.py, a real OpenAI-compatible HTTP
 server that follows a fixed rule: the tiny model (random weights) does not answer "A" or "B" to a
 judge question, and no model we can produce here reliably agrees, or disagrees, with a rule.
-The middle test points the judge at our own serving, to show its questions are never logged.
+The middle test points the judge at our own serving (asked for a single letter, which the tiny model
+then always gives), to show its questions are never logged.
 """
 
 from __future__ import annotations
@@ -93,7 +94,9 @@ def test_the_judges_questions_to_our_serving_are_not_logged(broker, server, judg
     wait_until(lambda: sum(metric_value(scrape(judge.url), "rlhf_judge_verdicts_total", f'outcome="{o}"') or 0
                            for o in ("decided", "inconsistent", "unparsed", "error")) >= 2, 300, 0.5,
                "the judge asking our serving")
+    # asked for one letter (structured outputs, our serving's vLLM extension), the tiny model always gives one
     assert metric(judge, "rlhf_judge_verdicts_total", 'outcome="error"') == 0
+    assert metric(judge, "rlhf_judge_verdicts_total", 'outcome="unparsed"') == 0
     # every interaction serving logged is a user's: serving publishes before it answers, so any the
     # judge's questions had made would be on the topic by now
     ids = {r["response_id"] for b in logged for r in b["rlhf"]["responses"]}
