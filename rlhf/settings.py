@@ -116,7 +116,11 @@ class Settings(BaseSettings):
     adapter_dir: Path = Field(Path(".data/adapters"), description="Adapter store shared by learner and serving.")
 
     # --- routing ----------------------------------------------------------------------
-    canary_fraction: float = Field(0.0, description="Share of users routed to a canary adapter (0..1).")
+    canary_fraction: float = Field(0.1, description="Share of users (sticky, by user id) a newly published version "
+                                   "answers first, as a canary, until promoted or rolled back (0..1). 0: every "
+                                   "new version is active for every user at once, an operator's explicit choice "
+                                   "(e.g. a one-user development setup); `rlhf adapters publish --activate` skips "
+                                   "the canary for one version.")
     blind_compare_share: float = Field(0.5, ge=0.0, le=1.0, description="Share of the chat page's compare turns "
                                        "that, while a canary runs, show the active version's and the canary's answers "
                                        "side by side in random order, unlabelled until the user votes.")

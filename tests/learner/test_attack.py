@@ -80,18 +80,18 @@ def test_three_sybils_at_equal_volume_cannot_turn_the_round(env, server_factory,
         assert shares["policy_weight"] <= 3 * policy_cap + 3 / shares["policy_prompts"] + 1e-6
 
     # 4. published: the honest users like it better than the base, on prompts no one trained on
-    if status == "published":
+    if status == "published":  # routed as a canary first (default settings); asked for by name here
         info = learner.wait("serving to route to the new version",
                             lambda: (i := httpx.get(server.url + "/v1/adapters", timeout=10,
-                                                   headers={"Authorization": f"Bearer {judge}"}).json())["active"]
+                                                   headers={"Authorization": f"Bearer {judge}"}).json())["canary"]
                             and i, timeout=120)
         held_out = tiny_prompts(100, seed=777)
         base = honest_rate(server.url, "tiny", judge, held_out)
-        tuned = honest_rate(server.url, info["active"], judge, held_out)
+        tuned = honest_rate(server.url, info["canary"], judge, held_out)
         n = 4 * len(held_out)
         pooled = (base + tuned) / 2
         z = (tuned - base) / math.sqrt(max(pooled * (1 - pooled), 1e-9) * 2 / n)
-        print(f"honest approval: base {base:.3f} -> {info['active']} {tuned:.3f} (z = {z:.1f})")
+        print(f"honest approval: base {base:.3f} -> {info['canary']} {tuned:.3f} (z = {z:.1f})")
         assert z > 2.33  # one-sided, p < 0.01: better for the honest users, not merely not worse
     else:
         print(f"nothing published: {reason}")

@@ -1,6 +1,7 @@
 """The whole loop against real processes: a simulated user talks to `rlhf serve` (tiny model)
 over HTTP and gives feedback through /v1/feedback; `rlhf learn` consumes the broker, trains,
-gates and publishes; serving hot-swaps to the adapter, which measurably moves the policy
+gates and publishes; with default settings serving routes the new adapter as a canary on a
+sticky 10 % of users (the rest keep the base model), and it measurably moves the policy
 toward the user's hidden preference, with its KL to the base reported.
 
 The module has its own broker and adapter store, so no other test's events reach this learner.
@@ -16,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from adapters.router import user_bucket
 from adapters.store import verify_adapter
 from harness.broker import start_broker
 from harness.metrics import metric_value
@@ -32,6 +34,14 @@ def env(tmp_path_factory):
     adapters = tmp_path_factory.mktemp("adapters")
     yield {"RLHF_KAFKA_BOOTSTRAP": broker.bootstrap, "RLHF_ADAPTER_DIR": str(adapters)}
     broker.stop()
+
+
+def canary_or_base(server, user: str) -> str | None:
+    """The adapter that answers `user` when the request names no version (routing decides)."""
+    r = httpx.post(server.url + "/v1/chat/completions", timeout=120, json={
+        "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 2, "user": user})
+    assert r.status_code == 200, r.text
+    return r.json()["rlhf"]["adapter"]
 
 
 def word_rate(server, model: str, questions: list[str], n: int = 4) -> float:
@@ -59,14 +69,18 @@ def test_simulated_user_through_http_moves_the_policy(env, server_factory, learn
     print(f"\nfeedback sent: {sent}")
     assert sent["pairwise"] + sent["thumbs"] >= 350
 
-    # 2. the learner consumes it, trains, and publishes; serving swaps to the new version
+    # 2. the learner consumes it, trains, and publishes; serving routes the new version as a canary
     def published():
         info = httpx.get(server.url + "/v1/adapters", timeout=10).json()
         rounds = learner.query("SELECT id, status, reason FROM rounds WHERE finished_at IS NOT NULL")
         assert not [r for r in rounds if r[1] in ("rejected", "failed")], (rounds, learner.tail())
-        return info["active"] == "policy@v1" and info
+        return info["canary"] == "policy@v1" and info
 
-    learner.wait("the learner to publish and serving to route to it", published, timeout=1800, every=2.0)
+    info = learner.wait("the learner to publish and serving to route to it", published, timeout=1800, every=2.0)
+    assert (info["active"], info["canary_fraction"]) == (None, 0.1)  # RLHF_CANARY_FRACTION's default
+    routed = {u: canary_or_base(server, u) for u in users}
+    assert routed == {u: "policy@v1" if user_bucket(u) < 0.1 else None for u in users}
+    assert all(canary_or_base(server, u) == routed[u] for u in users[:5])  # sticky
 
     # 3. what the learner reports
     metrics = learner.metrics()

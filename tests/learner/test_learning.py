@@ -108,7 +108,8 @@ def test_learns_a_hidden_preference_and_publishes(learner):
     assert manifest["base_model"] == "tiny" and manifest["feedback_count"] == stats["pairwise"] + stats["thumbs"]
     assert 0.0 < manifest["metrics"]["kl_candidate"] <= learner.settings.kl_budget
     assert manifest["metrics"]["reward_candidate"] > manifest["metrics"]["reward_serving"]
-    assert learner.store.serving_adapter()["version"] == "policy@v1"  # the next round starts from it
+    routing = learner.store._routing()  # default settings: a canary on 10 % of users, not yet active
+    assert (routing.active, routing.canary, routing.canary_fraction) == (None, "policy@v1", 0.1)
 
     # 4. the adapter writes the preferred word clearly more often than the base model (vLLM samples)
     questions = tiny_prompts(100, seed=777)

@@ -163,7 +163,8 @@ def test_rloo_round_learns_a_hidden_preference_and_publishes(learner):
     assert manifest["metrics"]["algorithm"] == "rloo"
     assert 0.0 < manifest["metrics"]["kl_candidate"] <= learner.settings.kl_budget
     assert manifest["metrics"]["reward_candidate"] > manifest["metrics"]["reward_serving"]
-    assert learner.store.serving_adapter()["version"] == "policy@v1"
+    routing = learner.store._routing()  # default settings: a canary on 10 % of users, not yet active
+    assert (routing.active, routing.canary, routing.canary_fraction) == (None, "policy@v1", 0.1)
     assert json.loads(learner.store.last_round()["metrics"])["algorithm"] == "rloo"  # the round's record
 
     # 4. the adapter writes the preferred word clearly more often than the base model (vLLM samples),

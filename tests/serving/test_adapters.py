@@ -96,7 +96,9 @@ def store(env, src: Path, name: str = "policy") -> tuple[str, str, str]:
     return write_adapter(env["RLHF_ADAPTER_DIR"], name, src, base_model="tiny")
 
 
-def publish(env, src: Path, name: str = "policy", canary: float | None = None) -> AdapterAnnounced:
+def publish(env, src: Path, name: str = "policy", canary: float = 0.0) -> AdapterAnnounced:
+    """Store and announce `src`; active at once (canary 0, as `rlhf adapters publish --activate`) unless a
+    `canary` share is given: the tests using it are about swapping and rolling back, not staged rollout."""
     version, rel, sha = store(env, src, name)
     ev = AdapterAnnounced(version=version, path=rel, manifest_sha256=sha, canary_fraction=canary)
     announce(env["RLHF_KAFKA_BOOTSTRAP"], ev, key=signer(env))
@@ -215,13 +217,25 @@ def test_admin_routes_need_the_token(replica_a):
     assert info["base"] == "tiny" and info["following"] is True
 
 
-def test_publish_with_the_cli_then_served(replica_a, env, marker, tmp_path):
+def test_publish_with_the_cli_starts_a_canary_then_activate_serves_it(replica_a, env, marker, tmp_path):
+    """Default settings: a published version first answers a sticky RLHF_CANARY_FRACTION (10 %) of
+    users, the active version the rest; `rlhf adapters activate` then routes everyone to it."""
     before = adapters(replica_a)
     src = tmp_path / "my-adapter"
     shutil.copytree(marker, src)
     r = cli(env, replica_a, "publish", str(src))
     assert r.returncode == 0, r.stderr
-    assert "stored" in r.stdout and "my-adapter@v1" in r.stdout
+    assert "stored" in r.stdout and "announced my-adapter@v1: canary on 10% of users" in r.stdout
+    assert "(canary my-adapter@v1 on 10%)" in r.stdout  # confirmed by the replica at RLHF_PORT
+    info = adapters(replica_a)
+    assert (info["active"], info["canary"], info["canary_fraction"]) == (before["active"], "my-adapter@v1", 0.1)
+    users = [f"user-{i}" for i in range(40)]
+    served = {u: chat(replica_a, u)["rlhf"]["adapter"] for u in users}
+    assert served == {u: "my-adapter@v1" if user_bucket(u) < 0.1 else before["active"] for u in users}
+    assert set(served.values()) == {"my-adapter@v1", before["active"]}  # both groups among these 40 users
+
+    r = cli(env, replica_a, "activate", "my-adapter@v1")
+    assert r.returncode == 0, r.stderr
     assert "now answers with my-adapter@v1" in r.stdout  # confirmed by the replica at RLHF_PORT
     info = adapters(replica_a)
     assert info["active"] == "my-adapter@v1" and info["previous"] == before["active"] and info["can_rollback"]
@@ -294,7 +308,8 @@ def test_hot_swap_under_load(replica_a, env, loras):
     version, rel, sha = store(env, loras[1])
     try:
         time.sleep(4.0)
-        ev = signed(AdapterAnnounced(version=version, path=rel, manifest_sha256=sha), signer(env))  # ts: its time
+        # active at once (canary 0): the swap under load is measured, not the staged rollout; ts: its time
+        ev = signed(AdapterAnnounced(version=version, path=rel, manifest_sha256=sha, canary_fraction=0.0), signer(env))
         producer.send("rlhf.adapters", key=ev.key(), value=encode(ev)).get(timeout=15)
         t_announced = ev.ts
         wait_active(replica_a, ev.version)
@@ -570,7 +585,7 @@ def test_feedback_loop_raises_the_approval_rate(replica_a, env, tiny_model_path,
     src = train_lora(tiny_model_path, tmp_path / "liked", examples, steps=80, lr=5e-3,
                      target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"))
 
-    r = cli(env, replica_a, "publish", str(src))
+    r = cli(env, replica_a, "publish", str(src), "--activate")  # the same user must get it: no canary
     assert r.returncode == 0, r.stderr
     version = re.search(r"as (liked@v\d+)", r.stdout).group(1)
     wait_active(replica_a, version, timeout_s=10)
