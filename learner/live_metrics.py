@@ -7,6 +7,8 @@ settled it. Gauges (Prometheus, on the learner's /metrics; the dashboard plots t
   bound estimate | low | high (always-valid 95 % intervals, learner/live_evaluation.py);
 - rlhf_version_observations{version, figure}: the count behind each rate;
 - rlhf_version_answers{version}, rlhf_version_answer_tokens{version};
+- rlhf_version_rating{version, bound}: Bradley-Terry rating from blind votes on the Elo scale, the
+  base model 0, bound estimate | low | high (95 %; learner/leaderboard.py);
 - rlhf_canary_difference{signal, bound}: the controller's view of canary minus active, signal
   thumbs | pairwise; rlhf_canary_decisions_total{decision}: promote | rollback | expired.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge
 
 from learner.canary_statistics import Interval
+from learner.leaderboard import leaderboard
 from learner.live_evaluation import version_table
 from learner.promotion import PromotionConfig, PromotionController
 
@@ -28,6 +31,8 @@ ANSWERS = Gauge("rlhf_version_answers", "Answers logged per adapter version", ["
 ANSWER_TOKENS = Gauge("rlhf_version_answer_tokens", "Mean answer length per adapter version, tokens", ["version"])
 CANARY_DIFFERENCE = Gauge("rlhf_canary_difference", "Canary minus active version as the promotion controller sees "
                           "it (thumbs-up rate difference, pairwise advantage), with its interval", ["signal", "bound"])
+RATING = Gauge("rlhf_version_rating", "Bradley-Terry rating per version from blind pairwise votes, Elo scale, "
+               "the base model 0, with its 95% interval", ["version", "bound"])
 DECISIONS = Counter("rlhf_canary_decisions", "Decisions of the promotion controller", ["decision"])
 
 
@@ -57,3 +62,6 @@ class LiveEvaluation:
                               ("pairwise_win", f.pairwise_win)):
                 _bounds(RATE, i, f.version, figure)
                 OBSERVATIONS.labels(f.version, figure).set(i.n)
+        for r in leaderboard(self.store.db):
+            for bound, points in zip(("estimate", "low", "high"), r.points):
+                RATING.labels(r.version, bound).set(points)

@@ -1,6 +1,7 @@
 """`rlhf adapters ...`: the adapter store and routing, from the command line.
 
     rlhf adapters list                      store contents and what every replica routes to
+    rlhf adapters status                    live figures per version and the leaderboard from blind votes
     rlhf adapters publish PATH [--canary F] bring your own PEFT adapter: validate, store, announce
     rlhf adapters activate VERSION          route all traffic to VERSION (`base`: no adapter)
     rlhf adapters rollback                  end a canary, or go back to the previous version
@@ -29,6 +30,7 @@ from adapters.peft_check import adapter_name_for, check_peft_adapter
 from adapters.signing import SigningError, control_keys, make_key_pair
 from adapters.store import list_adapters, verify_announced, write_adapter
 from feedback.schema import AdapterAnnounced, RoutingChanged
+from learner.leaderboard import format_leaderboard, leaderboard
 from learner.live_evaluation import format_table, open_read_only, version_table
 from rlhf.models.registry import model_display_name, resolve_model
 from rlhf.settings import get_settings
@@ -96,13 +98,15 @@ def cmd_status(settings) -> int:
         _err(str(e))
         return 1
     try:
-        rows = version_table(db, routing)
+        rows, board = version_table(db, routing), leaderboard(db)
     except sqlite3.OperationalError as e:
         _err(f"cannot read the learner store in {settings.data_dir}: {e} (start the learner once to upgrade it)")
         return 1
     finally:
         db.close()
     print(format_table(rows) if rows else "no answers logged yet")
+    print("\nleaderboard from blind votes (Bradley-Terry, 95 % intervals):\n" + format_leaderboard(board) if board
+          else "\nno blind votes between versions yet: no leaderboard")
     print(f"active: {routing.active or 'base model'}" + (
         f"; canary: {routing.canary} on {routing.canary_fraction:.0%} of users" if routing.canary else ""))
     return 0

@@ -1,11 +1,11 @@
-"""A learner store where policy@v1 is active and policy@v2 a canary, and users' thumbs on both."""
+"""A learner store where policy@v1 is active and policy@v2 a canary, and users' thumbs and blind votes on them."""
 
 from __future__ import annotations
 
 import random
 
 from adapters.store import write_adapter
-from feedback.schema import TOPIC_ADAPTERS, AdapterAnnounced
+from feedback.schema import TOPIC_ADAPTERS, TOPIC_FEEDBACK, AdapterAnnounced, Pairwise
 from tests.learner.test_store import ingest, interaction, open_store, thumbs
 
 ACTIVE, CANARY = "policy@v1", "policy@v2"
@@ -39,4 +39,17 @@ def feedback(store, n_users: int, up_rate: dict[str, float], per_user: int = 3, 
                                      completion_tokens=(tokens or {}).get(version, 0)))
             items.append(thumbs(rid, "up" if rng.random() < up_rate[version] else "down", ts + 1, conv=f"c{u}",
                                 user=f"user{u}"))
+    ingest(store, items)
+
+
+def votes(store, n: int, wins: int, a: str | None, b: str | None, prefix: str) -> None:
+    """n blind votes, each by another user, between an answer of version `a` and one of `b` (None: the
+    base model) to the same prompt; `a` chosen in the first `wins` of them."""
+    items = []
+    for k in range(n):
+        ra, rb, conv = f"{prefix}-a{k}", f"{prefix}-b{k}", f"{prefix}-c{k}"
+        chosen, rejected = (ra, rb) if k < wins else (rb, ra)
+        items += [interaction(ra, conv=conv, adapter=a), interaction(rb, conv=conv, adapter=b),
+                  (TOPIC_FEEDBACK, Pairwise(chosen_response_id=chosen, rejected_response_id=rejected,
+                                            conversation_id=conv, user=f"{prefix}-voter{k}"))]
     ingest(store, items)

@@ -1,5 +1,6 @@
 """`rlhf adapters status`, run as the real command line on a learner store with an active version
-and a canary: the per-version table, read-only beside a learner that keeps the store open."""
+and a canary: the per-version table and the leaderboard from blind votes, read-only beside a learner
+that keeps the store open."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import sys
 
 from learner.store import STORE_FILE
 from tests.conftest import ROOT
-from tests.learner.canary_store import ACTIVE, CANARY, canary_store, feedback
+from tests.learner.canary_store import ACTIVE, CANARY, canary_store, feedback, votes
 
 
 def rlhf_status(data_dir) -> subprocess.CompletedProcess:
@@ -31,6 +32,20 @@ def test_status_prints_each_version_with_its_figures(tmp_path):
     assert lines[1].split()[:4] == [ACTIVE, "active", "150", "25"]
     assert lines[2].split()[:4] == [CANARY, "canary", "150", "9"]
     assert f"active: {ACTIVE}; canary: {CANARY} on 50% of users" in r.stdout
+    assert "no blind votes between versions yet: no leaderboard" in r.stdout
+
+
+def test_status_ranks_the_versions_by_blind_votes(tmp_path):
+    store = canary_store(tmp_path)
+    votes(store, 40, 30, CANARY, ACTIVE, "canary")
+    votes(store, 20, 12, ACTIVE, None, "active")
+    r = rlhf_status(tmp_path)
+    store.close()
+    assert r.returncode == 0, r.stderr
+    board = r.stdout.split("leaderboard from blind votes (Bradley-Terry, 95 % intervals):\n")[1].splitlines()
+    assert board[0].split()[:2] == ["version", "rating"]
+    assert [line.split()[0] for line in board[1:4]] == [CANARY, ACTIVE, "base"]
+    assert board[0].split()[-1] == "votes" and [line.split()[-1] for line in board[1:4]] == ["40", "60", "20"]
 
 
 def test_status_without_a_learner_store_says_so(tmp_path):
