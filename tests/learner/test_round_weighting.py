@@ -128,3 +128,22 @@ def test_the_prompt_pool_is_drawn_across_users(learner):
     counts = Counter(r["user"] for r in pool)
     assert counts["flood"] <= 0.05 * 200 + 1  # the cap, to within one draw
     assert len(counts) == 41
+
+
+def test_the_judges_examples_weigh_the_judge_weight_and_are_not_a_user(learner):
+    rows = [{"user": f"u{i}", "client": "app"} for i in range(30)]  # 30 people, one example each
+    rows += [{"user": "ai:judge", "client": "judge", "source": "ai"} for _ in range(300)]
+    w = learner.capped(rows)
+    assert w.weights[30] == pytest.approx(learner.settings.judge_weight * w.weights[0])  # 0.5 x a person's
+    assert "ai:judge" not in w.user_shares and w.max_user_share == pytest.approx(1 / 30)
+    assert w.client_shares == {"app": pytest.approx(1.0)}
+
+    # in the reward model's fit: a judge that contradicts every user is not tested as a suspect user
+    rng = random.Random(5)
+    train = [pair(f"user{i}", rng, seq=k) for k, i in enumerate(list(range(20)) * 8)]
+    train += [{**pair("ai:judge", rng, flip=True, seq=500 + k), "client": "judge", "source": "ai"} for k in range(24)]
+    held = [pair(f"held{i}", rng) for i in range(6) for _ in range(4)]
+    trainer = RewardTrainer(RewardModel.create(learner.model_path, learner.cfg.reward), learner.tokenizer,
+                            learner.cfg.reward)
+    fit = learner.fit_reward_model(trainer, train, held, since_seq=0)
+    assert "ai:judge" not in fit.tested and fit.metrics["rm_users"] == 20 and fit.metrics["suspects_tested"] == 20
