@@ -161,7 +161,11 @@ async def serve(settings: Settings, rubric: str) -> int:
              settings.judge_port)
     try:
         while not stop.is_set():
-            await judge.step()
+            try:
+                await judge.step()
+            except Exception:  # the broker or the judge endpoint misbehaving: the judge waits and goes on
+                log.exception("judge step failed; retrying in 5 s")
+                await asyncio.sleep(5.0)
     finally:
         http.shutdown()
         await verdicts.close()
