@@ -142,6 +142,9 @@ class ChatService:
         try:
             async for out in self.engine.generate(prompt_ids, prep.params, f"chatcmpl-{completion_hex}", adapter):
                 final = out
+        except Exception:  # a client that goes away cancels (BaseException): not an error of the version
+            metrics.COMPLETION_ERRORS.labels(label).inc(req.n)
+            raise
         finally:
             metrics.INFLIGHT.dec()
         metrics.TTFT.labels(label).observe(time.perf_counter() - start)  # no stream: first token = whole answer
@@ -197,8 +200,12 @@ class ChatService:
                         yield sse(ChatCompletionChunk(id=cid, created=created, model=model,
                                                       choices=[ChunkChoice(index=i, delta=delta)]))
         except EngineStopped as e:  # the status line is sent: end the stream with an error event, no [DONE]
+            metrics.COMPLETION_ERRORS.labels(label).inc(req.n)
             yield f"data: {json.dumps(error_body(str(e), type_='server_error', code='engine_stopped'))}\n\n"
             return
+        except Exception:
+            metrics.COMPLETION_ERRORS.labels(label).inc(req.n)
+            raise
         finally:
             metrics.INFLIGHT.dec()
         recorded = await self._record(completion_hex, prep, texts, finish, ctoks)

@@ -16,6 +16,8 @@ TTFT = Histogram("rlhf_time_to_first_token_seconds", "Time from request to first
 GENERATED_TOKENS = Counter("rlhf_generated_tokens_total", "Generated tokens", ["adapter"])
 PROMPT_TOKENS = Counter("rlhf_prompt_tokens_total", "Prompt tokens", ["adapter"])
 COMPLETIONS = Counter("rlhf_completions_total", "Chat completions served", ["adapter", "finish_reason"])
+COMPLETION_ERRORS = Counter("rlhf_completion_errors_total", "Chat completion choices lost to an error during "
+                            "generation (beside rlhf_completions_total: the error rate per version)", ["adapter"])
 INFLIGHT = Gauge("rlhf_inflight_requests", "Chat requests being generated now")
 QUEUE_DEPTH = Gauge("rlhf_engine_queue_depth", "Requests inside the vLLM engine (running + waiting)")
 UNRECORDED = Counter("rlhf_interactions_unrecorded_total",
