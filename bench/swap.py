@@ -147,7 +147,8 @@ def main() -> int:
         print(f"{'swap':>4} {'version':<14} {'announce->first served':>24}")
         for i in range(args.swaps):
             version, rel, sha = write_adapter(tmp / "adapters", "policy", loras[i % len(loras)], base_model=args.model)
-            ev = signed(AdapterAnnounced(version=version, path=rel, manifest_sha256=sha), key)
+            # active at once (canary 0, as `rlhf adapters publish --activate`): every stream measures the swap
+            ev = signed(AdapterAnnounced(version=version, path=rel, manifest_sha256=sha, canary_fraction=0.0), key)
             producer.send("rlhf.adapters", key=ev.key(), value=encode(ev)).get(timeout=15)
             first = load.first_served_by(version, timeout_s=30)
             lat = None if first is None else first - ev.ts
