@@ -43,7 +43,7 @@ from learner.live_metrics import EVERY_S as LIVE_EVERY_S
 from learner.live_metrics import LiveEvaluation
 from learner.publish import OutboxSender
 from learner.retention import PRUNE_EVERY_S, prune
-from learner.round import Learner, LearnerConfig
+from learner.round import Learner, LearnerConfig, stage_name
 from learner.starting_adapter import publish_starting_adapter
 from learner.store import IngestResult, Store
 from rlhf.models.cache import ModelError
@@ -276,7 +276,7 @@ def report_round(result) -> None:
     _set(RM_ACCURACY, m.get("rm_accuracy"), "gate")
     _set(REWARD_MEAN, m.get("reward_candidate"), "candidate")
     _set(REWARD_MEAN, m.get("reward_serving"), "serving")
-    algo = m.get("algorithm", "ppo")  # the policy stage's metrics are <algorithm>_*
+    algo = stage_name(m.get("algorithm", "ppo"))  # the policy stage's metrics are <stage>_*
     _set(REWARD_MEAN, m.get(f"{algo}_score"), algo)
     _set(KL, m.get("kl_candidate"), "candidate")
     _set(KL, m.get(f"{algo}_kl"), algo)
@@ -288,7 +288,7 @@ def report_round(result) -> None:
 
 
 def on_progress(stage: str, m: dict) -> None:
-    if stage in ("ppo_step", "rloo_step", "dpo_step", "kto_step"):
+    if stage in ("ppo_step", "rloo_step", "dpo_step", "online_dpo_step", "kto_step"):
         algo = stage.removesuffix("_step")
         _set(POLICY_LOSS, m.get("policy_loss"))
         _set(VALUE_LOSS, m.get("value_loss"))  # PPO's critic only

@@ -1,4 +1,4 @@
-"""One training round: reward model update -> PPO, RLOO, DPO or KTO on the policy LoRA -> gate -> publish.
+"""One training round: reward model update -> PPO, RLOO, DPO, online DPO or KTO on the policy LoRA -> gate -> publish.
 
     learner = Learner(get_settings())          # opens the store; the vLLM engine starts on first use
     result = learner.run_round()               # RoundResult(status='published'|'rejected', ...)
@@ -13,10 +13,12 @@ Steps, each logged with its duration:
    reward model's mean/std so those answers score mean 0, std 1. Save the version.
 3. Policy: users' corrected answers in the round (demonstrations) first train the policy LoRA
    by supervised steps (learner/sft.py, `demonstration_sft`); then RLHF_LEARNER_ALGORITHM picks
-   PPO (learner/ppo.py), RLOO (learner/rloo.py), DPO (learner/dpo.py) or KTO (learner/kto.py);
-   the policy LoRA starts from that (else the serving adapter, or fresh) and runs the algorithm's `steps` iterations: PPO and RLOO on a pool of training users'
-   prompts drawn by the users' capped weights, DPO and KTO on the training feedback under the
-   same weights (no rollouts).
+   PPO (learner/ppo.py), RLOO (learner/rloo.py), DPO (learner/dpo.py), online DPO
+   (learner/online_dpo.py) or KTO (learner/kto.py); the policy LoRA starts from that (else the
+   serving adapter, or fresh) and runs the algorithm's `steps` iterations: PPO, RLOO and online
+   DPO on a pool of training users' prompts drawn by the users' capped weights, DPO and KTO on
+   the training feedback under the same weights (no rollouts). The round's metrics of this
+   stage are `<algorithm>_*` (`online_dpo_*` for online-dpo).
 4. Gate (learner/gate.py) on held-out users' prompts: reward gain, KL budget, reward-model accuracy.
 
 The split is by user (`learner.store.split_of`): the gate measures whether the learned taste
@@ -47,6 +49,7 @@ from adapters.manifest import AdapterError
 from learner.dpo import DPOConfig, DPOTrainer
 from learner.gate import UNMEASURED, GateConfig, decide, reward_model_accuracy
 from learner.kto import KTOConfig, KTOTrainer
+from learner.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
 from learner.ppo import PPOConfig, PPOTrainer
 from learner.reward import RewardConfig, RewardModel, RewardTrainer
 from learner.rloo import RLOOConfig, RLOOTrainer
@@ -74,6 +77,8 @@ class LearnerConfig:
     """RLOO hyperparameters (learner/rloo.py), used when RLHF_LEARNER_ALGORITHM=rloo."""
     dpo: DPOConfig = field(default_factory=DPOConfig)
     """DPO hyperparameters (learner/dpo.py), used when RLHF_LEARNER_ALGORITHM=dpo."""
+    online_dpo: OnlineDPOConfig = field(default_factory=OnlineDPOConfig)
+    """Online DPO hyperparameters (learner/online_dpo.py), used when RLHF_LEARNER_ALGORITHM=online-dpo."""
     kto: KTOConfig = field(default_factory=KTOConfig)
     """KTO hyperparameters (learner/kto.py), used when RLHF_LEARNER_ALGORITHM=kto."""
     sft: SFTConfig = field(default_factory=SFTConfig)
@@ -96,8 +101,9 @@ class LearnerConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "LearnerConfig":
-        parts = {"reward": RewardConfig, "ppo": PPOConfig, "rloo": RLOOConfig, "dpo": DPOConfig, "kto": KTOConfig,
-                 "sft": SFTConfig, "gate": GateConfig, "suspects": SuspectConfig}
+        parts = {"reward": RewardConfig, "ppo": PPOConfig, "rloo": RLOOConfig, "dpo": DPOConfig,
+                 "online_dpo": OnlineDPOConfig, "kto": KTOConfig, "sft": SFTConfig, "gate": GateConfig,
+                 "suspects": SuspectConfig}
         kwargs = {}
         for k, v in data.items():
             if k in parts:
@@ -150,8 +156,10 @@ class Learner:
         self.settings = settings
         self.cfg = cfg or LearnerConfig()
         self.algorithm = settings.learner_algorithm
+        self.stage = stage_name(self.algorithm)
         # the policy algorithm's config: sampling (temperature, answer length, EOS penalty) follows it everywhere
-        self.policy_cfg: PPOConfig | RLOOConfig | DPOConfig | KTOConfig = getattr(self.cfg, self.algorithm)
+        self.policy_cfg: PPOConfig | RLOOConfig | DPOConfig | OnlineDPOConfig | KTOConfig = getattr(self.cfg,
+                                                                                                     self.stage)
         self.model_path = resolve_model(settings.model)
         self.model_name = model_display_name(settings.model)
         self.tokenizer = load_tokenizer(self.model_path)
@@ -358,13 +366,17 @@ class Learner:
 
     def policy_trainer(self, rm, serving_dir: Path | None, workdir: Path, fit: RewardFit):
         """The chosen algorithm's trainer, its LoRA starting from the serving adapter (or fresh). PPO and
-        RLOO sample and score with the reward model; DPO and KTO learn from the round's training
-        feedback under its capped weights (the reward model only judges at the gate)."""
+        RLOO sample and score with the reward model, online DPO ranks its samples with it; DPO and KTO
+        learn from the round's training feedback under its capped weights (the reward model only
+        judges at the gate)."""
         algo, pcfg = self.algorithm, self.policy_cfg
         if algo in ("dpo", "kto"):
             offline = DPOTrainer if algo == "dpo" else KTOTrainer
             return offline(self.model_path, self.tokenizer, pcfg, fit.examples, fit.weights.weights,
                            init_adapter=serving_dir)
+        if algo == "online-dpo":
+            return OnlineDPOTrainer(self.model_path, self.tokenizer, pcfg, rm, init_adapter=serving_dir,
+                                    workdir=workdir)
         if algo == "rloo":  # a fixed β: nothing carried across rounds
             return RLOOTrainer(self.model_path, self.tokenizer, pcfg, rm, init_adapter=serving_dir, workdir=workdir)
         beta = self.store.get_meta("kl_coef")
@@ -420,7 +432,7 @@ class Learner:
     # ---------------------------------------------------------------------------- the round
     def run_round(self, on_progress: Callable[[str, dict], None] | None = None) -> RoundResult:
         cfg, store, settings = self.cfg, self.store, self.settings
-        algo, pcfg = self.algorithm, self.policy_cfg
+        algo, stage, pcfg = self.algorithm, self.stage, self.policy_cfg
         progress = on_progress or (lambda stage, m: None)
         round_id, hwm, n_feedback = store.start_round()
         t_round = time.perf_counter()
@@ -504,7 +516,7 @@ class Learner:
                     # the rollouts just sampled came from the policy after the last update, and its KL
                     # crossed the limit: undo that update and stop here
                     trainer.restore_policy(before_last)
-                    metrics[f"{algo}_kl_guard"] = k
+                    metrics[f"{stage}_kl_guard"] = k
                     log.info("round %d: %s stopped after %d iterations: the policy's KL %.3f went over %.0f%% "
                              "of the budget (%.3f); keeping the policy from before the last update", round_id,
                              name, k, stats["kl"], 100 * pcfg.kl_stop_fraction, kl_limit)
@@ -518,13 +530,13 @@ class Learner:
                          stats["kl_coef"], stats["policy_loss"], vf, stats["clipfrac"],
                          stats["eos_fraction"], stats["response_tokens"],
                          stats["time_rollout"] + stats["time_score"] + stats["time_update"])
-                progress(f"{algo}_step", {**stats, "step": k + 1})
-            if hasattr(trainer, "heldout_accuracy"):  # algorithms with an implicit reward (DPO, KTO)
-                metrics[f"{algo}_heldout_accuracy"] = trainer.heldout_accuracy(held_ex)
+                progress(f"{stage}_step", {**stats, "step": k + 1})
+            if hasattr(trainer, "heldout_accuracy"):  # algorithms with an implicit reward (DPO, online DPO, KTO)
+                metrics[f"{stage}_heldout_accuracy"] = trainer.heldout_accuracy(held_ex)
             last = {key: v[-1] for key, v in history.items()}
-            metrics.update({f"{algo}_{key}": v for key, v in last.items()})
-            metrics[f"{algo}_score_first"] = history["score"][0] if history["score"] else math.nan
-            metrics[f"time_{algo}"] = time.perf_counter() - t
+            metrics.update({f"{stage}_{key}": v for key, v in last.items()})
+            metrics[f"{stage}_score_first"] = history["score"][0] if history["score"] else math.nan
+            metrics[f"time_{stage}"] = time.perf_counter() - t
             if algo == "ppo":  # the adaptive β continues in the next round
                 store.set_meta("kl_coef", repr(trainer.kl_ctl.value))
             cand_dir = self.data_dir / "candidates" / f"round-{round_id}"
@@ -585,6 +597,12 @@ class Learner:
                 self._engine.close()
                 self._engine = None
             raise
+
+
+def stage_name(algorithm: str) -> str:
+    """The policy stage's name in LearnerConfig and in the round's metrics (`<stage>_kl`, `time_<stage>`):
+    the RLHF_LEARNER_ALGORITHM value with `-` as `_` (online-dpo -> online_dpo)."""
+    return algorithm.replace("-", "_")
 
 
 def feedback_kinds(examples: list[dict]) -> dict[str, int]:

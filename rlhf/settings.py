@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # Secrets that ship in examples; the service refuses to run with them outside dev mode.
 PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "secret", "changethis"}
 MIN_SECRET_BYTES = 32  # outside dev mode, the HMAC key and the admin token are at least this long
-LearnerAlgorithm = Literal["ppo", "rloo", "dpo", "kto"]  # RLHF_LEARNER_ALGORITHM: learner/<name>.py
+LearnerAlgorithm = Literal["ppo", "rloo", "dpo", "online-dpo", "kto"]  # RLHF_LEARNER_ALGORITHM: learner/<name>.py
 
 
 class Settings(BaseSettings):
@@ -155,7 +155,9 @@ class Settings(BaseSettings):
     learner_algorithm: LearnerAlgorithm = Field(
         "ppo", description="How the learner trains the policy LoRA: `ppo` (learner/ppo.py, with a critic), "
         "`rloo` (learner/rloo.py, k answers per prompt, leave-one-out baseline, no critic), `dpo` (learner/dpo.py, "
-        "from logged pairwise choices and up/down thumbs of one prompt, no rollouts) or `kto` (learner/kto.py, "
+        "from logged pairwise choices and up/down thumbs of one prompt, no rollouts), `online-dpo` "
+        "(learner/online_dpo.py, 2 answers per prompt ranked by the reward model, then the DPO loss) or `kto` "
+        "(learner/kto.py, "
         "thumbs as desirable/undesirable answers, pairwise choices as one of each, no rollouts).")
 
     # --- AI judge (judge/, `rlhf judge`) ----------------------------------------------

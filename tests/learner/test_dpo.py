@@ -16,7 +16,7 @@ import torch
 from adapters.store import verify_adapter
 from feedback.event_hmac import sealed
 from learner.dpo import DPOConfig, DPOTrainer
-from learner.round import Learner, LearnerConfig
+from learner.round import Learner, LearnerConfig, stage_name
 from rlhf.models.dialogues import tiny_prompts
 from rlhf.settings import Settings
 from tests.learner.conftest import FAST_CONFIG, SPLIT_KEY
@@ -30,7 +30,7 @@ def make_learner(tmp_path_factory, algorithm: str, part: dict, kl_budget: float 
     settings = Settings(model="tiny", data_dir=d / "data", adapter_dir=d / "adapters", max_model_len=512,
                         kafka_bootstrap="127.0.0.1:9", kl_budget=kl_budget, rm_accuracy_floor=0.6,
                         learner_split_key=SPLIT_KEY, learner_algorithm=algorithm)
-    return Learner(settings, LearnerConfig.from_dict({**FAST_CONFIG, algorithm: part}))
+    return Learner(settings, LearnerConfig.from_dict({**FAST_CONFIG, stage_name(algorithm): part}))
 
 
 @pytest.fixture(scope="module")
