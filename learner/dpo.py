@@ -47,8 +47,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from learner.policy_config import PolicyConfig
 from learner.ppo import (
-    LORA_TARGETS,
     PPOTrainer,
     answer_logprobs,
     load_policy,
@@ -62,42 +62,20 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class DPOConfig:
+class DPOConfig(PolicyConfig):
     """Hyperparameters of DPO on the policy LoRA (the learner's, not the operator's); KTO's too
     (learner/kto.py), where an example is one labelled answer instead of a pair."""
 
-    lora_r: int = 8
-    """Rank of a new policy LoRA (an adapter to continue from keeps its own rank)."""
-    lora_alpha: int = 16
-    """LoRA scaling numerator (scale = alpha / r)."""
-    target_modules: tuple[str, ...] = LORA_TARGETS
-    """Linear layers that get LoRA weights (vLLM serves LoRA on these for Llama and Gemma)."""
-    learning_rate: float = 3e-4
-    """AdamW learning rate of the policy LoRA."""
     beta: float = 0.1
     """β of the implicit reward β (logπ - logπ_ref) (larger: stays closer to the reference)."""
-    steps: int = 8
-    """Iterations per round (the round's loop: each is `examples_per_step` examples)."""
     examples_per_step: int = 64
     """Examples (DPO: pairs) per iteration, taken from the training examples in a shuffled cycle."""
     minibatch_size: int = 8
     """Examples per optimiser step (DPO: 2 sequences each; KTO: 1, plus 1 mismatched without gradients)."""
     max_length: int = 512
     """Longest prompt + answer in tokens (the answer first cut to it, then the prompt from the left)."""
-    max_new_tokens: int = 48
-    """Longest answer the gate samples from the candidate (as the other algorithms)."""
-    temperature: float = 1.0
-    """Temperature of the log-probs and of the gate's samples (as the other algorithms)."""
     kl_stop_fraction: float = 0.0
     """KL guard (see rloo.py); off: the `kl` stat is a log-ratio on logged answers, not a sampled KL."""
-    missing_eos_penalty: float = 1.0
-    """Subtracted from the gate's score of an answer cut off without EOS (as the other algorithms)."""
-    max_grad_norm: float = 1.0
-    """Gradient clipping norm."""
-    forward_batch_size: int = 8
-    """Sequences per no-grad forward pass (reference log-probs, held-out accuracy, the gate's KL)."""
-    seed: int = 0
-    """Seed of the LoRA initialisation and the examples' order."""
 
 
 # ------------------------------------------------------------------------------------------

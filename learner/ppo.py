@@ -37,40 +37,26 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM
 
+from learner.policy_config import LoRAConfig, PolicyConfig
 from learner.token_logprobs import chosen_logprobs
 from learner.tokenization import pad_prompt_response, position_ids
 
 log = logging.getLogger(__name__)
 
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
 @dataclass
-class PPOConfig:
+class PPOConfig(PolicyConfig):
     """Hyperparameters of PPO on the policy LoRA (the learner's, not the operator's)."""
 
-    lora_r: int = 8
-    """Rank of a new policy LoRA (an adapter to continue from keeps its own rank)."""
-    lora_alpha: int = 16
-    """LoRA scaling numerator (scale = alpha / r)."""
-    target_modules: tuple[str, ...] = LORA_TARGETS
-    """Linear layers that get LoRA weights (vLLM serves LoRA on these for Llama and Gemma)."""
     value_lora_r: int = 8
     """Rank of the critic's own LoRA."""
     learning_rate: float = 3e-4
     """AdamW learning rate for policy LoRA, value LoRA and value head."""
-    steps: int = 8
-    """PPO iterations (rollout + update) per round."""
     rollout_batch_size: int = 32
     """Prompts sampled per iteration (one answer each)."""
     minibatch_size: int = 8
     """Answers per optimiser step."""
     ppo_epochs: int = 4
     """Passes over one iteration's rollouts."""
-    max_new_tokens: int = 48
-    """Longest answer sampled; answers cut off here get the missing-EOS penalty."""
-    temperature: float = 1.0
-    """Sampling temperature; training log-probs use the same one (logits / T)."""
     gamma: float = 1.0
     """Discount (1: the reward at the end counts fully for every token)."""
     lam: float = 0.95
@@ -89,19 +75,6 @@ class PPOConfig:
     """Target KL(policy || reference) per answer, in nats (kept below the operator's kl_budget)."""
     kl_horizon: int = 256
     """Answers over which the adaptive controller moves β by at most ±20 %·n/horizon."""
-    kl_stop_fraction: float = 0.8
-    """KL guard: when an iteration's sampled KL to the base goes above this share of the
-    operator's `kl_budget` (and above the previous iteration's), the round stops PPO and keeps
-    the policy from before the update that crossed it (0 disables the guard)."""
-    missing_eos_penalty: float = 1.0
-    """Subtracted from the (normalised) score of an answer cut off without EOS."""
-    max_grad_norm: float = 1.0
-    """Gradient clipping norm."""
-    forward_batch_size: int = 8
-    """Sequences per no-grad forward pass while scoring rollouts (Gemma's 262k-token vocabulary
-    makes the logits of 8 answers of 48 tokens 400 MB)."""
-    seed: int = 0
-    """Seed for minibatch shuffling and sampling."""
 
 
 # ------------------------------------------------------------------------------------------
@@ -255,7 +228,7 @@ class ValueModel(nn.Module):
         return self.head(h[:, P - 1: -1]).squeeze(-1)             # (B, R)
 
 
-def load_policy(model_path: Path | str, cfg: PPOConfig, init_adapter: Path | str | None = None):
+def load_policy(model_path: Path | str, cfg: LoRAConfig, init_adapter: Path | str | None = None):
     """Frozen base + trainable LoRA: a fresh one, or the adapter now serving to continue from."""
     base = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32)
     if init_adapter is not None:

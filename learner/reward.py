@@ -45,6 +45,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel
 
+from learner.policy_config import LoRAConfig
 from learner.tokenization import (
     encode_feedback_answer,
     encode_response,
@@ -57,19 +58,10 @@ from learner.tokenization import (
 
 log = logging.getLogger(__name__)
 
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
 @dataclass
-class RewardConfig:
+class RewardConfig(LoRAConfig):
     """Hyperparameters of the reward model (the learner's, not the operator's: see rlhf/settings.py)."""
 
-    lora_r: int = 8
-    """Rank of the reward model's own LoRA."""
-    lora_alpha: int = 16
-    """LoRA scaling numerator (scale = alpha / r)."""
-    target_modules: tuple[str, ...] = LORA_TARGETS
-    """Linear layers of the base model that get LoRA weights."""
     learning_rate: float = 2e-3
     """AdamW learning rate for the LoRA, the head and the thumbs threshold (measured on the
     tiny model: 5e-4 -> 0.70, 2e-3 -> 0.99 held-out pairwise accuracy after 150 pairs)."""
@@ -99,8 +91,6 @@ class RewardConfig:
     """Weight ups and downs so each class counts equally: when one is rare (most answers get
     the same thumb) the rare one carries the signal, and unweighted it is lost in the bias b.
     Measured on the tiny model, 350 thumbs with 9 % ups: held-out AUC 0.46 unweighted."""
-    max_grad_norm: float = 1.0
-    """Gradient clipping norm."""
     max_length: int = 512
     """Longest prompt + answer in tokens; longer examples are cut from the left of the prompt."""
     pooling: str = "mean"
@@ -117,8 +107,6 @@ class RewardConfig:
     group is split off only when it saves more than this. Training and scoring both group.
     None: derived from the model's size (`pass_cost_tokens`: ~64 for Gemma 3 270M, no split
     for the tiny model)."""
-    seed: int = 0
-    """Seed for shuffling and the head's initialisation."""
 
 
 # ------------------------------------------------------------------------------------------

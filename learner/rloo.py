@@ -37,7 +37,8 @@ from pathlib import Path
 
 import torch
 
-from learner.ppo import (LORA_TARGETS, FixedKLController, PPOTrainer, answer_logprobs, load_policy,
+from learner.policy_config import PolicyConfig
+from learner.ppo import (FixedKLController, PPOTrainer, answer_logprobs, load_policy,
                          logprobs_with_reference, masked_whiten, policy_loss, share_frozen_weights, trimmed)
 from learner.tokenization import pad_prompt_response
 
@@ -45,19 +46,9 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class RLOOConfig:
+class RLOOConfig(PolicyConfig):
     """Hyperparameters of RLOO on the policy LoRA (the learner's, not the operator's)."""
 
-    lora_r: int = 8
-    """Rank of a new policy LoRA (an adapter to continue from keeps its own rank)."""
-    lora_alpha: int = 16
-    """LoRA scaling numerator (scale = alpha / r)."""
-    target_modules: tuple[str, ...] = LORA_TARGETS
-    """Linear layers that get LoRA weights (vLLM serves LoRA on these for Llama and Gemma)."""
-    learning_rate: float = 3e-4
-    """AdamW learning rate of the policy LoRA."""
-    steps: int = 8
-    """RLOO iterations (rollout + update) per round."""
     rollout_prompts: int = 16
     """Prompts sampled per iteration; each gets `num_samples` answers (16 x 2 = PPO's 32 answers)."""
     num_samples: int = 2
@@ -66,10 +57,6 @@ class RLOOConfig:
     """Answers per optimiser step."""
     epochs: int = 4
     """Passes over one iteration's answers (TRL's `num_iterations`)."""
-    max_new_tokens: int = 48
-    """Longest answer sampled; answers cut off here get the missing-EOS penalty."""
-    temperature: float = 1.0
-    """Sampling temperature; training log-probs use the same one (logits / T)."""
     clip_range: float = 0.2
     """Ratio clip ε of the surrogate."""
     beta: float = 0.1
@@ -78,18 +65,6 @@ class RLOOConfig:
     """Scale the advantages to mean 0, std 1 over the iteration's answers. Off: leave-one-out
     advantages already have mean 0 for each prompt and the round normalises scores to std 1, while
     whitening a batch whose answers all scored nearly alike would blow its noise up to full-size steps."""
-    kl_stop_fraction: float = 0.8
-    """KL guard: when an iteration's sampled KL to the base goes above this share of the
-    operator's `kl_budget` (and above the previous iteration's), the round stops and keeps the
-    policy from before the update that crossed it (0 disables the guard)."""
-    missing_eos_penalty: float = 1.0
-    """Subtracted from the (normalised) score of an answer cut off without EOS."""
-    max_grad_norm: float = 1.0
-    """Gradient clipping norm."""
-    forward_batch_size: int = 8
-    """Sequences per no-grad forward pass while scoring rollouts."""
-    seed: int = 0
-    """Seed for prompt sampling, minibatch shuffling and vLLM sampling."""
 
 
 # ------------------------------------------------------------------------------------------

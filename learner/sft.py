@@ -22,32 +22,23 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from learner.ppo import LORA_TARGETS, answer_logprobs
+from learner.policy_config import LoRAConfig
+from learner.ppo import answer_logprobs
 from learner.tokenization import encode_prompt, encode_response, pad_prompt_response
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class SFTConfig:
+class SFTConfig(LoRAConfig):
     """Hyperparameters of supervised LoRA training on demonstrations."""
 
-    lora_r: int = 8
-    """Rank of a new LoRA (the policy's rank, so PPO can continue from it)."""
-    lora_alpha: int = 16
-    """LoRA scaling numerator (scale = alpha / r)."""
-    target_modules: tuple[str, ...] = LORA_TARGETS
-    """Linear layers that get LoRA weights (vLLM serves LoRA on these for Llama and Gemma)."""
     learning_rate: float = 2e-4
     """AdamW learning rate."""
     epochs: int = 2
     """Passes over the demonstrations."""
     batch_size: int = 8
     """Demonstrations per optimiser step."""
-    max_grad_norm: float = 1.0
-    """Gradient clipping norm."""
-    seed: int = 0
-    """Seed for LoRA initialisation and shuffling."""
 
 
 def encode_demonstration(tokenizer, messages: list[dict], answer: str) -> tuple[list[int], list[int]]:
