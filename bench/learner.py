@@ -16,8 +16,9 @@ batch sizes, answer length and temperature equal):
   LoRA id. TRL: its RLOO trainer configured the same way (16 prompts x 2 generations,
   num_iterations=4, beta=0.1), which samples with transformers `generate` (TRL's vLLM mode
   needs a GPU). TRL 1.16 ships no PPO trainer, so our PPO is also set beside TRL's RLOO.
-Times exclude the first (warm-up) step on both sides and are medians over at least 3 timed
-steps; the reward model's pairs are tokenised before the timed steps on both sides. Each
+Each measurement runs in a process of its own (this script, `--worker`), so neither side
+inherits the other's memory, threads or engine processes. Times exclude the first (warm-up)
+step on both sides and are medians over at least 3 timed steps; the reward model's pairs are tokenised before the timed steps on both sides. Each
 measurement also records how many cores other processes used meanwhile (bench/machine_load.py);
 a ratio is printed only when both sides ran on a quiet machine (`--max-other-cores`), otherwise
 the row says `busy`. Needs `trl` for the comparison
@@ -28,10 +29,11 @@ and pyarrow), or `--skip-trl`.
 from __future__ import annotations
 
 import argparse
-import gc
+import json
 import logging
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -197,36 +199,55 @@ def trl_rloo(model_path, tokenizer, iterations: int) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ main
-def measured(out: dict, part: str, what: str, fn, *args) -> None:
-    """Run one measurement, keep its figures and how busy the rest of the machine was meanwhile."""
-    log.info(what)
-    with OtherLoad() as load:
-        figures = fn(*args)
-    log.info("%s: %s", what, load.summary())
-    out.update(figures)
-    out[f"others_{part}"] = load.cores
-    gc.collect()
+def ours_policies(model_path, tokenizer, iterations: int) -> dict:
+    """Our RLOO and PPO, sampling with one vLLM engine."""
+    engine = RolloutEngine(model_path, max_model_len=512, stop=stop_strings(model_path), kv_cache_gb=0.5)
+    try:
+        return {**ours_policy("rloo", model_path, tokenizer, iterations, engine),
+                **ours_policy("ppo", model_path, tokenizer, iterations, engine)}
+    finally:
+        engine.close()
 
 
-def bench_model(name: str, iterations: int, rm_steps: int, skip_trl: bool) -> dict:
+WORKERS = {"ours-rm": ours_reward, "trl-rm": trl_reward, "ours-policy": ours_policies, "trl-rloo": trl_rloo}
+
+
+def run_worker(part: str, name: str, iterations: int, rm_steps: int, out_path: str) -> int:
+    """One measurement in this process; its figures as JSON in `out_path`."""
     torch.manual_seed(0)
     path = resolve_model(name)
     tok = load_tokenizer(path)
+    figures = WORKERS[part](path, tok, rm_steps if part.endswith("-rm") else iterations)
+    Path(out_path).write_text(json.dumps(figures))
+    return 0
+
+
+def measured(out: dict, parts: tuple[str, ...], what: str, worker: str, name: str, args) -> None:
+    """Run one measurement in a process of its own; keep its figures and how busy the rest of the
+    machine was meanwhile (the worker and its engine processes are not "the rest")."""
+    log.info(what)
+    with tempfile.TemporaryDirectory() as d:
+        figures = Path(d) / "figures.json"
+        cmd = [sys.executable, __file__, "--worker", worker, "--worker-out", str(figures), "--models", name,
+               "--iterations", str(args.iterations), "--rm-steps", str(args.rm_steps)]
+        with OtherLoad() as load:
+            done = subprocess.run(cmd)
+        log.info("%s: %s", what, load.summary())
+        if done.returncode != 0 or not figures.exists():
+            raise SystemExit(f"{what} failed (exit {done.returncode}); its log is above")
+        out.update(json.loads(figures.read_text()))
+    for part in parts:
+        out[f"others_{part}"] = load.cores
+
+
+def bench_model(name: str, args) -> dict:
     out = {"ours": {}, "trl": {}}
-    measured(out["ours"], "rm", f"{name}: reward model, ours", ours_reward, path, tok, rm_steps)
-    if not skip_trl:
-        measured(out["trl"], "rm", f"{name}: reward model, TRL RewardTrainer", trl_reward, path, tok, rm_steps)
-    engine = RolloutEngine(path, max_model_len=512, stop=stop_strings(path), kv_cache_gb=0.5)
-    try:
-        for algorithm in ("rloo", "ppo"):
-            measured(out["ours"], algorithm, f"{name}: {algorithm.upper()}, ours", ours_policy, algorithm, path, tok,
-                     iterations, engine)
-    finally:
-        engine.close()
-        del engine
-        gc.collect()
-    if not skip_trl:
-        measured(out["trl"], "rloo", f"{name}: RLOO, TRL", trl_rloo, path, tok, iterations)
+    measured(out["ours"], ("rm",), f"{name}: reward model, ours", "ours-rm", name, args)
+    if not args.skip_trl:
+        measured(out["trl"], ("rm",), f"{name}: reward model, TRL RewardTrainer", "trl-rm", name, args)
+    measured(out["ours"], ("rloo", "ppo"), f"{name}: RLOO and PPO, ours", "ours-policy", name, args)
+    if not args.skip_trl:
+        measured(out["trl"], ("rloo",), f"{name}: RLOO, TRL", "trl-rloo", name, args)
     return out
 
 
@@ -250,12 +271,16 @@ def main() -> int:
     p.add_argument("--skip-trl", action="store_true")
     p.add_argument("--max-other-cores", type=float, default=0.3,
                    help="print no ratio when other processes used more cores than this during either side")
+    p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)  # one measurement...
+    p.add_argument("--worker-out", help=argparse.SUPPRESS)  # ...its figures as JSON here
     args = p.parse_args()
     if args.iterations < 3 or args.rm_steps < 3:
         p.error("--iterations and --rm-steps must be at least 3 (each figure is a median)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("vllm", "httpx", "datasets", "transformers", "trl"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.worker:
+        return run_worker(args.worker, args.models, args.iterations, args.rm_steps, args.worker_out)
     load0 = tuple(round(x, 1) for x in os.getloadavg())
     # (our key, TRL's key, label, our part, TRL's part, whether higher is better)
     rows = [("rm_examples_per_s", "rm_examples_per_s", "RM pairs/s", "rm", "rm", True),
@@ -269,7 +294,7 @@ def main() -> int:
             ("ppo_update_s", None, "  of which score+update s", "ppo", "rloo", False)]
     lines = [f"{'model':<14} {'metric':<28} {'ours':>10} {'TRL':>10}  times faster (ours)"]
     for name in args.models.split(","):
-        r = bench_model(name.strip(), args.iterations, args.rm_steps, args.skip_trl)
+        r = bench_model(name.strip(), args)
         for row in rows:
             a, b = r["ours"].get(row[0]), r["trl"].get(row[1])
             if a is None:
