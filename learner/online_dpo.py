@@ -23,8 +23,8 @@ Human Feedback" (2024, arXiv 2312.11456, 2405.07863):
 Why the best and the worst of k = 4 by default, not two answers: the reward model ranks every
 pair, also two answers that differ only in what it fits as noise, and DPO weighs every kept pair
 alike. The extremes of four answers differ most in what the reward model learned (Xiong et al.'s
-iterative DPO takes the best and worst of 8); on the tiny model, 2 answers per prompt moved the
-taste by half as much in the same round.
+iterative DPO takes the best and worst of 8). docs/learner.md has the tiny model's rounds behind
+the defaults.
 
 Unlike offline DPO the answers are the policy's own, so the log-ratio of the sampled answers is a
 sampled KL to the reference: the round's KL guard works as for RLOO. The pairs need no human to
@@ -69,7 +69,7 @@ class OnlineDPOConfig(PolicyConfig):
     """β of the implicit reward β (logπ - logπ_ref) (larger: stays closer to the reference). Larger than
     offline DPO's 0.1: the loss saturates once β h is a few units, and the policy's own answers give
     every iteration new pairs to push, so a small β lets the sampled KL run (on the tiny model, β 0.1
-    crossed a KL budget of 5 within 9 iterations while moving the taste less)."""
+    crossed a KL budget of 5 within 9 iterations in one round, while moving the taste less)."""
     rollout_prompts: int = 16
     """Prompts sampled per iteration, `num_samples` answers each."""
     num_samples: int = 4
@@ -81,7 +81,7 @@ class OnlineDPOConfig(PolicyConfig):
     min_score_gap: float = 1.0
     """Pairs whose best and worst scores (normalised: std 1 on the serving policy's answers) differ by
     less are dropped: inside one standard deviation the ranking is mostly what the reward model fits
-    as noise (on the tiny model, a gap of 0.5 moved the taste half as much as 1.0)."""
+    as noise (on the tiny model, a gap of 0.5 moved the taste less than 1.0)."""
     max_length: int = 512
     """Longest prompt + answer in tokens of the held-out logged pairs (as DPO's)."""
 
