@@ -60,6 +60,13 @@ from learner.tokenization import encode_feedback_answer, pad_prompt_response
 
 log = logging.getLogger(__name__)
 
+NO_PAIRS = ("no preference pairs: no pairwise choice, no corrected answer and no prompt with both an up and a "
+            "down thumb in the round's training feedback")
+
+
+class NoPreferencePairs(ValueError):
+    """DPO was given feedback that forms no pair: the round has nothing to train on."""
+
 
 @dataclass
 class DPOConfig(PolicyConfig):
@@ -187,8 +194,7 @@ class DPOTrainer:
                  weights: list[float] | None = None, *, init_adapter: Path | str | None = None):
         pairs = preference_pairs(examples, weights)
         if not pairs:
-            raise ValueError("DPO has no preference pairs: no pairwise choices and no prompt with both an up "
-                             "and a down thumb in the round's training feedback")
+            raise NoPreferencePairs(f"DPO has {NO_PAIRS}")
         self.init_policy(model_path, tokenizer, cfg, init_adapter)
         t = time.perf_counter()
         n = len(pairs)

@@ -46,7 +46,7 @@ from typing import Callable
 
 from adapters.cache import cache_dir_of, private_copy
 from adapters.manifest import AdapterError
-from learner.dpo import DPOConfig, DPOTrainer
+from learner.dpo import NO_PAIRS, DPOConfig, DPOTrainer, NoPreferencePairs, preference_pairs
 from learner.gate import UNMEASURED, GateConfig, decide, reward_model_accuracy
 from learner.kto import KTOConfig, KTOTrainer
 from learner.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
@@ -429,6 +429,16 @@ class Learner:
             for p in old:
                 shutil.rmtree(p, ignore_errors=True)
 
+    def end_early(self, round_id: int, metrics: dict, reasons: list[str], t_round: float,
+                  note: str | None = None) -> RoundResult:
+        """End the round before a candidate exists: rejected with its reasons. The round's feedback counts
+        as seen, so the next round waits for enough new feedback, and then trains on all of it."""
+        metrics["round_seconds"] = time.perf_counter() - t_round
+        clean = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, type(None)))}
+        self.store.finish_round(round_id, "rejected", reason="; ".join(filter(None, [*reasons, note])), metrics=clean)
+        log.info("round %d: %s", round_id, reasons[0])
+        return RoundResult(round_id, "rejected", reasons, metrics)
+
     # ---------------------------------------------------------------------------- the round
     def run_round(self, on_progress: Callable[[str, dict], None] | None = None) -> RoundResult:
         cfg, store, settings = self.cfg, self.store, self.settings
@@ -444,6 +454,10 @@ class Learner:
             t = time.perf_counter()
             split, train_ex, held_ex = self.split_feedback(hwm)
             metrics["split"] = split
+            if algo == "dpo" and not preference_pairs(train_ex):
+                # nothing DPO could learn from: stop before the reward model; the feedback stays in the
+                # store, and the next round (after enough new feedback) trains on all of it
+                return self.end_early(round_id, metrics, [f"{NO_PAIRS}: DPO skipped"], t_round)
             prev = store.latest_reward_model()
             rm = (RewardModel.load(self.model_path, prev["path"]) if prev
                   else RewardModel.create(self.model_path, cfg.reward))
@@ -473,12 +487,7 @@ class Learner:
                 # continues from the previous reward-model version, so this feedback is not lost
                 reasons = [(f"{UNMEASURED} ({metrics['rm_heldout_pairs']} pairs, {metrics['rm_heldout_thumbs']} "
                             f"thumbs from {metrics['heldout_users']} held-out users): {algo.upper()} skipped")]
-                metrics["round_seconds"] = time.perf_counter() - t_round
-                clean = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, type(None)))}
-                store.finish_round(round_id, "rejected", reason="; ".join(filter(None, [*reasons, suspect_note])),
-                                   metrics=clean)
-                log.info("round %d: %s", round_id, reasons[0])
-                return RoundResult(round_id, "rejected", reasons, metrics)
+                return self.end_early(round_id, metrics, reasons, t_round, suspect_note)
             if not train_prompts:
                 raise RuntimeError("no training prompts: no logged interactions in the train split")
             parent, serving_dir = self.serving_adapter_dir()
@@ -505,7 +514,11 @@ class Learner:
             t = time.perf_counter()
             workdir = self.data_dir / algo / f"round-{round_id}"
             name = algo.upper()
-            trainer = self.policy_trainer(rm, start_dir, workdir, fit)
+            try:
+                trainer = self.policy_trainer(rm, start_dir, workdir, fit)
+            except NoPreferencePairs as e:  # the round's sample of the feedback held no pair
+                shutil.rmtree(sft_dir, ignore_errors=True)
+                return self.end_early(round_id, metrics, [f"{e}: DPO skipped"], t_round, suspect_note)
             history = defaultdict(list)
             kl_limit = pcfg.kl_stop_fraction * settings.kl_budget
             before_last = None  # the policy before the latest update (restored by the KL guard)

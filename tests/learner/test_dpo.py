@@ -15,7 +15,8 @@ import torch
 
 from adapters.store import verify_adapter
 from feedback.event_hmac import sealed
-from learner.dpo import DPOConfig, DPOTrainer
+from feedback.schema import TOPIC_FEEDBACK, TOPIC_INTERACTIONS, Interaction, Message, Thumbs
+from learner.dpo import NO_PAIRS, DPOConfig, DPOTrainer
 from learner.round import Learner, LearnerConfig, stage_name
 from rlhf.models.dialogues import tiny_prompts
 from rlhf.settings import Settings
@@ -92,6 +93,31 @@ def test_dpo_refuses_feedback_without_pairs(learner):
                "finish_reason": "stop", "label": 1}]
     with pytest.raises(ValueError, match="no preference pairs"):
         DPOTrainer(learner.model_path, learner.tokenizer, DPOConfig(), thumbs)
+
+
+def test_a_dpo_round_on_feedback_without_pairs_ends_before_training(tiny_model_path, tmp_path_factory):
+    # one thumb per prompt: nothing DPO can pair, however much of it there is
+    lrn = make_learner(tmp_path_factory, "dpo", DPO_FAST)
+    events = []
+    for i in range(60):
+        rid, conv = f"r{i}", f"c{i}"
+        events.append((TOPIC_INTERACTIONS, Interaction(
+            response_id=rid, completion_id=f"x{i}", conversation_id=conv, user=f"user{i % 20}",
+            messages=[Message(role="user", content=f"question {i}")], response=f"answer {i}", model="tiny")))
+        events.append((TOPIC_FEEDBACK, Thumbs(response_id=rid, conversation_id=conv, user=f"user{i % 20}",
+                                              value="up" if i % 2 else "down")))
+    lrn.store.ingest([(t, sealed(e, lrn.settings.event_hmac_key)) for t, e in events])
+    assert lrn.store.new_feedback_count() == 60
+
+    result = lrn.run_round()
+    assert result.status == "rejected"
+    assert result.reasons == [f"{NO_PAIRS}: DPO skipped"]
+    assert lrn.store.latest_reward_model() is None  # stopped before the reward model's costly fit
+    assert lrn._engine is None                      # and before starting vLLM
+    last = lrn.store.last_round()
+    assert last["status"] == "rejected" and "no preference pairs" in last["reason"]
+    assert lrn.store.new_feedback_count() == 0      # the next round waits for new feedback
+    lrn.close()
 
 
 # ------------------------------------------------------------------------------------ a round
