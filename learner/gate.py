@@ -12,7 +12,8 @@ Three conditions, all on data the candidate was not trained on:
    pairwise accuracy (when there are `min_heldout_pairs` held-out pairs) and thumbs AUC (when
    there are `min_heldout_thumbs` ups and as many downs), each weighted by its held-out user's
    capped share. Not enough held-out feedback: no publishing, and the round stops before PPO
-   (`UNMEASURED`): a candidate that cannot pass is not worth training.
+   (`UNMEASURED`): a candidate that cannot pass is not worth training. The learner does not
+   even start a round until the held-out feedback is enough (`can_measure`, learner/main.py).
 
 Otherwise the candidate is kept (data dir, `candidates/round-N`) with every failed reason.
 """
@@ -53,6 +54,11 @@ class GateDecision:
     publish: bool
     reasons: list[str] = field(default_factory=list)  # why not (empty when publishing)
     metrics: dict = field(default_factory=dict)
+
+
+def can_measure(pairs: int, ups: int, downs: int, cfg: GateConfig) -> bool:
+    """Whether held-out feedback of these counts lets the gate measure the reward model at all."""
+    return pairs >= cfg.min_heldout_pairs or min(ups, downs) >= cfg.min_heldout_thumbs
 
 
 def reward_model_accuracy(rm_metrics: dict, cfg: GateConfig) -> float | None:

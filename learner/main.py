@@ -39,6 +39,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, His
 from feedback.consumer import EventConsumer, Record
 from feedback.kafka_security import client_security
 from feedback.schema import TOPIC_ADAPTERS, TOPIC_FEEDBACK, TOPIC_INTERACTIONS
+from learner.gate import GateConfig, can_measure
 from learner.live_metrics import EVERY_S as LIVE_EVERY_S
 from learner.live_metrics import LiveEvaluation
 from learner.publish import OutboxSender
@@ -259,14 +260,28 @@ def start_http(host: str, port: int, state: dict) -> ThreadingHTTPServer:
 
 
 # ---------------------------------------------------------------------------- rounds
-def should_train(store, settings, since_last: float) -> tuple[bool, int, str]:
-    """(run a round?, new feedback, why) — the trigger documented in docs/learner.md."""
+def should_train(store, settings, since_last: float, gate: GateConfig,
+                 waiting_at: int | None = None) -> tuple[bool, int, str]:
+    """(run a round?, new feedback, why) — the trigger documented in docs/learner.md: enough new
+    feedback (or some, and long enough since the last round), and held-out feedback the gate can
+    measure the reward model on; a round that could not pass the gate is not started. The held-out
+    count scans the feedback table: with `waiting_at` (the new-feedback count at which it last said
+    wait) it is not redone until more feedback arrived."""
     new = store.new_feedback_count()
     if new >= settings.learner_min_feedback:
-        return True, new, f"{new} new feedback events (>= {settings.learner_min_feedback})"
-    if new > 0 and since_last >= settings.learner_interval_s:
-        return True, new, f"{new} new feedback events and {since_last:.0f} s since the last round"
-    return False, new, ""
+        why = f"{new} new feedback events (>= {settings.learner_min_feedback})"
+    elif new > 0 and since_last >= settings.learner_interval_s:
+        why = f"{new} new feedback events and {since_last:.0f} s since the last round"
+    else:
+        return False, new, ""
+    if new == waiting_at:
+        return False, new, ""
+    held = store.heldout_feedback_counts()
+    if not can_measure(held["pairs"], held["ups"], held["downs"], gate):
+        return False, new, (f"{why}, but held-out users gave {held['pairs']} pairs, {held['ups']} ups and "
+                            f"{held['downs']} downs: the gate needs {gate.min_heldout_pairs} pairs or "
+                            f"{gate.min_heldout_thumbs} ups and as many downs; waiting for more")
+    return True, new, why
 
 
 def report_round(result) -> None:
@@ -352,15 +367,20 @@ def run() -> int:
              settings.model, store.path, settings.learner_port, settings.learner_min_feedback,
              settings.learner_interval_s)
     started = time.time()
+    waiting_at = None  # new-feedback count at which the held-out feedback was last too thin for the gate
     try:
         while not stop.is_set():
             last = store.last_round()
             since = time.time() - (last["finished_at"] if last else started)
-            go, new, why = should_train(store, settings, since)
+            go, new, why = should_train(store, settings, since, learner.cfg.gate, waiting_at)
             NEW_FEEDBACK.set(new)
             if not go:
+                if why:  # held-out feedback too thin for the gate: said once, then at debug level
+                    (log.info if waiting_at is None else log.debug)("no round yet: %s", why)
+                    waiting_at = new
                 stop.wait(1.0)
                 continue
+            waiting_at = None
             log.info("starting a round: %s", why)
             running["round"] = True
             state["round_running"] = True

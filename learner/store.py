@@ -548,6 +548,20 @@ class Store:
             out.append(ex)
         return out
 
+    def heldout_feedback_counts(self) -> dict[str, int]:
+        """Users' joined feedback on the held-out side, split as the next round splits it (by user; by
+        conversation when every user with feedback is on one side): `pairs` (pairwise choices and
+        corrected answers), `ups`, `downs`. What the gate can measure the reward model on."""
+        sides = {r[0] for r in self.db.execute(
+            "SELECT DISTINCT CASE WHEN source = 'ai' THEN 'train' ELSE split END FROM feedback WHERE status='joined'")}
+        cond, cond_args = self._split_filter("f", "user" if sides == {"train", "heldout"} else "conversation")
+        rows = self.db.execute(f"SELECT type, value, COUNT(*) FROM feedback f WHERE f.status='joined' AND "
+                               f"f.source = 'user' AND {cond} GROUP BY type, value", (*cond_args, "heldout"))
+        counts = {"pairs": 0, "ups": 0, "downs": 0}
+        for kind, value, n in rows:
+            counts["pairs" if kind != "thumbs" else "ups" if value else "downs"] += n
+        return counts
+
     def user_prompts(self, split: str, per_user: int | None = None, by: str = "user") -> list[dict]:
         """Distinct prompts of logged interactions per user: dicts with `user`, `client`, `prompt_key`
         and `messages`, grouped by user and client, each user's newest first, at most `per_user` each."""

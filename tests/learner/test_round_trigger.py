@@ -1,0 +1,87 @@
+"""The learner starts a round only when the gate could measure it: enough new feedback, and held-out
+users' feedback of at least one kind the reward model is judged on (learner/main.py should_train).
+
+The held-out count must be the one the round will see: the same split (by user; by conversation when
+every user is on one side) as the examples a round reads, checked here against `feedback_examples`."""
+
+from __future__ import annotations
+
+import pytest
+
+from learner.gate import GateConfig
+from learner.main import should_train
+from rlhf.settings import Settings
+from feedback.schema import TOPIC_INTERACTIONS, Interaction, Message
+from tests.learner.test_store import ingest, open_store, thumbs
+
+GATE = GateConfig(min_heldout_pairs=8, min_heldout_thumbs=4)
+SETTINGS = Settings(learner_min_feedback=10, learner_interval_s=600.0)
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = open_store(tmp_path / "learner.sqlite3", heldout_fraction=0.5, adapter_dir=tmp_path / "adapters",
+                   split_key="tests: trigger split key")
+    yield s
+    s.close()
+
+
+def give(store, users: list[str], value: str, start: int) -> int:
+    """One answer per user and one thumb on it; returns the next free answer number."""
+    items = []
+    for k, user in enumerate(users, start):
+        answer = Interaction(response_id=f"r{k}", completion_id=f"x{k}", conversation_id=f"c{k}", user=user,
+                             messages=[Message(role="user", content=f"q{k}")], response=f"answer {k}", model="tiny")
+        items.append((TOPIC_INTERACTIONS, answer))
+        items.append(thumbs(f"r{k}", value, 1.0 + k, conv=f"c{k}", user=user))
+    ingest(store, items)
+    return start + len(users)
+
+
+def round_counts(store) -> dict[str, int]:
+    """What a round would hold out, from the examples it reads (learner/round.py split_feedback)."""
+    held = store.feedback_examples("heldout")
+    if not (held and store.feedback_examples("train")):
+        held = store.feedback_examples("heldout", by="conversation")
+    return {"pairs": sum(e["type"] == "pairwise" for e in held),
+            "ups": sum(e["type"] == "thumbs" and e["label"] == 1 for e in held),
+            "downs": sum(e["type"] == "thumbs" and e["label"] == 0 for e in held)}
+
+
+def test_no_round_until_held_out_users_gave_both_ups_and_downs(store):
+    users = [f"user{i}" for i in range(40)]
+    held_users = [u for u in users if store.split_of(u, 0.5) == "heldout"]
+    assert 4 <= len(held_users) < len(users)  # the fixed key puts users on both sides
+
+    n = give(store, users, "up", 0)  # 40 new events, but held-out users only said "up"
+    go, new, why = should_train(store, SETTINGS, 0.0, GATE)
+    assert (go, new) == (False, 40)
+    assert f"{len(held_users)} ups and 0 downs" in why and "waiting" in why
+    assert store.heldout_feedback_counts() == round_counts(store) == {"pairs": 0, "ups": len(held_users),
+                                                                     "downs": 0}
+    # asked again with nothing new: no second scan, nothing to say
+    assert should_train(store, SETTINGS, 0.0, GATE, waiting_at=40) == (False, 40, "")
+
+    give(store, held_users[:3] + [u for u in users if u not in held_users][:5], "down", n)  # 3 held-out downs
+    go, _, why = should_train(store, SETTINGS, 0.0, GATE, waiting_at=40)
+    assert not go and "3 downs" in why
+
+    give(store, held_users[3:4], "down", 100)  # the 4th held-out down
+    go, new, why = should_train(store, SETTINGS, 0.0, GATE, waiting_at=48)
+    assert go and new == 49 and why == "49 new feedback events (>= 10)"
+    assert store.heldout_feedback_counts() == round_counts(store)
+
+
+def test_one_user_is_split_by_conversation_as_the_round_does(store):
+    give(store, ["solo"] * 30, "up", 0)
+    give(store, ["solo"] * 30, "down", 30)
+    counts = store.heldout_feedback_counts()
+    assert counts == round_counts(store)
+    assert counts["ups"] > 0 and counts["downs"] > 0 and counts["ups"] + counts["downs"] < 60
+
+
+def test_few_new_events_wait_for_the_interval_before_any_held_out_check(store):
+    give(store, [f"user{i}" for i in range(5)], "up", 0)
+    assert should_train(store, SETTINGS, 0.0, GATE) == (False, 5, "")  # below learner_min_feedback
+    go, _, why = should_train(store, SETTINGS, 601.0, GATE)              # interval passed: now the gate's need
+    assert not go and "5 new feedback events and 601 s since the last round" in why and "waiting" in why
