@@ -11,12 +11,6 @@ so its engine computes on every core (`VLLM_CPU_NUM_OF_RESERVED_CPU=0` unless th
 sets it): Gemma 3 270M, 16 prompts x 2 answers of at most 48 tokens took 23.5-27.2 s instead of
 35.4-37.8 s on the 2-core VM.
 
-The engine samples in float32, the precision the trainer computes log-probs in. vLLM's CPU
-backend would otherwise run a float32 checkpoint in bfloat16: the samples would come from a
-slightly different policy than the one being trained, and on the 2-core VM the same Gemma
-rollouts took 27-33 s in bfloat16 against 20-26 s in float32. The KV cache holds half as many
-tokens per GiB, which the learner's short answers do not miss.
-
     engine = RolloutEngine(model_path, max_model_len=512)
     samples = engine.generate([prompt_ids, ...], temperature=1.0, max_tokens=48,
                               lora=engine.lora("/path/to/peft_adapter", "policy-step-3"))
@@ -52,13 +46,13 @@ class Sample:
 class RolloutEngine:
     def __init__(self, model_path: Path | str, *, max_model_len: int = 512, max_lora_rank: int = 16,
                  max_loras: int = 2, gpu_memory_utilization: float = 0.1, kv_cache_gb: float = 0.0,
-                 seed: int = 0, stop: list[str] | None = None, dtype: str = "float32"):
+                 seed: int = 0, stop: list[str] | None = None):
         self.model_path = str(model_path)
         self.stop = stop or None  # serving's stop strings for this model; EOS always stops
         log.info("starting the rollout engine (vLLM) on %s", self.model_path)
         os.environ.setdefault(RESERVED_CPUS, "0")  # read by the engine's worker when it starts
         self.llm = LLM(model=self.model_path, enable_lora=True, max_lora_rank=max_lora_rank, max_loras=max_loras,
-                       enforce_eager=True, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
+                       enforce_eager=True, gpu_memory_utilization=gpu_memory_utilization,
                        max_model_len=max_model_len, seed=seed, **vllm_scheduling(max_model_len, 4096),
                        kv_cache_memory_bytes=int(kv_cache_gb * 2**30) if kv_cache_gb > 0 else None)
         self.max_model_len = max_model_len
