@@ -11,7 +11,10 @@ from kafka import KafkaProducer
 from feedback.event_hmac import sealed
 from feedback.schema import TOPIC_FEEDBACK, TOPIC_INTERACTIONS, Interaction, Message, Pairwise, Thumbs, encode
 from feedback.topics import ensure_topics
+from learner.round import LearnerConfig
+from learner.store import split_of
 from rlhf.settings import Settings
+from tests.learner.conftest import SPLIT_KEY
 
 N_INTERACTIONS = 4000
 N_THUMBS = 2000
@@ -19,21 +22,30 @@ N_REPLACED = 100
 N_PAIRS = 50
 
 
+def held_out_user(nonce: str) -> str:
+    """A user id the learner (split key SPLIT_KEY) holds out: its thumbs let the gate measure a round, so
+    the learner starts one whatever else the shared broker holds (a round the gate could not measure is
+    not started)."""
+    fraction = LearnerConfig().heldout_fraction
+    return next(u for k in range(1000) if split_of(u := f"{nonce}-u{k}", fraction, SPLIT_KEY.encode()) == "heldout")
+
+
 def make_events(nonce: str):
     rng = random.Random(7)
+    thumbs_user = held_out_user(nonce)
     inter, fb = [], []
     for i in range(N_INTERACTIONS):
         conv = f"{nonce}-c{i // 2}"  # two answers per conversation, so pairs can be formed
         inter.append(Interaction(response_id=f"{nonce}-r{i}", completion_id=f"{nonce}-cmp{i // 2}",
-                                 choice_index=i % 2, conversation_id=conv, user=f"{nonce}-u",
+                                 choice_index=i % 2, conversation_id=conv, user=thumbs_user,
                                  messages=[Message(role="user", content=f"Tell me about cats, {i // 2}.")],
                                  response=rng.choice(["Cats are warm.", "I think cats are happy and love a song."]),
                                  finish_reason="stop", model="tiny"))
     for i in range(N_THUMBS):
-        fb.append(Thumbs(response_id=f"{nonce}-r{i}", conversation_id=f"{nonce}-c{i // 2}", user=f"{nonce}-u",
+        fb.append(Thumbs(response_id=f"{nonce}-r{i}", conversation_id=f"{nonce}-c{i // 2}", user=thumbs_user,
                          value="up" if i % 3 else "down", ts=1000.0))
     # the same user changes their mind later: replaces, must not add
-    replaced = [Thumbs(response_id=f"{nonce}-r{i}", conversation_id=f"{nonce}-c{i // 2}", user=f"{nonce}-u",
+    replaced = [Thumbs(response_id=f"{nonce}-r{i}", conversation_id=f"{nonce}-c{i // 2}", user=thumbs_user,
                        value="down" if i % 3 else "up", ts=2000.0) for i in range(N_REPLACED)]
     pairs = [Pairwise(chosen_response_id=f"{nonce}-r{2 * k + 1}", rejected_response_id=f"{nonce}-r{2 * k}",
                       conversation_id=f"{nonce}-c{k}", user=f"{nonce}-p") for k in range(N_PAIRS)]

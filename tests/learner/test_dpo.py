@@ -36,7 +36,10 @@ def make_learner(tmp_path_factory, algorithm: str, part: dict, kl_budget: float 
 
 @pytest.fixture(scope="module")
 def learner(tiny_model_path, tmp_path_factory):
-    lrn = make_learner(tmp_path_factory, "dpo", DPO_FAST)
+    # KL budget: DPO's KL guard is off (its training stat is not a sampled KL), so the round's KL is
+    # whatever its 10 iterations reach, and that varies with the generated tiny model: 0.84 nats on
+    # one machine, 7.0-7.9 on another; the test is about learning the taste, within a budget
+    lrn = make_learner(tmp_path_factory, "dpo", DPO_FAST, kl_budget=12.0)
     yield lrn
     lrn.close()
 
