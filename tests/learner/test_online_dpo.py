@@ -45,7 +45,9 @@ def test_one_iteration_ranks_fresh_answers_and_moves_only_the_lora(learner, tmp_
     rm = RewardModel.create(learner.model_path, RewardConfig())
     with torch.no_grad():  # a reward model that tells answers apart: random head weights, scaled up
         rm.head.weight.normal_(0.0, 1.0)
-    cfg = OnlineDPOConfig(rollout_prompts=4, num_samples=3, minibatch_size=2, epochs=1, min_score_gap=0.0)
+    # 2 epochs of 1 pair per step: at least 2 optimiser steps, so both LoRA matrices move (the first
+    # step moves only B, which starts at 0; A gets a gradient once B is not 0)
+    cfg = OnlineDPOConfig(rollout_prompts=4, num_samples=3, minibatch_size=1, epochs=2, min_score_gap=0.0)
     trainer = OnlineDPOTrainer(learner.model_path, learner.tokenizer, cfg, rm, workdir=tmp_path / "work")
     before = {n: (p.requires_grad, p.detach().clone()) for n, p in trainer.policy.named_parameters()}
     prompts = [encode_prompt(learner.tokenizer, [{"role": "user", "content": q}]) for q in tiny_prompts(4, seed=3)]
@@ -56,7 +58,8 @@ def test_one_iteration_ranks_fresh_answers_and_moves_only_the_lora(learner, tmp_
     assert s["kl"] == pytest.approx(0.0, abs=1e-4)  # sampled from a fresh LoRA: the policy is the reference
     assert s["margin"] == pytest.approx(0.0, abs=1e-4)
     assert 1 <= s["pairs"] <= 4 and s["score_gap"] > 0  # distinct answers score apart; each pair ordered
-    assert s["policy_loss"] == pytest.approx(math.log(2), abs=0.05)  # -log σ(0) on the first minibatch's pairs
+    # the first step's loss is -log σ(0) = log 2 (policy = reference); the steps after it lower it
+    assert 0.0 < s["policy_loss"] <= math.log(2) + 0.05
 
     moved = {n for n, p in trainer.policy.named_parameters() if not torch.equal(before[n][1], p.detach())}
     trainable = {n for n, (rg, _) in before.items() if rg}

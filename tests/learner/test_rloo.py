@@ -60,19 +60,19 @@ class RecordingEngine:
 # ------------------------------------------------------------------------------------ selection
 def test_the_setting_accepts_the_built_algorithms_only(monkeypatch, tmp_path):
     assert Settings().learner_algorithm == "ppo"
-    for algo in ("rloo", "dpo", "kto"):
+    for algo in ("rloo", "dpo", "online-dpo", "kto"):
         monkeypatch.setenv("RLHF_LEARNER_ALGORITHM", algo)
         assert Settings().learner_algorithm == algo
-    monkeypatch.setenv("RLHF_LEARNER_ALGORITHM", "online-dpo")  # planned, not built: refused, not silently PPO
+    monkeypatch.setenv("RLHF_LEARNER_ALGORITHM", "grpo")  # not built: refused, not silently PPO
     with pytest.raises(pydantic.ValidationError, match="RLHF_LEARNER_ALGORITHM must be one of ppo, rloo, dpo, "
-                                                       "kto, not 'online-dpo'"):
+                                                       "online-dpo, kto, not 'grpo'"):
         Settings()
     # `rlhf learn` stops at startup with that message, before it opens a store or loads a model
-    env = {**os.environ, "RLHF_LEARNER_ALGORITHM": "online-dpo", "RLHF_DATA_DIR": str(tmp_path / "data")}
+    env = {**os.environ, "RLHF_LEARNER_ALGORITHM": "grpo", "RLHF_DATA_DIR": str(tmp_path / "data")}
     proc = subprocess.run([sys.executable, "-m", "rlhf.cli", "learn"], env=env, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode != 0
-    assert "RLHF_LEARNER_ALGORITHM must be one of ppo, rloo, dpo, kto, not 'online-dpo'" in proc.stderr
+    assert "RLHF_LEARNER_ALGORITHM must be one of ppo, rloo, dpo, online-dpo, kto, not 'grpo'" in proc.stderr
     assert not (tmp_path / "data").exists()
 
 
