@@ -1,6 +1,7 @@
 """The simulated user: one hidden preference, two answers per question, feedback through the HTTP API.
 
     pref = Preference(word="happy")          # or Preference(max_words=8); Preference("happy", opposite=True)
+    pref = Preference(taste="colour")        # a named taste (harness/tastes.py); Preference.named("word:happy")
     kind = converse(client, pref, question, seed=i, user="user3", rng=random.Random(i))
     liked = liked_answers(url, model, questions, pref)     # the user's verdict on fresh answers
 
@@ -16,21 +17,45 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
+from harness.tastes import TASTES
+
 
 class Preference:
-    """The user's hidden taste: a yes/no judgement of one answer."""
+    """The user's hidden taste: a yes/no judgement of one answer: it contains a word, has at most
+    `max_words` words, or has one of harness/tastes.py's named tastes (`taste="colour"`)."""
 
-    def __init__(self, word: str | None = None, max_words: int | None = None, *, opposite: bool = False):
-        if (word is None) == (max_words is None):
-            raise ValueError("a preference is either a word or a maximum number of words")
-        self.word, self.max_words, self.opposite = word, max_words, opposite
+    def __init__(self, word: str | None = None, max_words: int | None = None, *, taste: str | None = None,
+                 opposite: bool = False):
+        if sum(x is not None for x in (word, max_words, taste)) != 1:
+            raise ValueError("a preference is either a word, a maximum number of words or a named taste")
+        if taste is not None and taste not in TASTES:
+            raise ValueError(f"unknown taste {taste!r}: one of {', '.join(TASTES)}")
+        self.word, self.max_words, self.taste, self.opposite = word, max_words, taste, opposite
+
+    @classmethod
+    def named(cls, spec: str) -> "Preference":
+        """A preference from a command line: a taste's name (`colour`, `sentence`, `place`),
+        `word:WORD` or `max-words:K`."""
+        kind, _, arg = spec.partition(":")
+        if kind == "word" and arg:
+            return cls(word=arg)
+        if kind == "max-words" and arg.isdigit():
+            return cls(max_words=int(arg))
+        if kind in TASTES and not arg:
+            return cls(taste=kind)
+        raise ValueError(f"unknown taste {spec!r}: one of {', '.join(TASTES)}, word:WORD or max-words:K")
 
     def __str__(self) -> str:
-        taste = f"contains {self.word!r}" if self.word else f"at most {self.max_words} words"
+        if self.taste:
+            taste = TASTES[self.taste].description
+        else:
+            taste = f"contains {self.word!r}" if self.word else f"at most {self.max_words} words"
         return f"not ({taste})" if self.opposite else taste
 
     def likes(self, text: str) -> bool:
-        if self.word:
+        if self.taste:
+            hit = TASTES[self.taste].likes(text)
+        elif self.word:
             hit = re.search(rf"\b{re.escape(self.word.lower())}\b", text.lower()) is not None
         else:
             hit = 0 < len(text.split()) <= self.max_words
