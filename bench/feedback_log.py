@@ -1,0 +1,68 @@
+"""A recorded feedback log: the sealed events serving wrote (interactions and feedback), kept as JSONL so
+that several fresh learners can each ingest exactly the same stream.
+
+    events = recorded(bootstrap, max_feedback=300)   # read from the broker's topics, oldest first
+    save_log("log.jsonl", events)                     # one {"topic", "event"} object a line
+    store.ingest(load_log("log.jsonl"))               # as `rlhf learn` would have stored them
+
+The events keep serving's HMAC (RLHF_EVENT_HMAC_KEY): a store with another key refuses them, so a
+replay either stores what was recorded or says it could not.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from feedback.schema import (
+    TOPIC_FEEDBACK,
+    TOPIC_INTERACTIONS,
+    Event,
+    Interaction,
+    encode,
+    parse_event,
+)
+from harness.kafka import read_topic
+
+Record = tuple[str, Event]
+# The event HMAC key of the logs bench/algorithms.py records: its serving seals with it, its replays check it
+EVENT_KEY = "bench: the event HMAC key of recorded logs"
+
+
+def recorded(bootstrap: str, max_feedback: int | None = None, timeout_s: float = 30.0) -> list[Record]:
+    """Every interaction and feedback event on the broker now, in the order of their timestamps
+    (an interaction before feedback of the same instant); only the `max_feedback` oldest feedback events."""
+    interactions = [(TOPIC_INTERACTIONS, e) for e in read_topic(bootstrap, TOPIC_INTERACTIONS, timeout_s)]
+    feedback = sorted(((TOPIC_FEEDBACK, e) for e in read_topic(bootstrap, TOPIC_FEEDBACK, timeout_s)),
+                      key=lambda r: r[1].ts)
+    return sorted(interactions + feedback[:max_feedback], key=lambda r: (r[1].ts, r[0] != TOPIC_INTERACTIONS))
+
+
+def save_log(path: Path | str, events: list[Record]) -> None:
+    with open(path, "w") as f:
+        for topic, ev in events:
+            f.write(json.dumps({"topic": topic, "event": json.loads(encode(ev))}) + "\n")
+
+
+def load_log(path: Path | str) -> list[Record]:
+    out = []
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                row = json.loads(line)
+                out.append((row["topic"], parse_event(json.dumps(row["event"]))))
+    return out
+
+
+def log_counts(events: list[Record]) -> dict[str, int]:
+    """Interactions, and feedback events by type, in a log."""
+    counts = {"interactions": sum(isinstance(e, Interaction) for _, e in events)}
+    for topic, e in events:
+        if topic == TOPIC_FEEDBACK:
+            counts[e.type] = counts.get(e.type, 0) + 1
+    return counts
+
+
+def questions_of(events: list[Record]) -> set[str]:
+    """The user messages asked in a log (held-out questions must not be among them)."""
+    return {m.content for _, e in events if isinstance(e, Interaction) for m in e.messages if m.role == "user"}
