@@ -2,6 +2,7 @@
 
     apply_event(state, ev, adapter_dir, trusted)  the one "check the signature, verify the files, apply" step
     require_signature(ev, trusted)        its signature half (raises Untrusted)
+    control_event(payload)                any signed event of the topic; routing_event: those that route
     refusal(ev, adapter_dir)              its file half (for a caller that applies elsewhere)
     AdapterLog(settings)                  the whole topic, without a consumer group
     snapshot_state(...)                   the snapshot's signed events, replayed through the same checks
@@ -28,15 +29,16 @@ from adapters.routing_state import RoutingState
 from adapters.signing import TrustedKeys, control_keys, signature_refusal
 from adapters.snapshot import read_snapshot_events
 from adapters.store import verify_announced
+from feedback.kafka_security import client_security
 from feedback.schema import (
     TOPIC_ADAPTERS,
     TOPIC_DEADLETTER,
     AdapterAnnounced,
+    LiveFigures,
     RoutingChanged,
     encode,
     parse_event,
 )
-from feedback.kafka_security import client_security
 from feedback.topics import bootstrap_servers, ensure_topics
 
 log = logging.getLogger(__name__)
@@ -79,10 +81,17 @@ def apply_event(state: RoutingState, ev: RoutingEvent, adapter_dir: Path | str, 
     return refused, state.apply(ev, refused)
 
 
-def routing_event(payload: bytes) -> RoutingEvent | None:
-    """The routing event in a record's value; None for other event types. Raises ValueError if malformed."""
+def control_event(payload: bytes) -> RoutingEvent | LiveFigures | None:
+    """The control event in a record's value; None for other event types. Raises ValueError if malformed."""
     ev = parse_event(payload)
-    return ev if isinstance(ev, (AdapterAnnounced, RoutingChanged)) else None
+    return ev if isinstance(ev, (AdapterAnnounced, RoutingChanged, LiveFigures)) else None
+
+
+def routing_event(payload: bytes) -> RoutingEvent | None:
+    """The routing event in a record's value; None for other event types (LiveFigures changes no routing).
+    Raises ValueError if malformed."""
+    ev = control_event(payload)
+    return None if isinstance(ev, LiveFigures) else ev
 
 
 class AdapterLog:

@@ -11,6 +11,9 @@
                         them: requests already running keep the adapter they started with)
                      ─▶ unload versions nothing routes to, beyond max_loras - 1
     RoutingChanged   ─▶ activate VERSION | rollback | canary VERSION FRACTION, same switch
+    LiveFigures      ─▶ kept if newer than the one held (the learner's live table per version, shown by
+                        GET /v1/adapters under `live`); routing and the snapshot are untouched
+    a record over MAX_CONTROL_EVENT_BYTES ─▶ refused unread, a dead letter
 
 On start a replica replays the signed events of the routing snapshot (snapshot.py), then
 `rlhf.adapters` from offset 0 applying only events the snapshot has not seen, so a restarted
@@ -31,17 +34,19 @@ import time
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from adapters.announcements import AdapterLog, refusal, routing_event, snapshot_state
+from adapters.announcements import AdapterLog, control_event, refusal, snapshot_state
 from adapters.cache import cache_dir_of, private_copy
 from adapters.router import LoadedAdapter, Router
 from adapters.routing_state import RoutingState
 from adapters.signing import ControlKeys, control_keys, refusal_label, signature_refusal
 from adapters.snapshot import write_snapshot
 from feedback.schema import (
+    MAX_CONTROL_EVENT_BYTES,
     TOPIC_ADAPTERS,
     TOPIC_DEADLETTER,
     AdapterAnnounced,
     DeadLetter,
+    LiveFigures,
 )
 
 log = logging.getLogger(__name__)
@@ -52,7 +57,7 @@ CANARY_INFO = Gauge("rlhf_adapter_canary_info", "Share of users routed to the ca
 LOADED = Gauge("rlhf_adapters_loaded", "Adapter versions loaded in this replica's engine")
 REFUSED = Counter("rlhf_adapter_refused_total", "Announced adapters this replica refused to load", ["stage"])
 UNTRUSTED = Counter("rlhf_control_events_refused_total", "Events on rlhf.adapters refused for their signature "
-                    "(unsigned, unknown key, bad signature): nothing changed", ["reason"])
+                    "(unsigned, unknown key, bad signature) or size (oversized): nothing changed", ["reason"])
 ROUTING_CHANGES = Counter("rlhf_adapter_routing_changes_total", "Applied events from rlhf.adapters", ["action"])
 SWAP_SECONDS = Histogram("rlhf_adapter_swap_seconds", "From an announcement's timestamp to routing switched "
                          "to it on this replica", buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30))
@@ -73,6 +78,7 @@ class AdapterFollower:
         self.state = RoutingState(settings.canary_fraction)
         self.loaded_at: dict[str, float] = {}
         self.following = False  # True once the topic's replay is done
+        self.live_figures: LiveFigures | None = None  # the newest verified live figures (the learner's)
         self._log: AdapterLog | None = None
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rlhf-adapters")
         self._task: asyncio.Task | None = None
@@ -140,8 +146,17 @@ class AdapterFollower:
 
     # -------------------------------------------------------------------- events
     async def _handle(self, rec, live: bool) -> None:
+        size = len(rec.value or b"")
+        if size > MAX_CONTROL_EVENT_BYTES:
+            UNTRUSTED.labels("oversized").inc()
+            log.error("refused a %d-byte record on %s at offset %d: control events are at most %d bytes", size,
+                      TOPIC_ADAPTERS, rec.offset, MAX_CONTROL_EVENT_BYTES)
+            if live:
+                await self._dead_letter(f"oversized: {size} bytes (at most {MAX_CONTROL_EVENT_BYTES})",
+                                        rec.value[:MAX_CONTROL_EVENT_BYTES])
+            return
         try:
-            ev = routing_event(rec.value)
+            ev = control_event(rec.value)
         except ValueError as e:
             log.warning("malformed event on %s at offset %d: %s", TOPIC_ADAPTERS, rec.offset, e)
             if live:
@@ -156,6 +171,10 @@ class AdapterFollower:
                       untrusted)
             if live:
                 await self._dead_letter(f"{ev.type} refused: {untrusted}", rec.value)
+            return
+        if isinstance(ev, LiveFigures):  # a view for the routes: not routing, not in the snapshot
+            if self.live_figures is None or ev.ts > self.live_figures.ts:
+                self.live_figures = ev
             return
         # files are hashed in the worker thread; the state changes here, on the loop the routes read it from
         refused = await self._in_thread(refusal, ev, self.settings.adapter_dir, self.settings.max_lora_rank)
@@ -286,11 +305,15 @@ class AdapterFollower:
                         ("previous", self.state.previous)):
             if v:
                 roles.setdefault(v, []).append(role)
+        held = self.live_figures
+        figures = {f.version: f.model_dump(exclude={"version"}) for f in held.versions} if held else {}
         data = []
         for v, a in self.router.loaded.items():
             data.append({"version": v, "lora_id": a.lora_id, "roles": roles.get(v, []), "parent": a.manifest.get("parent"),
                          "source": a.manifest.get("source"), "path": a.manifest.get("path"),
-                         "announced_at": a.manifest.get("announced_at"), "loaded_at": self.loaded_at.get(v)})
+                         "announced_at": a.manifest.get("announced_at"), "loaded_at": self.loaded_at.get(v),
+                         "live": figures.get(v)})
+        live = {"as_of": held.ts, "versions": figures} if held else None
         return {"object": "list", "base": self.router.base_name, **self.state.describe(),
                 "following": self.following, "replica": self.replica, "data": data,
-                "known": list(self.state.known)}
+                "known": list(self.state.known), "live": live}

@@ -8,12 +8,13 @@ Topics:
 - rlhf.interactions  Interaction        one per generated answer (per choice)
 - rlhf.feedback      Thumbs | Pairwise | Demonstration  what users said about answers (a demonstration:
                      the answer as the user corrected it)
-- rlhf.adapters      AdapterAnnounced | RoutingChanged
+- rlhf.adapters      AdapterAnnounced | RoutingChanged | LiveFigures (the learner's live table per version,
+                     for GET /v1/adapters; changes no routing)
 - rlhf.deadletter    DeadLetter         anything malformed or unprocessable, with the reason
 
 Who wrote an event is checked, not assumed: what serving writes (Interaction, Thumbs, Pairwise)
 carries `hmac` (feedback/event_hmac.py, checked by the learner before storing); the control
-events (AdapterAnnounced, RoutingChanged) carry an Ed25519 `key_id` and `signature`
+events (AdapterAnnounced, RoutingChanged, LiveFigures) carry an Ed25519 `key_id` and `signature`
 (adapters/signing.py, checked by every replica and the learner before applying). Both cover
 `canonical_bytes(event)`: every field but the MAC or signature itself.
 """
@@ -74,7 +75,8 @@ class ServingEvent(Event):
 
 
 class ControlEvent(Event):
-    """An event that changes routing; signed by the learner or an operator (Ed25519)."""
+    """An event on `rlhf.adapters`, signed by the learner or an operator (Ed25519): replicas act only on
+    what a trusted key signed."""
 
     key_id: str | None = Field(None, description="Id of the signing key (sha256 of its public key, 16 hex).")
     signature: str | None = Field(None, description="Ed25519 signature of the event without this field (base64).")
@@ -204,6 +206,57 @@ class RoutingChanged(ControlEvent):
         return b"adapters"
 
 
+MAX_CONTROL_EVENT_BYTES = 64 * 1024
+"""A record on `rlhf.adapters` longer than this is refused unread (dead letter): control events are small."""
+MAX_LIVE_VERSIONS = 100
+"""Versions one LiveFigures event carries at most (the learner sends the active, the canary, then the newest)."""
+
+
+class LiveRate(BaseModel):
+    """A rate in [0, 1] with its always-valid 95 % interval; estimate None without observations."""
+
+    model_config = ConfigDict(extra="forbid")
+    estimate: float | None = Field(None, ge=0.0, le=1.0)
+    low: float = Field(ge=0.0, le=1.0)
+    high: float = Field(ge=0.0, le=1.0)
+    n: int = Field(ge=0, description="Observations behind the rate.")
+
+
+class LiveRating(BaseModel):
+    """Bradley-Terry rating from blind votes on the Elo scale (the base model 0), with its 95 % interval."""
+
+    model_config = ConfigDict(extra="forbid")
+    points: float
+    low: float
+    high: float
+    votes: int = Field(ge=0)
+
+
+class VersionLive(BaseModel):
+    """How users receive one version (learner/live_evaluation.py): what `rlhf adapters status` shows."""
+
+    model_config = ConfigDict(extra="forbid")
+    version: str = Field(max_length=64, description="`policy@v3`, or `base` for answers without an adapter.")
+    role: Literal["active", "canary", ""] = ""
+    answers: int = Field(ge=0)
+    answer_tokens: float = Field(ge=0.0, description="Mean answer length, tokens.")
+    thumbs_up: LiveRate
+    with_feedback: LiveRate = Field(description="Share of answers that got any feedback.")
+    pairwise_win: LiveRate = Field(description="Win rate in users' blind votes against other versions.")
+    rating: LiveRating | None = None
+
+
+class LiveFigures(ControlEvent):
+    """The learner's live figures per version, for every replica's GET /v1/adapters (serving never reads
+    the learner's store). Sent when they changed; a replica keeps the newest it verified. Changes no routing."""
+
+    type: Literal["live_figures"] = "live_figures"
+    versions: list[VersionLive] = Field(max_length=MAX_LIVE_VERSIONS)
+
+    def key(self) -> bytes:
+        return b"adapters"
+
+
 class DeadLetter(Event):
     """Something that could not be processed, kept with the reason."""
 
@@ -217,13 +270,14 @@ class DeadLetter(Event):
 UserFeedback = Union[Thumbs, Pairwise, Demonstration]
 FeedbackEvent = Annotated[UserFeedback, Field(discriminator="type")]
 AnyEvent = Annotated[
-    Union[Interaction, Thumbs, Pairwise, Demonstration, AdapterAnnounced, RoutingChanged, DeadLetter],
+    Union[Interaction, Thumbs, Pairwise, Demonstration, AdapterAnnounced, RoutingChanged, LiveFigures, DeadLetter],
     Field(discriminator="type")
 ]
 _any = TypeAdapter(AnyEvent)
 
 
-def parse_event(raw: bytes | str) -> Interaction | UserFeedback | AdapterAnnounced | RoutingChanged | DeadLetter:
+def parse_event(raw: bytes | str) -> (Interaction | UserFeedback | AdapterAnnounced | RoutingChanged | LiveFigures
+                                      | DeadLetter):
     """Parse one JSON event; raises pydantic.ValidationError on anything malformed."""
     return _any.validate_json(raw)
 

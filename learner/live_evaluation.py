@@ -1,7 +1,8 @@
 """Live evaluation: how users receive each adapter version, from the events serving logged.
 
     table = version_table(store.db, store._routing())    # one VersionFigures per version that answered
-    print(format_table(table))                            # what `rlhf adapters status` prints
+    offline = offline_by_version(store.db)                # each published version's round figures
+    print(format_table(table, offline))                   # what `rlhf adapters status` prints
     db, routing = open_read_only(data_dir)                # beside a running learner (the CLI)
 
 Per version, every rate with its 95 % confidence interval (learner/canary_statistics.py: valid
@@ -9,11 +10,17 @@ however often it is looked at, so a dashboard refreshed every minute does not mi
 thumbs-up rate, share of answers that got any feedback, win rate in blind votes against other
 versions; and answers given, mean answer length in tokens. Thumbs count at most `max_per_user`
 per user and version, as for the promotion controller.
+
+Beside them, each published version's offline figures from the round that made it (the metrics its
+manifest keeps, `OFFLINE_FIGURES`): the gate's reward gain and KL to the base, perplexity on the
+reference text (and the base model's), answer length on the gate's prompts, A/B win rate against
+its parent (learner/offline_figures.py).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +72,12 @@ GROUP BY chosen, rejected
 """
 
 
+OFFLINE_FIGURES = ("reward_candidate", "reward_serving", "reward_gain", "reward_gain_se", "kl_candidate",
+                   "perplexity_candidate", "perplexity_base", "answer_tokens_candidate", "answer_tokens_serving",
+                   "win_rate_vs_parent", "win_rate_vs_parent_low", "win_rate_vs_parent_high", "win_rate_prompts")
+"""The round's metrics that describe a published version (learner/round.py, section 4)."""
+
+
 def open_read_only(data_dir: Path | str) -> tuple[sqlite3.Connection, RoutingState]:
     """The learner store of RLHF_DATA_DIR, read-only (a running learner keeps writing), and its routing."""
     path = Path(data_dir) / STORE_FILE
@@ -106,6 +119,16 @@ def version_table(db: sqlite3.Connection, routing: RoutingState, max_per_user: i
     return sorted(rows, key=lambda f: (order[f.role], -version_number(f.version)))
 
 
+def offline_by_version(db: sqlite3.Connection) -> dict[str, dict[str, float]]:
+    """Each published version's offline figures (`OFFLINE_FIGURES` its round measured; finite numbers only)."""
+    out = {}
+    for r in db.execute("SELECT version, metrics FROM adapters WHERE status = 'published'"):
+        metrics = json.loads(r["metrics"] or "{}")
+        out[r["version"]] = {k: float(metrics[k]) for k in OFFLINE_FIGURES
+                             if isinstance(metrics.get(k), (int, float)) and math.isfinite(metrics[k])}
+    return out
+
+
 def version_number(version: str) -> int:
     tail = version.rpartition("@v")[2]
     return int(tail) if tail.isdigit() else -1
@@ -115,10 +138,31 @@ def _rate(i: Interval) -> str:
     return "-" if i.n == 0 else f"{100 * i.estimate:.0f}% [{100 * i.low:.0f}-{100 * i.high:.0f}] n={i.n}"
 
 
-def format_table(rows: list[VersionFigures]) -> str:
-    """The table a person reads in five seconds (rates in %, 95 % intervals)."""
-    head = ("version", "role", "answers", "tokens", "thumbs up", "with feedback", "wins (blind votes)")
+def _offline(m: dict[str, float]) -> tuple[str, ...]:
+    """The offline cells of one version: reward gain ± se, KL, perplexity (base), gate tokens, A/B vs parent."""
+    def num(key: str, fmt: str) -> str:
+        return format(m[key], fmt) if key in m else "-"
+
+    gain = f"{m['reward_gain']:+.2f} ± {m.get('reward_gain_se', 0.0):.2f}" if "reward_gain" in m else "-"
+    ppl = f"{num('perplexity_candidate', '.1f')} ({num('perplexity_base', '.1f')})" \
+        if "perplexity_candidate" in m else "-"
+    ab = (f"{100 * m['win_rate_vs_parent']:.0f}% [{100 * m['win_rate_vs_parent_low']:.0f}-"
+          f"{100 * m['win_rate_vs_parent_high']:.0f}] n={m['win_rate_prompts']:.0f}"
+          if "win_rate_vs_parent" in m else "-")
+    return gain, num("kl_candidate", ".2f"), ppl, num("answer_tokens_candidate", ".0f"), ab
+
+
+def format_table(rows: list[VersionFigures], offline: dict[str, dict[str, float]] | None = None) -> str:
+    """The table a person reads in five seconds: live figures (rates in %, 95 % intervals), then after `|`
+    the offline figures of the round that made each version (`offline_by_version`); a published version
+    no user has seen yet gets a row of its offline figures alone."""
+    offline = offline or {}
+    head = ("version", "role", "answers", "tokens", "thumbs up", "with feedback", "wins (blind votes)", "|",
+            "reward gain", "KL", "perplexity (base)", "gate tokens", "A/B vs parent")
     body = [(f.version, f.role, str(f.answers), f"{f.answer_tokens:.0f}", _rate(f.thumbs_up), _rate(f.with_feedback),
-             _rate(f.pairwise_win)) for f in rows]
+             _rate(f.pairwise_win), "|", *_offline(offline.get(f.version, {}))) for f in rows]
+    live = {f.version for f in rows}
+    unseen = sorted((v for v in offline if v not in live), key=version_number, reverse=True)
+    body += [(v, "", "0", "-", "-", "-", "-", "|", *_offline(offline[v])) for v in unseen]
     widths = [max(len(r[k]) for r in [head, *body]) for k in range(len(head))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head, *body])

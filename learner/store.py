@@ -48,9 +48,22 @@ from adapters.announcements import apply_event
 from adapters.routing_state import RoutingState
 from adapters.signing import ControlKeys, control_keys, signature_refusal
 from feedback.event_hmac import hmac_refusal
-from feedback.schema import (TOPIC_ADAPTERS, TOPIC_DEADLETTER, TOPIC_FEEDBACK, AdapterAnnounced, ControlEvent,
-                             DeadLetter, Demonstration, Event, Interaction, Pairwise, RoutingChanged, Thumbs,
-                             UserFeedback)
+from feedback.schema import (
+    TOPIC_ADAPTERS,
+    TOPIC_DEADLETTER,
+    TOPIC_FEEDBACK,
+    AdapterAnnounced,
+    ControlEvent,
+    DeadLetter,
+    Demonstration,
+    Event,
+    Interaction,
+    LiveFigures,
+    Pairwise,
+    RoutingChanged,
+    Thumbs,
+    UserFeedback,
+)
 
 STORE_FILE = "learner.sqlite3"
 
@@ -291,6 +304,8 @@ class Store:
                 if refused:
                     self._refuse(topic, ev, refused)
                     res.refused += 1
+                    continue
+                if isinstance(ev, LiveFigures):  # our own view for serving: nothing here to store or apply
                     continue
                 cur = self.db.execute("INSERT OR IGNORE INTO events(event_id, topic, type, ts, received_at) "
                                       "VALUES(?,?,?,?,?)", (ev.event_id, topic, ev.type, ev.ts, now))

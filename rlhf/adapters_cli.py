@@ -1,7 +1,7 @@
 """`rlhf adapters ...`: the adapter store and routing, from the command line.
 
     rlhf adapters list                      store contents and what every replica routes to
-    rlhf adapters status                    live figures per version and the leaderboard from blind votes
+    rlhf adapters status                    live and offline figures per version, the leaderboard from blind votes
     rlhf adapters publish PATH [--canary F] bring your own PEFT adapter: validate, store, announce
     rlhf adapters activate VERSION          route all traffic to VERSION (`base`: no adapter)
     rlhf adapters rollback                  end a canary, or go back to the previous version
@@ -31,7 +31,12 @@ from adapters.signing import SigningError, control_keys, make_key_pair
 from adapters.store import list_adapters, verify_announced, write_adapter
 from feedback.schema import AdapterAnnounced, RoutingChanged
 from learner.leaderboard import format_leaderboard, leaderboard
-from learner.live_evaluation import format_table, open_read_only, version_table
+from learner.live_evaluation import (
+    format_table,
+    offline_by_version,
+    open_read_only,
+    version_table,
+)
 from rlhf.models.registry import model_display_name, resolve_model
 from rlhf.settings import get_settings
 
@@ -98,13 +103,16 @@ def cmd_status(settings) -> int:
         _err(str(e))
         return 1
     try:
-        rows, board = version_table(db, routing), leaderboard(db)
+        rows, board, offline = version_table(db, routing), leaderboard(db), offline_by_version(db)
     except sqlite3.OperationalError as e:
         _err(f"cannot read the learner store in {settings.data_dir}: {e} (start the learner once to upgrade it)")
         return 1
     finally:
         db.close()
-    print(format_table(rows) if rows else "no answers logged yet")
+    print(format_table(rows, offline) if rows or offline else "no answers logged yet")
+    if offline:
+        print("(after |: the figures of the round that made each version, on held-out prompts; perplexity on the "
+              "reference text, the base model's in brackets; A/B: candidate against its parent, 95 % interval)")
     print("\nleaderboard from blind votes (Bradley-Terry, 95 % intervals):\n" + format_leaderboard(board) if board
           else "\nno blind votes between versions yet: no leaderboard")
     print(f"active: {routing.active or 'base model'}" + (

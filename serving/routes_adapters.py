@@ -1,6 +1,7 @@
 """Adapter routes: what this replica has loaded and routes to, and the admin switches.
 
-    GET  /v1/adapters                         loaded versions, active / canary / previous (callers
+    GET  /v1/adapters                         loaded versions, active / canary / previous, and `live`: the
+                                              learner's newest signed figures per version (callers
                                               authenticate as for chat: auth.py)
     POST /v1/admin/adapters/activate  {"version": "policy@v3" | "base"}
     POST /v1/admin/adapters/rollback  {}

@@ -26,7 +26,7 @@ METRICS = [
     "rlhf_learner_adapters_published_total", "rlhf_learner_adapters_rejected_total",
     "rlhf_version_rate", "rlhf_version_observations", "rlhf_version_answers", "rlhf_version_answer_tokens",
     "rlhf_canary_difference", "rlhf_canary_decisions_total", "rlhf_learner_feedback_by_type", "rlhf_version_rating",
-    "rlhf_completion_errors_total",
+    "rlhf_completion_errors_total", "rlhf_version_offline",
 ]
 # The modules that define every Prometheus metric serving and the learner export.
 METRIC_MODULES = ("serving.metrics", "serving.concurrency", "adapters.follower", "feedback.producer",
@@ -248,7 +248,8 @@ def test_dashboard_shows_every_metric(overlay):
     titles = " ".join(p["title"].lower() for p in dash["panels"])
     for word in ("requests", "latency", "tokens", "feedback", "lag", "reward", "kl", "adapter version",
                  "thumbs-up rate per version", "blind-vote win rate", "canary decisions", "canary minus active",
-                 "version rating", "time to first token per version", "error rate per version"):
+                 "version rating", "time to first token per version", "error rate per version",
+                 "offline figures per version", "a/b win rate against the parent", "perplexity on the reference text"):
         assert word in titles, word
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids))

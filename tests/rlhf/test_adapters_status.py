@@ -1,5 +1,6 @@
 """`rlhf adapters status`, run as the real command line on a learner store with an active version
-and a canary: the per-version table and the leaderboard from blind votes, read-only beside a learner
+and a canary: the per-version table (live figures, then the offline ones of the round that made each
+version) and the leaderboard from blind votes, read-only beside a learner
 that keeps the store open."""
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ def rlhf_status(data_dir) -> subprocess.CompletedProcess:
 def test_status_prints_each_version_with_its_figures(tmp_path):
     store = canary_store(tmp_path)          # stays open, as a running learner keeps it
     feedback(store, 100, {CANARY: 0.9, ACTIVE: 0.2}, tokens={CANARY: 9, ACTIVE: 25})
+    store.record_adapter(CANARY, "published", metrics={   # the figures of the round that published it
+        "reward_gain": 0.3, "reward_gain_se": 0.1, "kl_candidate": 1.5, "perplexity_candidate": 30.0,
+        "perplexity_base": 28.0, "answer_tokens_candidate": 9.0, "win_rate_vs_parent": 0.7,
+        "win_rate_vs_parent_low": 0.52, "win_rate_vs_parent_high": 0.84, "win_rate_prompts": 30})
     assert (tmp_path / STORE_FILE).is_file()
     r = rlhf_status(tmp_path)
     store.close()
@@ -31,6 +36,9 @@ def test_status_prints_each_version_with_its_figures(tmp_path):
     assert lines[0].split()[:4] == ["version", "role", "answers", "tokens"]
     assert lines[1].split()[:4] == [ACTIVE, "active", "150", "25"]
     assert lines[2].split()[:4] == [CANARY, "canary", "150", "9"]
+    assert lines[2].split("|")[1].split() == ["+0.30", "±", "0.10", "1.50", "30.0", "(28.0)", "9", "70%", "[52-84]",
+                                              "n=30"]
+    assert lines[1].split("|")[1].split() == ["-"] * 5 and "perplexity on the reference text" in r.stdout
     assert f"active: {ACTIVE}; canary: {CANARY} on 50% of users" in r.stdout
     assert "no blind votes between versions yet: no leaderboard" in r.stdout
 

@@ -34,10 +34,15 @@ from adapters.routing_state import RoutingState
 from adapters.signing import load_signing_key, make_key_pair, signed
 from adapters.store import write_adapter
 from feedback.schema import (
+    MAX_CONTROL_EVENT_BYTES,
+    TOPIC_ADAPTERS,
     AdapterAnnounced,
     DeadLetter,
     Interaction,
+    LiveFigures,
+    LiveRate,
     RoutingChanged,
+    VersionLive,
     encode,
 )
 from harness.broker import start_broker
@@ -412,6 +417,65 @@ def test_control_events_not_signed_by_a_trusted_key_change_nothing(replica_a, en
     assert version not in after["known"] and chat(replica_a)["rlhf"]["adapter"] == before["active"]
     for kind, n in (("unsigned", 2), ("unknown_key", 1), ("bad_signature", 1)):
         assert metric(replica_a, "rlhf_control_events_refused_total", f'reason="{kind}"') == counted[kind] + n
+
+
+def _figures(answers: int, ts: float) -> LiveFigures:
+    unrated = LiveRate(estimate=None, low=0.0, high=1.0, n=0)
+    return LiveFigures(ts=ts, versions=[VersionLive(
+        version="base", role="active", answers=answers, answer_tokens=31.5,
+        thumbs_up=LiveRate(estimate=0.75, low=0.5, high=0.9, n=40),
+        with_feedback=LiveRate(estimate=0.3, low=0.2, high=0.4, n=answers), pairwise_win=unrated)])
+
+
+def test_live_figures_reach_get_adapters_and_forged_ones_are_refused(replica_a, env, tmp_path):
+    """The learner's live table per version reaches the replica as a signed LiveFigures on rlhf.adapters:
+    GET /v1/adapters shows the newest one under `live`, routing unchanged. An older one does not replace it;
+    an unsigned, an altered and an oversized one are refused with a dead letter and change nothing."""
+    bootstrap = env["RLHF_KAFKA_BOOTSTRAP"]
+    before = adapters(replica_a)
+    now = time.time()
+    first = _figures(120, now)
+    announce(bootstrap, first, key=signer(env))
+    info = wait_until(lambda: (i := adapters(replica_a))["live"] and i, 20, what="live figures on GET /v1/adapters")
+    assert info["live"]["as_of"] == first.ts
+    shown = info["live"]["versions"]["base"]
+    assert (shown["role"], shown["answers"], shown["thumbs_up"]) == (
+        "active", 120, {"estimate": 0.75, "low": 0.5, "high": 0.9, "n": 40})
+    assert shown["pairwise_win"]["estimate"] is None
+    routing = ("active", "canary", "canary_fraction", "history", "known")
+    assert [info[k] for k in routing] == [before[k] for k in routing]
+
+    oversized_before = metric(replica_a, "rlhf_control_events_refused_total", 'reason="oversized"')
+    older = signed(_figures(1, now - 60), signer(env))
+    unsigned = _figures(2, now + 10)
+    altered = signed(_figures(3, now + 20), signer(env)).model_copy(update={"ts": now + 25})
+    announce(bootstrap, older, unsigned, altered, key=None)
+    big = signed(_figures(4, now + 30), signer(env))
+    producer = KafkaProducer(bootstrap_servers=bootstrap)
+    try:  # valid JSON, signed, padded past the limit
+        producer.send(TOPIC_ADAPTERS, key=b"adapters", value=encode(big) + b" " * MAX_CONTROL_EVENT_BYTES).get(15)
+    finally:
+        producer.close(timeout=5)
+    ids = {unsigned.event_id, altered.event_id, big.event_id}
+
+    def dead_letters():
+        found = [e for e in read_topic(bootstrap, "rlhf.deadletter")
+                 if isinstance(e, DeadLetter) and e.origin == "serving:replica-a"]
+        return [e for e in found if any(i in e.payload for i in ids)]
+
+    letters = wait_until(lambda: len(dead_letters()) >= 3 and dead_letters(), 20, 0.5, "three dead letters")
+    reasons = sorted(e.reason.split(":")[0] if e.reason.startswith("oversized") else
+                     e.reason.split(": ", 1)[1].split(":")[0] for e in letters)
+    assert reasons == ["bad signature", "oversized", "unsigned"], reasons
+    assert metric(replica_a, "rlhf_control_events_refused_total", 'reason="oversized"') == oversized_before + 1
+    info = adapters(replica_a)  # the older one came first on the partition: all were handled, none replaced it
+    assert info["live"]["as_of"] == first.ts and info["live"]["versions"]["base"]["answers"] == 120
+
+    newest = _figures(200, now + 40)
+    announce(bootstrap, newest, key=signer(env))
+    info = wait_until(lambda: (i := adapters(replica_a))["live"]["as_of"] == newest.ts and i, 20, what="newest")
+    assert info["live"]["versions"]["base"]["answers"] == 200
+    assert [info[k] for k in routing] == [before[k] for k in routing]
 
 
 def test_canary_is_sticky_per_user_and_can_be_promoted(replica_a, env, loras):
