@@ -211,12 +211,13 @@ class Learner:
     def capped(self, rows: list[dict], suspects: set[str] = frozenset()) -> CappedWeights:
         """Weights of rows (feedback examples or prompts): the people's under the operator's caps
         (`capped_people`), the AI judge's at RLHF_JUDGE_WEIGHT times a mean person's example, outside
-        every cap (learner/weighting.py `with_ai_examples`)."""
+        every cap, and together at most RLHF_JUDGE_MAX_SHARE of the rows' weight (learner/weighting.py
+        `with_ai_examples`)."""
         is_ai = [r.get("source") == "ai" for r in rows]
         if not any(is_ai):
             return self.capped_people(rows, suspects)
         people = self.capped_people([r for r, ai in zip(rows, is_ai) if not ai], suspects)
-        return with_ai_examples(people, is_ai, self.settings.judge_weight)
+        return with_ai_examples(people, is_ai, self.settings.judge_weight, self.settings.judge_max_share)
 
     def capped_people(self, rows: list[dict], suspects: set[str] = frozenset()) -> CappedWeights:
         """Weights of rows (feedback examples or prompts, each with `user` and `client`) under the
@@ -278,7 +279,8 @@ class Learner:
         metrics.update(trainer.evaluate(held_ex, held_weights, held_scores))
         metrics.update(rm_users=len(weights.user_shares), rm_clients=len(weights.client_shares),
                        rm_max_user_share=weights.max_user_share, rm_max_client_share=weights.max_client_share,
-                       rm_client_cap_met=int(weights.client_cap_met), consensus_agreement=consensus,
+                       rm_client_cap_met=int(weights.client_cap_met), rm_ai_share=weights.ai_share,
+                       consensus_agreement=consensus,
                        suspects_tested=len(tested), suspect_users=len(suspects),
                        heldout_users=len({e["user"] for e in held_ex}))
         return RewardFit(chosen, weights, tested, consensus, metrics)

@@ -70,6 +70,7 @@ class CappedWeights:
     user_cap: float = 1.0                                   # the cap that holds: max(cap, 1 / users)
     client_cap: float = 1.0                                 # max(cap, 1 / clients)
     client_cap_met: bool = True                             # False: the user cap kept a client over client_cap
+    ai_share: float = 0.0                                   # the AI judge's examples' share of the weights
 
     @property
     def max_user_share(self) -> float:
@@ -129,20 +130,36 @@ def capped_weights(users: list[str], clients: list[str], *, max_user_share: floa
     return CappedWeights(w, group_shares(w, users), group_shares(w, clients), user_cap, client_cap, met)
 
 
-def with_ai_examples(people: CappedWeights, is_ai: list[bool], ai_weight: float) -> CappedWeights:
+def with_ai_examples(people: CappedWeights, is_ai: list[bool], ai_weight: float,
+                     max_ai_share: float = 1.0) -> CappedWeights:
     """Weights (sum 1) of a round's examples where some are the AI judge's (`is_ai`): the people's
     capped weights keep their proportions, and each AI example weighs `ai_weight` times a mean
-    person's example (RLHF_JUDGE_WEIGHT). The judge is not a user: it takes no user's or client's
-    share under the caps, and the shares reported are the people's among themselves.
-    `people` holds the weights of the examples with is_ai False, in order."""
-    n_people = len(people.weights)
-    per_ai = ai_weight / n_people if n_people else 1.0  # a round of AI examples only: equal weights
+    person's example (RLHF_JUDGE_WEIGHT), all of them together at most `max_ai_share` of the
+    round (RLHF_JUDGE_MAX_SHARE): more verdicts than that share allows are scaled down together,
+    so however much the judge says, people keep 1 - max_ai_share of the signal. The judge is not
+    a user: it takes no user's or client's share under the caps, and the shares reported are the
+    people's among themselves. `people` holds the weights of the examples with is_ai False, in order.
+
+    A round with no people's examples has no people's weight to be a share of: its AI examples get
+    equal weights (the gate still measures the result on held-out people only)."""
+    if not 0 <= max_ai_share <= 1:
+        raise ValueError("max_ai_share must be in [0, 1]")
+    n_people, n_ai = len(people.weights), sum(is_ai)
+    people_total = sum(people.weights)
+    if n_people and people_total > 0:
+        ai_total = ai_weight * people_total * n_ai / n_people
+        if max_ai_share < 1:  # ai / (ai + people) <= max  <=>  ai <= people · max / (1 - max)
+            ai_total = min(ai_total, people_total * max_ai_share / (1 - max_ai_share))
+        per_ai = ai_total / n_ai if n_ai else 0.0
+    else:
+        per_ai = 1.0
     mine = iter(people.weights)
     raw = [per_ai if ai else next(mine) for ai in is_ai]
     total = sum(raw)
     weights = [w / total for w in raw] if total > 0 else raw
+    ai_share = sum(w for w, ai in zip(weights, is_ai) if ai)
     return CappedWeights(weights, people.user_shares, people.client_shares, people.user_cap, people.client_cap,
-                         people.client_cap_met)
+                         people.client_cap_met, ai_share)
 
 
 def systematic_sample(weights: list[float], k: int, rng) -> list[int]:

@@ -172,6 +172,9 @@ class Settings(BaseSettings):
                               "a short built-in rubric (helpful, correct, concise).")
     judge_weight: float = Field(0.5, ge=0.0, description="How much one AI pairwise choice weighs in a round, as a "
                                 "multiple of one user's example; AI choices never take a user's share.")
+    judge_max_share: float = Field(0.5, ge=0.0, le=1.0, description="Largest share of a round's total example "
+                                   "weight the AI judge's choices may have together: more verdicts than that "
+                                   "share allows are scaled down, so people keep the rest (1: no cap).")
     judge_agreement_floor: float = Field(0.6, ge=0.0, le=1.0, description="The judge pauses (publishes nothing) "
                                          "while its agreement with users' own pairwise choices is below this.")
     judge_min_agreement_samples: int = Field(20, ge=1, description="Comparisons with users' choices needed before "

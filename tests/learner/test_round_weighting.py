@@ -133,6 +133,12 @@ def test_the_prompt_pool_is_drawn_across_users(learner):
 def test_the_judges_examples_weigh_the_judge_weight_and_are_not_a_user(learner):
     rows = [{"user": f"u{i}", "client": "app"} for i in range(30)]  # 30 people, one example each
     rows += [{"user": "ai:judge", "client": "judge", "source": "ai"} for _ in range(300)]
+    # 300 verdicts at RLHF_JUDGE_WEIGHT 0.5 would outweigh the 30 people 5 to 1: RLHF_JUDGE_MAX_SHARE (0.5)
+    # holds them to half of the weight, so together they weigh as much as the people
+    w = learner.capped(rows)
+    assert w.ai_share == pytest.approx(learner.settings.judge_max_share) == pytest.approx(0.5)
+    assert w.weights[30] == pytest.approx(w.weights[0] * 30 / 300)
+    learner.settings = learner.settings.model_copy(update={"judge_max_share": 1.0})  # no cap
     w = learner.capped(rows)
     assert w.weights[30] == pytest.approx(learner.settings.judge_weight * w.weights[0])  # 0.5 x a person's
     assert "ai:judge" not in w.user_shares and w.max_user_share == pytest.approx(1 / 30)
@@ -147,3 +153,4 @@ def test_the_judges_examples_weigh_the_judge_weight_and_are_not_a_user(learner):
                             learner.cfg.reward)
     fit = learner.fit_reward_model(trainer, train, held, since_seq=0)
     assert "ai:judge" not in fit.tested and fit.metrics["rm_users"] == 20 and fit.metrics["suspects_tested"] == 20
+    assert fit.metrics["rm_ai_share"] == pytest.approx(12 / 172)  # 24 verdicts x 0.5 beside 160 people's pairs

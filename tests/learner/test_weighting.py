@@ -7,7 +7,14 @@ from collections import Counter
 
 import pytest
 
-from learner.weighting import capped_weights, group_shares, systematic_sample, water_fill, weighted_order
+from learner.weighting import (
+    capped_weights,
+    group_shares,
+    systematic_sample,
+    water_fill,
+    weighted_order,
+    with_ai_examples,
+)
 
 EPS = 1e-6
 
@@ -126,6 +133,33 @@ def test_caps_must_be_fractions():
     with pytest.raises(ValueError):
         capped_weights(["a"], [""], max_user_share=0.05, max_client_share=1.5)
     assert capped_weights([], [], max_user_share=0.05, max_client_share=0.5).weights == []
+
+
+def test_the_judges_total_share_is_capped_and_people_keep_the_rest():
+    # 4 people, one example each (0.25 each); 12 AI verdicts at RLHF_JUDGE_WEIGHT 0.5: uncapped the
+    # judge weighs 12 x 0.5 x 0.25 = 1.5 against the people's 1, a share of 1.5 / 2.5 = 0.6
+    people = capped_weights(["a", "b", "c", "d"], ["k"] * 4, max_user_share=0.5, max_client_share=1.0)
+    is_ai = [False] * 4 + [True] * 12
+
+    free = with_ai_examples(people, is_ai, 0.5, max_ai_share=0.75)  # 0.6 is under the cap: unchanged
+    assert free.ai_share == pytest.approx(0.6)
+    assert free.weights[:4] == pytest.approx([0.1] * 4) and free.weights[4:] == pytest.approx([0.05] * 12)
+    assert with_ai_examples(people, is_ai, 0.5).weights == pytest.approx(free.weights)  # no cap: the same
+
+    half = with_ai_examples(people, is_ai, 0.5, max_ai_share=0.5)  # the judge weighs as much as the people
+    assert half.ai_share == pytest.approx(0.5)
+    assert half.weights[:4] == pytest.approx([1 / 8] * 4) and half.weights[4:] == pytest.approx([1 / 24] * 12)
+
+    fifth = with_ai_examples(people, is_ai, 0.5, max_ai_share=0.2)  # AI total 1 x 0.2 / 0.8 = 0.25 of 1.25
+    assert fifth.ai_share == pytest.approx(0.2)
+    assert fifth.weights[:4] == pytest.approx([0.2] * 4) and fifth.weights[4:] == pytest.approx([1 / 60] * 12)
+    assert fifth.user_shares == people.user_shares  # the people's shares among themselves, unchanged
+
+    off = with_ai_examples(people, is_ai, 0.5, max_ai_share=0.0)
+    assert off.ai_share == 0.0 and off.weights[:4] == pytest.approx([0.25] * 4)
+    assert with_ai_examples(people, [False] * 4, 0.5, max_ai_share=0.5).ai_share == 0.0
+    with pytest.raises(ValueError):
+        with_ai_examples(people, is_ai, 0.5, max_ai_share=1.5)
 
 
 def test_systematic_sample_gives_each_group_its_share_to_within_one_draw():
