@@ -11,6 +11,16 @@ trainable part small (about 0.3 % of Gemma 3 270M), and the reward model then sh
 policy's notion of text. A separate encoder would need its own tokenizer and would see
 answers differently from the policy it judges.
 
+An ensemble of heads on one trunk (`ensemble_size` K): the LoRA'd base model feeds K scalar
+heads, each trained on its own bootstrap resample of the feedback (Poisson(1) weights per
+example), so one forward pass scores every member. What PPO, RLOO and online DPO optimise is
+
+    R = mean_k s_k − λ·std_k s_k      s_k: member k's normalised score, λ: `uncertainty_penalty`
+
+(Coste et al. 2023, arXiv 2310.02743: scoring by the ensemble's mean minus its disagreement
+keeps the policy from exploiting errors of one reward model). One head (K = 1) is exactly the
+single reward model: no resampling, no penalty.
+
 Two kinds of signal, two losses, one model (pairs are never invented from thumbs):
 - pairwise (chosen ≻ rejected), Bradley-Terry:   L_bt = -log σ(r_c - r_r)
 - thumbs (up = 1 / down = 0), logistic:          L_th = -[y log σ(r - b) + (1 - y) log(1 - σ(r - b))]
@@ -107,6 +117,22 @@ class RewardConfig(LoRAConfig):
     group is split off only when it saves more than this. Training and scoring both group.
     None: derived from the model's size (`pass_cost_tokens`: ~64 for Gemma 3 270M, no split
     for the tiny model)."""
+    ensemble_size: int = 3
+    """Reward heads (members) on the one LoRA'd trunk, each fitted on its own bootstrap resample.
+    A head is one (hidden size)-wide dot product on the pooled hidden state, so K heads cost what
+    one does (the trunk's forward and backward passes are shared); K separate reward models
+    would cost K fits on the two cores. 3 is the fewest members whose spread is more than the
+    difference of two; more heads on one trunk add little, as they share every feature. 1: a
+    single reward model, exactly as without an ensemble."""
+    uncertainty_penalty: float = 1.0
+    """λ in mean − λ·std over the members' normalised scores: the reward PPO, RLOO and online DPO
+    optimise (the gate judges by the mean). No effect with one member."""
+
+    def __post_init__(self):
+        if self.ensemble_size < 1:
+            raise ValueError(f"reward.ensemble_size must be at least 1, not {self.ensemble_size}")
+        if self.uncertainty_penalty < 0:
+            raise ValueError(f"reward.uncertainty_penalty must be at least 0, not {self.uncertainty_penalty}")
 
 
 # ------------------------------------------------------------------------------------------
@@ -150,6 +176,24 @@ def auc(scores: list[float], labels: list[int], weights: list[float] | None = No
     return wins / (w_pos * w_neg)
 
 
+def penalised_mean(member_scores: torch.Tensor, penalty: float) -> torch.Tensor:
+    """mean_k s_k − penalty·std_k s_k over the members (last dim, K) -> (...): the ensemble's reward.
+    The std is the members' spread (population std, divisor K): one member is exactly its score."""
+    mean = member_scores.mean(-1)
+    if member_scores.shape[-1] == 1 or penalty == 0:
+        return mean
+    return mean - penalty * member_scores.std(-1, correction=0)
+
+
+def bootstrap_weights(n: int, members: int, generator: torch.Generator) -> torch.Tensor | None:
+    """Each member's weight on each of n examples (n, K): Poisson(1) draws, the cheap bootstrap (a
+    resample of n examples with replacement holds each one Poisson(1) times, as n grows). None for
+    one member: it trains on every example once."""
+    if members == 1:
+        return None
+    return torch.poisson(torch.ones(n, members), generator=generator)
+
+
 def agrees(ex: dict, score: float, other: float | None, thumbs_bias: float) -> bool:
     """Whether the reward model agrees with one label: the chosen answer scores higher than the
     rejected one; a thumbs is up exactly when r > b (the threshold in P(up) = σ(r - b))."""
@@ -162,24 +206,34 @@ def agrees(ex: dict, score: float, other: float | None, thumbs_bias: float) -> b
 # The model
 # ------------------------------------------------------------------------------------------
 class RewardModel(nn.Module):
-    def __init__(self, backbone: nn.Module, hidden_size: int, pooling: str = "mean"):
+    def __init__(self, backbone: nn.Module, hidden_size: int, pooling: str = "mean", ensemble_size: int = 1,
+                 uncertainty_penalty: float = 0.0):
         super().__init__()
         if pooling not in ("mean", "last"):
             raise ValueError(f"pooling must be 'mean' or 'last', not {pooling!r}")
+        if ensemble_size < 1:
+            raise ValueError(f"ensemble_size must be at least 1, not {ensemble_size}")
         self.pooling = pooling
-        self.backbone = backbone                 # base model (no LM head) + reward LoRA (peft)
-        self.head = nn.Linear(hidden_size, 1)    # h_last -> scalar
-        self.thumbs_bias = nn.Parameter(torch.zeros(()))  # b in P(up) = σ(r - b)
-        self.register_buffer("norm_mean", torch.zeros(()))
-        self.register_buffer("norm_std", torch.ones(()))
+        self.uncertainty_penalty = uncertainty_penalty
+        self.backbone = backbone                             # base model (no LM head) + reward LoRA (peft)
+        self.head = nn.Linear(hidden_size, ensemble_size)    # pooled h -> one score per member (K,)
+        # b in P(up) = σ(r_k - b), shared: each member's own offset is its head's bias
+        self.thumbs_bias = nn.Parameter(torch.zeros(()))
+        self.register_buffer("norm_mean", torch.zeros(ensemble_size))  # (K,) per member
+        self.register_buffer("norm_std", torch.ones(ensemble_size))     # (K,)
         self.pass_cost = pass_cost_tokens(backbone, backbone.config.num_hidden_layers)  # see length_buckets
+
+    @property
+    def ensemble_size(self) -> int:
+        return self.head.out_features
 
     @classmethod
     def create(cls, model_path: Path | str, cfg: RewardConfig) -> "RewardModel":
         base = AutoModel.from_pretrained(str(model_path), dtype=torch.float32)
         lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
                           target_modules=list(cfg.target_modules), bias="none")
-        rm = cls(get_peft_model(base, lora), base.config.hidden_size, cfg.pooling)
+        rm = cls(get_peft_model(base, lora), base.config.hidden_size, cfg.pooling, cfg.ensemble_size,
+                 cfg.uncertainty_penalty)
         g = torch.Generator().manual_seed(cfg.seed)
         with torch.no_grad():  # small random head (as TRL): a zero head would give the LoRA no gradient
             rm.head.weight.normal_(0.0, 1.0 / math.sqrt(base.config.hidden_size + 1), generator=g)
@@ -187,12 +241,22 @@ class RewardModel(nn.Module):
         return rm
 
     @classmethod
-    def load(cls, model_path: Path | str, ckpt: Path | str) -> "RewardModel":
+    def load(cls, model_path: Path | str, ckpt: Path | str, cfg: RewardConfig | None = None) -> "RewardModel":
+        """A saved version; with `cfg`, under its ensemble size and penalty (see `resize_ensemble`),
+        else as saved. A version an older learner saved (one head, scalar normalisation) loads as one member."""
         base = AutoModel.from_pretrained(str(model_path), dtype=torch.float32)
         backbone = PeftModel.from_pretrained(base, str(Path(ckpt) / "lora"), is_trainable=True)
         meta = json.loads((Path(ckpt) / "reward_model.json").read_text())
-        rm = cls(backbone, base.config.hidden_size, meta["pooling"])
-        rm.load_state_dict(load_file(str(Path(ckpt) / "head.safetensors")), strict=False)
+        size = meta.get("ensemble_size", 1)
+        state = load_file(str(Path(ckpt) / "head.safetensors"))
+        for name in ("norm_mean", "norm_std"):
+            state[name] = state[name].reshape(size)
+        rm = cls(backbone, base.config.hidden_size, meta["pooling"], size, meta.get("uncertainty_penalty", 0.0))
+        rm.load_state_dict(state, strict=False)
+        if cfg is not None:
+            rm.uncertainty_penalty = cfg.uncertainty_penalty
+            if cfg.ensemble_size != size:
+                rm.resize_ensemble(cfg.ensemble_size, cfg.seed)
         return rm
 
     def save(self, ckpt: Path | str) -> None:
@@ -200,11 +264,38 @@ class RewardModel(nn.Module):
         self.backbone.save_pretrained(str(ckpt / "lora"))
         state = {k: v.detach().contiguous() for k, v in self.state_dict().items() if not k.startswith("backbone.")}
         save_file(state, str(ckpt / "head.safetensors"))
-        (ckpt / "reward_model.json").write_text(json.dumps({"pooling": self.pooling}))
+        (ckpt / "reward_model.json").write_text(json.dumps({
+            "pooling": self.pooling, "ensemble_size": self.ensemble_size,
+            "uncertainty_penalty": self.uncertainty_penalty}))
 
-    def raw(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-            answer_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Unnormalised reward of each row (B,); any padding (left or right) is fine.
+    @torch.no_grad()
+    def resize_ensemble(self, size: int, seed: int = 0) -> None:
+        """Change the number of members of a trained model, keeping what it learned: existing members
+        keep their heads; a new member starts from the members' mean head plus the random head of
+        `create` (so it knows what they learned and still differs from them), and the round's fit then
+        trains it on its own resample; one member left from several is their mean head, which scores
+        exactly the ensemble's mean raw reward. Normalisation is set again by the round."""
+        if size < 1:
+            raise ValueError(f"ensemble_size must be at least 1, not {size}")
+        old, k_old, hidden = self.head, self.ensemble_size, self.head.in_features
+        g = torch.Generator().manual_seed(seed + 1)
+        noise = torch.empty(size, hidden).normal_(0.0, 1.0 / math.sqrt(hidden + 1), generator=g)
+        new = nn.Linear(hidden, size).to(old.weight.dtype)
+        new.weight.copy_(old.weight.mean(0) + noise)
+        new.bias.fill_(old.bias.mean().item())
+        norm_mean, norm_std = self.norm_mean.mean().repeat(size), self.norm_std.mean().repeat(size)
+        if size == 1:
+            new.weight.copy_(old.weight.mean(0, keepdim=True))
+        else:
+            keep = min(size, k_old)
+            new.weight[:keep], new.bias[:keep] = old.weight[:keep], old.bias[:keep]
+            norm_mean[:keep], norm_std[:keep] = self.norm_mean[:keep], self.norm_std[:keep]
+        self.head = new
+        self.norm_mean, self.norm_std = norm_mean, norm_std
+
+    def member_raw(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   answer_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Unnormalised reward of each row by each member (B, K); any padding (left or right) is fine.
 
         answer_mask (B, T): 1 on the answer's tokens, for mean pooling (None: every real token)."""
         h = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
@@ -215,46 +306,85 @@ class RewardModel(nn.Module):
             m = (attention_mask if answer_mask is None else answer_mask * attention_mask).unsqueeze(-1).to(h.dtype)
             m = torch.where(m.sum(1, keepdim=True) > 0, m, attention_mask.unsqueeze(-1).to(h.dtype))  # empty answer
             pooled = (h * m).sum(1) / m.sum(1)                                             # (B, H)
-        return self.head(pooled).squeeze(-1)                                               # (B,)
+        return self.head(pooled)                                                           # (B, K)
+
+    def raw(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+            answer_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Unnormalised reward of each row (B,): the members' mean."""
+        return self.member_raw(input_ids, attention_mask, answer_mask).mean(-1)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 answer_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Normalised reward (B,): mean 0, std 1 over the current policy's answers."""
-        return (self.raw(input_ids, attention_mask, answer_mask) - self.norm_mean) / self.norm_std
+        """The ensemble's reward (B,): mean − λ·std over the members' normalised scores (each member
+        mean 0, std 1 over the current policy's answers)."""
+        s = (self.member_raw(input_ids, attention_mask, answer_mask) - self.norm_mean) / self.norm_std  # (B, K)
+        return penalised_mean(s, self.uncertainty_penalty)
 
-    def raw_pairs(self, pairs: list[tuple[list[int], list[int]]], pad_id: int, bucket_cost: int | None = None,
-                  max_rows: int | None = None) -> torch.Tensor:
-        """Unnormalised rewards (S,) of (prompt ids, answer ids) pairs, in their order, computed in
-        groups of similar length (see `length_buckets`; bucket_cost None: this model's pass cost)
-        instead of one batch padded to the longest."""
+    def member_raw_pairs(self, pairs: list[tuple[list[int], list[int]]], pad_id: int,
+                         bucket_cost: int | None = None, max_rows: int | None = None) -> torch.Tensor:
+        """Unnormalised rewards (S, K) of (prompt ids, answer ids) pairs by each member, in their order,
+        computed in groups of similar length (see `length_buckets`; bucket_cost None: this model's pass
+        cost) instead of one batch padded to the longest."""
         cost = self.pass_cost if bucket_cost is None else bucket_cost
         groups = length_buckets([len(p) + len(a) for p, a in pairs], cost, max_rows)
-        parts = [self.raw(*pad_pairs([pairs[i] for i in g], pad_id)) for g in groups]
+        parts = [self.member_raw(*pad_pairs([pairs[i] for i in g], pad_id)) for g in groups]
         where = torch.empty(len(pairs), dtype=torch.long)
         where[torch.tensor([i for g in groups for i in g], dtype=torch.long)] = torch.arange(len(pairs))
         return torch.cat(parts)[where]
 
+    def raw_pairs(self, pairs: list[tuple[list[int], list[int]]], pad_id: int, bucket_cost: int | None = None,
+                  max_rows: int | None = None) -> torch.Tensor:
+        """Unnormalised rewards (S,) of (prompt ids, answer ids) pairs: the members' mean (see member_raw_pairs)."""
+        return self.member_raw_pairs(pairs, pad_id, bucket_cost, max_rows).mean(-1)
+
     @torch.no_grad()
-    def score_ids(self, pairs: list[tuple[list[int], list[int]]], pad_id: int, batch_size: int = 32,
-                  normalised: bool = True, bucket_cost: int | None = None) -> list[float]:
-        """Rewards of (prompt ids, answer ids) pairs (at most `batch_size` sequences per forward pass)."""
+    def member_score_ids(self, pairs: list[tuple[list[int], list[int]]], pad_id: int, batch_size: int = 32,
+                         normalised: bool = True, bucket_cost: int | None = None) -> torch.Tensor:
+        """Each member's reward (S, K) of (prompt ids, answer ids) pairs (at most `batch_size` sequences
+        per forward pass)."""
         self.eval()
         if not pairs:
-            return []
-        r = self.raw_pairs(pairs, pad_id, bucket_cost, batch_size)
-        return ((r - self.norm_mean) / self.norm_std if normalised else r).tolist()
+            return torch.zeros(0, self.ensemble_size)
+        r = self.member_raw_pairs(pairs, pad_id, bucket_cost, batch_size)
+        return (r - self.norm_mean) / self.norm_std if normalised else r
 
-    def score_samples(self, samples, tokenizer, batch_size: int = 32, normalised: bool = True) -> list[float]:
-        """Rewards of rollouts (learner/rollout.py Sample), read from their text like logged answers."""
-        pairs = [(s.prompt_ids, encode_response(tokenizer, s.text, s.finished)) for s in samples]
-        return self.score_ids(pairs, tokenizer.pad_token_id, batch_size, normalised)
+    def score_ids(self, pairs: list[tuple[list[int], list[int]]], pad_id: int, batch_size: int = 32,
+                  normalised: bool = True, bucket_cost: int | None = None,
+                  uncertainty_penalty: float | None = None) -> list[float]:
+        """Rewards of (prompt ids, answer ids) pairs: normalised, the ensemble's mean − λ·std (λ: this
+        model's `uncertainty_penalty` unless given; 0 gives the members' mean); else the raw mean."""
+        s = self.member_score_ids(pairs, pad_id, batch_size, normalised, bucket_cost)
+        if not normalised:
+            return s.mean(-1).tolist()
+        return penalised_mean(s, self.uncertainty_penalty if uncertainty_penalty is None
+                              else uncertainty_penalty).tolist()
+
+    def score_samples(self, samples, tokenizer, batch_size: int = 32, normalised: bool = True,
+                      uncertainty_penalty: float | None = None) -> list[float]:
+        """Rewards of rollouts (learner/rollout.py Sample), read from their text like logged answers
+        (see `score_ids`): what PPO, RLOO and online DPO optimise."""
+        return self.score_ids(self._sample_pairs(samples, tokenizer), tokenizer.pad_token_id, batch_size,
+                              normalised, uncertainty_penalty=uncertainty_penalty)
+
+    def member_score_samples(self, samples, tokenizer, batch_size: int = 32, normalised: bool = True) -> torch.Tensor:
+        """Each member's reward (S, K) of rollouts (see `member_score_ids`)."""
+        return self.member_score_ids(self._sample_pairs(samples, tokenizer), tokenizer.pad_token_id, batch_size,
+                                     normalised)
+
+    @staticmethod
+    def _sample_pairs(samples, tokenizer) -> list[tuple[list[int], list[int]]]:
+        return [(s.prompt_ids, encode_response(tokenizer, s.text, s.finished)) for s in samples]
 
     @torch.no_grad()
-    def set_normalisation(self, raw_rewards: list[float]) -> None:
-        """Make answers of the current policy score mean 0, std 1 (from raw rewards of its samples)."""
-        t = torch.tensor(raw_rewards, dtype=torch.float32)
-        self.norm_mean.fill_(t.mean().item() if t.numel() else 0.0)
-        self.norm_std.fill_(max(t.std().item(), 1e-3) if t.numel() > 1 else 1.0)
+    def set_normalisation(self, raw_rewards) -> None:
+        """Make answers of the current policy score mean 0, std 1 for each member, from raw rewards of its
+        samples: (S, K), one column per member, or (S,) for every member alike."""
+        t = torch.as_tensor(raw_rewards, dtype=torch.float32)
+        t = t.unsqueeze(-1).expand(-1, self.ensemble_size) if t.dim() == 1 else t
+        for k in range(self.ensemble_size):
+            col = t[:, k].contiguous()
+            self.norm_mean[k] = col.mean().item() if col.numel() else 0.0
+            self.norm_std[k] = max(col.std().item(), 1e-3) if col.numel() > 1 else 1.0
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
@@ -273,6 +403,7 @@ class RewardTrainer:
         self.optimizer = torch.optim.AdamW(self.rm.trainable_parameters(), lr=self.cfg.learning_rate,
                                            weight_decay=self.cfg.weight_decay, fused=True)
         self.rng = random.Random(self.cfg.seed)
+        self._bootstrap_rng = torch.Generator().manual_seed(self.cfg.seed)  # the members' resamples
         self._cache: dict[tuple, list[int]] = {}
         self._class_weights = torch.ones(2)  # (down, up), set from the thumbs of each update
 
@@ -285,38 +416,49 @@ class RewardTrainer:
                                                       self.cfg.max_length)
         return self._cache[key]
 
-    def _batch_loss(self, batch: list[dict], weights: list[float] | None = None) -> tuple[torch.Tensor, dict]:
-        """One forward over every sequence in the batch; Σ w_i·loss_i / B (w_i = 1 without weights)."""
+    def _batch_loss(self, batch: list[dict], weights: list[float] | None = None,
+                    members: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+        """One forward over every sequence in the batch; Σ_k Σ_i w_i·v_ik·loss_ik / (K·B): w_i the example's
+        weight (1 without weights), v_ik its bootstrap weight for member k (`members` (B, K); 1 without)."""
         seqs, pairs, thumbs = [], [], []
         w = weights if weights is not None else [1.0] * len(batch)
-        for ex, wi in zip(batch, w):
+        for n, (ex, wi) in enumerate(zip(batch, w)):
             if ex["type"] == "pairwise":
                 seqs += [self.encode(ex["messages"], ex["chosen"], ex["chosen_finish"]),
                          self.encode(ex["messages"], ex["rejected"], ex["rejected_finish"])]
-                pairs.append((len(seqs) - 2, len(seqs) - 1, wi))
+                pairs.append((len(seqs) - 2, len(seqs) - 1, wi, n))
             else:
                 seqs.append(self.encode(ex["messages"], ex["response"], ex["finish_reason"]))
-                thumbs.append((len(seqs) - 1, ex["label"], wi))
-        r = self.rm.raw_pairs(seqs, self.tokenizer.pad_token_id, self.cfg.bucket_cost_tokens)  # (S,)
+                thumbs.append((len(seqs) - 1, ex["label"], wi, n))
+        r = self.rm.member_raw_pairs(seqs, self.tokenizer.pad_token_id, self.cfg.bucket_cost_tokens)  # (S, K)
+        K = r.shape[1]
         loss = r.new_zeros(())
         stats = {}
         if pairs:
-            c, j = torch.tensor([(a, b) for a, b, _ in pairs]).T
-            pw = torch.tensor([wi for _, _, wi in pairs], dtype=r.dtype)        # (P,)
-            loss = loss + bradley_terry_loss(r[c], r[j], pw)
-            stats["bt_acc"] = pairwise_accuracy(r[c].detach(), r[j].detach())
+            c, j = torch.tensor([(a, b) for a, b, _, _ in pairs]).T
+            pw = torch.tensor([wi for _, _, wi, _ in pairs], dtype=r.dtype)     # (P,)
+            pv = None if members is None else members[[n for *_, n in pairs]]   # (P, K)
+            for k in range(K):
+                loss = loss + bradley_terry_loss(r[c, k], r[j, k], pw if pv is None else pw * pv[:, k])
+            mean = r.detach().mean(-1)
+            stats["bt_acc"] = pairwise_accuracy(mean[c], mean[j])
         if thumbs:
-            idx, y = torch.tensor([(i, lab) for i, lab, _ in thumbs]).T
-            tw = torch.tensor([wi for _, _, wi in thumbs], dtype=r.dtype)       # (T,)
+            idx, y = torch.tensor([(i, lab) for i, lab, _, _ in thumbs]).T
+            tw = torch.tensor([wi for _, _, wi, _ in thumbs], dtype=r.dtype)    # (T,)
             if self.cfg.balance_thumbs:
                 tw = tw * self._class_weights[y]
-            loss = loss + self.cfg.thumbs_weight * thumbs_loss(r[idx], y, self.rm.thumbs_bias, tw)
-        return loss / len(batch), stats
+            tv = None if members is None else members[[n for *_, n in thumbs]]  # (T, K)
+            for k in range(K):
+                loss = loss + self.cfg.thumbs_weight * thumbs_loss(r[idx, k], y, self.rm.thumbs_bias,
+                                                                   tw if tv is None else tw * tv[:, k])
+        return loss / K / len(batch), stats
 
-    def step(self, batch: list[dict], weights: list[float] | None = None) -> float:
-        """One optimiser step on a batch of feedback examples (weights of mean 1 over the update); returns the loss."""
+    def step(self, batch: list[dict], weights: list[float] | None = None,
+             members: torch.Tensor | None = None) -> float:
+        """One optimiser step on a batch of feedback examples (weights of mean 1 over the update; `members`
+        (B, K) the bootstrap weights of each member); returns the loss."""
         self.rm.train()
-        loss, _ = self._batch_loss(batch, weights)
+        loss, _ = self._batch_loss(batch, weights, members)
         self.optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.rm.trainable_parameters(), self.cfg.max_grad_norm)
@@ -337,7 +479,8 @@ class RewardTrainer:
     def fit(self, examples: list[dict], weights: list[float] | None = None, *, epochs: int | None = None,
             min_steps: int | None = None, max_steps: int | None = None) -> dict:
         """Train on these examples: at least `epochs` passes and `min_steps` steps, then on while a
-        pass's mean loss is above target_loss, up to `max_steps` (defaults from the config).
+        pass's mean loss is above target_loss, up to `max_steps` (defaults from the config). With
+        several members, each trains on its own bootstrap resample of the examples (drawn per fit).
 
         weights: one per example, any positive scale (rescaled to mean 1); None: all equal."""
         epochs = self.cfg.epochs if epochs is None else epochs
@@ -349,9 +492,10 @@ class RewardTrainer:
         mean_w = sum(w) / len(w)
         if mean_w <= 0:
             raise ValueError("the examples' weights sum to zero")
-        items = [(ex, wi / mean_w) for ex, wi in zip(examples, w)]
-        ups = sum(wi for ex, wi in items if ex["type"] == "thumbs" and ex["label"] == 1)
-        downs = sum(wi for ex, wi in items if ex["type"] == "thumbs" and ex["label"] == 0)
+        boot = bootstrap_weights(len(examples), self.rm.ensemble_size, self._bootstrap_rng)  # (N, K) or None
+        items = [(ex, wi / mean_w, None if boot is None else boot[i]) for i, (ex, wi) in enumerate(zip(examples, w))]
+        ups = sum(wi for ex, wi, _ in items if ex["type"] == "thumbs" and ex["label"] == 1)
+        downs = sum(wi for ex, wi, _ in items if ex["type"] == "thumbs" and ex["label"] == 0)
         if ups and downs:  # w_c = W / (2 W_c): mean weight 1, each class half of the (people-weighted) total
             self._class_weights = torch.tensor([(ups + downs) / (2 * downs), (ups + downs) / (2 * ups)])
         losses: list[float] = []
@@ -362,7 +506,8 @@ class RewardTrainer:
             self.rng.shuffle(items)
             for i in range(0, len(items), self.cfg.batch_size):
                 batch = items[i: i + self.cfg.batch_size]
-                losses.append(self.step([ex for ex, _ in batch], [wi for _, wi in batch]))
+                members = None if boot is None else torch.stack([v for _, _, v in batch])  # (B, K)
+                losses.append(self.step([ex for ex, _, _ in batch], [wi for _, wi, _ in batch], members))
             loss = sum(losses[-per_epoch:]) / per_epoch
             log.info("reward model: epoch %d over %d examples, %d steps, loss %.4f", epoch, len(items),
                      len(losses), loss)
@@ -379,8 +524,9 @@ class RewardTrainer:
 
     # -- scoring ---------------------------------------------------------------------------
     @torch.no_grad()
-    def scores(self, examples: list[dict]) -> list[tuple[float, float | None]]:
-        """Raw scores per example: (chosen, rejected) for a pair, (answer, None) for a thumbs."""
+    def member_scores(self, examples: list[dict]) -> list[tuple[list[float], list[float] | None]]:
+        """Each member's raw scores per example: (chosen, rejected) for a pair, (answer, None) for a
+        thumbs, each a list of K scores."""
         seqs = []
         for ex in examples:
             if ex["type"] == "pairwise":
@@ -388,9 +534,16 @@ class RewardTrainer:
                          self.encode(ex["messages"], ex["rejected"], ex["rejected_finish"])]
             else:
                 seqs.append(self.encode(ex["messages"], ex["response"], ex["finish_reason"]))
-        flat = iter(self.rm.score_ids(seqs, self.tokenizer.pad_token_id, self.cfg.eval_batch_size,
-                                      normalised=False, bucket_cost=self.cfg.bucket_cost_tokens))
+        flat = iter(self.rm.member_score_ids(seqs, self.tokenizer.pad_token_id, self.cfg.eval_batch_size,
+                                             normalised=False, bucket_cost=self.cfg.bucket_cost_tokens).tolist())
         return [(next(flat), next(flat)) if ex["type"] == "pairwise" else (next(flat), None) for ex in examples]
+
+    def scores(self, examples: list[dict], members: list[tuple[list[float], list[float] | None]] | None = None
+               ) -> list[tuple[float, float | None]]:
+        """Raw scores per example, the members' mean: (chosen, rejected) for a pair, (answer, None) for
+        a thumbs (from `members`, the examples' `member_scores`, when given)."""
+        members = self.member_scores(examples) if members is None else members
+        return [(_mean(a), None if o is None else _mean(o)) for a, o in members]
 
     def agreement(self, examples: list[dict], scores: list[tuple[float, float | None]] | None = None) -> list[bool]:
         """Whether the reward model agrees with each example's label (see `agrees`)."""
@@ -417,3 +570,32 @@ class RewardTrainer:
             "rm_thumbs_auc": auc([a for a, _, _ in thumbs], labels,
                                  [wi for _, _, wi in thumbs] if weights is not None else None),
         }
+
+    def ensemble_metrics(self, examples: list[dict], members: list[tuple[list[float], list[float] | None]],
+                         weights: list[float] | None = None) -> dict:
+        """The ensemble on held-out examples (their `member_scores`): its size, each member's pairwise
+        accuracy and thumbs AUC (JSON lists, weighted as `evaluate`), and the members' disagreement:
+        the mean over the examples' answers of the std across members of their scores, each member
+        first standardised over these answers (a member's offset and scale are its own: the round
+        normalises each member, so only how differently they rank the answers is disagreement)."""
+        size = self.rm.ensemble_size
+        per_member = [self.evaluate(examples, weights, [(a[k], None if o is None else o[k]) for a, o in members])
+                      for k in range(size)]
+        answers = torch.tensor([s for a, o in members for s in ([a] if o is None else [a, o])],
+                               dtype=torch.float64).reshape(-1, size)                       # (A, K)
+        if size > 1 and answers.shape[0] > 1:
+            z = (answers - answers.mean(0)) / answers.std(0).clamp_min(1e-9)
+            disagreement = z.std(-1, correction=0).mean().item()
+        else:
+            disagreement = 0.0 if size == 1 else float("nan")
+
+        def listed(key: str) -> str:
+            return json.dumps([None if math.isnan(m[key]) else round(m[key], 4) for m in per_member])
+
+        return {"rm_ensemble_size": size, "rm_uncertainty_penalty": self.rm.uncertainty_penalty,
+                "rm_disagreement": disagreement, "rm_member_pairwise_accuracy": listed("rm_pairwise_accuracy"),
+                "rm_member_thumbs_auc": listed("rm_thumbs_auc")}
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)

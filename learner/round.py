@@ -155,6 +155,9 @@ class Learner:
     def __init__(self, settings, cfg: LearnerConfig | None = None, *, store: Store | None = None, engine=None):
         self.settings = settings
         self.cfg = cfg or LearnerConfig()
+        # the operator's RLHF_RM_ENSEMBLE_SIZE and RLHF_RM_UNCERTAINTY_PENALTY, where set, win over the config file
+        ensemble = {k: getattr(settings, f"rm_{k}", None) for k in ("ensemble_size", "uncertainty_penalty")}
+        self.cfg.reward = dataclasses.replace(self.cfg.reward, **{k: v for k, v in ensemble.items() if v is not None})
         self.algorithm = settings.learner_algorithm
         self.stage = stage_name(self.algorithm)
         # the policy algorithm's config: sampling (temperature, answer length, EOS penalty) follows it everywhere
@@ -264,7 +267,8 @@ class Learner:
         weights = self.capped(chosen)
         metrics = {**trainer.fit(chosen, weights.weights), "rm_new_examples": n_new}
         held_weights = self.capped(held_ex).weights
-        held_scores = trainer.scores(held_ex)
+        held_members = trainer.member_scores(held_ex)
+        held_scores = trainer.scores(held_ex, held_members)
         consensus = consensus_rate(trainer.agreement(held_ex, held_scores), held_weights, sc.min_consensus_labels)
         people = [e for e in chosen if e.get("source") != "ai"]  # the judge is not tested as a user
         tested = find_suspects([e["user"] for e in people], trainer.agreement(people), consensus, sc)
@@ -275,8 +279,10 @@ class Learner:
             refit = trainer.fit(chosen, weights.weights, epochs=sc.refit_epochs, min_steps=0,
                                 max_steps=per_epoch * sc.refit_epochs)
             metrics.update(rm_refit_steps=refit["rm_steps"], rm_refit_loss=refit["rm_loss"])
-            held_scores = trainer.scores(held_ex)
+            held_members = trainer.member_scores(held_ex)
+            held_scores = trainer.scores(held_ex, held_members)
         metrics.update(trainer.evaluate(held_ex, held_weights, held_scores))
+        metrics.update(trainer.ensemble_metrics(held_ex, held_members, held_weights))
         metrics.update(rm_users=len(weights.user_shares), rm_clients=len(weights.client_shares),
                        rm_max_user_share=weights.max_user_share, rm_max_client_share=weights.max_client_share,
                        rm_client_cap_met=int(weights.client_cap_met), rm_ai_share=weights.ai_share,
@@ -410,7 +416,9 @@ class Learner:
                         "sft_loss": stats["epoch_losses"][-1]}
 
     def _rewards(self, rm, samples) -> list[float]:
-        scores = rm.score_samples(samples, self.tokenizer, self.cfg.reward.eval_batch_size)
+        """The gate's rewards: the members' mean (no uncertainty penalty), the score whose held-out
+        accuracy the round measured, minus the missing-EOS penalty."""
+        scores = rm.score_samples(samples, self.tokenizer, self.cfg.reward.eval_batch_size, uncertainty_penalty=0.0)
         return [r - (0.0 if s.finished else self.policy_cfg.missing_eos_penalty) for r, s in zip(scores, samples)]
 
     def _save_reward_model(self, rm, round_id: int, metrics: dict) -> int:
@@ -461,7 +469,7 @@ class Learner:
                 # store, and the next round (after enough new feedback) trains on all of it
                 return self.end_early(round_id, metrics, [f"{NO_PAIRS}: DPO skipped"], t_round)
             prev = store.latest_reward_model()
-            rm = (RewardModel.load(self.model_path, prev["path"]) if prev
+            rm = (RewardModel.load(self.model_path, prev["path"], cfg.reward) if prev
                   else RewardModel.create(self.model_path, cfg.reward))
             rm_trainer = RewardTrainer(rm, self.tokenizer, cfg.reward)
             since = prev["metrics"].get("trained_through_seq", 0) if prev else 0
@@ -498,15 +506,17 @@ class Learner:
             samples = self.engine.generate(norm_prompts, temperature=pcfg.temperature,
                                            max_tokens=pcfg.max_new_tokens, lora=serving_lora,
                                            seed=self.rng.randrange(2**31))
-            raw = rm.score_samples(samples, self.tokenizer, cfg.reward.eval_batch_size, normalised=False)
-            rm.set_normalisation(raw)
+            rm.set_normalisation(rm.member_score_samples(samples, self.tokenizer, cfg.reward.eval_batch_size,
+                                                         normalised=False))
+            norm_mean, norm_std = rm.norm_mean.mean().item(), rm.norm_std.mean().item()  # over the members
             rm_version = self._save_reward_model(rm, round_id, {
                 **{k: v for k, v in metrics.items() if k.startswith("rm_")}, "trained_through_seq": hwm,
-                "norm_mean": float(rm.norm_mean), "norm_std": float(rm.norm_std)})
-            metrics.update(rm_version=rm_version, parent=parent, norm_mean=float(rm.norm_mean),
-                           norm_std=float(rm.norm_std), time_normalise=time.perf_counter() - t)
-            log.info("round %d: reward model v%d normalised on %d answers of %s (mean %.3f, std %.3f)", round_id,
-                     rm_version, len(samples), parent or "the base model", rm.norm_mean, rm.norm_std)
+                "norm_mean": norm_mean, "norm_std": norm_std})
+            metrics.update(rm_version=rm_version, parent=parent, norm_mean=norm_mean,
+                           norm_std=norm_std, time_normalise=time.perf_counter() - t)
+            log.info("round %d: reward model v%d (%d members, held-out disagreement %.3f) normalised on %d answers "
+                     "of %s (mean %.3f, std %.3f)", round_id, rm_version, rm.ensemble_size,
+                     metrics["rm_disagreement"], len(samples), parent or "the base model", norm_mean, norm_std)
 
             # ---- 3. policy: corrected answers first, then PPO, RLOO, DPO or KTO -----------
             t = time.perf_counter()

@@ -140,6 +140,13 @@ class Settings(BaseSettings):
     learner_config: str = Field("", description="JSON file overriding learner.round.LearnerConfig fields.")
     kl_budget: float = Field(5.0, description="Largest mean KL(policy || base) per response a published adapter may have.")
     rm_accuracy_floor: float = Field(0.6, description="Held-out accuracy the reward model needs before publishing.")
+    rm_ensemble_size: int | None = Field(None, ge=1, description="Reward heads on the reward model's shared LoRA, "
+                                         "each fitted on its own bootstrap resample (1: a single reward model); "
+                                         "unset: the learner config's `reward.ensemble_size` (3).")
+    rm_uncertainty_penalty: float | None = Field(None, ge=0.0, description="λ in the reward PPO, RLOO and online "
+                                                 "DPO optimise, the members' mean − λ·std (the gate judges by the "
+                                                 "mean); unset: the learner config's `reward.uncertainty_penalty` "
+                                                 "(1.0).")
     learner_max_user_share: float = Field(0.05, description="Largest share of a round's training signal one user "
                                                             "may have (fewer than 1/share users: equal shares).")
     learner_max_client_share: float = Field(0.5, description="Largest share of a round's training signal one client "
