@@ -15,6 +15,9 @@
 - Malformed records go to `rlhf.deadletter` with the reason before `poll()` returns them (not
   for records read from rlhf.deadletter itself); if that fails, `poll()` rewinds and raises.
   `deadletter(rec, reason)` does the same for a record the caller cannot process, so it can move on.
+  `dead_letters=False`: malformed records are returned without being sent anywhere, for a reader
+  beside the learner (the AI judge) whose Kafka user may not write rlhf.deadletter; the learner
+  reads the same topics and keeps them there.
 - Dedupe: a record whose `event_id` was returned before (an LRU of `dedupe_size` ids, this
   process only) is skipped, though its offset still counts for `commit()`. The producer is
   at-least-once, so copies happen; the learner's store dedupes across restarts too.
@@ -84,8 +87,9 @@ class EventConsumer:
     LAG_EVERY_S = 5.0
 
     def __init__(self, settings: Settings, topics: Iterable[str], group_id: str, *, from_beginning: bool = True,
-                 dedupe_size: int = 100_000, max_poll_records: int = 500):
+                 dedupe_size: int = 100_000, max_poll_records: int = 500, dead_letters: bool = True):
         self.settings = settings
+        self.dead_letters = dead_letters
         self.topics = list(topics)
         self.group_id = group_id
         self.from_beginning = from_beginning
@@ -155,7 +159,7 @@ class EventConsumer:
             records.append(Record(r.topic, r.partition, r.offset, r.key, value, event, error))
         try:
             for rec in records:
-                if rec.event is None and rec.topic != TOPIC_DEADLETTER:
+                if rec.event is None and rec.topic != TOPIC_DEADLETTER and self.dead_letters:
                     self._deadletter(rec)
         except Exception as e:  # rewind so nothing in this batch is skipped, then tell the caller
             for tp in {TopicPartition(r.topic, r.partition) for r in records}:

@@ -3,8 +3,9 @@
     RLHF_JUDGE_URL=http://127.0.0.1:8000/v1 rlhf judge     (the default: our own serving's base model)
 
 It reads rlhf.interactions and rlhf.feedback (its own consumer group `judge`; events without
-serving's HMAC are ignored, as the learner ignores them), pairs different answers to the same
-prompt (judge/pairs.py), asks the judge model which is better by the operator's rubric in both
+serving's HMAC are ignored, as the learner ignores them; malformed records are skipped, the learner
+keeps them on rlhf.deadletter, so the judge writes to rlhf.feedback only), pairs different answers
+to the same prompt (judge/pairs.py), asks the judge model which is better by the operator's rubric in both
 orders (judge/verdict.py), and publishes each clear verdict as a Pairwise event with
 `source: "ai"`, user `ai:judge`, client `judge`, sealed with RLHF_EVENT_HMAC_KEY like serving's
 events, through the same durable producer (its spool in RLHF_DATA_DIR/judge). The learner weighs
@@ -47,6 +48,7 @@ from rlhf.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 
 JUDGE_USER, JUDGE_CLIENT = "ai:judge", "judge"  # who the judge's events name: not a user of the service
+GROUP_ID = "judge"  # its consumer group: its committed offsets (and its Kafka ACL in k8s/kafka/users.yaml)
 PAIRS_PER_BATCH = 8  # new pairs judged between two polls (users' pairs first, all of them)
 
 AGREEMENT = Gauge("rlhf_judge_agreement", "Share of recent users' pairwise choices the judge agrees with")
@@ -146,7 +148,7 @@ async def serve(settings: Settings, rubric: str) -> int:
     url, model = endpoint(settings)
     verdicts = VerdictClient(url, model, rubric, api_key=settings.judge_api_key, timeout_s=settings.judge_timeout_s,
                              letters_only=not settings.judge_url)  # our serving: a letter, always parseable
-    consumer = EventConsumer(settings, [TOPIC_INTERACTIONS, TOPIC_FEEDBACK], group_id="judge")
+    consumer = EventConsumer(settings, [TOPIC_INTERACTIONS, TOPIC_FEEDBACK], group_id=GROUP_ID, dead_letters=False)
     # its own spool: serving's spool folder belongs to serving (`rlhf up` shares RLHF_DATA_DIR)
     publisher = EventPublisher(settings.model_copy(update={"data_dir": Path(settings.data_dir) / "judge"}),
                                client_id="rlhf-judge")

@@ -97,3 +97,27 @@ def test_rewind_returns_the_uncommitted_records_again(own_broker, tmp_path):
     assert again == second and not (again & first)
     c.close()
     producer.close()
+
+
+def test_a_reader_without_dead_letters_skips_malformed_records_and_writes_nothing(own_broker, tmp_path):
+    """The AI judge's consumer (`dead_letters=False`): its Kafka user may not write rlhf.deadletter,
+    and the learner, reading the same topics, keeps the malformed record there once."""
+    bootstrap, _ = own_broker
+    settings = Settings(kafka_bootstrap=bootstrap, data_dir=tmp_path, topic_partitions=1)
+    ensure_topics(settings)
+    good = Thumbs(response_id="r_" + "a" * 32 + "_0", conversation_id="a" * 32, value="up")
+    producer = KafkaProducer(bootstrap_servers=bootstrap)
+    producer.send(TOPIC_FEEDBACK, key=b"x", value=b'{"type": "thumbs", "value": "askew"}')  # malformed
+    producer.send(TOPIC_FEEDBACK, key=good.key(), value=encode(good))
+    producer.close()
+
+    judge = EventConsumer(settings, [TOPIC_FEEDBACK], group_id="judge", dead_letters=False)
+    recs = poll_until(judge, 2)
+    assert [r.event.event_id if r.event else None for r in recs] == [None, good.event_id]
+    judge.commit()
+    judge.close()
+    learner = EventConsumer(settings, [TOPIC_FEEDBACK], group_id="learner")
+    assert len(poll_until(learner, 2)) == 2
+    learner.close()
+    dl = read_topic(bootstrap, TOPIC_DEADLETTER, until=lambda m: len(m) >= 1)
+    assert [m["origin"] for m in dl] == ["consumer:learner"]  # the judge's consumer sent none

@@ -22,13 +22,13 @@ KAFKA = "rlhf-kafka"
 CA_SECRET = f"{KAFKA}-cluster-ca-cert"  # Strimzi's name for the cluster CA certificate Secret
 
 
-def learner_group_id() -> str:
-    """learner/main.py's GROUP_ID, read without importing the learner (torch, vLLM)."""
-    tree = ast.parse((ROOT / "learner" / "main.py").read_text())
+def group_id(module: str) -> str:
+    """The consumer group id (GROUP_ID) of `module` ("learner/main.py"), read without importing it (torch, vLLM)."""
+    tree = ast.parse((ROOT / module).read_text())
     for node in tree.body:
         if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "GROUP_ID" for t in node.targets):
             return ast.literal_eval(node.value)
-    raise AssertionError("learner/main.py defines no GROUP_ID")
+    raise AssertionError(f"{module} defines no GROUP_ID")
 
 
 # The table of the issue: user -> (resource type, name) -> operations it may perform.
@@ -44,7 +44,12 @@ EXPECTED_ACCESS = {
         ("topic", TOPIC_FEEDBACK): {"Read"},
         ("topic", TOPIC_ADAPTERS): {"Read", "Write"},
         ("topic", TOPIC_DEADLETTER): {"Write"},
-        ("group", learner_group_id()): {"Read"},
+        ("group", group_id("learner/main.py")): {"Read"},
+    },
+    "rlhf-judge": {  # reads answers and users' choices, writes its verdicts; skips malformed records
+        ("topic", TOPIC_INTERACTIONS): {"Read"},
+        ("topic", TOPIC_FEEDBACK): {"Read", "Write"},
+        ("group", group_id("judge/main.py")): {"Read"},
     },
 }
 # Operations that change data or topics; Describe alone only shows that a topic exists.
@@ -181,4 +186,4 @@ def test_each_component_logs_in_as_its_own_user_with_the_mounted_secrets(docs, t
             assert kwargs["security_protocol"] == "SASL_SSL" and kwargs["sasl_mechanism"] == "SCRAM-SHA-512"
             assert kwargs["sasl_plain_username"] == user and kwargs["sasl_plain_password"] == f"{workload}-password"
             assert Path(kwargs["ssl_cafile"]).read_text().startswith("-----BEGIN CERTIFICATE-----")
-    assert used == {"rlhf-serving": "rlhf-serving", "rlhf-learner": "rlhf-learner"}
+    assert used == {"rlhf-serving": "rlhf-serving", "rlhf-learner": "rlhf-learner", "rlhf-judge": "rlhf-judge"}

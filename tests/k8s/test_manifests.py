@@ -28,9 +28,14 @@ METRICS = [
     "rlhf_canary_difference", "rlhf_canary_decisions_total", "rlhf_learner_feedback_by_type", "rlhf_version_rating",
     "rlhf_completion_errors_total", "rlhf_version_offline",
 ]
-# The modules that define every Prometheus metric serving and the learner export.
+# The AI judge's figures and the learner's per-source counts, each with a dashboard panel titled so.
+JUDGE_PANELS = {"rlhf_judge_agreement": "judge agreement with users", "rlhf_judge_agreement_lower_bound": "95%",
+                "rlhf_judge_agreement_samples": "judge agreement", "rlhf_judge_paused": "judge paused",
+                "rlhf_judge_events_total": "verdicts published", "rlhf_judge_verdicts_total": "verdicts",
+                "rlhf_learner_feedback_by_source": "feedback in the learner by source"}
+# The modules that define every Prometheus metric serving, the learner and the judge export.
 METRIC_MODULES = ("serving.metrics", "serving.concurrency", "adapters.follower", "feedback.producer",
-                  "feedback.consumer", "learner.main", "learner.live_metrics")
+                  "feedback.consumer", "learner.main", "learner.live_metrics", "judge.main")
 
 
 def registered_metric_names() -> set[str]:
@@ -165,16 +170,25 @@ def test_network_policies_cover_the_app_pods(overlay):
     _, docs = overlay
     policies = find(docs, "NetworkPolicy")
     by_target = {p["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/name"]: p for p in policies}
-    assert set(by_target) == {"rlhf-serving", "rlhf-learner"}
+    assert set(by_target) == {"rlhf-serving", "rlhf-learner", "rlhf-judge"}
     for p in policies:
         assert p["spec"]["policyTypes"] == ["Ingress", "Egress"]
     learner_ports = {port["port"] for rule in by_target["rlhf-learner"]["spec"]["ingress"] for port in rule["ports"]}
     assert learner_ports == {8001}
     serving_ports = {port["port"] for rule in by_target["rlhf-serving"]["spec"]["ingress"] for port in rule["ports"]}
     assert serving_ports == {8000}
+    judge_ports = {port["port"] for rule in by_target["rlhf-judge"]["spec"]["ingress"] for port in rule["ports"]}
+    assert judge_ports == {8002}
+    # the judge asks serving: serving lets its pods in, and it may go out to serving's port
+    serving_from = [peer for rule in by_target["rlhf-serving"]["spec"]["ingress"] for peer in rule["from"]]
+    assert {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "rlhf-judge"}}} in serving_from
+    judge_to = [(peer, port["port"]) for rule in by_target["rlhf-judge"]["spec"]["egress"]
+                for peer in rule.get("to", []) for port in rule["ports"]]
+    assert ({"podSelector": {"matchLabels": {"app.kubernetes.io/name": "rlhf-serving"}}}, 8000) in judge_to
     kafka = one(docs, "Kafka", "rlhf-kafka")
     peers = kafka["spec"]["kafka"]["listeners"][0]["networkPolicyPeers"]
-    assert {p["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for p in peers} == {"rlhf-serving", "rlhf-learner"}
+    assert {p["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for p in peers} == {
+        "rlhf-serving", "rlhf-learner", "rlhf-judge"}
 
 
 # --- Kafka -----------------------------------------------------------------------------
@@ -234,6 +248,11 @@ def test_monitors_scrape_named_ports(overlay):
     assert pm["spec"]["selector"]["matchLabels"].items() <= learner["spec"]["template"]["metadata"]["labels"].items()
     ports = {p["name"] for p in pods["rlhf-learner"]["containers"][0]["ports"]}
     assert pm["spec"]["podMetricsEndpoints"][0]["port"] in ports
+    pm = one(docs, "PodMonitor", "rlhf-judge")
+    judge = one(docs, "Deployment", "rlhf-judge")
+    assert pm["spec"]["selector"]["matchLabels"].items() <= judge["spec"]["template"]["metadata"]["labels"].items()
+    assert pm["spec"]["podMetricsEndpoints"][0]["port"] in {p["name"] for p in pods["rlhf-judge"]["containers"][0]["ports"]}
+    assert pm["spec"]["podMetricsEndpoints"][0]["path"] == "/metrics"
 
 
 def test_dashboard_shows_every_metric(overlay):
@@ -253,6 +272,15 @@ def test_dashboard_shows_every_metric(overlay):
         assert word in titles, word
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids))
+
+
+def test_dashboard_shows_the_judges_figures(overlay):
+    _, docs = overlay
+    dash = json.loads(one(docs, "ConfigMap", "rlhf-grafana-dashboard")["data"]["rlhf.json"])
+    for metric, title in JUDGE_PANELS.items():
+        panels = [p["title"].lower() for p in dash["panels"] if any(metric in t["expr"] for t in p.get("targets", []))]
+        assert any(title in t for t in panels), f"no panel titled with {title!r} shows {metric}: {panels}"
+    assert set(JUDGE_PANELS) <= registered_metric_names()
 
 
 def test_queries_use_only_known_metrics(overlay):

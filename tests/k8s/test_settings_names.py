@@ -52,6 +52,10 @@ EXPECTED = {
     "RLHF_CHAT_RATE_LIMIT",         # quotas (off by default): per user and per client
     "RLHF_CLIENT_CHAT_RATE_LIMIT",
     "RLHF_CLIENT_FEEDBACK_RATE_LIMIT",
+    "RLHF_JUDGE_PORT",              # the AI judge's /metrics and /healthz, matches its probes
+    "RLHF_JUDGE_URL",               # the judge asks serving's Service
+    "RLHF_JUDGE_API_KEY",           # from the Secret rlhf-judge-api-key: the judge's key for serving
+    "RLHF_JUDGE_RUBRIC",            # the ConfigMap rlhf-judge-rubric, mounted as a file
 }
 SECRETS = {"RLHF_HMAC_KEY", "RLHF_ADMIN_TOKEN", "RLHF_EVENT_HMAC_KEY"}
 IMPORTANT = {"model", "kafka_bootstrap", "adapter_dir", "data_dir", "hmac_key", "admin_token"}
@@ -165,6 +169,9 @@ def test_each_container_gets_settings_the_code_accepts(overlay, monkeypatch):
                 assert ports == [s.port]
             if c["name"] == "learner":
                 assert [p["containerPort"] for p in c["ports"]] == [s.learner_port]
+            if c["name"] == "judge":
+                assert [p["containerPort"] for p in c["ports"]] == [s.judge_port]
+                assert s.judge_url and s.judge_api_key and s.event_hmac_key
 
 
 def test_dockerfile_sets_only_settings_names():
