@@ -16,9 +16,10 @@ training and held-out, the same algorithm (--algorithm) and the same human event
   chat page's "improve this answer" would;
 - human+judge: plus the AI judge's choices on --judge-pairs other pairs of logged answers. The judge
   is asked as `rlhf judge` asks (judge/verdict.py VerdictClient, both orders, kept only when they
-  agree, one letter by structured outputs) of our own serving of the base model (`rlhf serve`, its
-  own broker), with a rubric that states the taste; its choices become Pairwise events with source
-  "ai", user ai:judge, sealed like the judge's, weighed by the learner at RLHF_JUDGE_WEIGHT.
+  agree) with a rubric that states the taste: by default our own serving of the base model (`rlhf
+  serve`, its own broker; one letter by structured outputs), or any OpenAI-compatible --judge-url.
+  Its choices become Pairwise events with source "ai", user ai:judge, sealed like the judge's,
+  weighed by the learner at RLHF_JUDGE_WEIGHT.
 
 Measured: the share of answers the taste likes ("approval") on --heldout questions the rounds never
 saw, 4 answers each at temperature 1 with a fixed seed, from the base model and from each arm's
@@ -27,8 +28,11 @@ difference from the base model in points and its z; each round's status and reas
 round is a result, not an error); the judge's agreement with the taste (how often it picked the
 answer the taste likes, among the pairs the taste tells apart). On the tiny model (random weights)
 the judge's verdicts are noise: it gives a letter because the choice is constrained to A or B, not
-because it read the rubric; a run on the tiny model only checks that the benchmark works. Whether
-the 270M base model is a good enough judge to help is what its agreement figure answers.
+because it read the rubric (in the check run it gave the same letter in both orders for all 60 pairs,
+so every verdict was inconsistent and its arm got no AI choices); a run on the tiny model only checks
+that the benchmark works (`--judge-url` at harness/rule_judge.py, which prefers the longer answer,
+gives that arm AI choices to train on). Whether the 270M base model is a good enough judge to help
+is what its agreement figure answers.
 
 Held-out questions come from the same templates as the training ones (harness/questions.py; the
 tiny model's own prompts for tiny) with another seed, so some repeat training questions: approval is
@@ -202,9 +206,10 @@ def run_worker(part: str, state: Path, what: str) -> dict:
 
 
 # ------------------------------------------------------------------------------ the judge
-async def judge_pairs(url: str, model: str, pref: Preference, pairs: list, concurrency: int = 4) -> tuple[list, dict]:
+async def judge_pairs(url: str, model: str, pref: Preference, pairs: list, *, letters_only: bool,
+                      concurrency: int = 4) -> tuple[list, dict]:
     """Both orders of every pair asked of the judge; (Pairwise events with source ai, the tallies)."""
-    client = VerdictClient(url, model, rubric(pref), timeout_s=600, letters_only=True)
+    client = VerdictClient(url, model, rubric(pref), timeout_s=600, letters_only=letters_only)
     gate = asyncio.Semaphore(concurrency)
     tally = {"decided": 0, "inconsistent": 0, "unparsed": 0, "error": 0, "taste_tells_apart": 0,
              "decided_where_taste_tells_apart": 0, "agrees_with_taste": 0}
@@ -234,23 +239,30 @@ async def judge_pairs(url: str, model: str, pref: Preference, pairs: list, concu
 
 
 def run_judge(args, state: Path) -> dict:
-    """Serve the base model (`rlhf serve`, its own broker), ask it about every pair, write the AI choices."""
+    """Ask the judge about every pair and write its choices: --judge-url, or our own serving of the base model
+    (`rlhf serve` with a broker of its own, asked for exactly one letter, as `rlhf judge` asks it)."""
     by_id = {ev.response_id: ev for _, ev in load_log(state / "judge_answers.jsonl")}
     pairs = [(by_id[a], by_id[b]) for a, b in json.loads((state / "judge_pairs.json").read_text())]
-    print(f"-- the judge: our serving of {args.model}, {len(pairs)} pairs, both orders", flush=True)
     t = time.monotonic()
-    broker = start_broker(state / "judge" / "broker.log")
-    server = ServerProcess({"RLHF_MODEL": args.model, "RLHF_DATA_DIR": str(state / "judge" / "data"),
-                            "RLHF_ADAPTER_DIR": str(state / "judge" / "adapters"),
-                            "RLHF_MAX_MODEL_LEN": str(args.max_model_len), "RLHF_KAFKA_BOOTSTRAP": broker.bootstrap,
-                            "RLHF_LOG_LEVEL": "WARNING"}, state / "judge" / "serve.log")
-    try:
-        server.start(1800)
-        choices, tally = asyncio.run(judge_pairs(server.url + "/v1", model_display_name(args.model), taste(args),
-                                                 pairs))
-    finally:
-        server.stop()
-        broker.stop()
+    if args.judge_url:
+        print(f"-- the judge: {args.judge_model} at {args.judge_url}, {len(pairs)} pairs, both orders", flush=True)
+        choices, tally = asyncio.run(judge_pairs(args.judge_url, args.judge_model, taste(args), pairs,
+                                                 letters_only=False))
+    else:
+        print(f"-- the judge: our serving of {args.model}, {len(pairs)} pairs, both orders", flush=True)
+        broker = start_broker(state / "judge" / "broker.log")
+        server = ServerProcess({"RLHF_MODEL": args.model, "RLHF_DATA_DIR": str(state / "judge" / "data"),
+                                "RLHF_ADAPTER_DIR": str(state / "judge" / "adapters"),
+                                "RLHF_MAX_MODEL_LEN": str(args.max_model_len),
+                                "RLHF_KAFKA_BOOTSTRAP": broker.bootstrap, "RLHF_LOG_LEVEL": "WARNING"},
+                               state / "judge" / "serve.log")
+        try:
+            server.start(1800)
+            choices, tally = asyncio.run(judge_pairs(server.url + "/v1", model_display_name(args.model),
+                                                     taste(args), pairs, letters_only=True))
+        finally:
+            server.stop()
+            broker.stop()
     save_log(state / "judge_choices.jsonl", choices)
     n = tally["decided_where_taste_tells_apart"]
     tally["agreement"] = tally["agrees_with_taste"] / n if n else None
@@ -306,6 +318,9 @@ def main() -> int:
     p.add_argument("--human-events", type=int, default=100, help="thumbs and pairwise events every arm gets")
     p.add_argument("--demonstrations", type=int, default=50, help="corrected answers the second arm adds")
     p.add_argument("--judge-pairs", type=int, default=200, help="answer pairs the judge is asked about (third arm)")
+    p.add_argument("--judge-url", help="an OpenAI-compatible API (ending in /v1) to ask instead of our own serving "
+                   "of the base model, as RLHF_JUDGE_URL")
+    p.add_argument("--judge-model", default="", help="the model --judge-url serves, as RLHF_JUDGE_MODEL")
     p.add_argument("--heldout", type=int, default=60, help="held-out questions approval is measured on")
     p.add_argument("--algorithm", default="dpo", help="RLHF_LEARNER_ALGORITHM of every arm")
     p.add_argument("--learner-config", help="JSON file of learner options (RLHF_LEARNER_CONFIG); default: defaults")
