@@ -60,6 +60,11 @@ RM_BATCH, RM_LR = 16, 2e-3
 ROLLOUTS, MINIBATCH, EPOCHS, MAX_NEW, LR, BETA = 32, 8, 4, 48, 3e-4, 0.1
 
 
+def tiny_questions() -> list[str]:
+    """The policy iterations' prompts unless a caller gives its own."""
+    return tiny_prompts(256, seed=5)
+
+
 def pairs_data(n: int, seed: int = 0) -> list[dict]:
     """Pairs of answers of the kind the tiny model writes (lengths like real feedback)."""
     ds = tiny_dialogues(2 * n, seed)
@@ -86,8 +91,10 @@ def ours_reward(model_path, tokenizer, steps: int) -> dict:
     return {"rm_step_s": step_s, "rm_examples_per_s": RM_BATCH / step_s}
 
 
-def ours_policy(algorithm: str, model_path, tokenizer, iterations: int, engine) -> dict:
-    """Our PPO or RLOO: iterations of the same size as TRL's RLOO (32 answers, 4 epochs of 8)."""
+def ours_policy(algorithm: str, model_path, tokenizer, iterations: int, engine, questions: list[str] | None = None
+                ) -> dict:
+    """Our PPO or RLOO: iterations of the same size as TRL's RLOO (32 answers, 4 epochs of 8), on `questions`
+    (default: the tiny model's)."""
     if algorithm == "ppo":
         trainer_cls = PPOTrainer
         cfg = PPOConfig(rollout_batch_size=ROLLOUTS, minibatch_size=MINIBATCH, ppo_epochs=EPOCHS,
@@ -99,7 +106,7 @@ def ours_policy(algorithm: str, model_path, tokenizer, iterations: int, engine) 
     rm = RewardModel.create(model_path, RewardConfig())
     with tempfile.TemporaryDirectory() as d:
         trainer = trainer_cls(model_path, tokenizer, cfg, rm, workdir=d)
-        prompts = [encode_prompt(tokenizer, [{"role": "user", "content": q}]) for q in tiny_prompts(256, seed=5)]
+        prompts = [encode_prompt(tokenizer, [{"role": "user", "content": q}]) for q in questions or tiny_questions()]
         stats = []
         for k in range(iterations + 1):
             t = time.perf_counter()
@@ -155,7 +162,7 @@ def trl_reward(model_path, tokenizer, steps: int) -> dict:
     return {"rm_step_s": step_s, "rm_examples_per_s": RM_BATCH / step_s}
 
 
-def trl_rloo(model_path, tokenizer, iterations: int) -> dict:
+def trl_rloo(model_path, tokenizer, iterations: int, questions: list[str] | None = None) -> dict:
     # TRL and its datasets dependency are optional (`--skip-trl`): imported only to compare
     from datasets import Dataset
     from peft import LoraConfig
@@ -174,7 +181,7 @@ def trl_rloo(model_path, tokenizer, iterations: int) -> dict:
         lengths.extend(len(c) for c in completion_ids)
         return [0.0] * len(completions)
 
-    ds = Dataset.from_list([{"prompt": [{"role": "user", "content": q}]} for q in tiny_prompts(256, seed=5)])
+    ds = Dataset.from_list([{"prompt": [{"role": "user", "content": q}]} for q in questions or tiny_questions()])
     steps_per_gen = ROLLOUTS // MINIBATCH
     with tempfile.TemporaryDirectory() as d:
         args = RLOOConfig(output_dir=d, per_device_train_batch_size=MINIBATCH, num_generations=2,
