@@ -3,10 +3,13 @@
     pref = Preference(word="happy")          # or Preference(max_words=8); Preference("happy", opposite=True)
     pref = Preference(taste="colour")        # a named taste (harness/tastes.py); Preference.named("word:happy")
     kind = converse(client, pref, question, seed=i, user="user3", rng=random.Random(i))
+    text = correct(client, question, rewrite, seed=i, user="user3")   # a corrected answer instead
     liked = liked_answers(url, model, questions, pref)     # the user's verdict on fresh answers
 
 A clear preference (exactly one of two answers liked) becomes a pairwise choice, or one time in
 five a thumbs on one answer; without one, half the time a thumbs on one answer, else nothing.
+`correct` is the user who rewrites the answer instead (a demonstration): `rewrite(answer)` is the
+text they send.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import random
 import re
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
 import httpx
 
@@ -73,28 +77,48 @@ class Preference:
         return None
 
 
-def converse(client: httpx.Client, pref: Preference, question: str, *, seed: int, user: str, rng: random.Random,
-             max_tokens: int = 48) -> str | None:
-    """One question, two answers (n=2), then the user's feedback on them through /v1/feedback.
-    `client` has the server's base_url; returns the kind of feedback sent ("pairwise", "thumbs", None)."""
+def ask(client: httpx.Client, question: str, *, n: int, seed: int, user: str, max_tokens: int = 48
+        ) -> tuple[list[str], list[dict]]:
+    """One question, `n` answers (temperature 1) as `user`: (texts, their {response_id, feedback_token})."""
     r = client.post("/v1/chat/completions", json={
-        "messages": [{"role": "user", "content": question}], "n": 2, "max_tokens": max_tokens, "temperature": 1.0,
+        "messages": [{"role": "user", "content": question}], "n": n, "max_tokens": max_tokens, "temperature": 1.0,
         "seed": seed, "user": user})
     r.raise_for_status()
     body = r.json()
     texts = [c["message"]["content"] for c in body["choices"]]
     refs = [{k: ref[k] for k in ("response_id", "feedback_token")} for ref in body["rlhf"]["responses"]]
+    return texts, refs
+
+
+def send_feedback(client: httpx.Client, body: dict) -> None:
+    f = client.post("/v1/feedback", json=body)
+    if f.status_code != 202:
+        raise AssertionError(f"feedback answered {f.status_code}: {f.text}")
+
+
+def converse(client: httpx.Client, pref: Preference, question: str, *, seed: int, user: str, rng: random.Random,
+             max_tokens: int = 48) -> str | None:
+    """One question, two answers (n=2), then the user's feedback on them through /v1/feedback.
+    `client` has the server's base_url; returns the kind of feedback sent ("pairwise", "thumbs", None)."""
+    texts, refs = ask(client, question, n=2, seed=seed, user=user, max_tokens=max_tokens)
     action = pref.feedback(rng, *texts)
     if action is None:
         return None
     if action[0] == "pairwise":
-        fb = {"type": "pairwise", "chosen": refs[action[1]], "rejected": refs[action[2]]}
+        send_feedback(client, {"type": "pairwise", "chosen": refs[action[1]], "rejected": refs[action[2]]})
     else:
-        fb = {"type": "thumbs", **refs[action[1]], "value": action[2]}
-    f = client.post("/v1/feedback", json=fb)
-    if f.status_code != 202:
-        raise AssertionError(f"feedback answered {f.status_code}: {f.text}")
+        send_feedback(client, {"type": "thumbs", **refs[action[1]], "value": action[2]})
     return action[0]
+
+
+def correct(client: httpx.Client, question: str, rewrite: Callable[[str], str], *, seed: int, user: str,
+            max_tokens: int = 48) -> str:
+    """One question, one answer, and the user's corrected answer `rewrite(answer)` sent as a demonstration
+    through /v1/feedback with the answer's token; returns the corrected text."""
+    (answer,), (ref,) = ask(client, question, n=1, seed=seed, user=user, max_tokens=max_tokens)
+    text = rewrite(answer)
+    send_feedback(client, {"type": "demonstration", **ref, "text": text})
+    return text
 
 
 def liked_answers(url: str, model: str, questions: list[str], pref: Preference, *, n: int = 4, max_tokens: int = 48,

@@ -1,4 +1,5 @@
-"""Fixtures for the learner tests: a real `rlhf learn` subprocess, and a Kafka producer for events."""
+"""Fixtures for the learner tests: a real `rlhf learn` subprocess, a broker and adapter store of a
+test module's own (`loop_env`), and `wait_routed`: until serving routes what the learner published."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from harness.broker import start_broker
 from harness.server import ServerProcess
 
 # Small, fast settings for the tiny model (hyperparameters a real deployment leaves at their defaults).
@@ -127,3 +129,25 @@ def learner_factory(tmp_path, control_env):
         if lp.alive():
             lp.kill()
 
+
+@pytest.fixture(scope="module")
+def loop_env(tmp_path_factory):
+    """RLHF_* settings of a module's own broker and adapter store: no other test's events reach its learner."""
+    broker = start_broker(tmp_path_factory.mktemp("broker") / "broker.log")
+    adapters = tmp_path_factory.mktemp("adapters")
+    yield {"RLHF_KAFKA_BOOTSTRAP": broker.bootstrap, "RLHF_ADAPTER_DIR": str(adapters)}
+    broker.stop()
+
+
+def wait_routed(learner: LearnerProcess, server: ServerProcess, role: str, version: str = "policy@v1",
+                timeout: float = 1800.0) -> dict:
+    """Serving's GET /v1/adapters once it routes `version` as `role` ("active" or "canary"); fails at
+    once, with the learner's log, when a round of the learner was rejected or failed."""
+    def routed():
+        info = httpx.get(server.url + "/v1/adapters", timeout=10).json()
+        rounds = learner.query("SELECT id, status, reason FROM rounds WHERE finished_at IS NOT NULL")
+        assert not [r for r in rounds if r[1] in ("rejected", "failed")], (rounds, learner.tail())
+        return info[role] == version and info
+
+    return learner.wait(f"the learner to publish {version} and serving to route it as {role}", routed,
+                        timeout=timeout, every=2.0)

@@ -2,7 +2,9 @@
 
 Used by the learning tests without a server: `synthetic_events` samples base-model answers
 with vLLM directly (n=2 per prompt) and records the user's feedback on them as events;
-`preference_rate` measures how often a policy (base or adapter) writes the word.
+`preference_rate` measures how often a policy (base or adapter) writes the word. The user who
+corrects answers instead rewrites each with `happy_correction`. Through a server,
+`served_adapter_vs_base` measures the same as `adapter_vs_base`, sampling through serving.
 """
 
 from __future__ import annotations
@@ -12,10 +14,21 @@ import random
 import uuid
 
 from feedback.schema import TOPIC_FEEDBACK, TOPIC_INTERACTIONS, Interaction, Message, Pairwise, Thumbs
-from harness.user import Preference
+from harness.user import Preference, liked_answers
 from learner.tokenization import encode_prompt
 
 WORD = "happy"  # the tiny model writes it in about 13 % of its answers
+
+# KL budget of the rounds that learn from corrected answers: the corrections add a sentence the base
+# model almost never writes, and the round learns to write it: far more nats per answer than the
+# default budget allows on this model (20-27 measured with the tiny model generated on one machine,
+# 58 on another), so those tests allow 100; the gate still measures and enforces it.
+CORRECTIONS_KL_BUDGET = 100.0
+
+
+def happy_correction(answer: str) -> str:
+    """The corrected answer of a user with the hidden taste: a happy remark, then the answer."""
+    return f"Yes, birds are {WORD}. {answer.strip()}"
 
 
 def synthetic_events(engine, tokenizer, questions: list[str], *, word: str = WORD, thumbs_share: float = 0.2,
@@ -75,3 +88,14 @@ def adapter_vs_base(engine, tokenizer, folder, name: str, questions: list[str], 
     base = preference_rate(engine, tokenizer, questions, n=n)
     tuned = preference_rate(engine, tokenizer, questions, lora=engine.lora(folder, name), n=n)
     return base, tuned, two_proportion_z(base, tuned, n * len(questions))
+
+
+def served_adapter_vs_base(url: str, version: str, questions: list[str], n: int = 4, base: str = "tiny"
+                           ) -> tuple[float, float, float]:
+    """`adapter_vs_base` through serving at `url`: both asked by name (seeded), n answers per question each."""
+    def rate(model: str) -> float:
+        hits = liked_answers(url, model, questions, Preference(WORD), n=n, seed=10_000)
+        return sum(hits) / len(hits)
+
+    base_rate, tuned = rate(base), rate(version)
+    return base_rate, tuned, two_proportion_z(base_rate, tuned, n * len(questions))

@@ -17,21 +17,12 @@ import random
 import httpx
 import pytest
 
-from harness.broker import start_broker
 from harness.loras import make_lora
 from harness.metrics import metric_value
 from harness.waiting import wait_until
 from tests.serving.test_adapters import cli
 
 MAX_EVENTS = 150
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    broker = start_broker(tmp_path_factory.mktemp("broker") / "broker.log")
-    adapters = tmp_path_factory.mktemp("adapters")
-    yield {"RLHF_KAFKA_BOOTSTRAP": broker.bootstrap, "RLHF_ADAPTER_DIR": str(adapters)}
-    broker.stop()
 
 
 def routing(server) -> dict:
@@ -60,15 +51,15 @@ def users_rate(server, likes: dict[str, float], rng: random.Random, until, max_c
 
 
 @pytest.mark.timeout(1800)
-def test_the_users_verdict_promotes_rolls_back_or_keeps(env, control_env, server_factory, learner_factory,
+def test_the_users_verdict_promotes_rolls_back_or_keeps(loop_env, control_env, server_factory, learner_factory,
                                                         tiny_model_path, tmp_path):
-    server = server_factory(**env, RLHF_FEEDBACK_RATE_LIMIT=100000, RLHF_CLIENT_FEEDBACK_RATE_LIMIT=100000)
-    learner = learner_factory(**env, RLHF_LEARNER_MIN_FEEDBACK=10**9, RLHF_LEARNER_INTERVAL_S=10**9,
+    server = server_factory(**loop_env, RLHF_FEEDBACK_RATE_LIMIT=100000, RLHF_CLIENT_FEEDBACK_RATE_LIMIT=100000)
+    learner = learner_factory(**loop_env, RLHF_LEARNER_MIN_FEEDBACK=10**9, RLHF_LEARNER_INTERVAL_S=10**9,
                               RLHF_CANARY_MAX_EVENTS=MAX_EVENTS, RLHF_PROMOTE_CONFIDENCE=0.95).launch()
     versions = []
     for k in range(4):
         folder = make_lora(tiny_model_path, tmp_path / f"lora{k}", seed=k)
-        r = cli({**control_env, **env}, server, "publish", str(folder), "--name", "policy",
+        r = cli({**control_env, **loop_env}, server, "publish", str(folder), "--name", "policy",
                 *(["--activate"] if k == 0 else ["--canary", "0.5"]))
         assert r.returncode == 0, r.stderr
         versions.append(f"policy@v{k + 1}")

@@ -14,17 +14,13 @@ from feedback.event_hmac import sealed
 from feedback.schema import TOPIC_FEEDBACK, TOPIC_INTERACTIONS, Demonstration, Interaction, Message
 from learner.tokenization import encode_prompt
 from rlhf.models.dialogues import tiny_prompts
-from tests.learner.simulate import WORD, adapter_vs_base
+from tests.learner.simulate import CORRECTIONS_KL_BUDGET, WORD, adapter_vs_base, happy_correction
 from tests.learner.test_dpo import DPO_FAST, make_learner
 
 
 @pytest.fixture(scope="module")
 def learner(tiny_model_path, tmp_path_factory):
-    # KL budget: the corrections add a sentence the base model almost never writes, and the round
-    # learns to write it: far more nats per answer than the default budget allows on this model
-    # (20-27 measured with the tiny model generated on one machine, 58 on another), so the budget is
-    # 100 here; the gate still measures and enforces it.
-    lrn = make_learner(tmp_path_factory, "dpo", DPO_FAST, kl_budget=100.0)
+    lrn = make_learner(tmp_path_factory, "dpo", DPO_FAST, kl_budget=CORRECTIONS_KL_BUDGET)  # why: simulate.py
     yield lrn
     lrn.close()
 
@@ -41,7 +37,7 @@ def corrected_answers(engine, tokenizer, questions: list[str], seed: int = 0) ->
             messages=[Message(role="user", content=q)], response=s.text, finish_reason="stop" if s.finished else "length",
             model="tiny", completion_tokens=len(s.response_ids))))
         events.append((TOPIC_FEEDBACK, Demonstration(response_id=rid, conversation_id=conv, user=user,
-                                                     text=f"Yes, birds are {WORD}. {s.text.strip()}")))
+                                                     text=happy_correction(s.text))))
     return events
 
 

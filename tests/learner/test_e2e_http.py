@@ -10,7 +10,6 @@ The module has its own broker and adapter store, so no other test's events reach
 from __future__ import annotations
 
 import json
-import math
 import random
 from concurrent.futures import ThreadPoolExecutor
 
@@ -19,21 +18,13 @@ import pytest
 
 from adapters.router import user_bucket
 from adapters.store import verify_adapter
-from harness.broker import start_broker
 from harness.metrics import metric_value
-from harness.user import Preference, converse, liked_answers
+from harness.user import Preference, converse
 from rlhf.models.dialogues import tiny_prompts
-from tests.learner.simulate import WORD
+from tests.learner.conftest import wait_routed
+from tests.learner.simulate import WORD, served_adapter_vs_base
 
 N_QUESTIONS = 700
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    broker = start_broker(tmp_path_factory.mktemp("broker") / "broker.log")
-    adapters = tmp_path_factory.mktemp("adapters")
-    yield {"RLHF_KAFKA_BOOTSTRAP": broker.bootstrap, "RLHF_ADAPTER_DIR": str(adapters)}
-    broker.stop()
 
 
 def canary_or_base(server, user: str) -> str | None:
@@ -44,18 +35,13 @@ def canary_or_base(server, user: str) -> str | None:
     return r.json()["rlhf"]["adapter"]
 
 
-def word_rate(server, model: str, questions: list[str], n: int = 4) -> float:
-    hits = liked_answers(server.url, model, questions, Preference(WORD), n=n, seed=10_000)
-    return sum(hits) / len(hits)
-
-
 @pytest.mark.timeout(2400)  # a shared 2-core machine: serving, the user and the learner compete for it
-def test_simulated_user_through_http_moves_the_policy(env, server_factory, learner_factory):
-    server = server_factory(**env, RLHF_FEEDBACK_RATE_LIMIT=100000)
+def test_simulated_user_through_http_moves_the_policy(loop_env, server_factory, learner_factory):
+    server = server_factory(**loop_env, RLHF_FEEDBACK_RATE_LIMIT=100000)
     # KL budget: one round's KL on this tiny model varied from 2.5 to 6.0 nats between runs (the
     # adaptive controller aims at 2.0 but has only one round to get there); 8.0 keeps the gate real
     # (the KL is still measured, reported and checked below) without making the test a coin toss.
-    learner = learner_factory(**env, RLHF_LEARNER_MIN_FEEDBACK=350, RLHF_LEARNER_INTERVAL_S=100000,
+    learner = learner_factory(**loop_env, RLHF_LEARNER_MIN_FEEDBACK=350, RLHF_LEARNER_INTERVAL_S=100000,
                               RLHF_KL_BUDGET=8.0, RLHF_RM_ACCURACY_FLOOR=0.6).launch()
 
     # 1. the user: 700 questions, two answers each, feedback through the public API
@@ -70,13 +56,7 @@ def test_simulated_user_through_http_moves_the_policy(env, server_factory, learn
     assert sent["pairwise"] + sent["thumbs"] >= 350
 
     # 2. the learner consumes it, trains, and publishes; serving routes the new version as a canary
-    def published():
-        info = httpx.get(server.url + "/v1/adapters", timeout=10).json()
-        rounds = learner.query("SELECT id, status, reason FROM rounds WHERE finished_at IS NOT NULL")
-        assert not [r for r in rounds if r[1] in ("rejected", "failed")], (rounds, learner.tail())
-        return info["canary"] == "policy@v1" and info
-
-    info = learner.wait("the learner to publish and serving to route to it", published, timeout=1800, every=2.0)
+    info = wait_routed(learner, server, "canary")
     assert (info["active"], info["canary_fraction"]) == (None, 0.1)  # RLHF_CANARY_FRACTION's default
     routed = {u: canary_or_base(server, u) for u in users}
     assert routed == {u: "policy@v1" if user_bucket(u) < 0.1 else None for u in users}
@@ -104,18 +84,13 @@ def test_simulated_user_through_http_moves_the_policy(env, server_factory, learn
 
     # the manifest carries the KL and the feedback count; the announcement verified on serving
     (path, sha), = learner.query("SELECT path, manifest_sha256 FROM adapters WHERE version='policy@v1'")
-    manifest = verify_adapter(env["RLHF_ADAPTER_DIR"], path, sha)
+    manifest = verify_adapter(loop_env["RLHF_ADAPTER_DIR"], path, sha)
     assert manifest["metrics"]["kl_candidate"] == pytest.approx(kl)
     assert manifest["feedback_count"] >= 350 and manifest["parent"] is None
     assert learner.query("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL")[0][0] == 0
 
     # 4. the preference moved: sampled through serving, base by name vs the published version
-    questions = tiny_prompts(100, seed=777)
-    base = word_rate(server, "tiny", questions)
-    tuned = word_rate(server, "policy@v1", questions)
-    n = 4 * len(questions)
-    pooled = (base + tuned) / 2
-    z = (tuned - base) / math.sqrt(pooled * (1 - pooled) * 2 / n)
+    base, tuned, z = served_adapter_vs_base(server.url, "policy@v1", tiny_prompts(100, seed=777))
     print(f"answers containing {WORD!r} through serving: base {base:.3f} -> policy@v1 {tuned:.3f} (z = {z:.1f}); "
           f"KL {kl:.3f} nats; RM accuracy {acc:.3f}; learner metrics reward gain {gain:+.3f}")
     print(json.dumps({k: manifest["metrics"].get(k) for k in (
