@@ -142,7 +142,7 @@ class Settings(BaseSettings):
     rm_accuracy_floor: float = Field(0.6, description="Held-out accuracy the reward model needs before publishing.")
     rm_ensemble_size: int | None = Field(None, ge=1, description="Reward heads on the reward model's shared LoRA, "
                                          "each fitted on its own bootstrap resample (1: a single reward model); "
-                                         "unset: the learner config's `reward.ensemble_size` (3).")
+                                         "unset: the learner config's `reward.ensemble_size` (1).")
     rm_uncertainty_penalty: float | None = Field(None, ge=0.0, description="λ in the reward PPO, RLOO and online "
                                                  "DPO optimise, the members' mean − λ·std (the gate judges by the "
                                                  "mean); unset: the learner config's `reward.uncertainty_penalty` "
