@@ -108,6 +108,21 @@ def test_learns_a_hidden_preference_and_publishes(learner):
     assert manifest["base_model"] == "tiny" and manifest["feedback_count"] == stats["pairwise"] + stats["thumbs"]
     assert 0.0 < manifest["metrics"]["kl_candidate"] <= learner.settings.kl_budget
     assert manifest["metrics"]["reward_candidate"] > manifest["metrics"]["reward_serving"]
+    # its offline figures, for a reader comparing versions (learner/offline_figures.py)
+    figures = {k: manifest["metrics"][k] for k in (
+        "perplexity_candidate", "perplexity_base", "reference_tokens", "answer_tokens_candidate",
+        "answer_tokens_serving", "win_rate_vs_parent", "win_rate_vs_parent_low", "win_rate_vs_parent_high",
+        "win_rate_prompts")}
+    print(f"offline figures: {figures}")
+    assert figures == {k: m[k] for k in figures}
+    assert figures["perplexity_base"] > 1.0 and figures["perplexity_candidate"] > 1.0
+    assert figures["perplexity_candidate"] != figures["perplexity_base"] and figures["reference_tokens"] > 100
+    assert 0 < figures["answer_tokens_candidate"] <= learner.policy_cfg.max_new_tokens
+    assert 0 < figures["answer_tokens_serving"] <= learner.policy_cfg.max_new_tokens
+    assert figures["win_rate_prompts"] == m["gate_prompts"]
+    assert 0.0 <= figures["win_rate_vs_parent_low"] <= figures["win_rate_vs_parent"] <= \
+        figures["win_rate_vs_parent_high"] <= 1.0
+    assert figures["win_rate_vs_parent_high"] > 0.5  # published for more reward than the base model: not all losses
     routing = learner.store._routing()  # default settings: a canary on 10 % of users, not yet active
     assert (routing.active, routing.canary, routing.canary_fraction) == (None, "policy@v1", 0.1)
 
