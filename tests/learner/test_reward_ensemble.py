@@ -209,7 +209,7 @@ def test_save_and_load_also_from_an_older_single_head_version(tiny_model_path, t
 def test_the_ensemble_is_configured_like_the_other_reward_options():
     cfg = LearnerConfig.from_dict({"reward": {"ensemble_size": 5, "uncertainty_penalty": 0.5}})
     assert cfg.reward.ensemble_size == 5 and cfg.reward.uncertainty_penalty == 0.5
-    assert RewardConfig().ensemble_size == 3 and RewardConfig().uncertainty_penalty == 1.0
+    assert RewardConfig().ensemble_size == 1 and RewardConfig().uncertainty_penalty == 1.0
     with pytest.raises(ValueError, match="ensemble_size must be at least 1"):
         LearnerConfig.from_dict({"reward": {"ensemble_size": 0}})
     with pytest.raises(ValueError, match="uncertainty_penalty must be at least 0"):
