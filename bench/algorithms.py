@@ -20,7 +20,8 @@ For each taste (harness/tastes.py: `colour`, `sentence`, `place`; also `word:WOR
    `round s` is from the end of the ingest to the published adapter (or the gate's rejection): in
    this offline replay, the time from the last feedback to a published adapter, for a learner
    whose engine is already up (as after its first round). `CPU s` is the CPU time of the worker and
-   its engine processes over the same span (on two cores at most twice `round s`).
+   its engine processes over the same span (on two cores at most twice `round s`); `others` the
+   cores other processes used meanwhile (bench/machine_load.py): times from a busy machine compare badly.
 3. Judge. One vLLM engine (`--worker judge`) samples the policy the users talked to (`start`: the
    starting adapter policy@v0 where the model has one, else the base model with serving's
    preamble) and each algorithm's adapter, published or rejected by the gate, on `--heldout`
@@ -342,8 +343,9 @@ def bench_taste(taste: str, args, out: Path) -> dict:
                                          "kl_budget": args.kl_budget}, f"{algo}: one round")
         if rows[algo]:
             r = rows[algo]
-            print(f"  {algo}: {r['status']} {r['version'] or ''} KL {r['kl']} in {r['round_s']:.0f} s "
-                  f"({r['cpu_s']:.0f} CPU s) {'; '.join(r['reasons'])}", flush=True)
+            kl = f"{r['kl']:.3f}" if isinstance(r["kl"], (int, float)) else "n/a"
+            print(f"  {algo}: {r['version'] or r['status']}, KL {kl}, {r['round_s']:.0f} s ({r['cpu_s']:.0f} CPU s) "
+                  f"{'; '.join(r['reasons'])}", flush=True)
 
     print(f"  phase 3: judging the start policy and the adapters on {len(heldout)} held-out questions x "
           f"{args.samples} answers", flush=True)
