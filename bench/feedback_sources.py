@@ -81,7 +81,10 @@ from rlhf.settings import Settings  # noqa: E402
 
 ARMS = {"human": ["human"], "human+demonstrations": ["human", "demonstrations"],
         "human+judge": ["human", "judge_answers", "judge_choices"]}
-SPLIT_KEY = "bench/feedback_sources.py: one split of users for every arm"
+# The key of every arm's split of users (learner/store.py split_of): this one holds out 4 of the 20 simulated
+# users (user1, 16, 17, 18), the share LearnerConfig.heldout_fraction (0.2) expects. An earlier key held out 2, and
+# with 100 human events the round had 3 held-out pairs and 8 thumbs: too few to measure the reward model.
+SPLIT_KEY = "bench/feedback_sources.py: split key 3"
 SEEDS = {"human": 1, "demonstrations": 2, "judge": 3, "heldout": 999}  # each source's questions: a draw of its own
 
 
