@@ -40,10 +40,10 @@ from feedback.producer import EventPublisher, SpoolFull
 from feedback.schema import TOPIC_FEEDBACK, TOPIC_INTERACTIONS, Interaction, Pairwise
 from judge.agreement import Agreement
 from judge.pairs import AnswerPool
-from judge.status_http import start_http
 from judge.verdict import VerdictClient, load_rubric
 from rlhf.models.registry import model_display_name
 from rlhf.settings import Settings, get_settings
+from rlhf.status_http import start_status_http
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,8 @@ async def serve(settings: Settings, rubric: str) -> int:
     await publisher.start()
     judge = Judge(settings, verdicts, consumer, publisher)
     judge._report()
-    http = start_http(settings.host, settings.judge_port, judge.health)
+    # a paused judge is healthy: it still measures its agreement with users
+    http = start_status_http(settings.host, settings.judge_port, lambda: (200, judge.health()), name="judge-http")
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)

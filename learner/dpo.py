@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -48,13 +47,8 @@ import torch
 import torch.nn.functional as F
 
 from learner.policy_config import PolicyConfig
-from learner.ppo import (
-    PPOTrainer,
-    answer_logprobs,
-    load_policy,
-    logprobs_with_reference,
-    trimmed,
-)
+from learner.policy_model import answer_logprobs, logprobs_with_reference, trimmed
+from learner.policy_trainer import PolicyTrainer
 from learner.store import prompt_key
 from learner.tokenization import encode_feedback_answer, pad_prompt_response
 
@@ -189,13 +183,15 @@ def answer_stats(answers: list[list[int]], eos_id: int | None) -> tuple[float, f
 # ------------------------------------------------------------------------------------------
 # Trainer (PPOTrainer's public interface: the round runs any of them)
 # ------------------------------------------------------------------------------------------
-class DPOTrainer:
+class DPOTrainer(PolicyTrainer):
     def __init__(self, model_path: Path | str, tokenizer, cfg: DPOConfig, examples: list[dict],
                  weights: list[float] | None = None, *, init_adapter: Path | str | None = None):
         pairs = preference_pairs(examples, weights)
         if not pairs:
             raise NoPreferencePairs(f"DPO has {NO_PAIRS}")
         self.init_policy(model_path, tokenizer, cfg, init_adapter)
+        self.init_optimizer(self.policy)
+        self._order: list[int] = []
         t = time.perf_counter()
         n = len(pairs)
         prompts, answers = encode_answers(tokenizer, both_answers(pairs), cfg.max_length)
@@ -209,33 +205,7 @@ class DPOTrainer:
         log.info("DPO: %d pairs (%d from pairwise choices), reference log-probs in %.1f s", n,
                  sum(e["type"] == "pairwise" for e in examples), self._time_reference)
 
-    # The policy side is PPO's: the same LoRA, the same KL-guard undo, the same saved folder and
-    # the same KL measurement for the gate (they read only self.policy, self.cfg, self.pad_id).
-    policy_state = PPOTrainer.policy_state
-    restore_policy = PPOTrainer.restore_policy
-    save_policy = PPOTrainer.save_policy
-    answer_kl = PPOTrainer.answer_kl
-
     # -- plumbing shared with KTOTrainer -------------------------------------------------------
-    def init_policy(self, model_path: Path | str, tokenizer, cfg: DPOConfig, init_adapter: Path | str | None
-                    ) -> None:
-        """The policy LoRA (fresh or the serving adapter's), its optimiser and the examples' random order."""
-        self.cfg = cfg
-        self.tokenizer = tokenizer
-        self.pad_id = tokenizer.pad_token_id
-        torch.manual_seed(self.cfg.seed)
-        self.policy = load_policy(model_path, self.cfg, init_adapter)
-        self.params = [p for p in self.policy.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=self.cfg.learning_rate, eps=1e-5, fused=True)
-        self.rng = random.Random(self.cfg.seed)
-        self._order: list[int] = []
-
-    def optimise(self, loss: torch.Tensor) -> None:
-        self.optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
-        self.optimizer.step()
-
     def step_stats(self, stats: dict[str, list[float]], answers: list[list[int]], t0: float) -> dict:
         """Means of the step's lists, and what every algorithm reports (see the module docstring)."""
         eos, length = answer_stats(answers, self.tokenizer.eos_token_id)

@@ -59,7 +59,7 @@ from learner.dpo import (
     implicit_reward_accuracy,
     logprob_sums_with_reference,
 )
-from learner.ppo import PPOTrainer
+from learner.policy_trainer import PolicyTrainer
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def kto_loss(logp: torch.Tensor, ref: torch.Tensor, desirable: torch.Tensor, z_r
 # ------------------------------------------------------------------------------------------
 # Trainer (PPOTrainer's public interface: the round runs any of them)
 # ------------------------------------------------------------------------------------------
-class KTOTrainer:
+class KTOTrainer(PolicyTrainer):
     def __init__(self, model_path: Path | str, tokenizer, cfg: KTOConfig, examples: list[dict],
                  weights: list[float] | None = None, *, init_adapter: Path | str | None = None):
         items = labelled_answers(examples, weights)
@@ -139,6 +139,8 @@ class KTOTrainer:
             raise ValueError("KTO has no labelled answers: no thumbs and no pairwise choices in the round's "
                              "training feedback")
         self.init_policy(model_path, tokenizer, cfg, init_adapter)
+        self.init_optimizer(self.policy)
+        self._order: list[int] = []
         t = time.perf_counter()
         self.prompts, self.answers = encode_answers(tokenizer, [(a.messages, a.response, a.finish_reason)
                                                                 for a in items], cfg.max_length)
@@ -153,12 +155,6 @@ class KTOTrainer:
                  int(self.desirable.sum()), int((~self.desirable).sum()), self.lambda_d, self.lambda_u,
                  self._time_reference)
 
-    policy_state = PPOTrainer.policy_state
-    restore_policy = PPOTrainer.restore_policy
-    save_policy = PPOTrainer.save_policy
-    answer_kl = PPOTrainer.answer_kl
-    init_policy = DPOTrainer.init_policy
-    optimise = DPOTrainer.optimise
     step_stats = DPOTrainer.step_stats
     next_indices = DPOTrainer.next_indices
 

@@ -1,6 +1,6 @@
 """Live evaluation: how users receive each adapter version, from the events serving logged.
 
-    table = version_table(store.db, store._routing())    # one VersionFigures per version that answered
+    table = version_table(store.db, store.routing())    # one VersionFigures per version that answered
     offline = offline_by_version(store.db)                # each published version's round figures
     print(format_table(table, offline))                   # what `rlhf adapters status` prints
     db, routing = open_read_only(data_dir)                # beside a running learner (the CLI)

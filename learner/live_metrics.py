@@ -97,7 +97,7 @@ class LiveEvaluation:
             _bounds(CANARY_DIFFERENCE, verdict.pairwise, "pairwise")
             if verdict.decision != "undecided":
                 DECISIONS.labels(verdict.decision).inc()
-        table = version_table(self.store.db, self.store._routing())
+        table = version_table(self.store.db, self.store.routing())
         for f in table:
             ANSWERS.labels(f.version).set(f.answers)
             ANSWER_TOKENS.labels(f.version).set(f.answer_tokens)

@@ -25,16 +25,14 @@ a JSON file named by `RLHF_LEARNER_CONFIG` overrides any of them, e.g.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import signal
 import sqlite3
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import Counter, Gauge, Histogram
 
 from feedback.consumer import EventConsumer, Record
 from feedback.kafka_security import client_security
@@ -49,6 +47,7 @@ from learner.starting_adapter import publish_starting_adapter
 from learner.store import IngestResult, Store
 from rlhf.models.cache import ModelError
 from rlhf.settings import get_settings
+from rlhf.status_http import start_status_http
 
 log = logging.getLogger("learner")
 
@@ -220,43 +219,20 @@ class ConsumeLoop(threading.Thread):
 
 
 # ---------------------------------------------------------------------------- HTTP
-class _Handler(BaseHTTPRequestHandler):
-    state: dict = {}
-
-    def do_GET(self):  # noqa: N802 - http.server's naming
-        if self.path.startswith("/metrics"):
-            body, ctype, code = generate_latest(REGISTRY), CONTENT_TYPE_LATEST, 200
-        elif self.path.startswith("/healthz"):
-            consumer: ConsumeLoop | None = self.state.get("consumer")
-            alive = consumer is not None and consumer.is_alive()
-            stall_s = self.state.get("stall_s", 300.0)
-            stalled = alive and consumer.stalled(stall_s)
-            status = "ok" if alive and not stalled else "consumer stopped" if not alive else \
-                f"consumption stalled: records wait and none was stored for over {stall_s:g} s"
-            info = {"status": status, "consumer_alive": alive, "consumer_stalled": stalled,
-                    "records_waiting": consumer.waiting if consumer else None,
-                    "consumer_error": consumer.error if consumer else None,
-                    "round_running": self.state.get("round_running", False),
-                    "last_round": self.state.get("last_round")}
-            code = 200 if alive and not stalled else 503
-            body, ctype = json.dumps(info).encode(), "application/json"
-        else:
-            body, ctype, code = b"not found\n", "text/plain", 404
-        self.send_response(code)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, fmt, *args):  # quiet: Prometheus scrapes often
-        pass
-
-
-def start_http(host: str, port: int, state: dict) -> ThreadingHTTPServer:
-    handler = type("Handler", (_Handler,), {"state": state})
-    server = ThreadingHTTPServer((host, port), handler)
-    threading.Thread(target=server.serve_forever, name="learner-http", daemon=True).start()
-    return server
+def learner_health(state: dict) -> tuple[int, dict]:
+    """/healthz: 200 while the consume loop is alive and not stalled (the liveness probe), else 503."""
+    consumer: ConsumeLoop | None = state.get("consumer")
+    alive = consumer is not None and consumer.is_alive()
+    stall_s = state.get("stall_s", 300.0)
+    stalled = alive and consumer.stalled(stall_s)
+    status = "ok" if alive and not stalled else "consumer stopped" if not alive else \
+        f"consumption stalled: records wait and none was stored for over {stall_s:g} s"
+    info = {"status": status, "consumer_alive": alive, "consumer_stalled": stalled,
+            "records_waiting": consumer.waiting if consumer else None,
+            "consumer_error": consumer.error if consumer else None,
+            "round_running": state.get("round_running", False),
+            "last_round": state.get("last_round")}
+    return (200 if alive and not stalled else 503), info
 
 
 # ---------------------------------------------------------------------------- rounds
@@ -362,7 +338,8 @@ def run() -> int:
     consumer = ConsumeLoop(settings, cfg.heldout_fraction, stop)
     state["consumer"] = consumer
     consumer.start()
-    http = start_http(settings.host, settings.learner_port, state)
+    http = start_status_http(settings.host, settings.learner_port, lambda: learner_health(state),
+                             name="learner-http")
     log.info("learner up: model %s, store %s, metrics on :%d; trains on >= %d new feedback or every %g s",
              settings.model, store.path, settings.learner_port, settings.learner_min_feedback,
              settings.learner_interval_s)

@@ -22,7 +22,7 @@ import statistics
 
 import torch
 
-from learner.ppo import answer_logprobs
+from learner.policy_model import answer_logprobs
 from learner.reference_text import REFERENCE_PARAGRAPHS
 
 Z95 = 1.959964

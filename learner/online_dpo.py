@@ -45,8 +45,6 @@ The stats (`step` returns them; the round logs them as for the other algorithms)
 from __future__ import annotations
 
 import logging
-import random
-import shutil
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -56,7 +54,7 @@ import torch
 
 from learner.dpo import answer_logprob_sums, dpo_loss, implicit_reward_accuracy, logprob_sums_with_reference
 from learner.policy_config import PolicyConfig
-from learner.ppo import PPOTrainer, load_policy, share_frozen_weights
+from learner.policy_trainer import PolicyTrainer
 
 log = logging.getLogger(__name__)
 
@@ -101,45 +99,13 @@ def ranked_pairs(scores: list[float], k: int, min_gap: float) -> list[tuple[int,
     return pairs
 
 
-class OnlineDPOTrainer:
+class OnlineDPOTrainer(PolicyTrainer):
     def __init__(self, model_path: Path | str, tokenizer, cfg: OnlineDPOConfig, reward_model, *,
                  init_adapter: Path | str | None = None, workdir: Path | str):
         if cfg.num_samples < 2:
             raise ValueError(f"online_dpo.num_samples must be at least 2 (got {cfg.num_samples})")
-        self.cfg = cfg
-        self.tokenizer = tokenizer
-        self.pad_id = tokenizer.pad_token_id
-        self.rm = reward_model.eval()
-        for p in self.rm.parameters():
-            p.requires_grad_(False)
-        torch.manual_seed(cfg.seed)
-        self.policy = load_policy(model_path, cfg, init_adapter)
-        share_frozen_weights(self.policy.get_base_model().get_decoder(), self.rm.backbone)
-        self.params = [p for p in self.policy.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, eps=1e-5, fused=True)
-        self.workdir = Path(workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.rng = random.Random(cfg.seed)
-        self.iteration = 0
-
-    # The policy side is PPO's: the same LoRA, the same KL-guard undo, the same saved folder and
-    # the same KL measurement for the gate (they read only self.policy, self.cfg, self.pad_id).
-    policy_state = PPOTrainer.policy_state
-    restore_policy = PPOTrainer.restore_policy
-    save_policy = PPOTrainer.save_policy
-    answer_kl = PPOTrainer.answer_kl
-
-    def sample(self, engine, prompts: list[list[int]]):
-        """k answers per prompt from the current LoRA (saved under a new name and id for vLLM)."""
-        cfg = self.cfg
-        folder = self.save_policy(self.workdir / f"iter-{self.iteration}")
-        batch = [self.rng.choice(prompts) for _ in range(cfg.rollout_prompts)]
-        try:
-            return engine.generate(batch, n=cfg.num_samples, temperature=cfg.temperature, max_tokens=cfg.max_new_tokens,
-                                   lora=engine.lora(folder, f"online-dpo-{self.iteration}"),
-                                   seed=self.rng.randrange(2**31))
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
+        self.init_policy(model_path, tokenizer, cfg, init_adapter, reward_model=reward_model, workdir=workdir)
+        self.init_optimizer(self.policy)
 
     def train_on(self, prompts: list[list[int]], chosen: list[list[int]], rejected: list[list[int]],
                  ref_chosen: torch.Tensor, ref_rejected: torch.Tensor) -> dict[str, list[float]]:
@@ -158,10 +124,7 @@ class OnlineDPOTrainer:
                                            [chosen[j] for j in mb] + [rejected[j] for j in mb], self.pad_id,
                                            cfg.temperature)                                          # (2b,)
                 loss, _ = dpo_loss(logp[:b], logp[b:], ref_chosen[mb], ref_rejected[mb], cfg.beta, weights[mb])
-                self.optimizer.zero_grad()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
-                self.optimizer.step()
+                self.optimise(loss)
                 stats["policy_loss"].append(loss.item())
         return stats
 
@@ -170,7 +133,8 @@ class OnlineDPOTrainer:
         cfg = self.cfg
         t0 = time.perf_counter()
         self.iteration += 1
-        samples = self.sample(engine, prompts)
+        batch = [self.rng.choice(prompts) for _ in range(cfg.rollout_prompts)]
+        samples = self.sample(engine, batch, n=cfg.num_samples, name="online-dpo")
         t1 = time.perf_counter()
         with torch.no_grad():
             scores = self.rm.score_samples(samples, self.tokenizer, cfg.forward_batch_size)

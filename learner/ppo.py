@@ -26,19 +26,18 @@ Measure it:  .venv/bin/python bench/learner.py --models tiny   (step time, token
 from __future__ import annotations
 
 import logging
-import random
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, get_peft_model
 from torch import nn
-from transformers import AutoModel, AutoModelForCausalLM
+from transformers import AutoModel
 
-from learner.policy_config import LoRAConfig, PolicyConfig
-from learner.token_logprobs import chosen_logprobs
+from learner.policy_config import PolicyConfig
+from learner.policy_model import answer_logprobs, by_length, logprobs_with_reference, share_frozen_weights, trimmed
+from learner.policy_trainer import PolicyTrainer
 from learner.tokenization import pad_prompt_response, position_ids
 
 log = logging.getLogger(__name__)
@@ -177,38 +176,6 @@ class FixedKLController:
 # ------------------------------------------------------------------------------------------
 # Models
 # ------------------------------------------------------------------------------------------
-def _frozen_params(module: nn.Module) -> dict[str, tuple[nn.Module, str, nn.Parameter]]:
-    """Frozen parameters by a name that ignores peft's wrapping (`base_model.model.`, `.base_layer`)."""
-    out = {}
-    for mod_name, mod in module.named_modules():
-        for pname, p in mod._parameters.items():
-            if p is None or p.requires_grad:
-                continue
-            name = f"{mod_name}.{pname}".replace(".base_layer", "")
-            for prefix in ("base_model.model.", "model."):
-                if name.startswith(prefix):
-                    name = name[len(prefix):]
-            out[name] = (mod, pname, p)
-    return out
-
-
-@torch.no_grad()
-def share_frozen_weights(src: nn.Module, dst: nn.Module) -> int:
-    """Point dst's frozen base weights at src's identical tensors; returns how many were shared.
-
-    Policy, critic and reward model all run on the same frozen base: one copy in memory
-    instead of three (Gemma 3 270M in fp32: 1.1 GB instead of 3.2 GB). Only tensors with the
-    same name, shape and values are shared, so a different checkpoint is left alone."""
-    have = {n: p for n, (_, _, p) in _frozen_params(src).items()}
-    shared = 0
-    for name, (mod, pname, p) in _frozen_params(dst).items():
-        q = have.get(name)
-        if q is not None and q is not p and q.shape == p.shape and q.dtype == p.dtype and torch.equal(q, p):
-            mod._parameters[pname] = q
-            shared += 1
-    return shared
-
-
 class ValueModel(nn.Module):
     """Critic: base model + its own LoRA + a linear head, zero-initialised so V ≡ 0 at the start."""
 
@@ -227,61 +194,6 @@ class ValueModel(nn.Module):
                           use_cache=False).last_hidden_state
         return self.head(h[:, P - 1: -1]).squeeze(-1)             # (B, R)
 
-
-def load_policy(model_path: Path | str, cfg: LoRAConfig, init_adapter: Path | str | None = None):
-    """Frozen base + trainable LoRA: a fresh one, or the adapter now serving to continue from."""
-    base = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32)
-    if init_adapter is not None:
-        return PeftModel.from_pretrained(base, str(init_adapter), is_trainable=True)
-    return get_peft_model(base, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
-                                           target_modules=list(cfg.target_modules), bias="none"))
-
-
-def answer_logprobs(policy, ids: torch.Tensor, mask: torch.Tensor, P: int, temperature: float) -> torch.Tensor:
-    """log π(y_t | x, y_<t) at temperature T for each answer token: (B, R).
-
-    Runs the decoder, then the LM head only on the answer positions: with Gemma's 262k-token
-    vocabulary, logits over the prompt would cost more memory than the whole model (and the
-    answers' logits live in a reused buffer: learner/token_logprobs.py)."""
-    lm = policy.get_base_model()                                     # the LoRA layers live inside it
-    h = lm.get_decoder()(input_ids=ids, attention_mask=mask,
-                         position_ids=position_ids(mask), use_cache=False).last_hidden_state  # (B, P+R, H)
-    cap = getattr(lm.config, "final_logit_softcapping", None)
-    return chosen_logprobs(h[:, P - 1: -1], lm.get_output_embeddings(), ids[:, P:], temperature, cap)  # (B, R)
-
-
-def trimmed(ids: torch.Tensor, mask: torch.Tensor, P: int, rows: torch.Tensor
-            ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """These rows of a prompt-left-padded, answer-right-padded batch, without the columns that are
-    padding in every one of them: (ids, mask, column where the answers now start). Rows of
-    similar length then cost what their own tokens cost, not the longest prompt and answer of
-    the whole batch."""
-    m = mask[rows]
-    real = m.any(0).nonzero().squeeze(-1)
-    first = min(int(real[0]), P - 1) if real.numel() else P - 1
-    last = max(int(real[-1]) + 1, P + 1) if real.numel() else P + 1
-    return ids[rows][:, first:last], m[:, first:last], P - first
-
-
-def by_length(mask: torch.Tensor, size: int) -> list[torch.Tensor]:
-    """Row indices in chunks of `size`, rows of similar length together (for no-grad passes)."""
-    order = torch.argsort(mask.sum(1), stable=True)
-    return list(order.split(size))
-
-
-@torch.no_grad()
-def logprobs_with_reference(policy, ids: torch.Tensor, mask: torch.Tensor, P: int, response_mask: torch.Tensor,
-                            chunk: int, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Policy and reference (adapter off) log-probs (B, R) of every answer token, zero on padding;
-    computed `chunk` rows at a time, rows of similar length together, each chunk trimmed."""
-    logprobs, ref_logprobs = torch.zeros_like(response_mask), torch.zeros_like(response_mask)
-    for rows in by_length(mask, chunk):
-        b_ids, b_mask, b_P = trimmed(ids, mask, P, rows)
-        R = b_ids.shape[1] - b_P
-        logprobs[rows, :R] = answer_logprobs(policy, b_ids, b_mask, b_P, temperature)
-        with policy.disable_adapter():  # the reference: the same weights with the LoRA off
-            ref_logprobs[rows, :R] = answer_logprobs(policy, b_ids, b_mask, b_P, temperature)
-    return logprobs * response_mask, ref_logprobs * response_mask
 
 
 # ------------------------------------------------------------------------------------------
@@ -307,51 +219,19 @@ class Experience:
 # ------------------------------------------------------------------------------------------
 # Trainer
 # ------------------------------------------------------------------------------------------
-class PPOTrainer:
+class PPOTrainer(PolicyTrainer):
     def __init__(self, model_path: Path | str, tokenizer, cfg: PPOConfig, reward_model, *,
                  init_adapter: Path | str | None = None, workdir: Path | str, kl_coef: float | None = None):
-        self.cfg = cfg
-        self.tokenizer = tokenizer
-        self.pad_id = tokenizer.pad_token_id
-        self.rm = reward_model.eval()
-        for p in self.rm.parameters():
-            p.requires_grad_(False)
-        torch.manual_seed(cfg.seed)
-        self.policy = load_policy(model_path, cfg, init_adapter)
+        self.init_policy(model_path, tokenizer, cfg, init_adapter, reward_model=reward_model, workdir=workdir)
         self.critic = ValueModel(model_path, cfg)
-        decoder = self.policy.get_base_model().get_decoder()
-        n_critic = share_frozen_weights(decoder, self.critic.backbone)
-        n_rm = share_frozen_weights(decoder, self.rm.backbone)
-        log.debug("sharing frozen base weights: %d tensors with the critic, %d with the reward model", n_critic, n_rm)
-        self.params = [p for p in [*self.policy.parameters(), *self.critic.parameters()] if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, eps=1e-5, fused=True)
+        n_critic = share_frozen_weights(self.decoder(), self.critic.backbone)
+        log.debug("sharing frozen base weights: %d tensors with the critic", n_critic)
+        self.init_optimizer(self.policy, self.critic)
         beta = cfg.init_kl_coef if kl_coef is None or not cfg.adaptive_kl else kl_coef
         self.kl_ctl = (AdaptiveKLController(beta, cfg.target_kl, cfg.kl_horizon) if cfg.adaptive_kl
                        else FixedKLController(beta))
-        self.workdir = Path(workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.rng = random.Random(cfg.seed)
-        self.iteration = 0
-
-    # -- KL guard ------------------------------------------------------------------------------
-    @torch.no_grad()
-    def policy_state(self) -> dict[str, torch.Tensor]:
-        """A copy of the trainable policy weights (the LoRA): small, kept to undo an update."""
-        return {n: p.detach().clone() for n, p in self.policy.named_parameters() if p.requires_grad}
-
-    @torch.no_grad()
-    def restore_policy(self, state: dict[str, torch.Tensor]) -> None:
-        params = dict(self.policy.named_parameters())
-        for n, t in state.items():
-            params[n].copy_(t)
 
     # -- rollout side ------------------------------------------------------------------------
-    def save_policy(self, folder: Path | str) -> Path:
-        """The policy LoRA as a PEFT folder (adapter_model.safetensors + adapter_config.json)."""
-        folder = Path(folder)
-        self.policy.save_pretrained(str(folder))
-        return folder
-
     @torch.no_grad()
     def make_experience(self, samples) -> Experience:
         """Score rollouts: trainer log-probs, reference log-probs, values, rewards, advantages."""
@@ -399,11 +279,7 @@ class PPOTrainer:
                                                           exp.advantages[mb, :R], rmask, cfg.clip_range)
                 v_loss, vf_clipfrac = value_loss(new_values, exp.values[mb, :R], exp.returns[mb, :R], rmask,
                                                  cfg.clip_range_value)
-                loss = pg_loss + cfg.vf_coef * v_loss
-                self.optimizer.zero_grad()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
-                self.optimizer.step()
+                self.optimise(pg_loss + cfg.vf_coef * v_loss)
                 stats["policy_loss"].append(pg_loss.item())
                 stats["value_loss"].append(v_loss.item())
                 stats["clipfrac"].append(clipfrac)
@@ -416,13 +292,7 @@ class PPOTrainer:
         cfg = self.cfg
         t0 = time.perf_counter()
         self.iteration += 1
-        folder = self.save_policy(self.workdir / f"iter-{self.iteration}")
-        batch = self.rng.sample(prompts, min(cfg.rollout_batch_size, len(prompts)))
-        if len(batch) < cfg.rollout_batch_size:  # few prompts: sample them again
-            batch += [self.rng.choice(prompts) for _ in range(cfg.rollout_batch_size - len(batch))]
-        samples = engine.generate(batch, temperature=cfg.temperature, max_tokens=cfg.max_new_tokens,
-                                  lora=engine.lora(folder, f"rollout-{self.iteration}"),
-                                  seed=self.rng.randrange(2**31))
+        samples = self.sample(engine, self.prompt_batch(prompts, cfg.rollout_batch_size), n=1, name="rollout")
         t1 = time.perf_counter()
         exp = self.make_experience(samples)
         t2 = time.perf_counter()
@@ -431,7 +301,6 @@ class PPOTrainer:
         mean_kl = exp.kl.mean().item()
         beta = self.kl_ctl.value
         self.kl_ctl.update(mean_kl, len(samples))
-        shutil.rmtree(folder, ignore_errors=True)
         n_tokens = int(exp.response_mask.sum().item())
         return {**upd, "score": exp.scores.mean().item(), "kl": mean_kl, "kl_coef": beta,
                 "non_score_reward": (exp.rewards.sum(1) - exp.scores).mean().item(),
@@ -439,17 +308,3 @@ class PPOTrainer:
                 "response_tokens": n_tokens / len(samples), "tokens": n_tokens,
                 "time_rollout": t1 - t0, "time_score": t2 - t1, "time_update": t3 - t2,
                 "tokens_per_s": n_tokens / max(t3 - t0, 1e-9)}
-
-    # -- measurement for the gate -------------------------------------------------------------
-    @torch.no_grad()
-    def answer_kl(self, samples) -> list[float]:
-        """Σ_t log π/π_ref over each sampled answer: Monte-Carlo KL(policy || reference) per answer."""
-        if not samples:
-            return []
-        self.policy.eval()
-        ids, mask, _, rmask, P = pad_prompt_response([s.prompt_ids for s in samples],
-                                                     [s.response_ids for s in samples], self.pad_id)
-        lp, ref = logprobs_with_reference(self.policy, ids, mask, P, rmask, self.cfg.forward_batch_size,
-                                          self.cfg.temperature)
-        return (lp - ref).sum(1).tolist()
-

@@ -91,7 +91,7 @@ class PromotionController:
 
     def check(self) -> Verdict | None:
         """Judge the current canary; on a decision queue its signed routing event. None: nothing to judge."""
-        state = self.store._routing()
+        state = self.store.routing()
         canary, active = state.canary, state.active
         if canary is None or canary in hand_routed(state):
             return None

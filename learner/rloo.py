@@ -29,8 +29,6 @@ Measure it:  .venv/bin/python bench/learner.py --models tiny   (step time, token
 from __future__ import annotations
 
 import logging
-import random
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,8 +36,9 @@ from pathlib import Path
 import torch
 
 from learner.policy_config import PolicyConfig
-from learner.ppo import (FixedKLController, PPOTrainer, answer_logprobs, load_policy,
-                         logprobs_with_reference, masked_whiten, policy_loss, share_frozen_weights, trimmed)
+from learner.policy_model import answer_logprobs, logprobs_with_reference, trimmed
+from learner.policy_trainer import PolicyTrainer
+from learner.ppo import FixedKLController, masked_whiten, policy_loss
 from learner.tokenization import pad_prompt_response
 
 log = logging.getLogger(__name__)
@@ -110,35 +109,14 @@ class Experience:
 # ------------------------------------------------------------------------------------------
 # Trainer (the same public interface as PPOTrainer: the round runs either)
 # ------------------------------------------------------------------------------------------
-class RLOOTrainer:
+class RLOOTrainer(PolicyTrainer):
     def __init__(self, model_path: Path | str, tokenizer, cfg: RLOOConfig, reward_model, *,
                  init_adapter: Path | str | None = None, workdir: Path | str, kl_coef: float | None = None):
         if cfg.num_samples < 2:
             raise ValueError(f"rloo.num_samples must be at least 2 (got {cfg.num_samples})")
-        self.cfg = cfg
-        self.tokenizer = tokenizer
-        self.pad_id = tokenizer.pad_token_id
-        self.rm = reward_model.eval()
-        for p in self.rm.parameters():
-            p.requires_grad_(False)
-        torch.manual_seed(cfg.seed)
-        self.policy = load_policy(model_path, cfg, init_adapter)
-        n_rm = share_frozen_weights(self.policy.get_base_model().get_decoder(), self.rm.backbone)
-        log.debug("sharing frozen base weights: %d tensors with the reward model", n_rm)
-        self.params = [p for p in self.policy.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, eps=1e-5, fused=True)
+        self.init_policy(model_path, tokenizer, cfg, init_adapter, reward_model=reward_model, workdir=workdir)
+        self.init_optimizer(self.policy)
         self.kl_ctl = FixedKLController(cfg.beta if kl_coef is None else kl_coef)
-        self.workdir = Path(workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.rng = random.Random(cfg.seed)
-        self.iteration = 0
-
-    # The policy side is PPO's: the same LoRA, the same KL-guard undo, the same saved folder and
-    # the same KL measurement for the gate (they read only self.policy, self.cfg, self.pad_id).
-    policy_state = PPOTrainer.policy_state
-    restore_policy = PPOTrainer.restore_policy
-    save_policy = PPOTrainer.save_policy
-    answer_kl = PPOTrainer.answer_kl
 
     # -- rollout side ------------------------------------------------------------------------
     @torch.no_grad()
@@ -183,10 +161,7 @@ class RLOOTrainer:
                 advantages = exp.advantages[mb, None] * rmask                                    # (b, R)
                 loss, clipfrac, approxkl = policy_loss(new_logprobs, exp.logprobs[mb, :R], advantages, rmask,
                                                        cfg.clip_range)
-                self.optimizer.zero_grad()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
-                self.optimizer.step()
+                self.optimise(loss)
                 stats["policy_loss"].append(loss.item())
                 stats["clipfrac"].append(clipfrac)
                 stats["approxkl"].append(approxkl)
@@ -197,19 +172,13 @@ class RLOOTrainer:
         cfg = self.cfg
         t0 = time.perf_counter()
         self.iteration += 1
-        folder = self.save_policy(self.workdir / f"iter-{self.iteration}")
-        batch = self.rng.sample(prompts, min(cfg.rollout_prompts, len(prompts)))
-        if len(batch) < cfg.rollout_prompts:  # few prompts: sample them again (each copy its own group)
-            batch += [self.rng.choice(prompts) for _ in range(cfg.rollout_prompts - len(batch))]
-        samples = engine.generate(batch, n=cfg.num_samples, temperature=cfg.temperature,
-                                  max_tokens=cfg.max_new_tokens, lora=engine.lora(folder, f"rollout-{self.iteration}"),
-                                  seed=self.rng.randrange(2**31))
+        samples = self.sample(engine, self.prompt_batch(prompts, cfg.rollout_prompts), n=cfg.num_samples,
+                              name="rollout")
         t1 = time.perf_counter()
         exp = self.make_experience(samples)
         t2 = time.perf_counter()
         upd = self.train_on(exp)
         t3 = time.perf_counter()
-        shutil.rmtree(folder, ignore_errors=True)
         n_tokens = int(exp.response_mask.sum().item())
         return {**upd, "score": exp.scores.mean().item(), "kl": exp.kl.mean().item(), "kl_coef": self.kl_ctl.value,
                 "non_score_reward": (exp.rewards - exp.scores).mean().item(),

@@ -19,11 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import AutoModelForCausalLM
 
 from learner.policy_config import LoRAConfig
-from learner.ppo import answer_logprobs
+from learner.policy_model import answer_logprobs, load_policy
 from learner.tokenization import encode_prompt, encode_response, pad_prompt_response
 
 log = logging.getLogger(__name__)
@@ -63,12 +61,7 @@ class SFTTrainer:
         self.cfg = cfg = cfg or SFTConfig()
         self.pad_id = tokenizer.pad_token_id
         torch.manual_seed(cfg.seed)
-        base = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32)
-        if init_adapter is not None:
-            self.policy = PeftModel.from_pretrained(base, str(init_adapter), is_trainable=True)
-        else:
-            self.policy = get_peft_model(base, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
-                                                          target_modules=list(cfg.target_modules), bias="none"))
+        self.policy = load_policy(model_path, cfg, init_adapter)
         self.params = [p for p in self.policy.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, fused=True)
         self.rng = random.Random(cfg.seed)

@@ -441,7 +441,8 @@ class Store:
             self.db.executemany("UPDATE outbox SET sent_at=? WHERE event_id=?", [(time.time(), e) for e in event_ids])
 
     # ------------------------------------------------------------------ adapters and routing
-    def _routing(self) -> RoutingState:
+    def routing(self) -> RoutingState:
+        """What serving routes to, as the learner last followed it from `rlhf.adapters`."""
         raw = self.get_meta("routing")
         return (RoutingState.from_json(json.loads(raw), self.default_canary_fraction) if raw
                 else RoutingState(self.default_canary_fraction))
@@ -449,13 +450,13 @@ class Store:
     def _apply_routing(self, ev: AdapterAnnounced | RoutingChanged) -> None:
         """Follow `rlhf.adapters` with serving's own state machine, so "the adapter serving now"
         means here what it means on every replica."""
-        state = self._routing()
+        state = self.routing()
         apply_event(state, ev, self.adapter_dir, self.keys.trusted, self.max_lora_rank)  # signature checked by ingest
         self.set_meta("routing", json.dumps(state.to_json()))
 
     def serving_adapter(self) -> dict | None:
         """The version serving routes default traffic to (None: the base model): {version, path, ...}."""
-        state = self._routing()
+        state = self.routing()
         if state.active is None or state.active not in state.known:
             return None
         k = state.known[state.active]

@@ -21,7 +21,7 @@ def canary_store(tmp_path):
         version, rel, sha = write_adapter(tmp_path / "adapters", "policy", src)
         ingest(s, [(TOPIC_ADAPTERS, AdapterAnnounced(version=version, path=rel, manifest_sha256=sha,
                                                      canary_fraction=fraction, ts=1000.0 * i))])
-    routing = s._routing()
+    routing = s.routing()
     assert (routing.active, routing.canary) == (ACTIVE, CANARY)
     return s
 

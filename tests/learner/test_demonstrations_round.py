@@ -14,8 +14,9 @@ from feedback.event_hmac import sealed
 from feedback.schema import TOPIC_FEEDBACK, TOPIC_INTERACTIONS, Demonstration, Interaction, Message
 from learner.tokenization import encode_prompt
 from rlhf.models.dialogues import tiny_prompts
-from tests.learner.simulate import CORRECTIONS_KL_BUDGET, WORD, adapter_vs_base, happy_correction
-from tests.learner.test_dpo import DPO_FAST, make_learner
+from tests.learner.rounds import make_learner, published_adapter, taste_of
+from tests.learner.simulate import CORRECTIONS_KL_BUDGET, happy_correction
+from tests.learner.test_dpo import DPO_FAST
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,6 @@ def test_corrected_answers_alone_teach_a_taste(learner):
     assert m["rm_pairwise_accuracy"] > 0.8      # held-out users' corrections beat the answers they corrected
     assert result.status == "published", result.reasons
     assert not (learner.data_dir / "sft" / f"round-{result.round_id}").exists()  # the stage's folder is cleaned up
-    folder = learner.settings.adapter_dir / "policy" / "v1"
-    base, tuned, z = adapter_vs_base(learner.engine, learner.tokenizer, folder, "policy@v1", tiny_prompts(100, seed=777))
-    print(f"answers containing {WORD!r}: base {base:.3f}, policy@v1 {tuned:.3f} (400 samples each, z {z:.1f})")
+    ann, _ = published_adapter(learner)
+    _, _, z = taste_of(learner, ann)
     assert z > 3

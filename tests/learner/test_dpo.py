@@ -7,31 +7,18 @@ answers), as in test_rloo.py, whose round this mirrors.
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 import torch
 
-from adapters.store import verify_adapter
 from feedback.event_hmac import sealed
 from feedback.schema import TOPIC_FEEDBACK, TOPIC_INTERACTIONS, Interaction, Message, Thumbs
 from learner.dpo import NO_PAIRS, DPOConfig, DPOTrainer
-from learner.round import Learner, LearnerConfig, stage_name
-from rlhf.models.dialogues import tiny_prompts
-from rlhf.settings import Settings
-from tests.learner.conftest import FAST_CONFIG, SPLIT_KEY
-from tests.learner.simulate import WORD, adapter_vs_base, synthetic_events
+from learner.round import LearnerConfig
+from tests.learner.rounds import make_learner, published_adapter, round_on_synthetic_feedback, taste_of
 
 DPO_FAST = {"steps": 10, "examples_per_step": 64, "minibatch_size": 8}
-
-
-def make_learner(tmp_path_factory, algorithm: str, part: dict, kl_budget: float = 5.0) -> Learner:
-    d = tmp_path_factory.mktemp(algorithm)
-    settings = Settings(model="tiny", data_dir=d / "data", adapter_dir=d / "adapters", max_model_len=512,
-                        kafka_bootstrap="127.0.0.1:9", kl_budget=kl_budget, rm_accuracy_floor=0.6,
-                        learner_split_key=SPLIT_KEY, learner_algorithm=algorithm)
-    return Learner(settings, LearnerConfig.from_dict({**FAST_CONFIG, stage_name(algorithm): part}))
 
 
 @pytest.fixture(scope="module")
@@ -126,13 +113,9 @@ def test_a_dpo_round_on_feedback_without_pairs_ends_before_training(tiny_model_p
 # ------------------------------------------------------------------------------------ a round
 @pytest.mark.timeout(1800)  # shared 2-core machine
 def test_dpo_round_learns_a_hidden_preference_and_publishes(learner):
-    # 1. the user's feedback on 700 prompts answered twice by the base model (~400 feedback events)
-    events, stats = synthetic_events(learner.engine, learner.tokenizer, tiny_prompts(700, seed=11), seed=1,
-                                     thumbs_share=0.2)
-    learner.store.ingest([(t, sealed(e, learner.settings.event_hmac_key)) for t, e in events])
-
-    # 2. one round: reward model (for the gate), DPO, gate, publish
-    result = learner.run_round()
+    # the user's feedback on 700 prompts (~400 events), then one round: reward model (for the gate), DPO, gate,
+    # publish
+    result, stats = round_on_synthetic_feedback(learner, thumbs_share=0.2)
     m = result.metrics
     print(f"\nfeedback {stats}; round: {result.status} {result.reasons}; DPO margin {m['dpo_score_first']:.3f} -> "
           f"{m['dpo_score']:.3f}, held-out implicit accuracy {m['dpo_heldout_accuracy']:.3f}; reward "
@@ -144,15 +127,11 @@ def test_dpo_round_learns_a_hidden_preference_and_publishes(learner):
     assert result.status == "published", result.reasons
     assert result.version == "policy@v1"
 
-    (row,) = learner.store.unsent_outbox()
-    ann = json.loads(row["payload"])
-    manifest = verify_adapter(learner.settings.adapter_dir, ann["path"], ann["manifest_sha256"])
+    ann, manifest = published_adapter(learner)
     assert manifest["metrics"]["algorithm"] == "dpo"
     assert manifest["metrics"]["dpo_heldout_accuracy"] == m["dpo_heldout_accuracy"]
     assert 0.0 < manifest["metrics"]["kl_candidate"] <= learner.settings.kl_budget
 
-    # 3. the adapter writes the preferred word more often than the base model, by a clear margin (z > 3)
-    base, tuned, z = adapter_vs_base(learner.engine, learner.tokenizer, learner.settings.adapter_dir / ann["path"],
-                                     "policy@v1", tiny_prompts(100, seed=777))
-    print(f"answers containing {WORD!r}: base {base:.3f}, policy@v1 {tuned:.3f} (400 samples each, z {z:.1f})")
+    # the adapter writes the preferred word more often than the base model, by a clear margin (z > 3)
+    _, _, z = taste_of(learner, ann)
     assert z > 3

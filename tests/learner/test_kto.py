@@ -7,20 +7,15 @@ of feedback is a thumb, most of them down (the tiny model seldom writes the word
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 import torch
 
-from adapters.store import verify_adapter
-from feedback.event_hmac import sealed
 from learner.dpo import logprob_sums_with_reference
 from learner.kto import KTOConfig, KTOTrainer
 from learner.round import LearnerConfig
-from rlhf.models.dialogues import tiny_prompts
-from tests.learner.simulate import WORD, adapter_vs_base, synthetic_events
-from tests.learner.test_dpo import make_learner
+from tests.learner.rounds import make_learner, published_adapter, round_on_synthetic_feedback, taste_of
 
 KTO_FAST = {"steps": 20, "examples_per_step": 64, "minibatch_size": 8}
 
@@ -78,12 +73,8 @@ def test_one_kto_step_moves_every_lora_tensor_and_nothing_frozen(learner):
 
 @pytest.mark.timeout(1800)  # shared 2-core machine
 def test_kto_round_from_thumbs_alone_learns_a_hidden_preference_and_publishes(learner):
-    events, stats = synthetic_events(learner.engine, learner.tokenizer, tiny_prompts(700, seed=11), seed=1,
-                                     thumbs_share=1.0)
+    result, stats = round_on_synthetic_feedback(learner, thumbs_share=1.0)
     assert stats["pairwise"] == 0 and stats["thumbs"] > 300
-    learner.store.ingest([(t, sealed(e, learner.settings.event_hmac_key)) for t, e in events])
-
-    result = learner.run_round()
     m = result.metrics
     print(f"\nfeedback {stats}; round: {result.status} {result.reasons}; KTO λ_D {m['kto_lambda_desirable']:.3f} "
           f"λ_U {m['kto_lambda_undesirable']:.3f}, score {m['kto_score_first']:.3f} -> {m['kto_score']:.3f}; reward "
@@ -93,12 +84,8 @@ def test_kto_round_from_thumbs_alone_learns_a_hidden_preference_and_publishes(le
     assert m["kto_lambda_desirable"] == 1.0 and m["kto_lambda_undesirable"] < 1.0  # downs outnumber ups
     assert result.status == "published", result.reasons
 
-    (row,) = learner.store.unsent_outbox()
-    ann = json.loads(row["payload"])
-    manifest = verify_adapter(learner.settings.adapter_dir, ann["path"], ann["manifest_sha256"])
+    ann, manifest = published_adapter(learner)
     assert manifest["metrics"]["algorithm"] == "kto"
 
-    base, tuned, z = adapter_vs_base(learner.engine, learner.tokenizer, learner.settings.adapter_dir / ann["path"],
-                                     "policy@v1", tiny_prompts(100, seed=777))
-    print(f"answers containing {WORD!r}: base {base:.3f}, policy@v1 {tuned:.3f} (400 samples each, z {z:.1f})")
+    _, _, z = taste_of(learner, ann)
     assert z > 3

@@ -9,30 +9,21 @@ that writes "happy" clearly more often than the base model, within the KL budget
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 
 import pytest
 
-from adapters.store import verify_adapter
-from feedback.event_hmac import sealed
 from feedback.schema import Interaction, Pairwise
 from learner.ppo import PPOTrainer
 from learner.reward import RewardConfig, RewardModel, RewardTrainer
-from learner.round import Learner, LearnerConfig
 from rlhf.models.dialogues import tiny_prompts
-from rlhf.settings import Settings
-from tests.learner.conftest import FAST_CONFIG, SPLIT_KEY
-from tests.learner.simulate import WORD, preference_rate, synthetic_events
+from tests.learner.rounds import make_learner, published_adapter, round_on_synthetic_feedback, taste_of
+from tests.learner.simulate import synthetic_events
 
 
 @pytest.fixture(scope="module")
 def learner(tiny_model_path, tmp_path_factory):
-    d = tmp_path_factory.mktemp("learning")
-    settings = Settings(model="tiny", data_dir=d / "data", adapter_dir=d / "adapters", max_model_len=512,
-                        kafka_bootstrap="127.0.0.1:9", kl_budget=5.0, rm_accuracy_floor=0.6,
-                        learner_split_key=SPLIT_KEY)
-    lrn = Learner(settings, LearnerConfig.from_dict(FAST_CONFIG))
+    lrn = make_learner(tmp_path_factory, "ppo")
     yield lrn
     lrn.close()
 
@@ -72,14 +63,9 @@ def rm_accuracy_on_fresh_pairs(learner, seed: int) -> tuple[float, int]:
 
 @pytest.mark.timeout(1800)  # shared 2-core machine; about 3 minutes when it is quiet
 def test_learns_a_hidden_preference_and_publishes(learner):
-    # 1. the user's feedback on 700 prompts answered twice by the base model (~400 feedback events)
-    events, stats = synthetic_events(learner.engine, learner.tokenizer, tiny_prompts(700, seed=11), seed=1,
-                                     thumbs_share=0.2)
+    # the user's feedback on 700 prompts (~400 events), then one round: reward model, PPO, gate, publish
+    result, stats = round_on_synthetic_feedback(learner, thumbs_share=0.2)
     assert stats["pairwise"] + stats["thumbs"] <= 500
-    learner.store.ingest([(t, sealed(e, learner.settings.event_hmac_key)) for t, e in events])  # as serving wrote them
-
-    # 2. one round: reward model, PPO, gate, publish
-    result = learner.run_round()
     m = result.metrics
     print(f"\nfeedback {stats}; round: {result.status} {result.reasons}; RM held-out accuracy "
           f"{m['rm_pairwise_accuracy']:.3f} ({m['rm_heldout_pairs']} pairs); reward {m['reward_candidate']:.3f} "
@@ -98,38 +84,17 @@ def test_learns_a_hidden_preference_and_publishes(learner):
     print(f"reward model on {n} fresh held-out pairs: accuracy {acc:.3f}")
     assert n >= 50 and acc >= 0.8
 
-    # 3. the published adapter: in the store, verified, announced through the outbox, KL reported
-    (row,) = learner.store.unsent_outbox()
-    ann = json.loads(row["payload"])
-    assert ann["type"] == "adapter_announced" and ann["version"] == "policy@v1" and ann["parent"] is None
-    manifest = verify_adapter(learner.settings.adapter_dir, ann["path"], ann["manifest_sha256"])
+    # the published adapter: in the store, verified, announced through the outbox, KL reported
+    ann, manifest = published_adapter(learner)
+    assert ann["version"] == "policy@v1" and ann["parent"] is None
     folder = learner.settings.adapter_dir / ann["path"]
     assert hashlib.sha256((folder / "manifest.json").read_bytes()).hexdigest() == ann["manifest_sha256"]
     assert manifest["base_model"] == "tiny" and manifest["feedback_count"] == stats["pairwise"] + stats["thumbs"]
     assert 0.0 < manifest["metrics"]["kl_candidate"] <= learner.settings.kl_budget
     assert manifest["metrics"]["reward_candidate"] > manifest["metrics"]["reward_serving"]
-    # its offline figures, for a reader comparing versions (learner/offline_figures.py)
-    figures = {k: manifest["metrics"][k] for k in (
-        "perplexity_candidate", "perplexity_base", "reference_tokens", "answer_tokens_candidate",
-        "answer_tokens_serving", "win_rate_vs_parent", "win_rate_vs_parent_low", "win_rate_vs_parent_high",
-        "win_rate_prompts")}
-    print(f"offline figures: {figures}")
-    assert figures == {k: m[k] for k in figures}
-    assert figures["perplexity_base"] > 1.0 and figures["perplexity_candidate"] > 1.0
-    assert figures["perplexity_candidate"] != figures["perplexity_base"] and figures["reference_tokens"] > 100
-    assert 0 < figures["answer_tokens_candidate"] <= learner.policy_cfg.max_new_tokens
-    assert 0 < figures["answer_tokens_serving"] <= learner.policy_cfg.max_new_tokens
-    assert figures["win_rate_prompts"] == m["gate_prompts"]
-    assert 0.0 <= figures["win_rate_vs_parent_low"] <= figures["win_rate_vs_parent"] <= \
-        figures["win_rate_vs_parent_high"] <= 1.0
-    assert figures["win_rate_vs_parent_high"] > 0.5  # published for more reward than the base model: not all losses
-    routing = learner.store._routing()  # default settings: a canary on 10 % of users, not yet active
+    routing = learner.store.routing()  # default settings: a canary on 10 % of users, not yet active
     assert (routing.active, routing.canary, routing.canary_fraction) == (None, "policy@v1", 0.1)
 
-    # 4. the adapter writes the preferred word clearly more often than the base model (vLLM samples)
-    questions = tiny_prompts(100, seed=777)
-    base = preference_rate(learner.engine, learner.tokenizer, questions)
-    tuned = preference_rate(learner.engine, learner.tokenizer, questions,
-                            lora=learner.engine.lora(folder, "policy@v1"))
-    print(f"answers containing {WORD!r}: base {base:.3f}, policy@v1 {tuned:.3f} (400 samples each)")
+    # the adapter writes the preferred word clearly more often than the base model (vLLM samples)
+    base, tuned, _ = taste_of(learner, ann)
     assert tuned >= base + 0.06 and tuned >= 1.4 * base

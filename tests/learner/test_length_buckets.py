@@ -8,7 +8,8 @@ import random
 
 import torch
 
-from learner.ppo import PPOConfig, answer_logprobs, by_length, load_policy, trimmed
+from learner.policy_model import answer_logprobs, by_length, load_policy, trimmed
+from learner.ppo import PPOConfig
 from learner.reward import RewardConfig, RewardModel
 from learner.tokenization import length_buckets, load_tokenizer, pad_prompt_response
 

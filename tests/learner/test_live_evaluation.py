@@ -33,7 +33,7 @@ def store(tmp_path):
 def test_each_version_with_its_rates_and_intervals(store):
     feedback(store, 200, {CANARY: 0.9, ACTIVE: 0.3}, tokens={CANARY: 12, ACTIVE: 30})
     ingest(store, [interaction("plain", conv="c-base", ts=3000.0)])         # an answer of the base model, no feedback
-    active, canary, base = version_table(store.db, store._routing())
+    active, canary, base = version_table(store.db, store.routing())
     assert (active.version, active.role, canary.version, canary.role, base.version) == (
         ACTIVE, "active", CANARY, "canary", "base")
     assert active.answers == canary.answers == 300 and base.answers == 1
@@ -53,14 +53,14 @@ def test_blind_votes_between_versions(store):
                                             rejected_response_id=b if k < 24 else a, conversation_id=f"v{k}",
                                             user=f"voter{k}"))]
     ingest(store, items)
-    by_version = {f.version: f for f in version_table(store.db, store._routing())}
+    by_version = {f.version: f for f in version_table(store.db, store.routing())}
     assert by_version[CANARY].pairwise_win.estimate == pytest.approx(0.8)
     assert by_version[ACTIVE].pairwise_win.estimate == pytest.approx(0.2) and by_version[ACTIVE].pairwise_win.n == 30
 
 
 def test_the_status_table(store):
     feedback(store, 20, {CANARY: 1.0, ACTIVE: 0.0})
-    lines = format_table(version_table(store.db, store._routing())).splitlines()
+    lines = format_table(version_table(store.db, store.routing())).splitlines()
     assert lines[0].split()[:2] == ["version", "role"]
     assert lines[1].startswith(ACTIVE) and "0% [" in lines[1] and "n=30" in lines[1]
     assert lines[2].startswith(CANARY) and "100% [" in lines[2]
@@ -81,7 +81,7 @@ def test_offline_figures_beside_the_live_ones(store):
     store.record_adapter("candidate-r9", "rejected", metrics=OFFLINE)
     offline = offline_by_version(store.db)
     assert offline == {CANARY: {k: float(v) for k, v in OFFLINE.items()}, "policy@v3": {"kl_candidate": 0.5}}
-    lines = format_table(version_table(store.db, store._routing()), offline).splitlines()
+    lines = format_table(version_table(store.db, store.routing()), offline).splitlines()
     assert lines[0].split("|")[1].split() == ["reward", "gain", "KL", "perplexity", "(base)", "gate", "tokens", "A/B",
                                               "vs", "parent"]
     assert lines[1].startswith(ACTIVE) and lines[1].split("|")[1].split() == ["-"] * 5  # no round made policy@v1
@@ -105,16 +105,16 @@ def test_the_learner_exports_offline_figures_and_sends_the_live_table_signed(sto
     assert [type(e) for e in sent] == [LiveFigures]
     ev = sent[0]
     assert signature_refusal(ev, store.keys.trusted) is None
-    table = version_table(store.db, store._routing())
+    table = version_table(store.db, store.routing())
     assert ev.versions == live_versions(table, []) and [v.version for v in ev.versions] == [ACTIVE, CANARY]
     by_version = {v.version: v for v in ev.versions}
     assert (by_version[ACTIVE].role, by_version[CANARY].role) == ("active", "canary")
     assert by_version[CANARY].thumbs_up.n == 30 and by_version[CANARY].thumbs_up.estimate == table[1].thumbs_up.estimate
     assert by_version[ACTIVE].answers == 30 and by_version[ACTIVE].rating is None  # no blind votes: no rating
     live.next_send = 0.0  # as if FIGURES_EVERY_S had passed
-    assert live.send_figures(live_versions(version_table(store.db, store._routing()), [])) is None  # the same
+    assert live.send_figures(live_versions(version_table(store.db, store.routing()), [])) is None  # the same
     feedback(store, 4, {CANARY: 0.0, ACTIVE: 1.0}, seed=1)
-    assert isinstance(live.send_figures(live_versions(version_table(store.db, store._routing()), [])), LiveFigures)
+    assert isinstance(live.send_figures(live_versions(version_table(store.db, store.routing()), [])), LiveFigures)
 
     res = store.ingest([(TOPIC_ADAPTERS, ev)])
     assert (res.new, res.refused) == (0, 0)
@@ -123,5 +123,5 @@ def test_the_learner_exports_offline_figures_and_sends_the_live_table_signed(sto
     assert store.ingest([(TOPIC_ADAPTERS, forged)]).refused == 1
     letters = [parse_event(bytes(r["payload"])) for r in store.unsent_outbox() if r["topic"] == TOPIC_DEADLETTER]
     assert any(forged.event_id in d.payload and "bad signature" in d.reason for d in letters)
-    routing = store._routing()
+    routing = store.routing()
     assert (routing.active, routing.canary) == (ACTIVE, CANARY)  # routing untouched

@@ -18,7 +18,7 @@ from learner.offline_figures import (
     win_rate,
 )
 from learner.policy_config import LoRAConfig
-from learner.ppo import load_policy
+from learner.policy_model import load_policy
 from learner.tokenization import load_tokenizer
 
 

@@ -8,21 +8,17 @@ answers), as in test_rloo.py and test_dpo.py, whose rounds this mirrors.
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 import torch
 
-from adapters.store import verify_adapter
-from feedback.event_hmac import sealed
 from learner.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
 from learner.reward import RewardConfig, RewardModel
 from learner.round import LearnerConfig
 from learner.tokenization import encode_prompt
 from rlhf.models.dialogues import tiny_prompts
-from tests.learner.simulate import WORD, adapter_vs_base, synthetic_events
-from tests.learner.test_dpo import make_learner
+from tests.learner.rounds import make_learner, published_adapter, round_on_synthetic_feedback, taste_of
 
 ONLINE_DPO_FAST = {"steps": 10, "rollout_prompts": 32}
 
@@ -69,13 +65,9 @@ def test_one_iteration_ranks_fresh_answers_and_moves_only_the_lora(learner, tmp_
 
 @pytest.mark.timeout(1800)  # shared 2-core machine
 def test_online_dpo_round_learns_a_hidden_preference_and_publishes(learner):
-    # 1. the user's feedback on 700 prompts answered twice by the base model (~400 feedback events)
-    events, stats = synthetic_events(learner.engine, learner.tokenizer, tiny_prompts(700, seed=11), seed=1,
-                                     thumbs_share=0.2)
-    learner.store.ingest([(t, sealed(e, learner.settings.event_hmac_key)) for t, e in events])
-
-    # 2. one round: reward model, online DPO ranked by it, gate, publish
-    result = learner.run_round()
+    # the user's feedback on 700 prompts (~400 events), then one round: reward model, online DPO ranked by it,
+    # gate, publish
+    result, stats = round_on_synthetic_feedback(learner, thumbs_share=0.2)
     m = result.metrics
     print(f"\nfeedback {stats}; round: {result.status} {result.reasons}; score {m['online_dpo_score_first']:.3f} -> "
           f"{m['online_dpo_score']:.3f}, {m['online_dpo_pairs']} pairs in the last iteration, held-out implicit "
@@ -87,14 +79,10 @@ def test_online_dpo_round_learns_a_hidden_preference_and_publishes(learner):
     assert result.status == "published", result.reasons
     assert result.version == "policy@v1"
 
-    (row,) = learner.store.unsent_outbox()
-    ann = json.loads(row["payload"])
-    manifest = verify_adapter(learner.settings.adapter_dir, ann["path"], ann["manifest_sha256"])
+    ann, manifest = published_adapter(learner)
     assert manifest["metrics"]["algorithm"] == "online-dpo"
     assert 0.0 < manifest["metrics"]["kl_candidate"] <= learner.settings.kl_budget
 
-    # 3. the adapter writes the preferred word more often than the base model, by a clear margin (z > 3)
-    base, tuned, z = adapter_vs_base(learner.engine, learner.tokenizer, learner.settings.adapter_dir / ann["path"],
-                                     "policy@v1", tiny_prompts(100, seed=777))
-    print(f"answers containing {WORD!r}: base {base:.3f}, policy@v1 {tuned:.3f} (400 samples each, z {z:.1f})")
+    # the adapter writes the preferred word more often than the base model, by a clear margin (z > 3)
+    _, _, z = taste_of(learner, ann)
     assert z > 3

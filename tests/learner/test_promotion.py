@@ -37,7 +37,7 @@ def test_a_canary_users_like_more_is_promoted(store):
     (ev,) = decisions(store)
     assert ev["action"] == "activate" and ev["version"] == "policy@v2" and ev["signature"]
     assert ev["evidence"]["decision"] == "promote" and "not worse" in ev["reason"]
-    routing = store._routing()
+    routing = store.routing()
     assert (routing.active, routing.canary) == ("policy@v2", None)
     assert controller(store).check() is None  # nothing left to judge
 
@@ -47,7 +47,7 @@ def test_a_canary_users_like_less_is_rolled_back(store):
     assert controller(store).check().decision == "rollback"
     (ev,) = decisions(store)
     assert ev["action"] == "canary" and ev["version"] is None and "worse" in ev["reason"]
-    routing = store._routing()
+    routing = store.routing()
     assert (routing.active, routing.canary) == ("policy@v1", None)
 
 
@@ -55,7 +55,7 @@ def test_an_equal_canary_waits_then_expires_without_promotion(store):
     feedback(store, 60, {"policy@v2": 0.6, "policy@v1": 0.6})
     assert controller(store).check().decision == "undecided" and decisions(store) == []
     assert controller(store, max_events=50).check().decision == "expired"
-    assert store._routing().active == "policy@v1"
+    assert store.routing().active == "policy@v1"
 
 
 def test_feedback_from_before_the_canary_and_beyond_a_users_cap_does_not_count(store):
@@ -69,4 +69,4 @@ def test_an_operators_routing_change_pauses_the_controller_for_that_version(stor
     ingest(store, [(TOPIC_ADAPTERS, RoutingChanged(action="canary", version="policy@v2", canary_fraction=0.2))])
     feedback(store, 400, {"policy@v2": 0.1, "policy@v1": 0.9})
     assert controller(store).check() is None and decisions(store) == []
-    assert store._routing().canary == "policy@v2"
+    assert store.routing().canary == "policy@v2"

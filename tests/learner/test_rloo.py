@@ -16,15 +16,12 @@ import pydantic
 import pytest
 import torch
 
-from adapters.store import verify_adapter
-from feedback.event_hmac import sealed
 from learner.reward import RewardConfig, RewardModel
 from learner.rloo import RLOOConfig, RLOOTrainer
-from learner.round import Learner, LearnerConfig
+from learner.round import LearnerConfig
 from rlhf.models.dialogues import tiny_prompts
 from rlhf.settings import Settings
-from tests.learner.conftest import FAST_CONFIG, SPLIT_KEY
-from tests.learner.simulate import WORD, preference_rate, synthetic_events
+from tests.learner.rounds import make_learner, published_adapter, round_on_synthetic_feedback, taste_of
 
 RLOO_FAST = {"steps": 10, "rollout_prompts": 16, "num_samples": 2, "minibatch_size": 8, "epochs": 4,
              "max_new_tokens": 48}
@@ -32,11 +29,7 @@ RLOO_FAST = {"steps": 10, "rollout_prompts": 16, "num_samples": 2, "minibatch_si
 
 @pytest.fixture(scope="module")
 def learner(tiny_model_path, tmp_path_factory):
-    d = tmp_path_factory.mktemp("rloo")
-    settings = Settings(model="tiny", data_dir=d / "data", adapter_dir=d / "adapters", max_model_len=512,
-                        kafka_bootstrap="127.0.0.1:9", kl_budget=5.0, rm_accuracy_floor=0.6,
-                        learner_split_key=SPLIT_KEY, learner_algorithm="rloo")
-    lrn = Learner(settings, LearnerConfig.from_dict({**FAST_CONFIG, "rloo": RLOO_FAST}))
+    lrn = make_learner(tmp_path_factory, "rloo", RLOO_FAST)
     yield lrn
     lrn.close()
 
@@ -137,13 +130,8 @@ def test_one_rloo_step_with_vllm_rollouts(learner, tmp_path):
 # ------------------------------------------------------------------------------------ a round
 @pytest.mark.timeout(1800)  # shared 2-core machine; a few minutes when it is quiet
 def test_rloo_round_learns_a_hidden_preference_and_publishes(learner):
-    # 1. the user's feedback on 700 prompts answered twice by the base model (~400 feedback events)
-    events, stats = synthetic_events(learner.engine, learner.tokenizer, tiny_prompts(700, seed=11), seed=1,
-                                     thumbs_share=0.2)
-    learner.store.ingest([(t, sealed(e, learner.settings.event_hmac_key)) for t, e in events])
-
-    # 2. one round: reward model, RLOO, gate, publish
-    result = learner.run_round()
+    # the user's feedback on 700 prompts (~400 events), then one round: reward model, RLOO, gate, publish
+    result, stats = round_on_synthetic_feedback(learner, thumbs_share=0.2)
     m = result.metrics
     print(f"\nfeedback {stats}; round: {result.status} {result.reasons}; RM held-out accuracy "
           f"{m['rm_pairwise_accuracy']:.3f} ({m['rm_heldout_pairs']} pairs); RLOO score {m['rloo_score_first']:.3f}"
@@ -155,24 +143,17 @@ def test_rloo_round_learns_a_hidden_preference_and_publishes(learner):
     assert result.status == "published", result.reasons
     assert result.version == "policy@v1"
 
-    # 3. the published adapter: in the store, verified, announced, its metrics naming the algorithm
-    (row,) = learner.store.unsent_outbox()
-    ann = json.loads(row["payload"])
-    assert ann["type"] == "adapter_announced" and ann["version"] == "policy@v1"
-    manifest = verify_adapter(learner.settings.adapter_dir, ann["path"], ann["manifest_sha256"])
+    # the published adapter: in the store, verified, announced, its metrics naming the algorithm
+    ann, manifest = published_adapter(learner)
+    assert ann["version"] == "policy@v1"
     assert manifest["metrics"]["algorithm"] == "rloo"
     assert 0.0 < manifest["metrics"]["kl_candidate"] <= learner.settings.kl_budget
     assert manifest["metrics"]["reward_candidate"] > manifest["metrics"]["reward_serving"]
-    routing = learner.store._routing()  # default settings: a canary on 10 % of users, not yet active
+    routing = learner.store.routing()  # default settings: a canary on 10 % of users, not yet active
     assert (routing.active, routing.canary, routing.canary_fraction) == (None, "policy@v1", 0.1)
     assert json.loads(learner.store.last_round()["metrics"])["algorithm"] == "rloo"  # the round's record
 
-    # 4. the adapter writes the preferred word clearly more often than the base model (vLLM samples),
+    # the adapter writes the preferred word clearly more often than the base model (vLLM samples),
     # by the same bar as PPO's test
-    folder = learner.settings.adapter_dir / ann["path"]
-    questions = tiny_prompts(100, seed=777)
-    base = preference_rate(learner.engine, learner.tokenizer, questions)
-    tuned = preference_rate(learner.engine, learner.tokenizer, questions,
-                            lora=learner.engine.lora(folder, "policy@v1"))
-    print(f"answers containing {WORD!r}: base {base:.3f}, policy@v1 {tuned:.3f} (400 samples each)")
+    base, tuned, _ = taste_of(learner, ann)
     assert tuned >= base + 0.06 and tuned >= 1.4 * base

@@ -41,7 +41,7 @@ def test_a_learner_published_version_starts_as_a_sticky_canary_on_10_percent(set
         ev = publish_adapter(store, settings, peft_folder(tmp_path / "round1"), parent=None, base_model="tiny",
                              metrics={}, feedback_count=0, round_id=1)
         assert ev.version == "policy@v1" and ev.canary_fraction is None  # each replica's RLHF_CANARY_FRACTION
-        routing = store._routing()  # the learner's mirror of what serving routes
+        routing = store.routing()  # the learner's mirror of what serving routes
         assert (routing.active, routing.canary, routing.canary_fraction) == (None, "policy@v1", 0.1)
         assert store.serving_adapter() is None  # default traffic stays on the base model
     finally:
