@@ -1,7 +1,7 @@
 """Learner throughput beside TRL: reward-model examples/s, PPO iteration time and tokens/s.
 
     .venv/bin/python bench/learner.py                              # tiny and gemma-3-270m
-    .venv/bin/python bench/learner.py --models tiny --iterations 3
+    .venv/bin/python bench/learner.py --models tiny --iterations 3   # the tiny model's default is 10
     .venv/bin/python bench/learner.py --skip-trl                   # ours only
 
 Same work on both sides (LoRA r=8 on q,k,v,o,gate,up,down; fp32 on CPU; learning rates,
@@ -236,7 +236,7 @@ def measured(out: dict, parts: tuple[str, ...], what: str, worker: str, name: st
     with tempfile.TemporaryDirectory() as d:
         figures = Path(d) / "figures.json"
         cmd = [sys.executable, __file__, "--worker", worker, "--worker-out", str(figures), "--models", name,
-               "--iterations", str(args.iterations), "--rm-steps", str(args.rm_steps)]
+               "--iterations", str(iterations_for(name, args)), "--rm-steps", str(args.rm_steps)]
         with OtherLoad() as load:
             done = subprocess.run(cmd)
         log.info("%s: %s", what, load.summary())
@@ -245,6 +245,12 @@ def measured(out: dict, parts: tuple[str, ...], what: str, worker: str, name: st
         out.update(json.loads(figures.read_text()))
     for part in parts:
         out[f"others_{part}"] = load.cores
+
+
+def iterations_for(name: str, args) -> int:
+    """Timed policy iterations: --iterations, else 10 on the tiny model (an iteration there is about a second,
+    mostly overhead, and three of them moved by more than the two sides differ) and 3 on the others."""
+    return args.iterations or (10 if name == "tiny" else 3)
 
 
 def bench_model(name: str, args) -> dict:
@@ -273,7 +279,8 @@ def speed(ours: dict, trl: dict, row: tuple, max_other: float) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="tiny,gemma-3-270m")
-    p.add_argument("--iterations", type=int, default=3, help="timed PPO/RLOO iterations (after one warm-up)")
+    p.add_argument("--iterations", type=int, help="timed PPO/RLOO iterations after one warm-up (default: 10 on "
+                   "the tiny model, 3 on the others)")
     p.add_argument("--rm-steps", type=int, default=10, help="timed reward-model steps (after one warm-up)")
     p.add_argument("--skip-trl", action="store_true")
     p.add_argument("--max-other-cores", type=float, default=0.3,
@@ -281,13 +288,14 @@ def main() -> int:
     p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)  # one measurement...
     p.add_argument("--worker-out", help=argparse.SUPPRESS)  # ...its figures as JSON here
     args = p.parse_args()
-    if args.iterations < 3 or args.rm_steps < 3:
+    if (args.iterations is not None and args.iterations < 3) or args.rm_steps < 3:
         p.error("--iterations and --rm-steps must be at least 3 (each figure is a median)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("vllm", "httpx", "datasets", "transformers", "trl"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if args.worker:
-        return run_worker(args.worker, args.models, args.iterations, args.rm_steps, args.worker_out)
+        return run_worker(args.worker, args.models, iterations_for(args.models, args), args.rm_steps,
+                          args.worker_out)
     load0 = tuple(round(x, 1) for x in os.getloadavg())
     # (our key, TRL's key, label, our part, TRL's part, whether higher is better)
     rows = [("rm_examples_per_s", "rm_examples_per_s", "RM pairs/s", "rm", "rm", True),
