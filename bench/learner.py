@@ -236,7 +236,7 @@ def measured(out: dict, parts: tuple[str, ...], what: str, worker: str, name: st
     with tempfile.TemporaryDirectory() as d:
         figures = Path(d) / "figures.json"
         cmd = [sys.executable, __file__, "--worker", worker, "--worker-out", str(figures), "--models", name,
-               "--iterations", str(iterations_for(name, args)), "--rm-steps", str(args.rm_steps)]
+               "--iterations", str(iterations_for(name, args)), "--rm-steps", str(rm_steps_for(name, args))]
         with OtherLoad() as load:
             done = subprocess.run(cmd)
         log.info("%s: %s", what, load.summary())
@@ -251,6 +251,12 @@ def iterations_for(name: str, args) -> int:
     """Timed policy iterations: --iterations, else 10 on the tiny model (an iteration there is about a second,
     mostly overhead, and three of them moved by more than the two sides differ) and 3 on the others."""
     return args.iterations or (10 if name == "tiny" else 3)
+
+
+def rm_steps_for(name: str, args) -> int:
+    """Timed reward-model steps: --rm-steps, else 30 on the tiny model (a step there is about 0.05 s, and medians
+    of 10 moved by a third between two quiet runs) and 10 on the others."""
+    return args.rm_steps or (30 if name == "tiny" else 10)
 
 
 def bench_model(name: str, args) -> dict:
@@ -281,21 +287,22 @@ def main() -> int:
     p.add_argument("--models", default="tiny,gemma-3-270m")
     p.add_argument("--iterations", type=int, help="timed PPO/RLOO iterations after one warm-up (default: 10 on "
                    "the tiny model, 3 on the others)")
-    p.add_argument("--rm-steps", type=int, default=10, help="timed reward-model steps (after one warm-up)")
+    p.add_argument("--rm-steps", type=int, help="timed reward-model steps after one warm-up (default: 30 on the "
+                   "tiny model, 10 on the others)")
     p.add_argument("--skip-trl", action="store_true")
     p.add_argument("--max-other-cores", type=float, default=0.3,
                    help="print no ratio when other processes used more cores than this during either side")
     p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)  # one measurement...
     p.add_argument("--worker-out", help=argparse.SUPPRESS)  # ...its figures as JSON here
     args = p.parse_args()
-    if (args.iterations is not None and args.iterations < 3) or args.rm_steps < 3:
+    if any(n is not None and n < 3 for n in (args.iterations, args.rm_steps)):
         p.error("--iterations and --rm-steps must be at least 3 (each figure is a median)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("vllm", "httpx", "datasets", "transformers", "trl"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if args.worker:
-        return run_worker(args.worker, args.models, iterations_for(args.models, args), args.rm_steps,
-                          args.worker_out)
+        return run_worker(args.worker, args.models, iterations_for(args.models, args),
+                          rm_steps_for(args.models, args), args.worker_out)
     load0 = tuple(round(x, 1) for x in os.getloadavg())
     # (our key, TRL's key, label, our part, TRL's part, whether higher is better)
     rows = [("rm_examples_per_s", "rm_examples_per_s", "RM pairs/s", "rm", "rm", True),
