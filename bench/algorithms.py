@@ -42,7 +42,6 @@ import argparse
 import hashlib
 import json
 import logging
-import math
 import random
 import shutil
 import subprocess
@@ -61,6 +60,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench import feedback_log  # noqa: E402
 from bench.feedback_log import EVENT_KEY, load_log, log_counts, questions_of  # noqa: E402
+from harness.proportions import two_proportion_z  # noqa: E402
 from harness.questions import questions as everyday_questions  # noqa: E402
 from harness.up import UpProcess  # noqa: E402
 from harness.user import Preference, converse  # noqa: E402
@@ -284,13 +284,6 @@ def run_worker(kind: str, spec_path: str, out_path: str) -> int:
 
 
 # ------------------------------------------------------------------------------------------ the table
-def z_score(liked_a: int, n_a: int, liked_b: int, n_b: int) -> float:
-    """Two-proportion z of b's share against a's (pooled standard error)."""
-    pa, pb = liked_a / max(1, n_a), liked_b / max(1, n_b)
-    p = (liked_a + liked_b) / max(1, n_a + n_b)
-    return (pb - pa) / math.sqrt(max(p * (1 - p) * (1 / max(1, n_a) + 1 / max(1, n_b)), 1e-12))
-
-
 def table(taste: str, rows: dict, judged: dict | None) -> str:
     start = (judged or {}).get("start")
     head = (f"\ntaste: {taste}" + (f"; start policy approved {start['liked']}/{start['answers']} "
@@ -305,7 +298,7 @@ def table(taste: str, rows: dict, judged: dict | None) -> str:
         if start and j:
             a, b = start["liked"] / max(1, start["answers"]), j["liked"] / max(1, j["answers"])
             approval = f"{a:.1%} -> {b:.1%}"
-            z = z_score(start["liked"], start["answers"], j["liked"], j["answers"])
+            z = two_proportion_z(start["liked"], start["answers"], j["liked"], j["answers"])
             points, z = f"{100 * (b - a):+.1f}", f"{z:.1f}"
         else:
             approval, points, z = "n/a", "", ""

@@ -56,16 +56,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.feedback_log import load_log, save_log  # noqa: E402
-from bench.simulated_feedback import (  # noqa: E402
-    answer_pairs,
-    approvals,
-    corrected_answers,
-    human_feedback,
-    two_proportion_z,
-)
+from bench.simulated_feedback import answer_pairs, approvals, corrected_answers, human_feedback  # noqa: E402
 from feedback.event_hmac import sealed  # noqa: E402
 from feedback.schema import TOPIC_FEEDBACK, Pairwise  # noqa: E402
 from harness.broker import start_broker  # noqa: E402
+from harness.proportions import two_proportion_z  # noqa: E402
 from harness.questions import questions  # noqa: E402
 from harness.server import ServerProcess  # noqa: E402
 from harness.tastes import TASTES  # noqa: E402

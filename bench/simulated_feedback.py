@@ -15,7 +15,6 @@ its RLHF_EVENT_HMAC_KEY (bench/feedback_log.py keeps them in a file between a be
 
 from __future__ import annotations
 
-import math
 import random
 import re
 import uuid
@@ -155,10 +154,4 @@ def approvals(engine, tokenizer, questions: list[str], pref: Preference, *, lora
     grouped = _sample(engine, tokenizer, questions, n=n, seed=seed, max_tokens=max_tokens, lora=lora)
     return [pref.likes(s.text) for answers in grouped for s in answers]
 
-
-def two_proportion_z(hits_a: int, n_a: int, hits_b: int, n_b: int) -> float:
-    """z of the change from share a to share b (pooled standard error)."""
-    pooled = (hits_a + hits_b) / max(1, n_a + n_b)
-    se = math.sqrt(max(1e-12, pooled * (1 - pooled) * (1 / max(1, n_a) + 1 / max(1, n_b))))
-    return (hits_b / max(1, n_b) - hits_a / max(1, n_a)) / se
 

@@ -9,11 +9,11 @@ corrects answers instead rewrites each with `happy_correction`. Through a server
 
 from __future__ import annotations
 
-import math
 import random
 import uuid
 
 from feedback.schema import TOPIC_FEEDBACK, TOPIC_INTERACTIONS, Interaction, Message, Pairwise, Thumbs
+from harness.proportions import two_proportion_z
 from harness.user import Preference, liked_answers
 from learner.tokenization import encode_prompt
 
@@ -76,10 +76,9 @@ def preference_rate(engine, tokenizer, questions: list[str], *, lora=None, word:
     return sum(Preference(word).likes(s.text) for s in samples) / max(1, len(samples))
 
 
-def two_proportion_z(p1: float, p2: float, n: int) -> float:
-    """z of the rise from p1 to p2, two shares measured on n samples each (pooled standard error)."""
-    p = (p1 + p2) / 2
-    return (p2 - p1) / math.sqrt(max(p * (1 - p) * 2 / n, 1e-12))
+def share_z(p1: float, p2: float, n: int) -> float:
+    """z of the rise from share p1 to share p2, each measured on n samples."""
+    return two_proportion_z(round(p1 * n), n, round(p2 * n), n)
 
 
 def adapter_vs_base(engine, tokenizer, folder, name: str, questions: list[str], n: int = 4
@@ -87,7 +86,7 @@ def adapter_vs_base(engine, tokenizer, folder, name: str, questions: list[str], 
     """(base rate, the adapter's rate, z of the rise) of answers with the word, n samples per question each."""
     base = preference_rate(engine, tokenizer, questions, n=n)
     tuned = preference_rate(engine, tokenizer, questions, lora=engine.lora(folder, name), n=n)
-    return base, tuned, two_proportion_z(base, tuned, n * len(questions))
+    return base, tuned, share_z(base, tuned, n * len(questions))
 
 
 def served_adapter_vs_base(url: str, version: str, questions: list[str], n: int = 4, base: str = "tiny"
@@ -98,4 +97,4 @@ def served_adapter_vs_base(url: str, version: str, questions: list[str], n: int 
         return sum(hits) / len(hits)
 
     base_rate, tuned = rate(base), rate(version)
-    return base_rate, tuned, two_proportion_z(base_rate, tuned, n * len(questions))
+    return base_rate, tuned, share_z(base_rate, tuned, n * len(questions))
