@@ -17,17 +17,7 @@ from __future__ import annotations
 import math
 from collections import deque
 
-Z_95_ONE_SIDED = 1.6448536269514722
-
-
-def wilson_lower_bound(agreed: int, n: int, z: float = Z_95_ONE_SIDED) -> float:
-    """Lower Wilson score bound of a binomial rate agreed/n (0 when n is 0)."""
-    if n <= 0:
-        return 0.0
-    p = agreed / n
-    centre = p + z * z / (2 * n)
-    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, (centre - spread) / (1 + z * z / n))
+from rlhf.intervals import Z_95_ONE_SIDED, wilson_interval
 
 
 class Agreement:
@@ -48,7 +38,7 @@ class Agreement:
 
     @property
     def lower_bound(self) -> float:
-        return wilson_lower_bound(sum(self.recent), len(self.recent))
+        return wilson_interval(sum(self.recent), len(self.recent), Z_95_ONE_SIDED)[0]
 
     @property
     def paused(self) -> bool:

@@ -24,24 +24,13 @@ import torch
 
 from learner.policy_model import answer_logprobs
 from learner.reference_text import REFERENCE_PARAGRAPHS
-
-Z95 = 1.959964
+from rlhf.intervals import wilson_interval
 
 
 def perplexity(token_logprobs: list[float]) -> float:
     """exp(mean negative log-likelihood per token): the number of equally likely tokens the model was
     choosing among, on average. NaN without tokens."""
     return math.exp(-statistics.fmean(token_logprobs)) if token_logprobs else math.nan
-
-
-def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of a rate (successes may be fractional: a tie counts half)."""
-    if n <= 0:
-        return 0.0, 1.0
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    radius = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, centre - radius), min(1.0, centre + radius)
 
 
 def win_rate(candidate: list[float], parent: list[float]) -> dict[str, float]:

@@ -14,7 +14,6 @@ from learner.offline_figures import (
     perplexity,
     reference_ids,
     reference_perplexity,
-    wilson_interval,
     win_rate,
 )
 from learner.policy_config import LoRAConfig
@@ -37,13 +36,6 @@ def test_win_rate_counts_a_tie_as_half():
     assert ties["win_rate_vs_parent"] == 0.5
     assert ties["win_rate_vs_parent_low"] == pytest.approx(1 - ties["win_rate_vs_parent_high"])  # symmetric
     assert math.isnan(win_rate([], [])["win_rate_vs_parent"])
-
-
-def test_wilson_interval_by_hand():
-    z2 = 1.959964 ** 2
-    assert wilson_interval(0, 10) == pytest.approx((0.0, z2 / (10 + z2)), abs=1e-12)   # 0 of 10: [0, z²/(n+z²)]
-    assert wilson_interval(10, 10) == pytest.approx((10 / (10 + z2), 1.0), abs=1e-12)
-    assert wilson_interval(0, 0) == (0.0, 1.0)
 
 
 def test_mean_answer_tokens():
