@@ -3,8 +3,9 @@
     board = leaderboard(store.db)      # [Rating], best first; [] without votes between versions
     print(format_leaderboard(board))   # what `rlhf adapters status` prints after the version table
 
-Every blind vote between two versions (live_evaluation.VOTES: users' votes whose two answers came
-from different versions, the base model named `base`) is one comparison. Bradley-Terry:
+Every blind vote between two versions (live_evaluation.votes_by_pair: users' votes whose two answers
+came from different versions, the base model named `base`, each user's first 20 per pair) is one
+comparison. Bradley-Terry:
 
     P(i beats j) = sigmoid(θ_i - θ_j),    θ_base = 0 (the reference)
 
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from learner.live_evaluation import BASE, VOTES
+from learner.live_evaluation import BASE, votes_by_pair
 
 PRIOR_SD = 3.0
 """Standard deviation of the prior on each strength (log-odds against the base model)."""
@@ -107,13 +108,8 @@ def fit(votes: dict[tuple[str, str], int], prior_sd: float = PRIOR_SD) -> list[R
     return sorted(ratings, key=lambda r: -r.strength)
 
 
-def pairwise_votes(db: sqlite3.Connection) -> dict[tuple[str, str], int]:
-    """Users' blind votes between two versions in the learner store: {(winner, loser): count}."""
-    return {(r["chosen"], r["rejected"]): r["n"] for r in db.execute(VOTES)}
-
-
 def leaderboard(db: sqlite3.Connection) -> list[Rating]:
-    return fit(pairwise_votes(db))
+    return fit(votes_by_pair(db))
 
 
 def format_leaderboard(board: list[Rating]) -> str:

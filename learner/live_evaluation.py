@@ -9,7 +9,8 @@ Per version, every rate with its 95 % confidence interval (learner/canary_statis
 however often it is looked at, so a dashboard refreshed every minute does not mislead):
 thumbs-up rate, share of answers that got any feedback, win rate in blind votes against other
 versions; and answers given, mean answer length in tokens. Thumbs count at most `max_per_user`
-per user and version, as for the promotion controller.
+per user and version, and blind votes at most `max_per_user` per user and pair of versions: the
+same counts the promotion controller and the leaderboard use (`thumbs_by_version`, `votes_by_pair`).
 
 Beside them, each published version's offline figures from the round that made it (the metrics its
 manifest keeps, `OFFLINE_FIGURES`): the gate's reward gain and KL to the base, perplexity on the
@@ -34,6 +35,8 @@ HORIZON = 1000
 """Where the intervals are tightest (observations); they stay valid everywhere."""
 BASE = "base"
 """How the base model (answers without an adapter) is named in the table."""
+MAX_PER_USER = 20
+"""A user's thumbs counted per version, and votes per pair of versions (the rest add nothing)."""
 
 
 @dataclass(frozen=True)
@@ -65,10 +68,15 @@ WHERE nth <= ? GROUP BY version
 """
 
 VOTES = """
-SELECT COALESCE(c.adapter, 'base') AS chosen, COALESCE(r.adapter, 'base') AS rejected, COUNT(*) AS n
-FROM feedback f JOIN interactions c ON c.response_id = f.chosen_id JOIN interactions r ON r.response_id = f.rejected_id
-WHERE f.type = 'pairwise' AND f.status = 'joined' AND f.source = 'user' AND COALESCE(c.adapter, 'base') != COALESCE(r.adapter, 'base')
-GROUP BY chosen, rejected
+SELECT chosen, rejected, COUNT(*) AS n FROM (
+  SELECT chosen, rejected,
+         ROW_NUMBER() OVER (PARTITION BY user, MIN(chosen, rejected), MAX(chosen, rejected) ORDER BY ts) AS nth
+  FROM (SELECT f.user AS user, f.ts AS ts, COALESCE(c.adapter, 'base') AS chosen, COALESCE(r.adapter, 'base') AS rejected
+        FROM feedback f JOIN interactions c ON c.response_id = f.chosen_id
+                        JOIN interactions r ON r.response_id = f.rejected_id
+        WHERE f.type = 'pairwise' AND f.status = 'joined' AND f.source = 'user' AND c.ts >= ? AND r.ts >= ?)
+  WHERE chosen != rejected)
+WHERE nth <= ? GROUP BY chosen, rejected
 """
 
 
@@ -95,16 +103,24 @@ def thumbs_by_version(db: sqlite3.Connection, max_per_user: int, since: float = 
     return {r["version"]: (r["ups"], r["n"]) for r in db.execute(THUMBS, (since, max_per_user))}
 
 
-def version_table(db: sqlite3.Connection, routing: RoutingState, max_per_user: int = 20) -> list[VersionFigures]:
+def votes_by_pair(db: sqlite3.Connection, max_per_user: int = MAX_PER_USER, since: float = 0.0
+                  ) -> dict[tuple[str, str], int]:
+    """Users' blind votes between two versions (`base` without an adapter) on answers given since
+    `since`: {(winner, loser): count}, each user's first `max_per_user` votes per pair counted."""
+    return {(r["chosen"], r["rejected"]): r["n"] for r in db.execute(VOTES, (since, since, max_per_user))}
+
+
+def version_table(db: sqlite3.Connection, routing: RoutingState, max_per_user: int = MAX_PER_USER
+                  ) -> list[VersionFigures]:
     """Every version that answered, the active one first, then the canary, then newest first."""
     roles = {routing.active or BASE: "active"}
     if routing.canary:
         roles[routing.canary] = "canary"
     thumbs = thumbs_by_version(db, max_per_user)
     wins: dict[str, list[int]] = {}
-    for r in db.execute(VOTES):
-        wins.setdefault(r["chosen"], [0, 0])[0] += r["n"]
-        wins.setdefault(r["rejected"], [0, 0])[1] += r["n"]
+    for (chosen, rejected), n in votes_by_pair(db, max_per_user).items():
+        wins.setdefault(chosen, [0, 0])[0] += n
+        wins.setdefault(rejected, [0, 0])[1] += n
     rows = []
     for r in db.execute(ANSWERS):
         v = r["version"]

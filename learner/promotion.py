@@ -10,7 +10,8 @@ versions are measured over the same days:
 - thumbs on answers each version gave (a user's later thumbs on the same answer replaces the
   earlier one in the store), at most `max_per_user` per user and version, so no single user
   (or a client inventing users within its rate limits) outweighs the rest by volume;
-- blind pairwise votes between an answer of the canary and one of the active version.
+- blind pairwise votes between an answer of the canary and one of the active version, at most
+  `max_per_user` per user (learner/live_evaluation.py counts both, for the table and leaderboard too).
 The statistics are learner/canary_statistics.py's (valid however often this looks).
 
 A decision is one signed `routing_changed` event with the reason and the numbers behind it:
@@ -28,7 +29,7 @@ from dataclasses import asdict, dataclass
 
 from feedback.schema import RoutingChanged
 from learner.canary_statistics import CanaryEvidence, Verdict, decide
-from learner.live_evaluation import BASE, thumbs_by_version
+from learner.live_evaluation import BASE, MAX_PER_USER, thumbs_by_version, votes_by_pair
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,8 @@ class PromotionConfig:
     margin: float = 0.0        # RLHF_PROMOTE_MARGIN
     confidence: float = 0.95   # RLHF_PROMOTE_CONFIDENCE
     max_events: int = 2000     # RLHF_CANARY_MAX_EVENTS
-    max_per_user: int = 20
-    """A user's events counted per version (the rest add nothing)."""
+    max_per_user: int = MAX_PER_USER
+    """A user's thumbs counted per version, and votes per pair of versions (the rest add nothing)."""
 
 
 def canary_started(state) -> float | None:
@@ -61,15 +62,6 @@ def hand_routed(state) -> set[str | None]:
             if ev.get("type") == "routing_changed" and ev.get("source") != CONTROLLER}
 
 
-VOTES = """
-SELECT c.adapter AS chosen, r.adapter AS rejected,
-       ROW_NUMBER() OVER (PARTITION BY f.user ORDER BY f.ts) AS nth
-FROM feedback f JOIN interactions c ON c.response_id = f.chosen_id JOIN interactions r ON r.response_id = f.rejected_id
-WHERE f.type = 'pairwise' AND f.status = 'joined' AND f.source = 'user' AND c.ts >= ? AND r.ts >= ?
-  AND ((c.adapter IS ? AND r.adapter IS ?) OR (c.adapter IS ? AND r.adapter IS ?))
-"""
-
-
 class PromotionController:
     def __init__(self, store, cfg: PromotionConfig):
         self.store = store
@@ -80,13 +72,8 @@ class PromotionController:
         thumbs = thumbs_by_version(self.store.db, cap, since)
         c_up, c_n = thumbs.get(canary, (0, 0))
         a_up, a_n = thumbs.get(active or BASE, (0, 0))
-        wins = losses = 0
-        for row in self.store.db.execute(VOTES, (since, since, canary, active, active, canary)):
-            if row["nth"] <= cap:
-                if row["chosen"] == canary:
-                    wins += 1
-                else:
-                    losses += 1
+        votes = votes_by_pair(self.store.db, cap, since)
+        wins, losses = votes.get((canary, active or BASE), 0), votes.get((active or BASE, canary), 0)
         return CanaryEvidence(c_up, c_n - c_up, a_up, a_n - a_up, wins, losses)
 
     def check(self) -> Verdict | None:
