@@ -13,7 +13,9 @@ Two threads and one HTTP server in one process:
   (learner/retention.py, `RLHF_LEARNER_KEEP_DAYS`, `RLHF_LEARNER_KEEP_EVENTS`).
 - train (main thread): a round runs when at least `RLHF_LEARNER_MIN_FEEDBACK` new usable
   feedback events arrived since the last round, or `RLHF_LEARNER_INTERVAL_S` passed since it
-  and there is any new feedback (learner/round.py). vLLM's engine starts with the first round.
+  and there is any new feedback (learner/round.py), but not while the promotion controller judges a
+  canary: a new version would replace it before its users decided (rounds wait for the decision,
+  which `RLHF_CANARY_MAX_EVENTS` bounds). vLLM's engine starts with the first round.
 - `GET /metrics` (Prometheus) and `GET /healthz` on `RLHF_LEARNER_PORT`. `/healthz` answers 503 when
   the consume thread stopped, when records wait (lag, or a batch not stored yet) and none was
   stored for `RLHF_LEARNER_STALL_S`, or when the thread has not polled for that long.
@@ -40,6 +42,7 @@ from feedback.schema import TOPIC_ADAPTERS, TOPIC_FEEDBACK, TOPIC_INTERACTIONS
 from learner.gate import GateConfig, can_measure
 from learner.live_metrics import EVERY_S as LIVE_EVERY_S
 from learner.live_metrics import LiveEvaluation
+from learner.promotion import judged_canary
 from learner.publish import OutboxSender
 from learner.retention import PRUNE_EVERY_S, prune
 from learner.round import Learner, LearnerConfig, stage_name
@@ -252,6 +255,10 @@ def should_train(store, settings, since_last: float, gate: GateConfig,
         return False, new, ""
     if new == waiting_at:
         return False, new, ""
+    judged = judged_canary(store.routing())
+    if judged:
+        return False, new, (f"{why}, but users are judging the canary {judged}: a new version would end that "
+                            f"before they decided; waiting for the promotion controller")
     held = store.heldout_feedback_counts()
     if not can_measure(held["pairs"], held["ups"], held["downs"], gate):
         return False, new, (f"{why}, but held-out users gave {held['pairs']} pairs, {held['ups']} ups and "

@@ -62,6 +62,14 @@ def hand_routed(state) -> set[str | None]:
             if ev.get("type") == "routing_changed" and ev.get("source") != CONTROLLER}
 
 
+def judged_canary(state) -> str | None:
+    """The canary the controller judges now: None without a canary, or when an operator named it."""
+    canary = state.canary
+    if canary is None or canary in hand_routed(state) or canary_started(state) is None:
+        return None
+    return canary
+
+
 class PromotionController:
     def __init__(self, store, cfg: PromotionConfig):
         self.store = store
@@ -79,12 +87,10 @@ class PromotionController:
     def check(self) -> Verdict | None:
         """Judge the current canary; on a decision queue its signed routing event. None: nothing to judge."""
         state = self.store.routing()
-        canary, active = state.canary, state.active
-        if canary is None or canary in hand_routed(state):
+        canary, active = judged_canary(state), state.active
+        if canary is None:
             return None
         since = canary_started(state)
-        if since is None:
-            return None
         cfg = self.cfg
         verdict = decide(self.evidence(canary, active, since), margin=cfg.margin, alpha=1 - cfg.confidence,
                          max_events=cfg.max_events)

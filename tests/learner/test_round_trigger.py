@@ -11,7 +11,8 @@ import pytest
 from learner.gate import GateConfig
 from learner.main import should_train
 from rlhf.settings import Settings
-from feedback.schema import TOPIC_INTERACTIONS, Interaction, Message
+from feedback.schema import TOPIC_ADAPTERS, TOPIC_INTERACTIONS, Interaction, Message, RoutingChanged
+from tests.learner.canary_store import ACTIVE, CANARY, canary_store, feedback
 from tests.learner.test_store import ingest, open_store, thumbs
 
 GATE = GateConfig(min_heldout_pairs=8, min_heldout_thumbs=4)
@@ -85,3 +86,32 @@ def test_few_new_events_wait_for_the_interval_before_any_held_out_check(store):
     assert should_train(store, SETTINGS, 0.0, GATE) == (False, 5, "")  # below learner_min_feedback
     go, _, why = should_train(store, SETTINGS, 601.0, GATE)              # interval passed: now the gate's need
     assert not go and "5 new feedback events and 601 s since the last round" in why and "waiting" in why
+
+
+def test_no_round_while_users_judge_a_canary_the_controller_decides(tmp_path):
+    store = canary_store(tmp_path)  # policy@v2 announced as a canary: the controller judges it
+    try:
+        feedback(store, 20, {ACTIVE: 0.5, CANARY: 0.5})  # 60 new thumbs: enough for a round
+        go, new, why = should_train(store, SETTINGS, 0.0, GATE)
+        assert (go, new) == (False, 60)
+        assert f"users are judging the canary {CANARY}" in why
+
+        # an operator names the canary: the controller no longer judges it, rounds are not held back
+        ingest(store, [(TOPIC_ADAPTERS, RoutingChanged(action="canary", version=CANARY, canary_fraction=0.2))])
+        go, _, why = should_train(store, SETTINGS, 0.0, GATE)
+        assert "canary" not in why and (go or "held-out" in why)  # the gate's condition decides now
+    finally:
+        store.close()
+
+
+def test_a_decided_canary_lets_the_next_round_start(tmp_path):
+    store = canary_store(tmp_path)
+    try:
+        feedback(store, 20, {ACTIVE: 0.5, CANARY: 0.5})
+        ingest(store, [(TOPIC_ADAPTERS, RoutingChanged(action="canary", version=None, source="promotion-controller",
+                                                       reason="expired"))])
+        assert store.routing().canary is None
+        go, _, why = should_train(store, SETTINGS, 0.0, GATE)
+        assert "canary" not in why and (go or "held-out" in why)
+    finally:
+        store.close()
