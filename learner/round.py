@@ -98,6 +98,14 @@ class LearnerConfig:
     """Published versions are `<adapter_name>@vN` in `<adapter dir>/<adapter_name>/vN`."""
     keep_candidates: int = 5
     """Rejected candidates kept on disk (newest)."""
+    policy_time_budget_s: float = 0.0
+    """Seconds the policy stage may run: once spent, the round stops iterating (keeping what the
+    policy learned so far) and goes on to the gate, so the next round starts sooner on newer
+    feedback. 0: no bound."""
+    newer_feedback_factor: float = 0.0
+    """Cut the policy stage short (after at least one iteration) once new usable feedback that
+    arrived during the round reaches this multiple of the feedback the round has (e.g. 0.5: half as
+    much again): the next round, on all of it, starts sooner. 0: never."""
 
     @classmethod
     def from_dict(cls, data: dict) -> "LearnerConfig":
@@ -450,6 +458,20 @@ class Learner:
         return RoundResult(round_id, "rejected", reasons, metrics)
 
     # ---------------------------------------------------------------------------- the round
+    def cut_short(self, started: float, hwm: int, n_feedback: int) -> str | None:
+        """Why the policy stage stops before its last iteration (its time budget is spent, or much newer
+        feedback arrived since the round started: `policy_time_budget_s`, `newer_feedback_factor`); None: go on."""
+        cfg = self.cfg
+        spent = time.perf_counter() - started
+        if 0 < cfg.policy_time_budget_s <= spent:
+            return f"its time budget is spent ({spent:.0f} s of {cfg.policy_time_budget_s:g} s)"
+        if cfg.newer_feedback_factor > 0:
+            newer = self.store.feedback_count_since(hwm)
+            if newer >= cfg.newer_feedback_factor * max(1, n_feedback):
+                return (f"{newer} feedback events arrived during the round, {newer / max(1, n_feedback):.2f}x the "
+                        f"{n_feedback} it has (newer_feedback_factor {cfg.newer_feedback_factor:g})")
+        return None
+
     def run_round(self, on_progress: Callable[[str, dict], None] | None = None) -> RoundResult:
         cfg, store, settings = self.cfg, self.store, self.settings
         algo, stage, pcfg = self.algorithm, self.stage, self.policy_cfg
@@ -556,6 +578,13 @@ class Learner:
                          stats["eos_fraction"], stats["response_tokens"],
                          stats["time_rollout"] + stats["time_score"] + stats["time_update"])
                 progress(f"{stage}_step", {**stats, "step": k + 1})
+                cut = self.cut_short(t, hwm, n_feedback) if k + 1 < pcfg.steps else None
+                if cut:
+                    metrics[f"{stage}_cut_short"] = cut
+                    log.info("round %d: %s stops after %d of %d iterations: %s", round_id, name, k + 1,
+                             pcfg.steps, cut)
+                    break
+            metrics[f"{stage}_iterations"] = len(history["kl"])
             if hasattr(trainer, "heldout_accuracy"):  # algorithms with an implicit reward (DPO, online DPO, KTO)
                 metrics[f"{stage}_heldout_accuracy"] = trainer.heldout_accuracy(held_ex)
             last = {key: v[-1] for key, v in history.items()}

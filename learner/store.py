@@ -495,7 +495,10 @@ class Store:
     def new_feedback_count(self) -> int:
         """Usable feedback that arrived (or was replaced) since the last finished round."""
         last = self.last_round()
-        hwm = last["feedback_hwm"] if last else 0
+        return self.feedback_count_since(last["feedback_hwm"] if last else 0)
+
+    def feedback_count_since(self, hwm: int) -> int:
+        """Usable feedback that arrived (or was replaced) after feedback sequence number `hwm`."""
         row = self.db.execute("SELECT COUNT(*) AS n FROM feedback WHERE status='joined' AND seq > ?", (hwm,)).fetchone()
         return int(row["n"])
 

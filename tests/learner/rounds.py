@@ -22,13 +22,15 @@ from tests.learner.conftest import FAST_CONFIG, SPLIT_KEY
 from tests.learner.simulate import WORD, adapter_vs_base, synthetic_events
 
 
-def make_learner(tmp_path_factory, algorithm: str, part: dict | None = None, kl_budget: float = 5.0) -> Learner:
-    """A learner on the tiny model with the fast test settings; `part` overrides the algorithm's stage."""
+def make_learner(tmp_path_factory, algorithm: str, part: dict | None = None, kl_budget: float = 5.0,
+                 round_options: dict | None = None) -> Learner:
+    """A learner on the tiny model with the fast test settings; `part` overrides the algorithm's stage,
+    `round_options` the round's own (LearnerConfig's top-level fields)."""
     d = tmp_path_factory.mktemp(algorithm)
     settings = Settings(model="tiny", data_dir=d / "data", adapter_dir=d / "adapters", max_model_len=512,
                         kafka_bootstrap="127.0.0.1:9", kl_budget=kl_budget, rm_accuracy_floor=0.6,
                         learner_split_key=SPLIT_KEY, learner_algorithm=algorithm)
-    config = {**FAST_CONFIG, stage_name(algorithm): part} if part else FAST_CONFIG
+    config = {**FAST_CONFIG, **({stage_name(algorithm): part} if part else {}), **(round_options or {})}
     return Learner(settings, LearnerConfig.from_dict(config))
 
 
