@@ -162,10 +162,12 @@ class Learner:
 
     def __init__(self, settings, cfg: LearnerConfig | None = None, *, store: Store | None = None, engine=None):
         self.settings = settings
-        self.cfg = cfg or LearnerConfig()
-        # the operator's RLHF_RM_ENSEMBLE_SIZE and RLHF_RM_UNCERTAINTY_PENALTY, where set, win over the config file
+        cfg = cfg or LearnerConfig()
+        # the operator's RLHF_RM_ENSEMBLE_SIZE and RLHF_RM_UNCERTAINTY_PENALTY, where set, win over the config
+        # file; on this learner's own copy (the caller's config is left as it was given)
         ensemble = {k: getattr(settings, f"rm_{k}", None) for k in ("ensemble_size", "uncertainty_penalty")}
-        self.cfg.reward = dataclasses.replace(self.cfg.reward, **{k: v for k, v in ensemble.items() if v is not None})
+        self.cfg = dataclasses.replace(cfg, reward=dataclasses.replace(
+            cfg.reward, **{k: v for k, v in ensemble.items() if v is not None}))
         self.algorithm = settings.learner_algorithm
         self.stage = stage_name(self.algorithm)
         # the policy algorithm's config: sampling (temperature, answer length, EOS penalty) follows it everywhere

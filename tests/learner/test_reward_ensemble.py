@@ -221,8 +221,10 @@ def test_the_operators_settings_win_over_the_config_file(tiny_model_path, tmp_pa
     monkeypatch.setenv("RLHF_RM_UNCERTAINTY_PENALTY", "0.25")
     settings = Settings(model="tiny", data_dir=tmp_path / "data", adapter_dir=tmp_path / "adapters",
                         kafka_bootstrap="127.0.0.1:9")
-    lrn = Learner(settings, LearnerConfig.from_dict({"reward": {"ensemble_size": 2, "batch_size": 8}}))
+    given = LearnerConfig.from_dict({"reward": {"ensemble_size": 2, "batch_size": 8}})
+    lrn = Learner(settings, given)
     assert (lrn.cfg.reward.ensemble_size, lrn.cfg.reward.uncertainty_penalty, lrn.cfg.reward.batch_size) == (5, 0.25, 8)
+    assert (given.reward.ensemble_size, given.reward.uncertainty_penalty) == (2, 1.0)  # the caller's copy as given
     monkeypatch.delenv("RLHF_RM_ENSEMBLE_SIZE")
     monkeypatch.delenv("RLHF_RM_UNCERTAINTY_PENALTY")
     unset = Learner(Settings(model="tiny", data_dir=tmp_path / "d2", adapter_dir=tmp_path / "a2",
