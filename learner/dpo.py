@@ -46,9 +46,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from learner.logged_feedback_trainer import LoggedFeedbackTrainer
 from learner.policy_config import PolicyConfig
 from learner.policy_model import answer_logprobs, logprobs_with_reference, trimmed
-from learner.policy_trainer import PolicyTrainer
 from learner.store import prompt_key
 from learner.tokenization import encode_feedback_answer, pad_prompt_response
 
@@ -174,16 +174,10 @@ def logprob_sums_with_reference(policy, prompts: list[list[int]], answers: list[
     return sequence_logprob(lp, rmask), sequence_logprob(ref, rmask)
 
 
-def answer_stats(answers: list[list[int]], eos_id: int | None) -> tuple[float, float]:
-    """(share of answers ending with EOS, mean answer length in tokens)."""
-    n = max(1, len(answers))
-    return sum(bool(a) and a[-1] == eos_id for a in answers) / n, sum(map(len, answers)) / n
-
-
 # ------------------------------------------------------------------------------------------
 # Trainer (PPOTrainer's public interface: the round runs any of them)
 # ------------------------------------------------------------------------------------------
-class DPOTrainer(PolicyTrainer):
+class DPOTrainer(LoggedFeedbackTrainer):
     def __init__(self, model_path: Path | str, tokenizer, cfg: DPOConfig, examples: list[dict],
                  weights: list[float] | None = None, *, init_adapter: Path | str | None = None):
         pairs = preference_pairs(examples, weights)
@@ -204,25 +198,6 @@ class DPOTrainer(PolicyTrainer):
         self._time_reference = time.perf_counter() - t
         log.info("DPO: %d pairs (%d from pairwise choices), reference log-probs in %.1f s", n,
                  sum(e["type"] == "pairwise" for e in examples), self._time_reference)
-
-    # -- plumbing shared with KTOTrainer -------------------------------------------------------
-    def step_stats(self, stats: dict[str, list[float]], answers: list[list[int]], t0: float) -> dict:
-        """Means of the step's lists, and what every algorithm reports (see the module docstring)."""
-        eos, length = answer_stats(answers, self.tokenizer.eos_token_id)
-        time_score, self._time_reference = self._time_reference, 0.0  # the reference pass counts once
-        return {**{k: sum(v) / len(v) for k, v in stats.items()}, "kl_coef": self.cfg.beta, "clipfrac": 0.0,
-                "eos_fraction": eos, "response_tokens": length, "time_rollout": 0.0, "time_score": time_score,
-                "time_update": time.perf_counter() - t0}
-
-    def next_indices(self, n: int) -> list[int]:
-        """The next n items of a shuffled cycle over the data (reshuffled at each pass)."""
-        out = []
-        while len(out) < n:
-            if not self._order:
-                self._order = list(range(len(self.weights)))
-                self.rng.shuffle(self._order)
-            out.append(self._order.pop())
-        return out
 
     def step(self, engine=None, prompts=None) -> dict:
         """One iteration: `examples_per_step` logged pairs in minibatches. `engine` and `prompts` are unused

@@ -53,13 +53,12 @@ import torch
 
 from learner.dpo import (
     DPOConfig,
-    DPOTrainer,
     answer_logprob_sums,
     encode_answers,
     implicit_reward_accuracy,
     logprob_sums_with_reference,
 )
-from learner.policy_trainer import PolicyTrainer
+from learner.logged_feedback_trainer import LoggedFeedbackTrainer
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +130,7 @@ def kto_loss(logp: torch.Tensor, ref: torch.Tensor, desirable: torch.Tensor, z_r
 # ------------------------------------------------------------------------------------------
 # Trainer (PPOTrainer's public interface: the round runs any of them)
 # ------------------------------------------------------------------------------------------
-class KTOTrainer(PolicyTrainer):
+class KTOTrainer(LoggedFeedbackTrainer):
     def __init__(self, model_path: Path | str, tokenizer, cfg: KTOConfig, examples: list[dict],
                  weights: list[float] | None = None, *, init_adapter: Path | str | None = None):
         items = labelled_answers(examples, weights)
@@ -154,9 +153,6 @@ class KTOTrainer(PolicyTrainer):
         log.info("KTO: %d desirable and %d undesirable answers, λ_D %.3f λ_U %.3f, reference log-probs in %.1f s",
                  int(self.desirable.sum()), int((~self.desirable).sum()), self.lambda_d, self.lambda_u,
                  self._time_reference)
-
-    step_stats = DPOTrainer.step_stats
-    next_indices = DPOTrainer.next_indices
 
     def heldout_accuracy(self, examples: list[dict]) -> float:
         """Share of held-out pairs whose chosen answer has the larger implicit reward r; NaN without pairs."""
