@@ -502,6 +502,23 @@ def test_canary_is_sticky_per_user_and_can_be_promoted(replica_a, env, loras):
     assert {chat(replica_a, u)["rlhf"]["adapter"] for u in users[:8]} == {version}
 
 
+def test_a_restarted_replica_shows_the_newest_live_figures_again(replica_a, server_factory, env):
+    """Live figures are not in the routing snapshot: a replica that starts (or restarts) finds the
+    newest one again by replaying rlhf.adapters, before it answers as ready."""
+    newest = _figures(321, time.time() + 3600)  # newer than any other test's figures on the topic
+    announce(env["RLHF_KAFKA_BOOTSTRAP"], newest, key=signer(env))
+    wait_until(lambda: (adapters(replica_a)["live"] or {}).get("as_of") == newest.ts, 20,
+               what="the figures on replica A")
+
+    replica_c = server_factory(**{**env, "RLHF_SIGNING_KEY_FILE": ""}, RLHF_ADMIN_TOKEN=TOKEN,
+                               RLHF_REPLICA_ID="replica-c")
+    try:
+        live = adapters(replica_c)["live"]  # ready means replayed: no waiting here
+        assert live["as_of"] == newest.ts and live["versions"]["base"]["answers"] == 321
+    finally:
+        replica_c.stop()
+
+
 def test_rollback_on_every_replica(replica_a, server_factory, env, loras):
     """Replica B joins late (rebuilding what A routes to), then `rlhf adapters rollback` moves both."""
     first = publish(env, loras[4])
