@@ -1,21 +1,29 @@
-"""The whole loop as a user runs it: `rlhf up`, a simulated user, a new adapter on the page, rollback.
+"""The whole loop as users run it: `rlhf up`, a user's feedback, a round, a canary the users judge, promotion.
 
     .venv/bin/python bench/loop.py [--model gemma-3-270m] [--questions 400] [--min-feedback 150]
                                    [--word W | --max-words K] [--learner-config FILE] [--timeout-min 120]
+                                   [--canary-fraction F] [--canary-turns 4000] [--page]
 
 Starts `rlhf up` in a temporary folder on free ports (its own broker, serving, learner; nothing
 is faked), then plays a user with one hidden preference through the public HTTP API only:
 every question gets two answers (`n=2`) and the user picks the better one (pairwise) or rates
 one (thumbs), as the chat page's buttons would. The preference is either "the answer contains
 WORD" or "the answer has at most K words" (the default for models that do not say any one
-word often). It then waits until `GET /v1/adapters` shows a new active version (what the
-chat page shows beside each answer), printing the learner's progress, and reports:
+word often). It then waits until `GET /v1/adapters` shows the learner's new version, printing the
+learner's progress. The learner publishes it as a canary (RLHF_CANARY_FRACTION of users, sticky):
+then a crowd of users with the same taste (bench/canary_crowd.py) chats through serving as the
+chat page lets them (thumbs on the answer they got; blind compare turns between the active version
+and the canary) until the learner's promotion controller promotes the canary or rolls it back.
+It reports:
 
 - how long the user's feedback took, and how long from the last feedback to the new version;
-- the share of answers the user likes, base model vs the new version, sampled through serving
-  on held-out questions, with a two-proportion z score;
+- the controller's decision, its reason, and the user events it needed (from the signed routing
+  event on `rlhf.adapters`), with the crowd's turns and the seconds the canary ran;
+- the share of answers the user likes, the version serving started with (the base model, or the
+  starting adapter policy@v0) vs the new version, sampled through serving on held-out questions,
+  with a two-proportion z score;
 - the learner's KL to the base and reward-model accuracy (from its /metrics);
-- that `rlhf adapters rollback` brings the base back on serving.
+- that `rlhf adapters rollback` brings back what was active before.
 
 With --page, a headless Chromium (Debian's `chromium`, driven by Playwright) also plays the
 person at the chat page: before the simulated user starts it chats, presses thumbs up and, in
@@ -49,6 +57,8 @@ sys.path.insert(0, str(ROOT))
 
 from harness import browser as chromium  # noqa: E402
 from harness.metrics import metric_value  # noqa: E402
+from adapters.store import list_adapters  # noqa: E402
+from bench.canary_crowd import CanaryCrowd, controller_decision  # noqa: E402
 from harness.questions import questions  # noqa: E402
 from harness.up import UpProcess  # noqa: E402
 from harness.user import Preference, converse, liked_answers  # noqa: E402
@@ -149,6 +159,9 @@ def main() -> None:
     ap.add_argument("--timeout-min", type=float, default=120.0, help="how long to wait for a published adapter")
     ap.add_argument("--verbose", action="store_true", help="echo every line `rlhf up` prints")
     ap.add_argument("--page", action="store_true", help="also use the chat page in headless Chromium")
+    ap.add_argument("--canary-fraction", type=float, help="RLHF_CANARY_FRACTION (default: the setting's)")
+    ap.add_argument("--canary-turns", type=int, default=4000, help="the most turns the crowd takes on a canary")
+    ap.add_argument("--compare-share", type=float, default=0.5, help="share of the crowd's turns in compare mode")
     args = ap.parse_args()
     pref = Preference(args.word, None if args.word else args.max_words)
 
@@ -160,6 +173,8 @@ def main() -> None:
         env["RLHF_LEARNER_CONFIG"] = str(Path(args.learner_config).resolve())
     if args.kl_budget is not None:
         env["RLHF_KL_BUDGET"] = str(args.kl_budget)
+    if args.canary_fraction is not None:
+        env["RLHF_CANARY_FRACTION"] = str(args.canary_fraction)
     print(f"model {args.model}; the user likes answers that are {pref}; state in {tmp}", flush=True)
 
     def echo(line: str) -> None:
@@ -172,12 +187,24 @@ def main() -> None:
     try:
         up.start(timeout=1800)  # serving ready and the learner answering, on ports of their own
         url, lurl = up.url, up.learner_url
-        base_name = httpx.get(url + "/v1/adapters", timeout=10).json()["base"]
-        print(f"ready after {time.monotonic() - t0:.0f} s (base model served as {base_name!r})", flush=True)
+
+        def adapters() -> dict:
+            return httpx.get(url + "/v1/adapters", timeout=10).json()
+
+        # a model `rlhf model prepare` built a starting adapter for: the learner stored it as policy@v0
+        # before it answered, and serving makes it active once the announcement arrives
+        starting = [a["version"] for a in list_adapters(tmp / "adapters")]
+        if starting:
+            wait_for(f"serving to answer with {starting[0]}", lambda: adapters()["active"] == starting[0], 120, up)
+        start = adapters()
+        base_name, before = start["base"], start["active"]
+        print(f"ready after {time.monotonic() - t0:.0f} s (base model served as {base_name!r}; active: "
+              f"{before or 'the base model'})", flush=True)
 
         held = questions(args.heldout, seed=999)
-        base_rate, n_base = like_rate(url, base_name, held, pref, 4, args.max_tokens)
-        print(f"base model: the user likes {base_rate:.1%} of {n_base} answers to held-out questions", flush=True)
+        base_rate, n_base = like_rate(url, before or base_name, held, pref, 4, args.max_tokens)
+        print(f"{before or 'base model'}: the user likes {base_rate:.1%} of {n_base} answers to held-out questions",
+              flush=True)
 
         if args.page:
             page = Page(url)
@@ -220,20 +247,48 @@ def main() -> None:
 
         def new_version():
             h = httpx.get(lurl + "/healthz", timeout=10).json()
-            shown = json.dumps({"round_running": h.get("round_running"), "last_round": h.get("last_round")})
+            lr = h.get("last_round") or {}
+            shown = json.dumps({"round_running": h.get("round_running"),
+                                "last_round": {k: lr.get(k) for k in ("id", "status", "candidate", "reason")}})
             if shown != last["shown"]:
                 print(f"  learner after {time.monotonic() - t_wait:.0f} s: {shown}", flush=True)
                 last["shown"] = shown
-            lr = h.get("last_round") or {}
             if lr.get("status") in ("rejected", "failed"):
                 sys.exit(f"the learner's round ended {lr.get('status')}: {lr}")
-            return httpx.get(url + "/v1/adapters", timeout=10).json().get("active")
+            if lr.get("status") != "published":
+                return None
+            a = adapters()
+            return next(((v, role) for role in ("canary", "active") if (v := a.get(role)) == lr["candidate"]), None)
 
-        version = wait_for("a published adapter", new_version, args.timeout_min * 60, up, every=5.0)
+        version, role = wait_for("a published adapter", new_version, args.timeout_min * 60, up, every=5.0)
         publish_s = time.monotonic() - t_wait
-        print(f"serving routes to {version} {publish_s:.0f} s after the last feedback", flush=True)
+        print(f"serving routes to {version} ({role}) {publish_s:.0f} s after the last feedback", flush=True)
 
-        if page:
+        decision, canary_s, crowd = None, None, None
+        if role == "canary":  # the users decide
+            a = adapters()
+            print(f"canary {version} on {a['canary_fraction']:.0%} of users; a crowd with the same taste chats until "
+                  f"the promotion controller decides", flush=True)
+            crowd = CanaryCrowd(url, pref, canary=version, active_model=a["active"] or base_name,
+                                compare_share=args.compare_share, blind_share=a.get("blind_compare_share", 0.5),
+                                max_tokens=args.max_tokens)
+            outcome = crowd.run(questions(args.canary_turns, seed=2), ended=lambda: adapters()["canary"] != version)
+            canary_s = outcome.seconds
+            if not outcome.ended:
+                sys.exit(f"no decision on {version} after {outcome.turns} turns ({canary_s:.0f} s): thumbs "
+                         f"{crowd.thumbs_summary()}, blind votes {outcome.votes}")
+            decision = wait_for("the controller's routing event", lambda: controller_decision(up.bootstrap, version),
+                                60, up)
+            ev = decision.evidence or {}
+            print(f"controller: {ev.get('decision')} after {ev.get('events')} user events ({outcome.turns} turns, "
+                  f"{canary_s:.0f} s): {decision.reason}", flush=True)
+            print(f"  the crowd saw: thumbs {crowd.thumbs_summary()}; blind votes {outcome.votes}", flush=True)
+            if adapters()["active"] != version:
+                print(f"{version} was not promoted: serving keeps {adapters()['active'] or 'the base model'}",
+                      flush=True)
+
+        promoted = adapters()["active"] == version
+        if page and promoted:
             waited = page.wait_header(f"answering with {version}", 30)
             [(label, text, _)] = page.ask("What is the capital of Italy?")
             print(f"page (never reloaded): header {page.header()!r} {waited:.1f} s later; new answer by {label!r}: "
@@ -249,30 +304,34 @@ def main() -> None:
         acc = metric_value(m, "rlhf_learner_rm_accuracy", 'measure="gate"')
         rsec = metric_value(m, "rlhf_learner_round_seconds_sum")
 
-        # Rollback, as an operator would type it.
-        operator = {**os.environ, **env, "RLHF_KAFKA_BOOTSTRAP": up.bootstrap, "RLHF_PORT": str(up.port)}
-        rb = subprocess.run([sys.executable, "-m", "rlhf.cli", "adapters", "rollback"], env=operator, cwd=ROOT,
-                            capture_output=True, text=True, timeout=120)
-        after = wait_for("rollback to reach serving",
-                         lambda: (lambda a: a["active"] is None and a)(httpx.get(url + "/v1/adapters", timeout=10).json()),
-                         60, up, every=0.5)
-        print(f"`rlhf adapters rollback` exit {rb.returncode}: {rb.stdout.strip().splitlines()[-1:]} -> "
-              f"active {after['active']!r}", flush=True)
-        if page:
-            waited = page.wait_header("answering with base model", 30)
-            [(label, text, _)] = page.ask("What is the capital of Spain?")
-            print(f"page: header {page.header()!r} {waited:.1f} s later; new answer by {label!r}", flush=True)
-            if version in label:
-                sys.exit(f"after the rollback the page still labels answers {label!r}")
-            if page.errors:
-                sys.exit(f"the page reported errors: {page.errors}")
+        if promoted:  # rollback, as an operator would type it
+            operator = {**os.environ, **env, "RLHF_KAFKA_BOOTSTRAP": up.bootstrap, "RLHF_PORT": str(up.port)}
+            rb = subprocess.run([sys.executable, "-m", "rlhf.cli", "adapters", "rollback"], env=operator, cwd=ROOT,
+                                capture_output=True, text=True, timeout=120)
+            after = wait_for("rollback to reach serving",
+                             lambda: (lambda a: a["active"] == before and a)(adapters()), 60, up, every=0.5)
+            print(f"`rlhf adapters rollback` exit {rb.returncode}: {rb.stdout.strip().splitlines()[-1:]} -> "
+                  f"active {after['active']!r}", flush=True)
+            if page:
+                waited = page.wait_header(f"answering with {before or 'base model'}", 30)
+                [(label, text, _)] = page.ask("What is the capital of Spain?")
+                print(f"page: header {page.header()!r} {waited:.1f} s later; new answer by {label!r}", flush=True)
+                if version in label:
+                    sys.exit(f"after the rollback the page still labels answers {label!r}")
+        if page and page.errors:
+            sys.exit(f"the page reported errors: {page.errors}")
 
+        ev = (decision.evidence or {}) if decision else {}
+        verdict = (f"{ev.get('decision')} after {ev.get('events')} events ({crowd.outcome.turns} turns, "
+                   f"{canary_s:.0f} s)" if decision else "active at once (no canary)")
         print("\n| model | feedback (pairwise/thumbs) | user phase s | last feedback -> new version s | round s "
-              "| liked: base -> new (z) | KL nats | RM accuracy |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+              "| canary: decision after | liked: before -> new (z) | KL nats | RM accuracy |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         print(f"| {args.model} | {sent['pairwise']}/{sent['thumbs']} | {user_s:.0f} | {publish_s:.0f} | "
-              f"{rsec if rsec is None else round(rsec)} | {base_rate:.1%} -> {tuned_rate:.1%} ({z:.1f}) | "
+              f"{rsec if rsec is None else round(rsec)} | {verdict} | {base_rate:.1%} -> {tuned_rate:.1%} ({z:.1f}) | "
               f"{kl if kl is None else round(kl, 2)} | {acc if acc is None else round(acc, 3)} |")
+        if decision:
+            print(f"\ncontroller's numbers: {json.dumps(ev)}")
     finally:
         if page:
             page.close()
