@@ -81,6 +81,16 @@ def wait_for(what: str, check, timeout_s: float, up: UpProcess, every: float = 2
     sys.exit(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
+def wait_for_round(started, timeout_s: float) -> bool:
+    """True once `started()` (the learner began a round) within timeout_s: it needs a moment to consume."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if started():
+            return True
+        time.sleep(2.0)
+    return False
+
+
 def like_rate(url: str, model: str, qs: list[str], pref: Preference, n: int, max_tokens: int) -> tuple[float, int]:
     hits = liked_answers(url, model, qs, pref, n=n, max_tokens=max_tokens, seed=50_000, timeout_s=600)
     return sum(hits) / max(1, len(hits)), len(hits)
@@ -148,7 +158,9 @@ class Page:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="gemma-3-270m")
-    ap.add_argument("--questions", type=int, default=400, help="questions the user asks (two answers each)")
+    ap.add_argument("--questions", type=int, default=400, help="questions the user asks (two answers each); "
+                    "more, up to three times as many, while the learner has not started a round (e.g. its "
+                    "held-out users gave too few ups or downs for the gate)")
     ap.add_argument("--heldout", type=int, default=60, help="questions used only to measure the policy")
     ap.add_argument("--min-feedback", type=int, default=150, help="RLHF_LEARNER_MIN_FEEDBACK for the learner")
     ap.add_argument("--word", help="the user likes answers containing this word")
@@ -233,8 +245,18 @@ def main() -> None:
             if total % 50 == 0:
                 print(f"  user: {total} feedback events sent ({i + 1} questions asked)", flush=True)
 
+        def round_started() -> bool:
+            h = httpx.get(lurl + "/healthz", timeout=10).json()
+            return bool(h.get("round_running") or h.get("last_round"))
+
+        asked = questions(3 * args.questions, seed=1)
         with httpx.Client(base_url=url, timeout=600) as client, ThreadPoolExecutor(4) as pool:
-            list(pool.map(lambda i_q: ask(client, *i_q), enumerate(questions(args.questions, seed=1))))
+            list(pool.map(lambda i_q: ask(client, *i_q), enumerate(asked[: args.questions])))
+            n = args.questions
+            while n < len(asked) and not wait_for_round(round_started, 30):
+                print(f"  the learner has not started a round after {n} questions: asking 50 more", flush=True)
+                list(pool.map(lambda i_q: ask(client, *i_q), list(enumerate(asked))[n: n + 50]))
+                n += 50
         user_s = time.monotonic() - t_user
         print(f"user done in {user_s:.0f} s: {sent}", flush=True)
         if sum(sent.values()) < args.min_feedback:
