@@ -33,6 +33,7 @@ import signal
 import sqlite3
 import threading
 import time
+from typing import NamedTuple
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -239,32 +240,42 @@ def learner_health(state: dict) -> tuple[int, dict]:
 
 
 # ---------------------------------------------------------------------------- rounds
+class Trigger(NamedTuple):
+    """should_train's answer: run a round?, the new-feedback count, why (empty when there is nothing to
+    say), and whether the held-out feedback was too thin for the gate at that count."""
+    go: bool
+    new: int
+    why: str
+    heldout_thin: bool = False
+
+
 def should_train(store, settings, since_last: float, gate: GateConfig,
-                 waiting_at: int | None = None) -> tuple[bool, int, str]:
-    """(run a round?, new feedback, why) — the trigger documented in docs/learner.md: enough new
-    feedback (or some, and long enough since the last round), and held-out feedback the gate can
+                 thin_at: int | None = None) -> Trigger:
+    """The trigger documented in docs/learner.md: enough new feedback (or some, and long enough since the
+    last round), no canary the promotion controller is judging, and held-out feedback the gate can
     measure the reward model on; a round that could not pass the gate is not started. The held-out
-    count scans the feedback table: with `waiting_at` (the new-feedback count at which it last said
-    wait) it is not redone until more feedback arrived."""
+    count scans the feedback table: with `thin_at` (the new-feedback count at which it was last too
+    thin) it is not redone until more feedback arrived."""
     new = store.new_feedback_count()
     if new >= settings.learner_min_feedback:
         why = f"{new} new feedback events (>= {settings.learner_min_feedback})"
     elif new > 0 and since_last >= settings.learner_interval_s:
         why = f"{new} new feedback events and {since_last:.0f} s since the last round"
     else:
-        return False, new, ""
-    if new == waiting_at:
-        return False, new, ""
+        return Trigger(False, new, "")
     judged = judged_canary(store.routing())
     if judged:
-        return False, new, (f"{why}, but users are judging the canary {judged}: a new version would end that "
-                            f"before they decided; waiting for the promotion controller")
+        return Trigger(False, new, f"{why}, but users are judging the canary {judged}: a new version would end "
+                                   f"that before they decided; waiting for the promotion controller")
+    if new == thin_at:
+        return Trigger(False, new, "", heldout_thin=True)
     held = store.heldout_feedback_counts()
     if not can_measure(held["pairs"], held["ups"], held["downs"], gate):
-        return False, new, (f"{why}, but held-out users gave {held['pairs']} pairs, {held['ups']} ups and "
-                            f"{held['downs']} downs: the gate needs {gate.min_heldout_pairs} pairs or "
-                            f"{gate.min_heldout_thumbs} ups and as many downs; waiting for more")
-    return True, new, why
+        return Trigger(False, new, (f"{why}, but held-out users gave {held['pairs']} pairs, {held['ups']} ups "
+                                    f"and {held['downs']} downs: the gate needs {gate.min_heldout_pairs} pairs "
+                                    f"or {gate.min_heldout_thumbs} ups and as many downs; waiting for more"),
+                       heldout_thin=True)
+    return Trigger(True, new, why)
 
 
 def report_round(result) -> None:
@@ -351,20 +362,23 @@ def run() -> int:
              settings.model, store.path, settings.learner_port, settings.learner_min_feedback,
              settings.learner_interval_s)
     started = time.time()
-    waiting_at = None  # new-feedback count at which the held-out feedback was last too thin for the gate
+    thin_at = None  # new-feedback count at which the held-out feedback was last too thin for the gate
+    waiting_for = ""  # what the learner last waited for (held-out feedback, a canary): said once at info level
     try:
         while not stop.is_set():
             last = store.last_round()
             since = time.time() - (last["finished_at"] if last else started)
-            go, new, why = should_train(store, settings, since, learner.cfg.gate, waiting_at)
+            go, new, why, heldout_thin = should_train(store, settings, since, learner.cfg.gate, thin_at)
             NEW_FEEDBACK.set(new)
+            thin_at = new if heldout_thin else None
             if not go:
-                if why:  # held-out feedback too thin for the gate: said once, then at debug level
-                    (log.info if waiting_at is None else log.debug)("no round yet: %s", why)
-                    waiting_at = new
+                if why:
+                    kind = "held-out feedback" if heldout_thin else "canary"
+                    (log.info if kind != waiting_for else log.debug)("no round yet: %s", why)
+                    waiting_for = kind
                 stop.wait(1.0)
                 continue
-            waiting_at = None
+            waiting_for = ""
             log.info("starting a round: %s", why)
             running["round"] = True
             state["round_running"] = True

@@ -55,20 +55,20 @@ def test_no_round_until_held_out_users_gave_both_ups_and_downs(store):
     assert 4 <= len(held_users) < len(users)  # the fixed key puts users on both sides
 
     n = give(store, users, "up", 0)  # 40 new events, but held-out users only said "up"
-    go, new, why = should_train(store, SETTINGS, 0.0, GATE)
+    go, new, why, _ = should_train(store, SETTINGS, 0.0, GATE)
     assert (go, new) == (False, 40)
     assert f"{len(held_users)} ups and 0 downs" in why and "waiting" in why
     assert store.heldout_feedback_counts() == round_counts(store) == {"pairs": 0, "ups": len(held_users),
                                                                      "downs": 0}
     # asked again with nothing new: no second scan, nothing to say
-    assert should_train(store, SETTINGS, 0.0, GATE, waiting_at=40) == (False, 40, "")
+    assert should_train(store, SETTINGS, 0.0, GATE, thin_at=40) == (False, 40, "", True)
 
     give(store, held_users[:3] + [u for u in users if u not in held_users][:5], "down", n)  # 3 held-out downs
-    go, _, why = should_train(store, SETTINGS, 0.0, GATE, waiting_at=40)
+    go, _, why, _ = should_train(store, SETTINGS, 0.0, GATE, thin_at=40)
     assert not go and "3 downs" in why
 
     give(store, held_users[3:4], "down", 100)  # the 4th held-out down
-    go, new, why = should_train(store, SETTINGS, 0.0, GATE, waiting_at=48)
+    go, new, why, _ = should_train(store, SETTINGS, 0.0, GATE, thin_at=48)
     assert go and new == 49 and why == "49 new feedback events (>= 10)"
     assert store.heldout_feedback_counts() == round_counts(store)
 
@@ -83,8 +83,8 @@ def test_one_user_is_split_by_conversation_as_the_round_does(store):
 
 def test_few_new_events_wait_for_the_interval_before_any_held_out_check(store):
     give(store, [f"user{i}" for i in range(5)], "up", 0)
-    assert should_train(store, SETTINGS, 0.0, GATE) == (False, 5, "")  # below learner_min_feedback
-    go, _, why = should_train(store, SETTINGS, 601.0, GATE)              # interval passed: now the gate's need
+    assert should_train(store, SETTINGS, 0.0, GATE) == (False, 5, "", False)  # below learner_min_feedback
+    go, _, why, _ = should_train(store, SETTINGS, 601.0, GATE)              # interval passed: now the gate's need
     assert not go and "5 new feedback events and 601 s since the last round" in why and "waiting" in why
 
 
@@ -92,13 +92,13 @@ def test_no_round_while_users_judge_a_canary_the_controller_decides(tmp_path):
     store = canary_store(tmp_path)  # policy@v2 announced as a canary: the controller judges it
     try:
         feedback(store, 20, {ACTIVE: 0.5, CANARY: 0.5})  # 60 new thumbs: enough for a round
-        go, new, why = should_train(store, SETTINGS, 0.0, GATE)
+        go, new, why, _ = should_train(store, SETTINGS, 0.0, GATE)
         assert (go, new) == (False, 60)
         assert f"users are judging the canary {CANARY}" in why
 
         # an operator names the canary: the controller no longer judges it, rounds are not held back
         ingest(store, [(TOPIC_ADAPTERS, RoutingChanged(action="canary", version=CANARY, canary_fraction=0.2))])
-        go, _, why = should_train(store, SETTINGS, 0.0, GATE)
+        go, _, why, _ = should_train(store, SETTINGS, 0.0, GATE)
         assert "canary" not in why and (go or "held-out" in why)  # the gate's condition decides now
     finally:
         store.close()
@@ -111,7 +111,26 @@ def test_a_decided_canary_lets_the_next_round_start(tmp_path):
         ingest(store, [(TOPIC_ADAPTERS, RoutingChanged(action="canary", version=None, source="promotion-controller",
                                                        reason="expired"))])
         assert store.routing().canary is None
-        go, _, why = should_train(store, SETTINGS, 0.0, GATE)
+        go, _, why, _ = should_train(store, SETTINGS, 0.0, GATE)
         assert "canary" not in why and (go or "held-out" in why)
+    finally:
+        store.close()
+
+
+def test_waiting_for_a_canary_does_not_count_as_thin_held_out_feedback(tmp_path):
+    """The learner's loop passes back the count at which held-out feedback was too thin; a wait for the
+    canary must not set it, or the round after the decision would wait for one more event."""
+    store = canary_store(tmp_path)
+    try:
+        feedback(store, 20, {ACTIVE: 0.5, CANARY: 0.5})
+        waiting = should_train(store, SETTINGS, 0.0, GATE)
+        assert not waiting.go and not waiting.heldout_thin and "judging the canary" in waiting.why
+        thin_at = waiting.new if waiting.heldout_thin else None  # as learner/main.py's loop keeps it
+
+        ingest(store, [(TOPIC_ADAPTERS, RoutingChanged(action="canary", version=None, source="promotion-controller",
+                                                       reason="expired"))])
+        decided = should_train(store, SETTINGS, 0.0, GATE, thin_at)  # no new feedback since the wait
+        assert decided.new == waiting.new
+        assert decided.go or (decided.heldout_thin and "held-out users gave" in decided.why)
     finally:
         store.close()
