@@ -62,12 +62,20 @@ def hand_routed(state) -> set[str | None]:
             if ev.get("type") == "routing_changed" and ev.get("source") != CONTROLLER}
 
 
-def judged_canary(state) -> str | None:
-    """The canary the controller judges now: None without a canary, or when an operator named it."""
+def judged_canary_since(state) -> tuple[str, float] | None:
+    """The canary the controller judges now and when it began: None without a canary, or when an
+    operator named it."""
     canary = state.canary
-    if canary is None or canary in hand_routed(state) or canary_started(state) is None:
+    if canary is None or canary in hand_routed(state):
         return None
-    return canary
+    since = canary_started(state)
+    return None if since is None else (canary, since)
+
+
+def judged_canary(state) -> str | None:
+    """The canary the controller judges now (judged_canary_since without the time)."""
+    judged = judged_canary_since(state)
+    return judged[0] if judged else None
 
 
 class PromotionController:
@@ -87,10 +95,10 @@ class PromotionController:
     def check(self) -> Verdict | None:
         """Judge the current canary; on a decision queue its signed routing event. None: nothing to judge."""
         state = self.store.routing()
-        canary, active = judged_canary(state), state.active
-        if canary is None:
+        judged = judged_canary_since(state)
+        if judged is None:
             return None
-        since = canary_started(state)
+        (canary, since), active = judged, state.active
         cfg = self.cfg
         verdict = decide(self.evidence(canary, active, since), margin=cfg.margin, alpha=1 - cfg.confidence,
                          max_events=cfg.max_events)
