@@ -25,7 +25,7 @@ import httpx
 
 from feedback.schema import TOPIC_ADAPTERS, RoutingChanged
 from harness.kafka import read_topic
-from harness.user import Preference, send_feedback
+from harness.user import Preference, chat, send_feedback
 
 CONTROLLER = "promotion-controller"
 
@@ -81,16 +81,11 @@ class CanaryCrowd:
         if rng.random() < self.compare_share * self.blind_share:
             self._blind_turn(client, i, question, user, rng)
             return
-        r = client.post("/v1/chat/completions", json={
-            "messages": [{"role": "user", "content": question}], "max_tokens": self.max_tokens,
-            "temperature": 1.0, "seed": i, "user": user})
-        r.raise_for_status()
-        body = r.json()
-        ref = {k: body["rlhf"]["responses"][0][k] for k in ("response_id", "feedback_token")}
-        liked = self.pref.likes(body["choices"][0]["message"]["content"])
-        send_feedback(client, {"type": "thumbs", **ref, "value": "up" if liked else "down"})
+        answer = chat(client, question, seed=i, user=user, max_tokens=self.max_tokens)
+        liked = self.pref.likes(answer.texts[0])
+        send_feedback(client, {"type": "thumbs", **answer.refs[0], "value": "up" if liked else "down"})
         with self._lock:
-            counts = self.outcome.thumbs.setdefault(body["rlhf"]["adapter"] or "base", [0, 0])
+            counts = self.outcome.thumbs.setdefault(answer.adapter or "base", [0, 0])
             counts[0] += liked
             counts[1] += 1
 
@@ -98,13 +93,8 @@ class CanaryCrowd:
         """The page's blind compare turn: the active version's and the canary's answers, unlabelled."""
         answers = {}
         for role, model in (("active", self.active_model), ("canary", self.canary)):
-            r = client.post("/v1/chat/completions", json={
-                "model": model, "messages": [{"role": "user", "content": question}], "max_tokens": self.max_tokens,
-                "temperature": 1.0, "seed": i, "user": user})
-            r.raise_for_status()
-            body = r.json()
-            ref = {k: body["rlhf"]["responses"][0][k] for k in ("response_id", "feedback_token")}
-            answers[role] = (self.pref.likes(body["choices"][0]["message"]["content"]), ref)
+            answer = chat(client, question, seed=i, user=user, max_tokens=self.max_tokens, model=model)
+            answers[role] = (self.pref.likes(answer.texts[0]), answer.refs[0])
         (a_liked, a_ref), (c_liked, c_ref) = answers["active"], answers["canary"]
         if a_liked == c_liked:
             with self._lock:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import random
 import re
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Callable
 
 import httpx
@@ -77,17 +78,32 @@ class Preference:
         return None
 
 
+@dataclass
+class Answers:
+    texts: list[str]
+    refs: list[dict]       # each answer's {response_id, feedback_token}, as /v1/feedback takes them
+    adapter: str | None    # the version that answered (None: the base model)
+
+
+def chat(client: httpx.Client, question: str, *, n: int = 1, seed: int, user: str, max_tokens: int = 48,
+         model: str | None = None) -> Answers:
+    """One question, `n` answers (temperature 1) as `user`; `model` asks a version by name, else serving
+    routes by user."""
+    body = {"messages": [{"role": "user", "content": question}], "n": n, "max_tokens": max_tokens,
+            "temperature": 1.0, "seed": seed, "user": user}
+    r = client.post("/v1/chat/completions", json=body if model is None else {**body, "model": model})
+    r.raise_for_status()
+    out = r.json()
+    return Answers(texts=[c["message"]["content"] for c in out["choices"]],
+                   refs=[{k: ref[k] for k in ("response_id", "feedback_token")} for ref in out["rlhf"]["responses"]],
+                   adapter=out["rlhf"]["adapter"])
+
+
 def ask(client: httpx.Client, question: str, *, n: int, seed: int, user: str, max_tokens: int = 48
         ) -> tuple[list[str], list[dict]]:
-    """One question, `n` answers (temperature 1) as `user`: (texts, their {response_id, feedback_token})."""
-    r = client.post("/v1/chat/completions", json={
-        "messages": [{"role": "user", "content": question}], "n": n, "max_tokens": max_tokens, "temperature": 1.0,
-        "seed": seed, "user": user})
-    r.raise_for_status()
-    body = r.json()
-    texts = [c["message"]["content"] for c in body["choices"]]
-    refs = [{k: ref[k] for k in ("response_id", "feedback_token")} for ref in body["rlhf"]["responses"]]
-    return texts, refs
+    """One question, `n` answers as `user`: (texts, their {response_id, feedback_token})."""
+    answers = chat(client, question, n=n, seed=seed, user=user, max_tokens=max_tokens)
+    return answers.texts, answers.refs
 
 
 def send_feedback(client: httpx.Client, body: dict) -> None:
