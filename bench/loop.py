@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import random
 import subprocess
@@ -57,6 +56,7 @@ sys.path.insert(0, str(ROOT))
 
 from harness import browser as chromium  # noqa: E402
 from harness.metrics import metric_value  # noqa: E402
+from harness.proportions import two_proportion_z  # noqa: E402
 from adapters.store import list_adapters  # noqa: E402
 from bench.canary_crowd import CanaryCrowd, controller_decision  # noqa: E402
 from harness.questions import questions  # noqa: E402
@@ -91,9 +91,10 @@ def wait_for_round(started, timeout_s: float) -> bool:
     return False
 
 
-def like_rate(url: str, model: str, qs: list[str], pref: Preference, n: int, max_tokens: int) -> tuple[float, int]:
+def liked(url: str, model: str, qs: list[str], pref: Preference, n: int, max_tokens: int) -> tuple[int, int]:
+    """(liked, asked): `n` answers of `model` to each question, judged by the user's taste."""
     hits = liked_answers(url, model, qs, pref, n=n, max_tokens=max_tokens, seed=50_000, timeout_s=600)
-    return sum(hits) / max(1, len(hits)), len(hits)
+    return sum(hits), len(hits)
 
 
 class Page:
@@ -214,7 +215,8 @@ def main() -> None:
               f"{before or 'the base model'})", flush=True)
 
         held = questions(args.heldout, seed=999)
-        base_rate, n_base = like_rate(url, before or base_name, held, pref, 4, args.max_tokens)
+        base_hits, n_base = liked(url, before or base_name, held, pref, 4, args.max_tokens)
+        base_rate = base_hits / max(1, n_base)
         print(f"{before or 'base model'}: the user likes {base_rate:.1%} of {n_base} answers to held-out questions",
               flush=True)
 
@@ -318,9 +320,9 @@ def main() -> None:
             if label != version:
                 sys.exit(f"the page labelled the answer {label!r}, not {version!r}")
 
-        tuned_rate, n_tuned = like_rate(url, version, held, pref, 4, args.max_tokens)
-        pooled = (base_rate * n_base + tuned_rate * n_tuned) / (n_base + n_tuned)
-        z = (tuned_rate - base_rate) / math.sqrt(max(1e-12, pooled * (1 - pooled) * (1 / n_base + 1 / n_tuned)))
+        tuned_hits, n_tuned = liked(url, version, held, pref, 4, args.max_tokens)
+        tuned_rate = tuned_hits / max(1, n_tuned)
+        z = two_proportion_z(base_hits, n_base, tuned_hits, n_tuned)
         m = httpx.get(lurl + "/metrics", timeout=10).text
         kl = metric_value(m, "rlhf_learner_kl", 'stage="candidate"')
         acc = metric_value(m, "rlhf_learner_rm_accuracy", 'measure="gate"')
