@@ -62,7 +62,7 @@ from bench.canary_crowd import CanaryCrowd, controller_decision  # noqa: E402
 from harness.questions import questions  # noqa: E402
 from harness.up import UpProcess  # noqa: E402
 from harness.user import Preference, converse, liked_answers  # noqa: E402
-from harness.waiting import wait_until  # noqa: E402
+from harness.waiting import poll, wait_until  # noqa: E402
 
 
 def wait_for(what: str, check, timeout_s: float, up: UpProcess, every: float = 2.0):
@@ -79,16 +79,6 @@ def wait_for(what: str, check, timeout_s: float, up: UpProcess, every: float = 2
             return got
         time.sleep(every)
     sys.exit(f"timed out after {timeout_s:.0f} s waiting for {what}")
-
-
-def wait_for_round(started, timeout_s: float) -> bool:
-    """True once `started()` (the learner began a round) within timeout_s: it needs a moment to consume."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if started():
-            return True
-        time.sleep(2.0)
-    return False
 
 
 def liked(url: str, model: str, qs: list[str], pref: Preference, n: int, max_tokens: int) -> tuple[int, int]:
@@ -255,7 +245,7 @@ def main() -> None:
         with httpx.Client(base_url=url, timeout=600) as client, ThreadPoolExecutor(4) as pool:
             list(pool.map(lambda i_q: ask(client, *i_q), enumerate(asked[: args.questions])))
             n = args.questions
-            while n < len(asked) and not wait_for_round(round_started, 30):
+            while n < len(asked) and not poll(round_started, 30, 2.0):
                 print(f"  the learner has not started a round after {n} questions: asking 50 more", flush=True)
                 list(pool.map(lambda i_q: ask(client, *i_q), list(enumerate(asked))[n: n + 50]))
                 n += 50

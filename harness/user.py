@@ -99,13 +99,6 @@ def chat(client: httpx.Client, question: str, *, n: int = 1, seed: int, user: st
                    adapter=out["rlhf"]["adapter"])
 
 
-def ask(client: httpx.Client, question: str, *, n: int, seed: int, user: str, max_tokens: int = 48
-        ) -> tuple[list[str], list[dict]]:
-    """One question, `n` answers as `user`: (texts, their {response_id, feedback_token})."""
-    answers = chat(client, question, n=n, seed=seed, user=user, max_tokens=max_tokens)
-    return answers.texts, answers.refs
-
-
 def send_feedback(client: httpx.Client, body: dict) -> None:
     f = client.post("/v1/feedback", json=body)
     if f.status_code != 202:
@@ -116,8 +109,9 @@ def converse(client: httpx.Client, pref: Preference, question: str, *, seed: int
              max_tokens: int = 48) -> str | None:
     """One question, two answers (n=2), then the user's feedback on them through /v1/feedback.
     `client` has the server's base_url; returns the kind of feedback sent ("pairwise", "thumbs", None)."""
-    texts, refs = ask(client, question, n=2, seed=seed, user=user, max_tokens=max_tokens)
-    action = pref.feedback(rng, *texts)
+    answers = chat(client, question, n=2, seed=seed, user=user, max_tokens=max_tokens)
+    refs = answers.refs
+    action = pref.feedback(rng, *answers.texts)
     if action is None:
         return None
     if action[0] == "pairwise":
@@ -131,7 +125,8 @@ def correct(client: httpx.Client, question: str, rewrite: Callable[[str], str], 
             max_tokens: int = 48) -> str:
     """One question, one answer, and the user's corrected answer `rewrite(answer)` sent as a demonstration
     through /v1/feedback with the answer's token; returns the corrected text."""
-    (answer,), (ref,) = ask(client, question, n=1, seed=seed, user=user, max_tokens=max_tokens)
+    answers = chat(client, question, n=1, seed=seed, user=user, max_tokens=max_tokens)
+    (answer,), (ref,) = answers.texts, answers.refs
     text = rewrite(answer)
     send_feedback(client, {"type": "demonstration", **ref, "text": text})
     return text

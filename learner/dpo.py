@@ -1,7 +1,7 @@
 """DPO on a LoRA adapter: the policy learns straight from logged preferences, no reward model, no rollouts.
 
     policy     = frozen base + trainable policy LoRA (starts from the adapter serving now)
-    reference  = the same base with the adapter switched off (peft `disable_adapter()`)
+    reference  = the starting adapter (frozen), or the base with the adapter off (learner/policy_model.py)
     data       = the round's training feedback (learner/store.py `feedback_examples`), each example
                  with the round's capped weight (no user or client above its share):
                  - a pairwise choice: (prompt, chosen y_w, rejected y_l), weight w
@@ -179,11 +179,12 @@ def logprob_sums_with_reference(policy, prompts: list[list[int]], answers: list[
 # ------------------------------------------------------------------------------------------
 class DPOTrainer(LoggedFeedbackTrainer):
     def __init__(self, model_path: Path | str, tokenizer, cfg: DPOConfig, examples: list[dict],
-                 weights: list[float] | None = None, *, init_adapter: Path | str | None = None):
+                 weights: list[float] | None = None, *, init_adapter: Path | str | None = None,
+                 reference_adapter: Path | str | None = None):
         pairs = preference_pairs(examples, weights)
         if not pairs:
             raise NoPreferencePairs(f"DPO has {NO_PAIRS}")
-        self.init_policy(model_path, tokenizer, cfg, init_adapter)
+        self.init_policy(model_path, tokenizer, cfg, init_adapter, reference_adapter=reference_adapter)
         self.init_optimizer(self.policy)
         self._order: list[int] = []
         t = time.perf_counter()

@@ -6,8 +6,9 @@ Three conditions, all on data the candidate was not trained on:
    and by more than `z` standard errors of the per-prompt difference. Both policies answer
    the same prompts with the same sampling seeds; reward = the normalised reward-model score,
    minus the missing-EOS penalty for answers cut off without EOS (what PPO optimised).
-2. KL: the candidate's mean KL to the reference (base, adapter off) per answer, Σ_t log π/π_ref
-   over its own samples, is at most `RLHF_KL_BUDGET`.
+2. KL: the candidate's mean KL to the reference per answer, Σ_t log π/π_ref over its own samples,
+   is at most `RLHF_KL_BUDGET`. The reference is the starting adapter `policy@v0` when the candidate
+   descends from it, else the base model (learner/round.py `reference_adapter_dir`).
 3. Reward model: its held-out accuracy is at least `RLHF_RM_ACCURACY_FLOOR`: the lower of
    pairwise accuracy (when there are `min_heldout_pairs` held-out pairs) and thumbs AUC (when
    there are `min_heldout_thumbs` ups and as many downs), each weighted by its held-out user's
@@ -97,7 +98,7 @@ def decide(candidate: list[float], serving: list[float], kl_per_answer: list[flo
         reasons.append(f"reward gain {gain:+.3f} ± {se:.3f} over the serving policy is not enough "
                        f"(need > {cfg.min_reward_gain:g} and > {cfg.z:g} standard errors)")
     if math.isnan(kl) or kl > kl_budget:
-        reasons.append(f"KL to the base {kl:.3f} nats per answer exceeds the budget {kl_budget:g}")
+        reasons.append(f"KL to the reference {kl:.3f} nats per answer exceeds the budget {kl_budget:g}")
     if rm_accuracy is None:
         reasons.append(UNMEASURED)
     elif rm_accuracy < rm_accuracy_floor:

@@ -1,7 +1,7 @@
 """KTO on a LoRA adapter: the policy learns from thumbs (unpaired good and bad answers), no rollouts.
 
     policy     = frozen base + trainable policy LoRA (starts from the adapter serving now)
-    reference  = the same base with the adapter switched off (peft `disable_adapter()`)
+    reference  = the starting adapter (frozen), or the base with the adapter off (learner/policy_model.py)
     data       = the round's training feedback, each example with the round's capped weight w:
                  a thumb up is one desirable answer, a thumb down one undesirable answer (weight w);
                  a pairwise choice is one desirable (the chosen) and one undesirable (the rejected)
@@ -132,12 +132,13 @@ def kto_loss(logp: torch.Tensor, ref: torch.Tensor, desirable: torch.Tensor, z_r
 # ------------------------------------------------------------------------------------------
 class KTOTrainer(LoggedFeedbackTrainer):
     def __init__(self, model_path: Path | str, tokenizer, cfg: KTOConfig, examples: list[dict],
-                 weights: list[float] | None = None, *, init_adapter: Path | str | None = None):
+                 weights: list[float] | None = None, *, init_adapter: Path | str | None = None,
+                 reference_adapter: Path | str | None = None):
         items = labelled_answers(examples, weights)
         if not items:
             raise ValueError("KTO has no labelled answers: no thumbs and no pairwise choices in the round's "
                              "training feedback")
-        self.init_policy(model_path, tokenizer, cfg, init_adapter)
+        self.init_policy(model_path, tokenizer, cfg, init_adapter, reference_adapter=reference_adapter)
         self.init_optimizer(self.policy)
         self._order: list[int] = []
         t = time.perf_counter()

@@ -13,7 +13,7 @@ per user and version, and blind votes at most `max_per_user` per user and pair o
 same counts the promotion controller and the leaderboard use (`thumbs_by_version`, `votes_by_pair`).
 
 Beside them, each published version's offline figures from the round that made it (the metrics its
-manifest keeps, `OFFLINE_FIGURES`): the gate's reward gain and KL to the base, perplexity on the
+manifest keeps, `OFFLINE_FIGURES`): the gate's reward gain and KL to the reference, perplexity on the
 reference text (and the base model's), answer length on the gate's prompts, A/B win rate against
 its parent (learner/offline_figures.py).
 """

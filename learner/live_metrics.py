@@ -54,7 +54,7 @@ RATING = Gauge("rlhf_version_rating", "Bradley-Terry rating per version from bli
                "the base model 0, with its 95% interval", ["version", "bound"])
 DECISIONS = Counter("rlhf_canary_decisions", "Decisions of the promotion controller", ["decision"])
 OFFLINE = Gauge("rlhf_version_offline", "Offline figures per published version from the round that made it "
-                "(its manifest's metrics): reward, KL to the base, perplexity on the reference text, answer "
+                "(its manifest's metrics): reward, KL to the reference, perplexity on the reference text, answer "
                 "tokens, A/B win rate against the parent", ["version", "figure"])
 
 

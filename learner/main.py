@@ -248,6 +248,12 @@ class Trigger(NamedTuple):
     why: str
     heldout_thin: bool = False
 
+    @property
+    def thin_at(self) -> int | None:
+        """What the loop passes back as should_train's `thin_at`: the count, only when held-out feedback
+        was too thin at it (a wait for a canary must not skip the check after the decision)."""
+        return self.new if self.heldout_thin else None
+
 
 def should_train(store, settings, since_last: float, gate: GateConfig,
                  thin_at: int | None = None) -> Trigger:
@@ -368,18 +374,18 @@ def run() -> int:
         while not stop.is_set():
             last = store.last_round()
             since = time.time() - (last["finished_at"] if last else started)
-            go, new, why, heldout_thin = should_train(store, settings, since, learner.cfg.gate, thin_at)
-            NEW_FEEDBACK.set(new)
-            thin_at = new if heldout_thin else None
-            if not go:
-                if why:
-                    kind = "held-out feedback" if heldout_thin else "canary"
-                    (log.info if kind != waiting_for else log.debug)("no round yet: %s", why)
+            trigger = should_train(store, settings, since, learner.cfg.gate, thin_at)
+            NEW_FEEDBACK.set(trigger.new)
+            thin_at = trigger.thin_at
+            if not trigger.go:
+                if trigger.why:
+                    kind = "held-out feedback" if trigger.heldout_thin else "canary"
+                    (log.info if kind != waiting_for else log.debug)("no round yet: %s", trigger.why)
                     waiting_for = kind
                 stop.wait(1.0)
                 continue
             waiting_for = ""
-            log.info("starting a round: %s", why)
+            log.info("starting a round: %s", trigger.why)
             running["round"] = True
             state["round_running"] = True
             ROUND_RUNNING.set(1)

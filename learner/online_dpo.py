@@ -1,7 +1,7 @@
 """Online DPO on a LoRA adapter: fresh pairs from the current policy, ranked by the reward model, then DPO's loss.
 
     policy     = frozen base + trainable policy LoRA (starts from the adapter serving now)
-    reference  = the same base with the adapter switched off (peft `disable_adapter()`)
+    reference  = the starting adapter (frozen), or the base with the adapter off (learner/policy_model.py)
     rollouts   = vLLM (learner/rollout.py): k answers per prompt from the current LoRA, saved under a new
                  name and id; the prompts come from the round's pool, drawn by the users' capped weights
     judge      = the round's reward model (normalised scores, minus `missing_eos_penalty` for an answer
@@ -101,10 +101,12 @@ def ranked_pairs(scores: list[float], k: int, min_gap: float) -> list[tuple[int,
 
 class OnlineDPOTrainer(PolicyTrainer):
     def __init__(self, model_path: Path | str, tokenizer, cfg: OnlineDPOConfig, reward_model, *,
-                 init_adapter: Path | str | None = None, workdir: Path | str):
+                 init_adapter: Path | str | None = None,
+                 reference_adapter: Path | str | None = None, workdir: Path | str):
         if cfg.num_samples < 2:
             raise ValueError(f"online_dpo.num_samples must be at least 2 (got {cfg.num_samples})")
-        self.init_policy(model_path, tokenizer, cfg, init_adapter, reward_model=reward_model, workdir=workdir)
+        self.init_policy(model_path, tokenizer, cfg, init_adapter, reward_model=reward_model, workdir=workdir,
+                         reference_adapter=reference_adapter)
         self.init_optimizer(self.policy)
 
     def train_on(self, prompts: list[list[int]], chosen: list[list[int]], rejected: list[list[int]],

@@ -45,7 +45,7 @@ class PolicyConfig(LoRAConfig):
     temperature: float = 1.0
     """Sampling temperature; training log-probs use the same one (logits / T)."""
     kl_stop_fraction: float = 0.8
-    """KL guard: when an iteration's sampled KL to the base goes above this share of the
+    """KL guard: when an iteration's sampled KL to the reference goes above this share of the
     operator's `kl_budget` (and above the previous iteration's), the round stops and keeps the
     policy from before the update that crossed it (0 disables the guard)."""
     missing_eos_penalty: float = 1.0

@@ -1,7 +1,11 @@
 """The policy model: a trainable LoRA on the frozen base, and the log-probs every algorithm needs.
 
-    policy     = load_policy(model_path, cfg, init_adapter)   frozen base + LoRA (fresh, or the serving one)
-    reference  = the same model with the adapter switched off (peft `disable_adapter()`): no copy
+    policy     = load_policy(model_path, cfg, init_adapter, reference_adapter)
+                                                              frozen base + LoRA (fresh, or the serving one)
+    reference  = the starting adapter (policy@v0, the SFT model) as a second, frozen LoRA on the same
+                 base when the round's start descends from it; else the same model with the adapter
+                 switched off (peft `disable_adapter()`). No copy of the base either way.
+    as_reference(policy)                                      a context in which the policy is the reference
     answer_logprobs(policy, ids, mask, P, T)                  log π(y_t | x, y_<t) per answer token
     logprobs_with_reference(...)                              policy and reference, rows of similar length together
     share_frozen_weights(src, dst)                            one copy of the frozen base for policy, critic, RM
@@ -12,6 +16,7 @@ Batches are prompt-left-padded to column P and answer-right-padded (learner/toke
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -57,13 +62,39 @@ def share_frozen_weights(src: nn.Module, dst: nn.Module) -> int:
 
 
 
-def load_policy(model_path: Path | str, cfg: LoRAConfig, init_adapter: Path | str | None = None):
-    """Frozen base + trainable LoRA: a fresh one, or the adapter now serving to continue from."""
+REFERENCE = "reference"   # the frozen reference LoRA's name inside the policy's PeftModel
+POLICY = "default"        # the trainable policy LoRA's name (peft's default; saved at the folder's top)
+
+
+def load_policy(model_path: Path | str, cfg: LoRAConfig, init_adapter: Path | str | None = None,
+                reference_adapter: Path | str | None = None):
+    """Frozen base + trainable LoRA: a fresh one, or the adapter now serving to continue from; with
+    `reference_adapter`, that LoRA too, frozen, as the reference (`as_reference`)."""
     base = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32)
     if init_adapter is not None:
-        return PeftModel.from_pretrained(base, str(init_adapter), is_trainable=True)
-    return get_peft_model(base, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
-                                           target_modules=list(cfg.target_modules), bias="none"))
+        policy = PeftModel.from_pretrained(base, str(init_adapter), is_trainable=True)
+    else:
+        policy = get_peft_model(base, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                                                 target_modules=list(cfg.target_modules), bias="none"))
+    if reference_adapter is not None:
+        policy.load_adapter(str(reference_adapter), adapter_name=REFERENCE, is_trainable=False)
+        policy.set_adapter(POLICY)  # the policy stays the active, trainable adapter
+    return policy
+
+
+@contextmanager
+def as_reference(policy):
+    """Within this context the policy computes the reference: its frozen reference LoRA when it has
+    one, else the base (adapter off). The policy LoRA is active and trainable again afterwards."""
+    if REFERENCE not in policy.peft_config:
+        with policy.disable_adapter():
+            yield
+        return
+    policy.set_adapter(REFERENCE, inference_mode=True)
+    try:
+        yield
+    finally:
+        policy.set_adapter(POLICY)
 
 
 def answer_logprobs(policy, ids: torch.Tensor, mask: torch.Tensor, P: int, temperature: float) -> torch.Tensor:
@@ -101,14 +132,14 @@ def by_length(mask: torch.Tensor, size: int) -> list[torch.Tensor]:
 @torch.no_grad()
 def logprobs_with_reference(policy, ids: torch.Tensor, mask: torch.Tensor, P: int, response_mask: torch.Tensor,
                             chunk: int, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Policy and reference (adapter off) log-probs (B, R) of every answer token, zero on padding;
+    """Policy and reference (`as_reference`) log-probs (B, R) of every answer token, zero on padding;
     computed `chunk` rows at a time, rows of similar length together, each chunk trimmed."""
     logprobs, ref_logprobs = torch.zeros_like(response_mask), torch.zeros_like(response_mask)
     for rows in by_length(mask, chunk):
         b_ids, b_mask, b_P = trimmed(ids, mask, P, rows)
         R = b_ids.shape[1] - b_P
         logprobs[rows, :R] = answer_logprobs(policy, b_ids, b_mask, b_P, temperature)
-        with policy.disable_adapter():  # the reference: the same weights with the LoRA off
+        with as_reference(policy):
             ref_logprobs[rows, :R] = answer_logprobs(policy, b_ids, b_mask, b_P, temperature)
     return logprobs * response_mask, ref_logprobs * response_mask
 

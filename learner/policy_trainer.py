@@ -9,7 +9,7 @@
 
 The round uses the same four methods on every algorithm: `policy_state` / `restore_policy` (the
 KL guard undoes an update that crossed the budget), `save_policy` (the candidate's folder) and
-`answer_kl` (the gate's KL to the base). The reward model, when the algorithm has one, is frozen
+`answer_kl` (the gate's KL to the reference: the starting adapter, or the base). The reward model, when the algorithm has one, is frozen
 and reads the policy's frozen base weights (one copy in memory).
 """
 
@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from learner.policy_config import PolicyConfig
-from learner.policy_model import load_policy, logprobs_with_reference, share_frozen_weights
+from learner.policy_model import POLICY, load_policy, logprobs_with_reference, share_frozen_weights
 from learner.tokenization import pad_prompt_response
 
 log = logging.getLogger(__name__)
@@ -34,14 +34,16 @@ class PolicyTrainer:
     cfg: PolicyConfig
 
     def init_policy(self, model_path: Path | str, tokenizer, cfg: PolicyConfig, init_adapter: Path | str | None,
-                    *, reward_model: nn.Module | None = None, workdir: Path | str | None = None) -> None:
-        """The policy LoRA (fresh, or the adapter serving now to continue from), the frozen reward model
-        sharing its base weights, the folder for rollout adapters, and the seeded random order."""
+                    *, reward_model: nn.Module | None = None, workdir: Path | str | None = None,
+                    reference_adapter: Path | str | None = None) -> None:
+        """The policy LoRA (fresh, or the adapter serving now to continue from), its reference (the
+        frozen `reference_adapter`, or the base), the frozen reward model sharing its base weights, the
+        folder for rollout adapters, and the seeded random order."""
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.pad_id = tokenizer.pad_token_id
         torch.manual_seed(cfg.seed)
-        self.policy = load_policy(model_path, cfg, init_adapter)
+        self.policy = load_policy(model_path, cfg, init_adapter, reference_adapter)
         if reward_model is not None:
             self.rm = reward_model.eval()
             for p in self.rm.parameters():
@@ -101,9 +103,10 @@ class PolicyTrainer:
             params[n].copy_(t)
 
     def save_policy(self, folder: Path | str) -> Path:
-        """The policy LoRA as a PEFT folder (adapter_model.safetensors + adapter_config.json)."""
+        """The policy LoRA as a PEFT folder (adapter_model.safetensors + adapter_config.json); the
+        reference LoRA is not saved."""
         folder = Path(folder)
-        self.policy.save_pretrained(str(folder))
+        self.policy.save_pretrained(str(folder), selected_adapters=[POLICY])
         return folder
 
     def answer_kl(self, samples) -> list[float]:

@@ -1,7 +1,7 @@
 """PPO on a LoRA adapter: the policy learns to raise the reward model's score, close to the base.
 
     policy     = frozen base + trainable policy LoRA (starts from the adapter serving now)
-    reference  = the same base with the adapter switched off (peft `disable_adapter()`): no copy
+    reference  = the starting adapter (frozen), or the base with the adapter off (learner/policy_model.py)
     critic     = the base + its own value LoRA + a value head initialised to zero (the frozen base
                  weights of policy, critic and reward model are one set of tensors in memory)
     rollouts   = vLLM (learner/rollout.py), with the current LoRA saved under a new name and id;
@@ -221,8 +221,10 @@ class Experience:
 # ------------------------------------------------------------------------------------------
 class PPOTrainer(PolicyTrainer):
     def __init__(self, model_path: Path | str, tokenizer, cfg: PPOConfig, reward_model, *,
-                 init_adapter: Path | str | None = None, workdir: Path | str, kl_coef: float | None = None):
-        self.init_policy(model_path, tokenizer, cfg, init_adapter, reward_model=reward_model, workdir=workdir)
+                 init_adapter: Path | str | None = None,
+                 reference_adapter: Path | str | None = None, workdir: Path | str, kl_coef: float | None = None):
+        self.init_policy(model_path, tokenizer, cfg, init_adapter, reward_model=reward_model, workdir=workdir,
+                         reference_adapter=reference_adapter)
         self.critic = ValueModel(model_path, cfg)
         n_critic = share_frozen_weights(self.decoder(), self.critic.backbone)
         log.debug("sharing frozen base weights: %d tensors with the critic", n_critic)

@@ -1,7 +1,7 @@
 """RLOO on a LoRA adapter: PPO's clipped update without a critic, k answers per prompt instead.
 
     policy     = frozen base + trainable policy LoRA (starts from the adapter serving now)
-    reference  = the same base with the adapter switched off (peft `disable_adapter()`)
+    reference  = the starting adapter (frozen), or the base with the adapter off (learner/policy_model.py)
     baseline   = the other k - 1 answers to the same prompt (no value model: no critic LoRA, value
                  head or value forward/backward pass)
     rollouts   = vLLM (learner/rollout.py), k answers per prompt, with the current LoRA saved under
@@ -111,10 +111,12 @@ class Experience:
 # ------------------------------------------------------------------------------------------
 class RLOOTrainer(PolicyTrainer):
     def __init__(self, model_path: Path | str, tokenizer, cfg: RLOOConfig, reward_model, *,
-                 init_adapter: Path | str | None = None, workdir: Path | str, kl_coef: float | None = None):
+                 init_adapter: Path | str | None = None,
+                 reference_adapter: Path | str | None = None, workdir: Path | str, kl_coef: float | None = None):
         if cfg.num_samples < 2:
             raise ValueError(f"rloo.num_samples must be at least 2 (got {cfg.num_samples})")
-        self.init_policy(model_path, tokenizer, cfg, init_adapter, reward_model=reward_model, workdir=workdir)
+        self.init_policy(model_path, tokenizer, cfg, init_adapter, reward_model=reward_model, workdir=workdir,
+                         reference_adapter=reference_adapter)
         self.init_optimizer(self.policy)
         self.kl_ctl = FixedKLController(cfg.beta if kl_coef is None else kl_coef)
 

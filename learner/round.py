@@ -54,6 +54,7 @@ from learner.ppo import PPOConfig, PPOTrainer
 from learner.reward import RewardConfig, RewardModel, RewardTrainer
 from learner.rloo import RLOOConfig, RLOOTrainer
 from learner.sft import SFTConfig, SFTTrainer
+from learner.starting_adapter import starting_ancestor
 from learner.store import Store
 from learner.suspects import SuspectConfig, UserAgreement, consensus_rate, find_suspects
 from learner.tokenization import encode_feedback_answer, encode_prompt, load_tokenizer, stop_strings
@@ -382,24 +383,37 @@ class Learner:
             return None, None
         return serving["version"], folder
 
-    def policy_trainer(self, rm, serving_dir: Path | None, workdir: Path, fit: RewardFit):
-        """The chosen algorithm's trainer, its LoRA starting from the serving adapter (or fresh). PPO and
-        RLOO sample and score with the reward model, online DPO ranks its samples with it; DPO and KTO
-        learn from the round's training feedback under its capped weights (the reward model only
-        judges at the gate)."""
+    def reference_adapter_dir(self, serving: str | None) -> tuple[str | None, Path | None]:
+        """(version, verified folder) of the policy's reference: the starting adapter when `serving` is
+        it or descends from it (learner/starting_adapter.py); (None, None): the base, adapter off."""
+        start = starting_ancestor(self.store.routing(), serving)
+        if start is None:
+            return None, None
+        try:
+            return start.version, private_copy(self.settings.adapter_dir, start.path, start.manifest_sha256,
+                                               cache_dir_of(self.settings))
+        except (AdapterError, OSError) as e:
+            log.warning("starting adapter %s does not verify (%s); the reference is the base model", start.version, e)
+            return None, None
+
+    def policy_trainer(self, rm, serving_dir: Path | None, reference_dir: Path | None, workdir: Path,
+                       fit: RewardFit):
+        """The chosen algorithm's trainer, its LoRA starting from the serving adapter (or fresh), its
+        reference `reference_dir` (or the base). PPO and RLOO sample and score with the reward model,
+        online DPO ranks its samples with it; DPO and KTO learn from the round's training feedback
+        under its capped weights (the reward model only judges at the gate)."""
         algo, pcfg = self.algorithm, self.policy_cfg
+        start = dict(init_adapter=serving_dir, reference_adapter=reference_dir)
         if algo in ("dpo", "kto"):
             offline = DPOTrainer if algo == "dpo" else KTOTrainer
-            return offline(self.model_path, self.tokenizer, pcfg, fit.examples, fit.weights.weights,
-                           init_adapter=serving_dir)
+            return offline(self.model_path, self.tokenizer, pcfg, fit.examples, fit.weights.weights, **start)
         if algo == "online-dpo":
-            return OnlineDPOTrainer(self.model_path, self.tokenizer, pcfg, rm, init_adapter=serving_dir,
-                                    workdir=workdir)
+            return OnlineDPOTrainer(self.model_path, self.tokenizer, pcfg, rm, workdir=workdir, **start)
         if algo == "rloo":  # a fixed β: nothing carried across rounds
-            return RLOOTrainer(self.model_path, self.tokenizer, pcfg, rm, init_adapter=serving_dir, workdir=workdir)
+            return RLOOTrainer(self.model_path, self.tokenizer, pcfg, rm, workdir=workdir, **start)
         beta = self.store.get_meta("kl_coef")
-        return PPOTrainer(self.model_path, self.tokenizer, pcfg, rm, init_adapter=serving_dir, workdir=workdir,
-                          kl_coef=float(beta) if beta else None)
+        return PPOTrainer(self.model_path, self.tokenizer, pcfg, rm, workdir=workdir,
+                          kl_coef=float(beta) if beta else None, **start)
 
     def demonstration_sft(self, fit: RewardFit, start: Path | None, folder: Path) -> tuple[Path | None, dict]:
         """Supervised steps on the round's corrected answers (the loss on the answer tokens only),
@@ -525,6 +539,7 @@ class Learner:
             if not train_prompts:
                 raise RuntimeError("no training prompts: no logged interactions in the train split")
             parent, serving_dir = self.serving_adapter_dir()
+            reference, reference_dir = self.reference_adapter_dir(parent) if serving_dir else (None, None)
             serving_lora = self.engine.lora(serving_dir, parent) if serving_dir else None
             norm_prompts = [self.rng.choice(train_prompts) for _ in range(cfg.norm_samples)]
             samples = self.engine.generate(norm_prompts, temperature=pcfg.temperature,
@@ -536,7 +551,7 @@ class Learner:
             rm_version = self._save_reward_model(rm, round_id, {
                 **{k: v for k, v in metrics.items() if k.startswith("rm_")}, "trained_through_seq": hwm,
                 "norm_mean": norm_mean, "norm_std": norm_std})
-            metrics.update(rm_version=rm_version, parent=parent, norm_mean=norm_mean,
+            metrics.update(rm_version=rm_version, parent=parent, reference=reference or "base", norm_mean=norm_mean,
                            norm_std=norm_std, time_normalise=time.perf_counter() - t)
             log.info("round %d: reward model v%d (%d members, held-out disagreement %.3f) normalised on %d answers "
                      "of %s (mean %.3f, std %.3f)", round_id, rm_version, rm.ensemble_size,
@@ -551,7 +566,7 @@ class Learner:
             workdir = self.data_dir / algo / f"round-{round_id}"
             name = algo.upper()
             try:
-                trainer = self.policy_trainer(rm, start_dir, workdir, fit)
+                trainer = self.policy_trainer(rm, start_dir, reference_dir, workdir, fit)
             except NoPreferencePairs as e:  # the round's sample of the feedback held no pair
                 shutil.rmtree(sft_dir, ignore_errors=True)
                 return self.end_early(round_id, metrics, [f"{e}: DPO skipped"], t_round, suspect_note)

@@ -15,6 +15,12 @@ Publish: the learner, when it starts on an adapter store that holds no `policy` 
 stores the prepared folder as `policy@v0` and announces it (learner/publish.py) as active, so
 serving answers with it and the first round starts from it; `rlhf adapters rollback` still
 returns to the bare base model.
+
+Reference: `starting_ancestor(routing, version)` is `policy@v0` when `version` is it or descends
+from it. A round that starts from such a version uses it as the policy's reference (the SFT model
+of the seed documents' first stage), so its KL terms and the gate's KL budget bound the drift
+from the model users started with. The starting adapter alone may be further from the bare base
+than the budget allows.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ import re
 import time
 from pathlib import Path
 
+from adapters.manifest import version_string
+from adapters.routing_state import KnownAdapter, RoutingState
 from adapters.store import list_adapters
 from learner.publish import publish_adapter
 from learner.rollout import RolloutEngine
@@ -43,6 +51,7 @@ from rlhf.models.card import (
 log = logging.getLogger(__name__)
 
 STARTING_NAME = "policy"
+STARTING_VERSION = version_string(STARTING_NAME, 0)   # what publish_starting_adapter publishes
 STARTING_RECIPE = "policy-v0"   # the cache folder's suffix; bump when the recipe below changes
 BUILD_INFO = "starting_adapter.json"
 MARKUP = ("Question:", "Answer:")
@@ -164,6 +173,19 @@ def build_starting_adapter(settings, model_path: Path | str, *, samples_per_ques
     publish_build(tmp, final)
     log.info("starting adapter ready in %s (%.0f s)", final, info["seconds"])
     return final
+
+
+def starting_ancestor(routing: RoutingState, version: str | None) -> KnownAdapter | None:
+    """The starting adapter, when `version` is it or descends from it through announced parents;
+    None for the base model, a lineage that began elsewhere (a fresh LoRA after a rollback to the
+    base), or a chain whose ancestors are no longer known."""
+    seen = set()
+    while version in routing.known and version not in seen:
+        if version == STARTING_VERSION:
+            return routing.known[version]
+        seen.add(version)
+        version = routing.known[version].parent
+    return None
 
 
 def publish_starting_adapter(store, settings, model_path: Path | str, base_model: str) -> str | None:

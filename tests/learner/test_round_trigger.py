@@ -125,11 +125,11 @@ def test_waiting_for_a_canary_does_not_count_as_thin_held_out_feedback(tmp_path)
         feedback(store, 20, {ACTIVE: 0.5, CANARY: 0.5})
         waiting = should_train(store, SETTINGS, 0.0, GATE)
         assert not waiting.go and not waiting.heldout_thin and "judging the canary" in waiting.why
-        thin_at = waiting.new if waiting.heldout_thin else None  # as learner/main.py's loop keeps it
+        assert waiting.thin_at is None  # what learner/main.py's loop passes back
 
         ingest(store, [(TOPIC_ADAPTERS, RoutingChanged(action="canary", version=None, source="promotion-controller",
                                                        reason="expired"))])
-        decided = should_train(store, SETTINGS, 0.0, GATE, thin_at)  # no new feedback since the wait
+        decided = should_train(store, SETTINGS, 0.0, GATE, waiting.thin_at)  # no new feedback since the wait
         assert decided.new == waiting.new
         assert decided.go or (decided.heldout_thin and "held-out users gave" in decided.why)
     finally:

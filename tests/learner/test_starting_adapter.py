@@ -1,6 +1,6 @@
 """The starting adapter (learner/starting_adapter.py): which sampled answers become demonstrations,
 and how the prepared adapter becomes `policy@v0` once per adapter store: active, the parent of
-the learner's first round, and a rollback away from the bare base model."""
+the learner's first round and its reference, and a rollback away from the bare base model."""
 
 from __future__ import annotations
 
@@ -90,6 +90,7 @@ def test_published_once_as_active_policy_v0_the_first_rounds_parent_and_rollback
         learner = Learner(settings, store=store)
         version, folder = learner.serving_adapter_dir()
         assert version == "policy@v0" and (folder / "adapter_model.safetensors").is_file()
+        assert learner.reference_adapter_dir(version) == (version, folder)  # and the policy's reference
 
         # once per store: a restart publishes nothing, and the learner's next version is v1
         assert publish_starting_adapter(store, settings, tiny_model_path, "tiny") is None
@@ -97,5 +98,6 @@ def test_published_once_as_active_policy_v0_the_first_rounds_parent_and_rollback
 
         store.ingest([(TOPIC_ADAPTERS, store.keys.sign(RoutingChanged(action="rollback")))])
         assert store.serving_adapter() is None                         # the bare base model
+        assert learner.reference_adapter_dir(None) == (None, None)    # a round from it: the base is the reference
     finally:
         store.close()

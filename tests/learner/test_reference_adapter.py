@@ -1,0 +1,90 @@
+"""The policy's reference (learner/policy_model.py): with a starting adapter, that LoRA, frozen, on the
+same base; without one, the base with the adapter off. Which versions get the starting adapter as
+their reference (learner/starting_adapter.py `starting_ancestor`)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from adapters.routing_state import KnownAdapter, RoutingState
+from harness.loras import make_lora
+from learner.policy_config import PolicyConfig
+from learner.policy_model import REFERENCE, answer_logprobs, load_policy, logprobs_with_reference
+from learner.policy_trainer import PolicyTrainer
+from learner.starting_adapter import STARTING_VERSION, starting_ancestor
+from learner.tokenization import encode_prompt, load_tokenizer, pad_prompt_response
+
+CFG = PolicyConfig()
+QUESTIONS = ["Tell me about cats.", "What is the capital of France?", "Say something nice."]
+
+
+@pytest.fixture(scope="module")
+def batch(tiny_model_path):
+    tok = load_tokenizer(tiny_model_path)
+    prompts = [encode_prompt(tok, [{"role": "user", "content": q}]) for q in QUESTIONS]
+    answers = [tok(a, add_special_tokens=False)["input_ids"] for a in ("Cats are happy.", "Paris.", "You are kind!")]
+    ids, mask, _, rmask, P = pad_prompt_response(prompts, answers, tok.pad_token_id)
+    return ids, mask, P, rmask
+
+
+def both(policy, batch):
+    ids, mask, P, rmask = batch
+    return logprobs_with_reference(policy, ids, mask, P, rmask, chunk=2, temperature=1.0)
+
+
+@pytest.fixture(scope="module")
+def starting(tiny_model_path, tmp_path_factory):
+    return make_lora(tiny_model_path, tmp_path_factory.mktemp("start") / "policy-v0", seed=3)
+
+
+def test_the_reference_is_the_starting_adapter_frozen_and_the_policy_starts_at_it(tiny_model_path, starting, batch):
+    policy = load_policy(tiny_model_path, CFG, init_adapter=starting, reference_adapter=starting)
+    lp, ref = both(policy, batch)
+    assert torch.equal(lp, ref)  # a round that starts from the starting adapter starts at KL 0
+
+    without = load_policy(tiny_model_path, CFG, init_adapter=starting)  # the reference is then the base
+    lp_alone, base = both(without, batch)
+    assert torch.allclose(lp_alone, lp, atol=1e-6)
+    assert (base - ref).abs().max() > 1e-3  # the starting adapter's random, non-zero LoRA moves every log-prob
+
+    trainable = {n for n, p in policy.named_parameters() if p.requires_grad}
+    assert trainable and all(".default." in n for n in trainable)  # still so after the reference passes
+    assert any(f".{REFERENCE}." in n for n, _ in policy.named_parameters())
+
+
+def test_a_step_moves_the_policy_not_the_reference_and_only_the_policy_is_saved(tiny_model_path, starting, batch,
+                                                                                 tmp_path):
+    policy = load_policy(tiny_model_path, CFG, init_adapter=starting, reference_adapter=starting)
+    _, ref_before = both(policy, batch)
+    ids, mask, P, rmask = batch
+    trainer = PolicyTrainer()
+    trainer.cfg, trainer.policy = CFG, policy
+    trainer.init_optimizer(policy)
+    trainer.optimise(-(answer_logprobs(policy, ids, mask, P, 1.0) * rmask).sum())
+    lp, ref = both(policy, batch)
+    assert torch.equal(ref, ref_before)
+    assert ((lp - ref) * rmask).sum() > 0  # the step raised these answers' log-probs above the reference's
+
+    folder = trainer.save_policy(tmp_path / "candidate")
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == []  # no reference subfolder
+    alone = load_policy(tiny_model_path, CFG, init_adapter=folder)
+    assert torch.allclose(both(alone, batch)[0], lp, atol=1e-5)
+
+
+def known(version: str, parent: str | None) -> KnownAdapter:
+    return KnownAdapter(version, f"policy/{version.split('@')[1]}", "0" * 64, parent)
+
+
+def test_starting_ancestor_follows_parents_and_stops_where_the_lineage_began_elsewhere():
+    state = RoutingState()
+    for v, parent in [(STARTING_VERSION, None), ("policy@v1", STARTING_VERSION), ("policy@v2", "policy@v1"),
+                      ("policy@v3", None), ("policy@v4", "policy@v3"), ("policy@v5", "policy@v9")]:
+        state.known[v] = known(v, parent)
+    assert starting_ancestor(state, STARTING_VERSION).version == STARTING_VERSION
+    assert starting_ancestor(state, "policy@v2").version == STARTING_VERSION
+    assert starting_ancestor(state, "policy@v4") is None   # a fresh LoRA trained after a rollback to the base
+    assert starting_ancestor(state, "policy@v5") is None   # its parent is not known
+    assert starting_ancestor(state, None) is None           # the base model
+    state.known["policy@v6"], state.known["policy@v7"] = known("policy@v6", "policy@v7"), known("policy@v7", "policy@v6")
+    assert starting_ancestor(state, "policy@v6") is None   # a cycle ends the walk
