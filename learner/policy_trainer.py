@@ -9,8 +9,8 @@
 
 The round uses the same four methods on every algorithm: `policy_state` / `restore_policy` (the
 KL guard undoes an update that crossed the budget), `save_policy` (the candidate's folder) and
-`answer_kl` (the gate's KL to the reference: the starting adapter, or the base). The reward model, when the algorithm has one, is frozen
-and reads the policy's frozen base weights (one copy in memory).
+`answer_kl` (the gate's KL to the reference: the starting adapter, or the base). The reward model,
+when the algorithm has one, is frozen and reads the policy's frozen base weights (one copy in memory).
 """
 
 from __future__ import annotations

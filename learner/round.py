@@ -368,20 +368,22 @@ class Learner:
                         + ", ".join(f"{a.user!r} {a.agreed}/{a.labels}" for a in found[:5])
                         + (" ..." if len(found) > 5 else ""))
 
+    def verified_copy(self, role: str, version: str, path: str, manifest_sha256: str) -> tuple[str | None, Path | None]:
+        """(version, folder) of a stored version's verified private copy (adapters/cache.py), so what PEFT
+        and vLLM read is what was checked; (None, None), with a warning, when it does not verify: the
+        round then uses the base model in that `role`."""
+        try:
+            return version, private_copy(self.settings.adapter_dir, path, manifest_sha256, cache_dir_of(self.settings))
+        except (AdapterError, OSError) as e:
+            log.warning("%s %s does not verify (%s); the base model takes its place", role, version, e)
+            return None, None
+
     def serving_adapter_dir(self) -> tuple[str | None, Path | None]:
-        """(version, folder) of the adapter serving now: its verified private copy (adapters/cache.py), so
-        what PEFT and vLLM read is what was checked; (None, None) for the base model."""
+        """(version, verified folder) of the adapter serving now; (None, None) for the base model."""
         serving = self.store.serving_adapter()
         if not serving:
             return None, None
-        try:
-            folder = private_copy(self.settings.adapter_dir, serving["path"], serving["manifest_sha256"],
-                                  cache_dir_of(self.settings))
-        except (AdapterError, OSError) as e:
-            log.warning("serving adapter %s does not verify (%s); starting from the base model",
-                        serving["version"], e)
-            return None, None
-        return serving["version"], folder
+        return self.verified_copy("serving adapter", serving["version"], serving["path"], serving["manifest_sha256"])
 
     def reference_adapter_dir(self, serving: str | None) -> tuple[str | None, Path | None]:
         """(version, verified folder) of the policy's reference: the starting adapter when `serving` is
@@ -389,12 +391,7 @@ class Learner:
         start = starting_ancestor(self.store.routing(), serving)
         if start is None:
             return None, None
-        try:
-            return start.version, private_copy(self.settings.adapter_dir, start.path, start.manifest_sha256,
-                                               cache_dir_of(self.settings))
-        except (AdapterError, OSError) as e:
-            log.warning("starting adapter %s does not verify (%s); the reference is the base model", start.version, e)
-            return None, None
+        return self.verified_copy("starting adapter", start.version, start.path, start.manifest_sha256)
 
     def policy_trainer(self, rm, serving_dir: Path | None, reference_dir: Path | None, workdir: Path,
                        fit: RewardFit):
