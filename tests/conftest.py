@@ -3,6 +3,9 @@
 Everything here starts real components: Tansu (the embedded Kafka-compatible broker), and
 `rlhf serve --model tiny` (FastAPI + vLLM AsyncLLM) as a subprocess on a port of its own
 (harness.server: started again on a fresh port if another process takes that one first).
+
+Each serving process holds 2-2.5 GB (its vLLM engine), so one a module starts is stopped when that
+module ends; only the session's shared ones (`server_factory(..., shared=True)`) live on.
 """
 
 from __future__ import annotations
@@ -59,27 +62,43 @@ def control_env(tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def server_factory(tmp_path_factory, tiny_model_path, control_env):
-    """Start extra serving processes (tiny model) with given RLHF_* overrides; all stopped at the end."""
-    started: list[ServerProcess] = []
+def started_servers() -> list[tuple[ServerProcess, bool]]:
+    """Every serving process `server_factory` started, each with whether the session shares it."""
+    return []
 
-    def make(start_timeout: float = 600.0, **env) -> ServerProcess:
+
+@pytest.fixture(scope="module", autouse=True)
+def stop_module_servers(started_servers):
+    """At the end of each module, stop the serving processes it started that the session does not share."""
+    first = len(started_servers)
+    yield
+    for s, shared in started_servers[first:]:
+        if not shared:
+            s.stop()
+
+
+@pytest.fixture(scope="session")
+def server_factory(tmp_path_factory, tiny_model_path, control_env, started_servers):
+    """Start extra serving processes (tiny model) with given RLHF_* overrides. One is stopped at the end
+    of the module that started it, or with `shared=True` at the end of the session."""
+
+    def make(start_timeout: float = 600.0, *, shared: bool = False, **env) -> ServerProcess:
         d = tmp_path_factory.mktemp("serve")
         base = {"RLHF_MODEL": "tiny", "RLHF_DATA_DIR": str(d / "data"), "RLHF_ADAPTER_DIR": str(d / "adapters"),
                 "RLHF_MAX_MODEL_LEN": "512", "RLHF_LOG_LEVEL": "INFO", **control_env}
         s = ServerProcess({**base, **{k: str(v) for k, v in env.items()}}, d / "server.log")
-        started.append(s)
+        started_servers.append((s, shared))
         return s.start(start_timeout)
 
     yield make
-    for s in started:
+    for s, _ in started_servers:
         s.stop()
 
 
 @pytest.fixture(scope="session")
 def server(server_factory, broker):
     """The session's shared serving process (tiny model), wired to the session broker."""
-    return server_factory(RLHF_KAFKA_BOOTSTRAP=broker, RLHF_FEEDBACK_RATE_LIMIT=100000)
+    return server_factory(shared=True, RLHF_KAFKA_BOOTSTRAP=broker, RLHF_FEEDBACK_RATE_LIMIT=100000)
 
 
 @pytest.fixture(scope="session")

@@ -37,7 +37,7 @@ def keys_file(tmp_path_factory):
 @pytest.fixture(scope="session")
 def api_key_server(server_factory, broker, keys_file):
     """Serving as in production: API keys, no development mode, a real HMAC key; generous quotas."""
-    return server_factory(RLHF_KAFKA_BOOTSTRAP=broker, RLHF_AUTH="api-key", RLHF_DEV_MODE="false",
+    return server_factory(shared=True, RLHF_KAFKA_BOOTSTRAP=broker, RLHF_AUTH="api-key", RLHF_DEV_MODE="false",
                           RLHF_HMAC_KEY=secrets.token_hex(32), RLHF_API_KEYS_FILE=keys_file,
                           RLHF_FEEDBACK_RATE_LIMIT=100000)
 
