@@ -75,8 +75,6 @@ class DPOConfig(PolicyConfig):
     """Examples per optimiser step (DPO: 2 sequences each; KTO: 1, plus 1 mismatched without gradients)."""
     max_length: int = 512
     """Longest prompt + answer in tokens (the answer first cut to it, then the prompt from the left)."""
-    kl_stop_fraction: float = 0.0
-    """KL guard (see rloo.py); off: the `kl` stat is a log-ratio on logged answers, not a sampled KL."""
 
 
 # ------------------------------------------------------------------------------------------
@@ -180,11 +178,12 @@ def logprob_sums_with_reference(policy, prompts: list[list[int]], answers: list[
 class DPOTrainer(LoggedFeedbackTrainer):
     def __init__(self, model_path: Path | str, tokenizer, cfg: DPOConfig, examples: list[dict],
                  weights: list[float] | None = None, *, init_adapter: Path | str | None = None,
-                 reference_adapter: Path | str | None = None):
+                 reference_adapter: Path | str | None = None, workdir: Path | str | None = None):
         pairs = preference_pairs(examples, weights)
         if not pairs:
             raise NoPreferencePairs(f"DPO has {NO_PAIRS}")
-        self.init_policy(model_path, tokenizer, cfg, init_adapter, reference_adapter=reference_adapter)
+        self.init_policy(model_path, tokenizer, cfg, init_adapter, reference_adapter=reference_adapter,
+                         workdir=workdir)
         self.init_optimizer(self.policy)
         self._order: list[int] = []
         t = time.perf_counter()

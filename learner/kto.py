@@ -31,7 +31,8 @@ starts; those of the mismatched pairs for each minibatch (they change with the m
 The round's stats, for KTO:
     score           mean of ±β(r - z_ref) (+ desirable, - undesirable) over the step's answers before
                     their updates: > 0 when the policy sides with the label
-    kl              mean z_ref of the step's minibatches (the mismatched-pair KL estimate)
+    kl              mean z_ref of the step's minibatches (the mismatched-pair KL estimate); the round
+                    replaces it with the KL sampled after the update when the KL guard is on
     kl_coef         β (fixed)
     policy_loss     mean L_KTO of the step's minibatches
     clipfrac        0: nothing is clipped
@@ -133,12 +134,13 @@ def kto_loss(logp: torch.Tensor, ref: torch.Tensor, desirable: torch.Tensor, z_r
 class KTOTrainer(LoggedFeedbackTrainer):
     def __init__(self, model_path: Path | str, tokenizer, cfg: KTOConfig, examples: list[dict],
                  weights: list[float] | None = None, *, init_adapter: Path | str | None = None,
-                 reference_adapter: Path | str | None = None):
+                 reference_adapter: Path | str | None = None, workdir: Path | str | None = None):
         items = labelled_answers(examples, weights)
         if not items:
             raise ValueError("KTO has no labelled answers: no thumbs and no pairwise choices in the round's "
                              "training feedback")
-        self.init_policy(model_path, tokenizer, cfg, init_adapter, reference_adapter=reference_adapter)
+        self.init_policy(model_path, tokenizer, cfg, init_adapter, reference_adapter=reference_adapter,
+                         workdir=workdir)
         self.init_optimizer(self.policy)
         self._order: list[int] = []
         t = time.perf_counter()

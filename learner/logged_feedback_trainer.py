@@ -4,7 +4,8 @@ cycle over their items, and the statistics every algorithm reports for one step.
     class DPOTrainer(LoggedFeedbackTrainer): ...   # sets self.weights (one per item) and self._time_reference
 
 They sample nothing: their "rollout" time is 0, and the reference pass made once when the trainer was
-built counts as the first step's scoring time.
+built counts as the first step's scoring time. The round samples their policy after an update to
+measure its KL for the KL guard (`PolicyTrainer.sampled_kl`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ def answer_stats(answers: list[list[int]], eos_id: int | None) -> tuple[float, f
 
 
 class LoggedFeedbackTrainer(PolicyTrainer):
+    samples_before_update = False
     _order: list[int]             # set to [] by the subclass
     _time_reference: float        # seconds of the reference pass, set by the subclass
 

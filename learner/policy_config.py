@@ -45,9 +45,15 @@ class PolicyConfig(LoRAConfig):
     temperature: float = 1.0
     """Sampling temperature; training log-probs use the same one (logits / T)."""
     kl_stop_fraction: float = 0.8
-    """KL guard: when an iteration's sampled KL to the reference goes above this share of the
-    operator's `kl_budget` (and above the previous iteration's), the round stops and keeps the
-    policy from before the update that crossed it (0 disables the guard)."""
+    """KL guard (learner/kl_guard.py): when an update pushes the policy's sampled KL to the reference
+    above this share of the operator's `kl_budget` (and above the previous iteration's), the round
+    undoes that update (0 disables the guard)."""
+    kl_backoffs: int = 2
+    """Undone updates after which the KL guard halves the learning rate and goes on; the next one
+    ends the iterations with the policy from before it."""
+    kl_prompts: int = 16
+    """Prompts sampled once each to measure the KL after an update, for algorithms that sample
+    nothing themselves (DPO, KTO)."""
     missing_eos_penalty: float = 1.0
     """Subtracted from the (normalised) score of an answer cut off without EOS."""
     forward_batch_size: int = 8

@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 class PolicyTrainer:
     cfg: PolicyConfig
+    samples_before_update = True
+    """Whether `step` samples answers from the policy before its update and reports their KL to the
+    reference as `kl` (PPO, RLOO, online DPO); otherwise the round samples the policy after it (DPO, KTO)."""
 
     def init_policy(self, model_path: Path | str, tokenizer, cfg: PolicyConfig, init_adapter: Path | str | None,
                     *, reward_model: nn.Module | None = None, workdir: Path | str | None = None,
@@ -64,6 +67,11 @@ class PolicyTrainer:
         """Fused AdamW over the trainable parameters (the LoRA, and e.g. a critic's) of these modules."""
         self.params = [p for m in modules for p in m.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=self.cfg.learning_rate, eps=1e-5, fused=True)
+
+    def scale_learning_rate(self, factor: float) -> None:
+        """Multiply the learning rate of every parameter group by `factor` (the KL guard's back-off)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] *= factor
 
     def optimise(self, loss: torch.Tensor) -> None:
         """One optimiser step on this loss, gradients clipped to `max_grad_norm`."""
@@ -108,6 +116,13 @@ class PolicyTrainer:
         folder = Path(folder)
         self.policy.save_pretrained(str(folder), selected_adapters=[POLICY])
         return folder
+
+    def sampled_kl(self, engine, prompts: list[list[int]]) -> float:
+        """Mean KL to the reference of one answer each to `kl_prompts` of these prompts, sampled from the
+        policy as it is now."""
+        samples = self.sample(engine, self.prompt_batch(prompts, self.cfg.kl_prompts), n=1, name="kl")
+        kls = self.answer_kl(samples)
+        return sum(kls) / max(1, len(kls))
 
     def answer_kl(self, samples) -> list[float]:
         """Σ_t log π/π_ref over each sampled answer: Monte-Carlo KL(policy || reference) per answer."""

@@ -48,6 +48,7 @@ from adapters.cache import cache_dir_of, private_copy
 from adapters.manifest import AdapterError
 from learner.dpo import NO_PAIRS, DPOConfig, DPOTrainer, NoPreferencePairs, preference_pairs
 from learner.gate import UNMEASURED, GateConfig, decide, reward_model_accuracy
+from learner.kl_guard import BACK_OFF, KEEP, LEARNING_RATE_FACTOR, KLGuard
 from learner.kto import KTOConfig, KTOTrainer
 from learner.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
 from learner.ppo import PPOConfig, PPOTrainer
@@ -403,7 +404,8 @@ class Learner:
         start = dict(init_adapter=serving_dir, reference_adapter=reference_dir)
         if algo in ("dpo", "kto"):
             offline = DPOTrainer if algo == "dpo" else KTOTrainer
-            return offline(self.model_path, self.tokenizer, pcfg, fit.examples, fit.weights.weights, **start)
+            return offline(self.model_path, self.tokenizer, pcfg, fit.examples, fit.weights.weights,
+                           workdir=workdir, **start)
         if algo == "online-dpo":
             return OnlineDPOTrainer(self.model_path, self.tokenizer, pcfg, rm, workdir=workdir, **start)
         if algo == "rloo":  # a fixed β: nothing carried across rounds
@@ -568,19 +570,33 @@ class Learner:
                 shutil.rmtree(sft_dir, ignore_errors=True)
                 return self.end_early(round_id, metrics, [f"{e}: DPO skipped"], t_round, suspect_note)
             history = defaultdict(list)
-            kl_limit = pcfg.kl_stop_fraction * settings.kl_budget
-            before_last = None  # the policy before the latest update (restored by the KL guard)
+            guard = KLGuard(pcfg.kl_stop_fraction * settings.kl_budget, pcfg.kl_backoffs,
+                            sampled_after_update=not trainer.samples_before_update)
+            before_last = None  # the policy before the latest kept update (PPO, RLOO, online DPO)
             for k in range(pcfg.steps):
-                state = trainer.policy_state() if kl_limit > 0 else None
+                state = trainer.policy_state() if guard.on else None
                 stats = trainer.step(self.engine, train_prompts)
-                if kl_guard_trips(history["kl"], stats["kl"], kl_limit):
-                    # the rollouts just sampled came from the policy after the last update, and its KL
-                    # crossed the limit: undo that update and stop here
-                    trainer.restore_policy(before_last)
+                if guard.on and guard.sampled_after_update:  # the KL of the policy this update made
+                    t_kl = time.perf_counter()
+                    stats["kl"] = trainer.sampled_kl(self.engine, train_prompts)
+                    stats["time_rollout"] += time.perf_counter() - t_kl
+                undo = state if guard.sampled_after_update else before_last
+                verdict = guard.verdict(stats["kl"]) if undo is not None else guard.keep(stats["kl"])
+                if verdict != KEEP:
+                    trainer.restore_policy(undo)
+                    before_last = None  # its rollouts were sampled from the policy just undone
+                    if verdict == BACK_OFF:
+                        trainer.scale_learning_rate(LEARNING_RATE_FACTOR)
+                        metrics[f"{stage}_kl_backoffs"] = guard.backed_off
+                        log.info("round %d: %s iteration %d: the policy's KL %.3f went over %.0f%% of the budget "
+                                 "(%.3f); undoing that update and going on at %g x the learning rate", round_id,
+                                 name, k + 1, stats["kl"], 100 * pcfg.kl_stop_fraction, guard.limit,
+                                 LEARNING_RATE_FACTOR ** guard.backed_off)
+                        continue
                     metrics[f"{stage}_kl_guard"] = k
                     log.info("round %d: %s stopped after %d iterations: the policy's KL %.3f went over %.0f%% "
-                             "of the budget (%.3f); keeping the policy from before the last update", round_id,
-                             name, k, stats["kl"], 100 * pcfg.kl_stop_fraction, kl_limit)
+                             "of the budget (%.3f); keeping the policy from before that update", round_id,
+                             name, k, stats["kl"], 100 * pcfg.kl_stop_fraction, guard.limit)
                     break
                 before_last = state
                 for key, v in stats.items():
@@ -598,6 +614,15 @@ class Learner:
                     log.info("round %d: %s stops after %d of %d iterations: %s", round_id, name, k + 1,
                              pcfg.steps, cut)
                     break
+            if guard.on and not guard.sampled_after_update and before_last is not None:
+                # the last update's KL: its rollouts would have come in the next iteration
+                kl = trainer.sampled_kl(self.engine, train_prompts)
+                if guard.verdict(kl) != KEEP:
+                    trainer.restore_policy(before_last)
+                    metrics[f"{stage}_kl_guard"] = len(history["kl"])
+                    log.info("round %d: %s: the last update took the policy's KL to %.3f, over %.0f%% of the "
+                             "budget (%.3f); keeping the policy from before it", round_id, name, kl,
+                             100 * pcfg.kl_stop_fraction, guard.limit)
             metrics[f"{stage}_iterations"] = len(history["kl"])
             if hasattr(trainer, "heldout_accuracy"):  # algorithms with an implicit reward (DPO, online DPO, KTO)
                 metrics[f"{stage}_heldout_accuracy"] = trainer.heldout_accuracy(held_ex)
@@ -680,14 +705,6 @@ def feedback_kinds(examples: list[dict]) -> dict[str, int]:
     return {"examples_thumbs": sum(1 for e in examples if e["type"] == "thumbs"),
             "examples_pairwise": sum(1 for e in examples if e["type"] == "pairwise") - demos,
             "examples_demonstration": demos, "examples_user": len(examples) - ai, "examples_ai": ai}
-
-
-def kl_guard_trips(previous_kls: list[float], kl: float, limit: float) -> bool:
-    """Whether the KL guard stops PPO: the KL sampled from the policy after the last update is
-    over the limit and grew with that update. Not on the first iteration (there is no update
-    to undo), and not while the KL is falling (a round starting from an adapter already near
-    the budget may still train, and its KL penalty pulls it back)."""
-    return limit > 0 and bool(previous_kls) and kl > limit and kl > previous_kls[-1]
 
 
 def _per_prompt(samples, rewards: list[float]) -> dict[int, float]:

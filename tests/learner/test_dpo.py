@@ -23,9 +23,9 @@ DPO_FAST = {"steps": 10, "examples_per_step": 64, "minibatch_size": 8}
 
 @pytest.fixture(scope="module")
 def learner(tiny_model_path, tmp_path_factory):
-    # KL budget: DPO's KL guard is off (its training stat is not a sampled KL), so the round's KL is
-    # whatever its 10 iterations reach, and that varies with the generated tiny model: 0.84 nats on
-    # one machine, 7.0-7.9 on another; the test is about learning the taste, within a budget
+    # KL budget: the round's KL after 10 iterations varied with the generated tiny model, 0.84 nats on
+    # one machine and 7.0-7.9 on another; the test is about learning the taste, within a budget (the
+    # KL guard undoes updates that cross 80 % of it)
     lrn = make_learner(tmp_path_factory, "dpo", DPO_FAST, kl_budget=12.0)
     yield lrn
     lrn.close()
@@ -76,6 +76,21 @@ def test_one_dpo_step_moves_every_lora_tensor_and_nothing_frozen(learner):
     dpo.restore_policy(kept)  # the KL guard's undo works on DPO's policy too
     assert all(torch.equal(before[n][1], p.detach()) for n, p in dpo.policy.named_parameters())
     assert dpo.heldout_accuracy(examples) == 0.0  # policy = reference: no margin > 0
+
+
+def test_the_kl_guard_samples_dpo_s_policy_after_an_update(learner, tmp_path):
+    examples = [_pairwise(f"question {i}", f"a happy answer {i}", f"a sad answer {i}") for i in range(6)]
+    dpo = DPOTrainer(learner.model_path, learner.tokenizer, DPOConfig(examples_per_step=6, minibatch_size=3,
+                                                                      kl_prompts=8), examples, workdir=tmp_path)
+    prompts = [learner.tokenizer.encode(f"question {i}") for i in range(4)]
+    assert not dpo.samples_before_update  # the round measures DPO's KL itself
+    assert dpo.sampled_kl(learner.engine, prompts) == pytest.approx(0.0, abs=1e-4)  # a fresh LoRA is the reference
+    for _ in range(3):
+        dpo.step()
+    assert dpo.sampled_kl(learner.engine, prompts) != 0.0  # sampled from the policy as the updates left it
+
+    dpo.scale_learning_rate(0.5)  # the guard's back-off
+    assert [g["lr"] for g in dpo.optimizer.param_groups] == [pytest.approx(0.5 * DPOConfig().learning_rate)]
 
 
 def test_dpo_refuses_feedback_without_pairs(learner):

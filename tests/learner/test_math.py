@@ -11,7 +11,7 @@ from learner.gate import GateConfig, decide, reward_model_accuracy
 from learner.ppo import (AdaptiveKLController, FixedKLController, gae, kl_penalised_rewards, masked_whiten,
                          policy_loss, value_loss)
 from learner.reward import auc, bradley_terry_loss, pairwise_accuracy, thumbs_loss
-from learner.round import kl_guard_trips
+from learner.kl_guard import BACK_OFF, KEEP, STOP, KLGuard, kl_guard_trips
 
 
 def sig(x: float) -> float:
@@ -181,3 +181,21 @@ def test_kl_guard():
     assert not kl_guard_trips([5.0, 4.6], 4.3, limit)        # over, but falling: let PPO pull it back
     assert kl_guard_trips([5.0, 4.3], 4.4, limit)            # over and growing again
     assert not kl_guard_trips([1.0, 2.5], 9.0, 0.0)          # disabled
+    assert kl_guard_trips([], 9.0, limit, first_counts=True)  # sampled after the first update: undo it
+    assert not kl_guard_trips([], 3.0, limit, first_counts=True)
+
+
+def test_kl_guard_backs_off_twice_then_stops():
+    guard = KLGuard(limit=4.0, backoffs=2)
+    assert [guard.verdict(kl) for kl in (0.0, 7.1)] == [KEEP, BACK_OFF]  # an update jumped: undo, halve
+    assert [guard.verdict(kl) for kl in (2.0, 3.5, 3.2)] == [KEEP, KEEP, KEEP]  # smaller steps stay inside
+    assert [guard.verdict(kl) for kl in (4.4, 5.0)] == [BACK_OFF, STOP]  # the third undone update ends it
+    assert guard.kls == [0.0, 2.0, 3.5, 3.2] and guard.backed_off == 2
+
+
+def test_kl_guard_without_back_offs_stops_at_the_first_crossing():
+    guard = KLGuard(limit=4.0, backoffs=0, sampled_after_update=True)
+    assert guard.verdict(9.0) == STOP  # measured after the first update: that update is undone
+    off = KLGuard(limit=0.0, backoffs=2)
+    assert not off.on and [off.verdict(kl) for kl in (0.0, 50.0, 90.0)] == [KEEP] * 3
+    assert off.keep(1.0) == KEEP and off.kls[-1] == 1.0
