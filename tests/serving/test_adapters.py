@@ -80,7 +80,7 @@ def signer(env):
 def replica_a(server_factory, env):
     replica = server_factory(**env, RLHF_ADMIN_TOKEN=TOKEN, RLHF_REPLICA_ID="replica-a")
     yield replica
-    replica.stop()  # free its memory for the modules after this one
+    replica.stop()  # before this module's broker stops (tests/conftest.py would stop it after)
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,7 @@ from rlhf.models.registry import resolve_model
 def gemma_client(server_factory, broker):
     resolve_model("gemma-3-270m")  # prepared once (make test runs `rlhf model prepare` first)
     s = server_factory(RLHF_MODEL="gemma-3-270m", RLHF_MAX_MODEL_LEN=1024, RLHF_KAFKA_BOOTSTRAP=broker)
-    yield OpenAI(base_url=s.url + "/v1", api_key="unused", max_retries=0, timeout=120)
-    s.stop()
+    return OpenAI(base_url=s.url + "/v1", api_key="unused", max_retries=0, timeout=120)
 
 
 def test_default_model_answers_paris(gemma_client):

@@ -108,9 +108,7 @@ def test_a_model_without_a_card_keeps_openais_defaults(tiny_model_path):
 @pytest.fixture(scope="module")
 def gemma_server(server_factory, broker):
     resolve_model("gemma-3-270m")  # prepared once (make test runs `rlhf model prepare` first)
-    s = server_factory(RLHF_MODEL="gemma-3-270m", RLHF_MAX_MODEL_LEN=1024, RLHF_KAFKA_BOOTSTRAP=broker)
-    yield s
-    s.stop()
+    return server_factory(RLHF_MODEL="gemma-3-270m", RLHF_MAX_MODEL_LEN=1024, RLHF_KAFKA_BOOTSTRAP=broker)
 
 
 def test_the_pages_first_answer_names_paris_on_one_short_line(gemma_server, tmp_path):
