@@ -22,6 +22,8 @@ For each taste (harness/tastes.py: `colour`, `sentence`, `place`; also `word:WOR
    whose engine is already up (as after its first round). `CPU s` is the CPU time of the worker and
    its engine processes over the same span (on two cores at most twice `round s`); `others` the
    cores other processes used meanwhile (bench/machine_load.py): times from a busy machine compare badly.
+   `ppl +%`: how much the candidate's perplexity on a fixed reference text rose over the base
+   model's (the round's own offline figure, learner/offline_figures.py): the capability kept.
 3. Judge. One vLLM engine (`--worker judge`) samples the policy the users talked to (`start`: the
    starting adapter policy@v0 where the model has one, else the base model with serving's
    preamble) and each algorithm's adapter, published or rejected by the gate, on `--heldout`
@@ -289,7 +291,7 @@ def table(taste: str, rows: dict, judged: dict | None) -> str:
     head = (f"\ntaste: {taste}" + (f"; start policy approved {start['liked']}/{start['answers']} "
                                    f"({start['liked'] / max(1, start['answers']):.1%})" if start else "") + "\n")
     lines = [f"{'algorithm':<11} {'status':<10} {'approval start -> adapter':<27} {'+points':>8} {'z':>6} "
-             f"{'KL':>7} {'round s':>8} {'CPU s':>8} {'others':>6}"]
+             f"{'KL':>7} {'ppl +%':>7} {'round s':>8} {'CPU s':>8} {'others':>6}"]
     for algo, r in rows.items():
         if r is None:
             lines.append(f"{algo:<11} failed")
@@ -303,8 +305,11 @@ def table(taste: str, rows: dict, judged: dict | None) -> str:
         else:
             approval, points, z = "n/a", "", ""
         kl = f"{r['kl']:.2f}" if isinstance(r.get("kl"), (int, float)) else "n/a"
-        lines.append(f"{algo:<11} {r['status']:<10} {approval:<27} {points:>8} {z:>6} {kl:>7} {r['round_s']:8.0f} "
-                     f"{r['cpu_s']:8.0f} {r.get('others_cores', 0.0):6.2f}")
+        m = r.get("metrics", {})
+        ppl = (f"{100 * (m['perplexity_candidate'] / m['perplexity_base'] - 1):+.1f}"
+               if m.get("perplexity_candidate") and m.get("perplexity_base") else "n/a")
+        lines.append(f"{algo:<11} {r['status']:<10} {approval:<27} {points:>8} {z:>6} {kl:>7} {ppl:>7} "
+                     f"{r['round_s']:8.0f} {r['cpu_s']:8.0f} {r.get('others_cores', 0.0):6.2f}")
     notes = [f"  {algo}: {'; '.join(r['reasons'])}" for algo, r in rows.items() if r and r["reasons"]]
     return head + "\n".join(lines) + ("\n gate's reasons:\n" + "\n".join(notes) if notes else "")
 

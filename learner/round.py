@@ -20,6 +20,8 @@ Steps, each logged with its duration:
    the training feedback under the same weights (no rollouts). The round's metrics of this
    stage are `<algorithm>_*` (`online_dpo_*` for online-dpo).
 4. Gate (learner/gate.py) on held-out users' prompts: reward gain, KL budget, reward-model accuracy.
+   Beside it, the offline figures the manifest keeps (learner/offline_figures.py): perplexity on a
+   fixed reference text (candidate and base), answer length, A/B win rate against the parent.
 
 The split is by user (`learner.store.split_of`): the gate measures whether the learned taste
 carries over to people the round never trained on. A round whose feedback all comes from users
@@ -50,6 +52,7 @@ from learner.dpo import NO_PAIRS, DPOConfig, DPOTrainer, NoPreferencePairs, pref
 from learner.gate import UNMEASURED, GateConfig, decide, reward_model_accuracy
 from learner.kl_guard import BACK_OFF, KEEP, LEARNING_RATE_FACTOR, KLGuard
 from learner.kto import KTOConfig, KTOTrainer
+from learner.offline_figures import offline_figures
 from learner.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
 from learner.ppo import PPOConfig, PPOTrainer
 from learner.reward import RewardConfig, RewardModel, RewardTrainer
@@ -655,7 +658,16 @@ class Learner:
                               kl_budget=settings.kl_budget, rm_accuracy_floor=settings.rm_accuracy_floor, cfg=g)
             metrics.update(decision.metrics)
             metrics["eos_fraction_candidate"] = sum(s.finished for s in cand_samples) / max(1, len(cand_samples))
+            metrics.update(offline_figures(trainer.policy, self.tokenizer, cand_samples, serv_samples,
+                                           [cand_r[i] for i in common], [serv_r[i] for i in common],
+                                           self.max_model_len))
             metrics["time_gate"] = time.perf_counter() - t
+            log.info("round %d: perplexity on the reference text %.2f (base %.2f), answer tokens %.1f (serving "
+                     "%.1f), A/B win rate against %s %.2f [%.2f-%.2f] on %d prompts", round_id,
+                     metrics["perplexity_candidate"], metrics["perplexity_base"], metrics["answer_tokens_candidate"],
+                     metrics["answer_tokens_serving"], parent or "the base model", metrics["win_rate_vs_parent"],
+                     metrics["win_rate_vs_parent_low"], metrics["win_rate_vs_parent_high"],
+                     metrics["win_rate_prompts"])
             log.info("round %d: gate: reward %.3f vs serving %.3f (gain %+.3f ± %.3f), KL %.3f (budget %g), "
                      "RM accuracy %s (floor %g) -> %s", round_id, metrics["reward_candidate"],
                      metrics["reward_serving"], metrics["reward_gain"], metrics["reward_gain_se"],

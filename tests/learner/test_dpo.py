@@ -146,6 +146,10 @@ def test_dpo_round_learns_a_hidden_preference_and_publishes(learner):
     assert manifest["metrics"]["algorithm"] == "dpo"
     assert manifest["metrics"]["dpo_heldout_accuracy"] == m["dpo_heldout_accuracy"]
     assert 0.0 < manifest["metrics"]["kl_candidate"] <= learner.settings.kl_budget
+    figures = manifest["metrics"]  # the offline figures a reader compares versions by
+    assert figures["perplexity_candidate"] > 1.0 and figures["perplexity_base"] > 1.0
+    assert figures["perplexity_candidate"] != figures["perplexity_base"]  # measured with the LoRA on and off
+    assert 0.0 <= figures["win_rate_vs_parent"] <= 1.0 and figures["answer_tokens_candidate"] > 0
 
     # the adapter writes the preferred word more often than the base model, by a clear margin (z > 3)
     _, _, z = taste_of(learner, ann)
