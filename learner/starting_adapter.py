@@ -5,11 +5,14 @@
 
 Build: the base model answers everyday questions (STARTER_QUESTIONS, none of them in
 bench/first_impression.py) under the preamble with vLLM, sampled at the model card's defaults;
-simple rules keep one clean answer per line (ended by itself, one non-empty line, no transcript
-markup, not the question or a preamble answer repeated, no looping); then supervised LoRA steps
-(learner/sft.py) on (the question WITHOUT the preamble -> that answer). The preamble's effect
-then lives in the weights and the prompt stays short. The result is kept in the model cache
-(`RLHF_CACHE_DIR/<model folder>.policy-v0-<hash of the preamble>`), because `rlhf model prepare` runs without a broker.
+six answers a question; simple rules keep clean ones (ended by itself, one non-empty line, no
+transcript markup, not the question or a preamble answer repeated, no looping, no word of its own
+used twice as in "Mexico is the capital of Mexico."), and of those only answers the model gave at
+least twice (self-consistency: its one-offs are where it is wrong, "Milk is red."); then supervised
+LoRA steps (learner/sft.py) on (the question WITHOUT the preamble -> that answer). The preamble's
+effect then lives in the weights and the prompt stays short. The result is kept in the model
+cache (`RLHF_CACHE_DIR/<model folder>.<STARTING_RECIPE>-<hash of the preamble>`), because `rlhf
+model prepare` runs without a broker.
 
 Publish: the learner, when it starts on an adapter store that holds no `policy` version yet,
 stores the prepared folder as `policy@v0` and announces it (learner/publish.py) as active, so
@@ -31,6 +34,7 @@ import json
 import logging
 import re
 import time
+from collections import Counter
 from pathlib import Path
 
 from adapters.manifest import version_string
@@ -52,7 +56,7 @@ log = logging.getLogger(__name__)
 
 STARTING_NAME = "policy"
 STARTING_VERSION = version_string(STARTING_NAME, 0)   # what publish_starting_adapter publishes
-STARTING_RECIPE = "policy-v0"   # the cache folder's suffix; bump when the recipe below changes
+STARTING_RECIPE = "policy-v0-r2"   # the cache folder's suffix; bump when the recipe below changes
 BUILD_INFO = "starting_adapter.json"
 MARKUP = ("Question:", "Answer:")
 
@@ -104,32 +108,52 @@ def loops(text: str, n: int = 3) -> bool:
     return len(grams) != len(set(grams))
 
 
+def circular(text: str, min_letters: int = 4) -> bool:
+    """The answer uses one of its words twice ("Mexico is the capital of Mexico.", "Bread is a type
+    of bread."): a small model's way of saying nothing that looks like an answer."""
+    words = [w for w in re.findall(r"[^\W\d_]+", text.lower()) if len(w) >= min_letters]
+    return len(words) != len(set(words))
+
+
 def keep_answer(question: str, text: str, finished: bool, preamble_answers: set[str], max_words: int = 40) -> bool:
     """One answer that ends cleanly, on one line, that is not a repeat (of the question, of a
-    preamble answer, or of itself)."""
+    preamble answer, or of itself) and not circular."""
     t = text.strip()
     return (finished and bool(t) and "\n" not in t and not any(m in t for m in MARKUP)
             and len(t.split()) <= max_words and t.lower() != question.strip().lower()
-            and t not in preamble_answers and not loops(t))
+            and t not in preamble_answers and not loops(t) and not circular(t))
 
 
-def demonstrations(questions: list[str], samples, preamble: list[dict], per_question: int = 2) -> list[tuple[str, str]]:
-    """(question, answer) pairs: up to `per_question` distinct kept answers per question."""
+def same_answer(text: str) -> str:
+    """What two answers must share to count as the same: their words, in any case, without the end mark."""
+    return " ".join(re.findall(r"\w+", text.lower()))
+
+
+def demonstrations(questions: list[str], samples, preamble: list[dict], per_question: int = 2,
+                   min_agreement: int = 2) -> list[tuple[str, str]]:
+    """(question, answer) pairs: per question, the kept answers the model gave at least `min_agreement`
+    times among its samples, most often given first, at most `per_question`. Self-consistency (Wang
+    et al. 2022): a small model's most repeated answer is far more often right than a one-off, so
+    "Milk is red." sampled once beside "Milk is white." three times does not become a lesson."""
     preamble_answers = {m["content"].strip() for m in preamble if m["role"] == "assistant"}
-    kept: dict[int, list[str]] = {}
+    counts: dict[int, Counter] = {}
+    first_text: dict[tuple[int, str], str] = {}
     for s in samples:
-        answers = kept.setdefault(s.prompt_index, [])
-        t = s.text.strip()
-        if len(answers) < per_question and t not in answers and \
-                keep_answer(questions[s.prompt_index], s.text, s.finished, preamble_answers):
-            answers.append(t)
-    return [(questions[i], a) for i, answers in sorted(kept.items()) for a in answers]
+        if keep_answer(questions[s.prompt_index], s.text, s.finished, preamble_answers):
+            key = same_answer(s.text)
+            counts.setdefault(s.prompt_index, Counter())[key] += 1
+            first_text.setdefault((s.prompt_index, key), s.text.strip())
+    out = []
+    for i, counter in sorted(counts.items()):
+        agreed = [key for key, n in counter.most_common() if n >= min_agreement][:per_question]
+        out += [(questions[i], first_text[(i, key)]) for key in agreed]
+    return out
 
 
 # ------------------------------------------------------------------------------------------
 # Build (`rlhf model prepare`) and publish (the learner at start)
 # ------------------------------------------------------------------------------------------
-def build_starting_adapter(settings, model_path: Path | str, *, samples_per_question: int = 4,
+def build_starting_adapter(settings, model_path: Path | str, *, samples_per_question: int = 6,
                            sft: SFTConfig | None = None, questions: list[str] | None = None) -> Path | None:
     """Build the starting adapter into the model cache (once); None when the model has no preamble."""
     model_path = Path(model_path)

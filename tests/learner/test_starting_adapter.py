@@ -15,6 +15,7 @@ from learner.round import Learner
 from learner.sft import SFTConfig, SFTTrainer, encode_demonstration
 from learner.starting_adapter import (
     BUILD_INFO,
+    circular,
     demonstrations,
     keep_answer,
     prepared,
@@ -38,20 +39,37 @@ PREAMBLE = [{"role": "user", "content": "Good morning!"},
     (" What is the capital of Peru?", True, False),                  # the question repeated
     (" Good morning! How can I help you today?", True, False),       # a preamble answer copied
     (" Lima is a city and Lima is a city and Lima is a city.", True, False),  # looping
+    (" Peru is the capital of Peru.", True, False),                  # circular: a word of its own twice
+    (" Lima, in Peru.", True, True),                                 # the question's words are not its own
 ])
 def test_the_rules_keep_one_clean_answer(text, finished, kept):
     preamble_answers = {m["content"] for m in PREAMBLE if m["role"] == "assistant"}
     assert keep_answer("What is the capital of Peru?", text, finished, preamble_answers) is kept
 
 
-def test_demonstrations_keep_distinct_answers_per_question():
-    questions = ["What is the capital of Peru?", "Hello!"]
-    texts = [(0, " Lima.", True), (0, " Lima.", True), (0, " It is Lima.", True), (0, " Cusco.", True),
-             (1, " Hello!\nQuestion: hi", True), (1, " Hello! Nice to meet you.", True)]
+@pytest.mark.parametrize("text, circle", [
+    ("Bread is a type of bread.", True),      # in any case
+    ("A volcano is a volcano.", True),
+    ("It is a big city, a big one.", False),   # short words may repeat
+    ("The capital of Peru is Lima.", False),
+])
+def test_an_answer_that_uses_a_word_of_its_own_twice_is_circular(text, circle):
+    assert circular(text) is circle
+
+
+def test_demonstrations_keep_the_answers_the_model_gave_at_least_twice_most_given_first():
+    questions = ["What is the capital of Peru?", "Hello!", "What colour is milk?"]
+    texts = [(0, " It is Lima.", True), (0, " Lima.", True), (0, " lima", True), (0, " It is Lima!", True),
+             (0, " It is Lima.", True), (0, " Cusco.", True),
+             (1, " Hello!\nQuestion: hi", True), (1, " Hello!\nQuestion: hi", True), (1, " Hello! Nice to meet you.", True),
+             (2, " Milk is white.", True), (2, " Milk is red.", True), (2, " Milk is white.", False)]
     samples = [Sample(i, [], [], t, f) for i, t, f in texts]
     assert demonstrations(questions, samples, PREAMBLE) == [
-        ("What is the capital of Peru?", "Lima."), ("What is the capital of Peru?", "It is Lima."),
-        ("Hello!", "Hello! Nice to meet you.")]
+        ("What is the capital of Peru?", "It is Lima."),   # 3 times, in any case and end mark
+        ("What is the capital of Peru?", "Lima.")]          # twice; "Cusco." once is no lesson
+    # "Hello!" has no clean answer given twice, milk's white answer was cut off once: nothing from them
+    assert demonstrations(questions, samples, PREAMBLE, per_question=1) == [("What is the capital of Peru?", "It is Lima.")]
+    assert ("What colour is milk?", "Milk is red.") in demonstrations(questions, samples, PREAMBLE, min_agreement=1)
 
 
 @pytest.fixture
