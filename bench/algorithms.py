@@ -30,7 +30,9 @@ For each taste (harness/tastes.py: `colour`, `sentence`, `place`; also `word:WOR
    held-out questions: a fixed share of the question space (by a hash of the text) that phase 1
    never asks, and none of the log's questions. `--samples` answers per question at temperature 1,
    the same seeds for every policy; approval is the share of answers the taste likes, and `z` the
-   two-proportion z of an adapter against the start.
+   two-proportion z of an adapter against the start. `capitals`: the share of answers to 30
+   capital-of-country questions (harness/capitals.py; 4 each, at the model card's sampling defaults,
+   as serving answers a request that sets none) that name the capital: the other capability kept.
 4. TRL (`--trl`, needs `trl==1.16.0`): see bench/trl_steps.py; TRL's DPOTrainer, KTOTrainer and
    RLOOTrainer on the log's data beside ours, seconds per optimiser step.
 
@@ -62,6 +64,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench import feedback_log  # noqa: E402
 from bench.feedback_log import EVENT_KEY, load_log, log_counts, questions_of  # noqa: E402
+from harness.capitals import CAPITAL_QUESTIONS, capital_accuracy  # noqa: E402
 from harness.proportions import two_proportion_z  # noqa: E402
 from harness.questions import questions as everyday_questions  # noqa: E402
 from harness.up import UpProcess  # noqa: E402
@@ -74,6 +77,8 @@ ALGORITHMS = ("ppo", "rloo", "dpo", "online-dpo", "kto")
 # The same held-out users for every learner: this key holds out a typical 4 of user0..user19
 SPLIT_KEY = "bench/algorithms.py: the split key of every learner 2"
 HELDOUT_SHARE = 0.2  # of the question space, asked only by the judge
+CAPITAL_TOKENS = 24  # answers to the capital questions: the capital comes in the first words
+CAPITAL_SAMPLES = 4
 
 
 # ------------------------------------------------------------------------------------------ questions
@@ -211,7 +216,7 @@ def judge_worker(spec: dict) -> dict:
     from learner.rollout import RolloutEngine
     from learner.starting_adapter import prepared
     from learner.tokenization import encode_prompt, load_tokenizer, stop_strings
-    from rlhf.models.card import model_card, preamble_messages, with_preamble
+    from rlhf.models.card import model_card, preamble_messages, sampling_defaults, with_preamble
     from rlhf.models.registry import resolve_model
     from rlhf.models.sizing import context_length
     from rlhf.settings import Settings
@@ -224,24 +229,32 @@ def judge_worker(spec: dict) -> dict:
                            max_lora_rank=settings.max_lora_rank, kv_cache_gb=settings.kv_cache_gb, seed=0,
                            stop=stop_strings(path))
     try:
-        chats = [[{"role": "user", "content": q}] for q in spec["questions"]]
-        plain = [encode_prompt(tok, c) for c in chats]
         start = prepared(settings, path)
-        if start is not None:  # what users talked to: serving answers with policy@v0, without the preamble
-            policies = [("start", plain, engine.lora(start, "start"))]
-        else:  # serving puts its preamble before conversations with the bare base model
-            preamble = preamble_messages(model_card(path), settings.preamble)
-            policies = [("start", [encode_prompt(tok, with_preamble(c, preamble)) for c in chats], None)]
-        policies += [(name, plain, engine.lora(folder, name)) for name, folder in spec["adapters"].items()]
+        preamble = preamble_messages(model_card(path), settings.preamble)
+        card_sampling = sampling_defaults(model_card(path))  # what a user who sets nothing gets from serving
+
+        def encoded(questions: list[str], with_the_preamble: bool) -> list[list[int]]:
+            chats = [[{"role": "user", "content": q}] for q in questions]
+            return [encode_prompt(tok, with_preamble(c, preamble) if with_the_preamble else c) for c in chats]
+
+        # what users talked to: serving answers with policy@v0 without its preamble, the bare base model with it
+        policies = [("start", start is None, engine.lora(start, "start") if start is not None else None)]
+        policies += [(name, False, engine.lora(folder, name)) for name, folder in spec["adapters"].items()]
+        capital_qs, countries = [q for q, _ in CAPITAL_QUESTIONS], [c for _, c in CAPITAL_QUESTIONS]
         out = {}
-        for name, prompts, lora in policies:
+        for name, preambled, lora in policies:
             t = time.perf_counter()
-            samples = engine.generate(prompts, n=spec["samples"], temperature=1.0, max_tokens=spec["max_tokens"],
-                                      lora=lora, seed=spec["seed"])
+            samples = engine.generate(encoded(spec["questions"], preambled), n=spec["samples"], temperature=1.0,
+                                      max_tokens=spec["max_tokens"], lora=lora, seed=spec["seed"])
             liked = [pref.likes(s.text) for s in samples]
-            out[name] = {"liked": sum(liked), "answers": len(liked), "examples": [s.text for s in samples[:3]]}
-            log.info("judge: %s liked %d of %d answers (%.0f s); e.g. %r", name, sum(liked), len(liked),
-                     time.perf_counter() - t, samples[0].text[:80] if samples else "")
+            answers = engine.generate(encoded(capital_qs, preambled), n=CAPITAL_SAMPLES, max_tokens=CAPITAL_TOKENS,
+                                      lora=lora, seed=spec["seed"], **card_sampling)
+            capitals = capital_accuracy([countries[a.prompt_index] for a in answers], [a.text for a in answers])
+            out[name] = {"liked": sum(liked), "answers": len(liked), "examples": [s.text for s in samples[:3]],
+                         "capital_accuracy": capitals, "capital_examples": [a.text for a in answers[:3]]}
+            log.info("judge: %s liked %d of %d answers, named %.0f%% of capitals (%.0f s); e.g. %r", name,
+                     sum(liked), len(liked), 100 * capitals, time.perf_counter() - t,
+                     samples[0].text[:80] if samples else "")
         return out
     finally:
         engine.close()
@@ -289,9 +302,10 @@ def run_worker(kind: str, spec_path: str, out_path: str) -> int:
 def table(taste: str, rows: dict, judged: dict | None) -> str:
     start = (judged or {}).get("start")
     head = (f"\ntaste: {taste}" + (f"; start policy approved {start['liked']}/{start['answers']} "
-                                   f"({start['liked'] / max(1, start['answers']):.1%})" if start else "") + "\n")
+                                   f"({start['liked'] / max(1, start['answers']):.1%}), named "
+                                   f"{start['capital_accuracy']:.0%} of capitals" if start else "") + "\n")
     lines = [f"{'algorithm':<11} {'status':<10} {'approval start -> adapter':<27} {'+points':>8} {'z':>6} "
-             f"{'KL':>7} {'ppl +%':>7} {'round s':>8} {'CPU s':>8} {'others':>6}"]
+             f"{'KL':>7} {'ppl +%':>7} {'capitals':>8} {'round s':>8} {'CPU s':>8} {'others':>6}"]
     for algo, r in rows.items():
         if r is None:
             lines.append(f"{algo:<11} failed")
@@ -308,8 +322,9 @@ def table(taste: str, rows: dict, judged: dict | None) -> str:
         m = r.get("metrics", {})
         ppl = (f"{100 * (m['perplexity_candidate'] / m['perplexity_base'] - 1):+.1f}"
                if m.get("perplexity_candidate") and m.get("perplexity_base") else "n/a")
+        capitals = f"{100 * j['capital_accuracy']:.0f}%" if j else "n/a"
         lines.append(f"{algo:<11} {r['status']:<10} {approval:<27} {points:>8} {z:>6} {kl:>7} {ppl:>7} "
-                     f"{r['round_s']:8.0f} {r['cpu_s']:8.0f} {r.get('others_cores', 0.0):6.2f}")
+                     f"{capitals:>8} {r['round_s']:8.0f} {r['cpu_s']:8.0f} {r.get('others_cores', 0.0):6.2f}")
     notes = [f"  {algo}: {'; '.join(r['reasons'])}" for algo, r in rows.items() if r and r["reasons"]]
     return head + "\n".join(lines) + ("\n gate's reasons:\n" + "\n".join(notes) if notes else "")
 
