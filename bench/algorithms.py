@@ -33,6 +33,8 @@ For each taste (harness/tastes.py: `colour`, `sentence`, `place`; also `word:WOR
    two-proportion z of an adapter against the start. `capitals`: the share of answers to 30
    capital-of-country questions (harness/capitals.py; 4 each, at the model card's sampling defaults,
    as serving answers a request that sets none) that name the capital: the other capability kept.
+   Where the model has a starting adapter, the bare base model with serving's preamble is judged
+   too (`base` in the table's head line).
 4. TRL (`--trl`, needs `trl==1.16.0`): see bench/trl_steps.py; TRL's DPOTrainer, KTOTrainer and
    RLOOTrainer on the log's data beside ours, seconds per optimiser step.
 
@@ -239,6 +241,8 @@ def judge_worker(spec: dict) -> dict:
 
         # what users talked to: serving answers with policy@v0 without its preamble, the bare base model with it
         policies = [("start", start is None, engine.lora(start, "start") if start is not None else None)]
+        if start is not None:  # the bare base model as serving answers it (with the preamble), for the capabilities
+            policies.append(("base", True, None))
         policies += [(name, False, engine.lora(folder, name)) for name, folder in spec["adapters"].items()]
         capital_qs, countries = [q for q, _ in CAPITAL_QUESTIONS], [c for _, c in CAPITAL_QUESTIONS]
         out = {}
@@ -300,10 +304,12 @@ def run_worker(kind: str, spec_path: str, out_path: str) -> int:
 
 # ------------------------------------------------------------------------------------------ the table
 def table(taste: str, rows: dict, judged: dict | None) -> str:
-    start = (judged or {}).get("start")
+    start, base = (judged or {}).get("start"), (judged or {}).get("base")
     head = (f"\ntaste: {taste}" + (f"; start policy approved {start['liked']}/{start['answers']} "
                                    f"({start['liked'] / max(1, start['answers']):.1%}), named "
-                                   f"{start['capital_accuracy']:.0%} of capitals" if start else "") + "\n")
+                                   f"{start['capital_accuracy']:.0%} of capitals" if start else "")
+            + (f"; the base model with the preamble approved {base['liked'] / max(1, base['answers']):.1%}, named "
+               f"{base['capital_accuracy']:.0%} of capitals" if base else "") + "\n")
     lines = [f"{'algorithm':<11} {'status':<10} {'approval start -> adapter':<27} {'+points':>8} {'z':>6} "
              f"{'KL':>7} {'ppl +%':>7} {'capitals':>8} {'round s':>8} {'CPU s':>8} {'others':>6}"]
     for algo, r in rows.items():
