@@ -232,26 +232,31 @@ def judge_worker(spec: dict) -> dict:
                            stop=stop_strings(path))
     try:
         start = prepared(settings, path)
-        preamble = preamble_messages(model_card(path), settings.preamble)
-        card_sampling = sampling_defaults(model_card(path))  # what a user who sets nothing gets from serving
+        card = model_card(path)
+        preamble = preamble_messages(card, settings.preamble)
+        card_sampling = sampling_defaults(card)  # what a user who sets nothing gets from serving
+        capital_qs, countries = [q for q, _ in CAPITAL_QUESTIONS], [c for _, c in CAPITAL_QUESTIONS]
 
         def encoded(questions: list[str], with_the_preamble: bool) -> list[list[int]]:
             chats = [[{"role": "user", "content": q}] for q in questions]
             return [encode_prompt(tok, with_preamble(c, preamble) if with_the_preamble else c) for c in chats]
+
+        # (held-out questions, capital questions) as ids, without and with the preamble
+        prompts = {p: (encoded(spec["questions"], p), encoded(capital_qs, p)) for p in (False, True)}
 
         # what users talked to: serving answers with policy@v0 without its preamble, the bare base model with it
         policies = [("start", start is None, engine.lora(start, "start") if start is not None else None)]
         if start is not None:  # the bare base model as serving answers it (with the preamble), for the capabilities
             policies.append(("base", True, None))
         policies += [(name, False, engine.lora(folder, name)) for name, folder in spec["adapters"].items()]
-        capital_qs, countries = [q for q, _ in CAPITAL_QUESTIONS], [c for _, c in CAPITAL_QUESTIONS]
         out = {}
         for name, preambled, lora in policies:
             t = time.perf_counter()
-            samples = engine.generate(encoded(spec["questions"], preambled), n=spec["samples"], temperature=1.0,
-                                      max_tokens=spec["max_tokens"], lora=lora, seed=spec["seed"])
+            held_out, capital_prompts = prompts[preambled]
+            samples = engine.generate(held_out, n=spec["samples"], temperature=1.0, max_tokens=spec["max_tokens"],
+                                      lora=lora, seed=spec["seed"])
             liked = [pref.likes(s.text) for s in samples]
-            answers = engine.generate(encoded(capital_qs, preambled), n=CAPITAL_SAMPLES, max_tokens=CAPITAL_TOKENS,
+            answers = engine.generate(capital_prompts, n=CAPITAL_SAMPLES, max_tokens=CAPITAL_TOKENS,
                                       lora=lora, seed=spec["seed"], **card_sampling)
             capitals = capital_accuracy([countries[a.prompt_index] for a in answers], [a.text for a in answers])
             out[name] = {"liked": sum(liked), "answers": len(liked), "examples": [s.text for s in samples[:3]],

@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from harness.broker import start_broker
+from harness.capitals import CAPITALS as ALL_CAPITALS
 from harness.server import ServerProcess
 from learner.publish import OutboxSender
 from learner.starting_adapter import publish_starting_adapter
@@ -47,9 +48,8 @@ from learner.store import Store
 from rlhf.models.registry import model_display_name, resolve_model
 from rlhf.settings import get_settings
 
-CAPITALS = {"France": "Paris", "Germany": "Berlin", "Italy": "Rome", "Spain": "Madrid", "Japan": "Tokyo",
-            "China": "Beijing", "Russia": "Moscow", "the United Kingdom": "London", "Egypt": "Cairo",
-            "Canada": "Ottawa"}
+# the first ten of harness/capitals.py (France ... Canada), each by its first accepted name
+CAPITALS = {country: names[0] for country, names in list(ALL_CAPITALS.items())[:10]}
 COLOURS = {"the sky on a sunny day": "blue", "grass": "green", "snow": "white", "a banana": "yellow"}
 COUNTS = {"How many legs does a dog have?": r"\b(four|4)\b", "How many days are in a week?": r"\b(seven|7)\b",
           "How many legs does a spider have?": r"\b(eight|8)\b", "How many months are in a year?": r"\b(twelve|12)\b"}

@@ -72,7 +72,7 @@ class Stream:
     """Askers fill a queue of feedback events; posters send them on a fixed schedule."""
 
     def __init__(self, url: str, pref: Preference, rate: float, askers: int, posters: int, max_tokens: int):
-        self.url, self.pref, self.rate, self.max_tokens = url, pref, rate, max_tokens
+        self.url, self.pref, self.rate, self.askers, self.max_tokens = url, pref, rate, askers, max_tokens
         self.events: queue.Queue = queue.Queue(maxsize=int(rate * 30))
         self.stop = threading.Event()
         self.lock = threading.Lock()
@@ -91,7 +91,7 @@ class Stream:
     def ask(self, worker: int) -> None:
         rng = random.Random(worker)
         with httpx.Client(base_url=self.url, timeout=120) as client:
-            for i in itertools.count(worker, len(self.threads)):
+            for i in itertools.count(worker, self.askers):  # each asker its own seeds
                 if self.stop.is_set():
                     return
                 try:
