@@ -190,6 +190,9 @@ def main() -> int:
     p.add_argument("--every", type=float, default=30.0, help="seconds between progress lines")
     p.add_argument("--out", help="folder for `rlhf up`'s data (default: a new temporary one)")
     args = p.parse_args()
+    for name in ("rate", "minutes", "every", "askers", "posters", "max_tokens"):
+        if getattr(args, name) <= 0:
+            p.error(f"--{name.replace('_', '-')} must be above 0, not {getattr(args, name)}")
     try:
         json.loads(args.learner_config)
     except json.JSONDecodeError as e:
