@@ -2,6 +2,8 @@
 
     descendants(pid)            every descendant process
     cmdline(pid)                a process's command line
+    environ(pid)                a process's environment
+    thread_cpus(pid)            the cores each of a process's threads may run on
     listening_here(pid, port)   whether `pid` or a descendant holds the socket listening on `port`
 """
 
@@ -32,6 +34,25 @@ def cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return ""
+
+
+def environ(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    return dict(item.decode(errors="replace").partition("=")[::2] for item in raw.split(b"\0") if b"=" in item)
+
+
+def thread_cpus(pid: int) -> dict[int, set[int]]:
+    """thread id -> the cores it may run on (its affinity)."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out[int(task.name)] = os.sched_getaffinity(int(task.name))
+        except OSError:
+            pass
+    return out
 
 
 def listening_sockets(port: int) -> set[str]:

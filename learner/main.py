@@ -35,6 +35,7 @@ import threading
 import time
 from typing import NamedTuple
 
+import torch
 from prometheus_client import Counter, Gauge, Histogram
 
 from feedback.consumer import EventConsumer, Record
@@ -49,6 +50,7 @@ from learner.retention import PRUNE_EVERY_S, prune
 from learner.round import Learner, LearnerConfig, stage_name
 from learner.starting_adapter import publish_starting_adapter
 from learner.store import IngestResult, Store
+from rlhf.cpu_share import bind_learner
 from rlhf.models.cache import ModelError
 from rlhf.settings import get_settings
 from rlhf.status_http import start_status_http
@@ -332,6 +334,11 @@ def run() -> int:
     logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLogger().level))  # chatty at INFO
     try:
         client_security(settings)  # Kafka security settings that cannot work stop the start, with why
+        cpus = bind_learner(settings.learner_cpus)  # before the engine starts: its worker reads the binding then
+        if cpus:
+            torch.set_num_threads(len(cpus))
+            log.info("the learner computes on cores %s (%d torch thread%s)", settings.learner_cpus, len(cpus),
+                     "" if len(cpus) == 1 else "s")
         cfg = load_config()
         learner = Learner(settings, cfg)
     except (ModelError, ValueError, OSError) as e:

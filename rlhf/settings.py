@@ -13,6 +13,8 @@ from typing import Literal, get_args
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from rlhf.cpu_share import CpuListError, parse_cpus
+
 # Secrets that ship in examples; the service refuses to run with them outside dev mode.
 PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "secret", "changethis"}
 MIN_SECRET_BYTES = 32  # outside dev mode, the HMAC key and the admin token are at least this long
@@ -32,6 +34,9 @@ class Settings(BaseSettings):
     max_num_seqs: int = Field(64, description="Most sequences the engine schedules at once.")
     max_lora_rank: int = Field(16, description="Largest LoRA rank the engine accepts.")
     max_loras: int = Field(4, description="LoRA adapters the engine keeps resident at once.")
+    serving_cpus: str = Field("", description="Cores serving's engine computes on (\"0\", \"0-5\", \"0,2-3\"); empty: "
+                              "as vLLM chooses. `rlhf up` sets it, with RLHF_LEARNER_CPUS, so that the two never "
+                              "compute on the same core (rlhf/cpu_share.py).")
     max_tokens_default: int = Field(256, description="max_tokens when a request gives none.")
     preamble: str = Field("", description="Example exchanges put before each conversation on the base model: "
                           "empty for the model card's, `none` for none, or a JSON file of messages.")
@@ -159,6 +164,9 @@ class Settings(BaseSettings):
                                                                   "learner store keeps, newest first (0: no limit).")
     learner_split_key: str = Field("", description="Secret key of the hash that splits users into training and "
                                                    "held-out (empty: a random key kept in the learner store).")
+    learner_cpus: str = Field("", description="Cores the learner computes on, one torch thread and one engine thread "
+                              "per core; empty: every core it may run on. `rlhf up` gives it the last quarter of the "
+                              "machine's cores (at least one), serving the rest (rlhf/cpu_share.py).")
     learner_algorithm: LearnerAlgorithm = Field(
         "ppo", description="How the learner trains the policy LoRA: `ppo` (learner/ppo.py, with a critic), "
         "`rloo` (learner/rloo.py, k answers per prompt, leave-one-out baseline, no critic), `dpo` (learner/dpo.py, "
@@ -205,6 +213,16 @@ class Settings(BaseSettings):
             raise ValueError(f"RLHF_LEARNER_ALGORITHM must be one of {', '.join(get_args(LearnerAlgorithm))}, "
                              f"not {v!r}")
         return v
+
+    @field_validator("serving_cpus", "learner_cpus")
+    @classmethod
+    def _cpus(cls, v: str, info) -> str:
+        if v.strip():
+            try:
+                parse_cpus(v)
+            except CpuListError as e:
+                raise ValueError(f"RLHF_{info.field_name.upper()}: {e}") from None
+        return v.strip()
 
     @field_validator("learner_max_user_share", "learner_max_client_share")
     @classmethod

@@ -9,6 +9,10 @@ without key settings a key pair in `RLHF_DATA_DIR/control-keys` with which the l
 `rlhf adapters` sign routing changes and serving checks them (adapters/signing.py). If something already
 answers at `RLHF_KAFKA_BOOTSTRAP`, that broker is used instead of starting one.
 
+The cores are shared out (rlhf/cpu_share.py): serving's model computes on the first three quarters,
+the learner on the last quarter (at least one core), unless RLHF_SERVING_CPUS or RLHF_LEARNER_CPUS
+say otherwise; the learner then trains with one thread per core of its share.
+
 With `RLHF_JUDGE_ENABLED=true` the AI judge (`rlhf judge`) runs beside them, asking serving's base
 model unless RLHF_JUDGE_URL names another endpoint.
 
@@ -35,6 +39,7 @@ import httpx
 
 from adapters.signing import DEV_KEYS_DIR, SigningError, control_keys
 from feedback.broker import BrokerError, port_open, start_broker, stop_broker
+from rlhf.cpu_share import CpuListError, shares_for_up
 from rlhf.models.cache import ModelError
 from rlhf.models.registry import resolve_model
 from rlhf.settings import get_settings
@@ -141,6 +146,14 @@ def run() -> int:
     say(f"routing changes signed with key {keys.signing.key_id}"
         + (" (development pair in " + str(data_dir / DEV_KEYS_DIR) + ")" if not settings.signing_key_file else ""))
 
+    try:
+        serving_cpus, learner_cpus = shares_for_up(settings.serving_cpus, settings.learner_cpus)
+    except CpuListError as e:
+        print(f"error: RLHF_SERVING_CPUS / RLHF_LEARNER_CPUS: {e}", file=sys.stderr)
+        return 2
+    say(f"serving's model computes on cores {serving_cpus}, the learner on {learner_cpus} "
+        f"(RLHF_SERVING_CPUS, RLHF_LEARNER_CPUS)")
+
     # The model once, here: serving and the learner would otherwise both prepare it at once.
     say(f"model {settings.model}: preparing if needed (first run of the default model takes a few minutes)")
     try:
@@ -175,7 +188,8 @@ def run() -> int:
     env = {**os.environ, "RLHF_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "RLHF_MODEL": settings.model,
            "RLHF_DATA_DIR": str(data_dir), "RLHF_ADAPTER_DIR": str(adapter_dir), "RLHF_HOST": settings.host,
            "RLHF_PORT": str(settings.port), "PYTHONUNBUFFERED": "1"}
-    children = [Child("serve", env, logs / "serve.log"), Child("learn", env, logs / "learn.log")]
+    children = [Child("serve", {**env, "RLHF_SERVING_CPUS": serving_cpus}, logs / "serve.log"),
+                Child("learn", {**env, "RLHF_LEARNER_CPUS": learner_cpus}, logs / "learn.log")]
     if settings.judge_enabled:
         children.append(Child("judge", env, logs / "judge.log"))
     for c in children:

@@ -27,6 +27,7 @@ from adapters.router import Router
 from adapters.signing import SigningError, control_keys
 from feedback.kafka_security import check_client_security
 from feedback.producer import EventPublisher
+from rlhf.cpu_share import CpuListError, bind_serving
 from rlhf.models.registry import model_display_name, resolve_model
 from rlhf.settings import Settings, get_settings
 from serving import (metrics, routes_adapters, routes_chat, routes_feedback, routes_health, routes_models,
@@ -55,6 +56,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         keys = control_keys(settings)  # public keys routing events must be signed by (+ a signing key: admin routes)
     except SigningError as e:
         raise SystemExit(str(e)) from None
+    try:
+        bind_serving(settings.serving_cpus)  # before the engine starts: its worker reads the binding then
+    except CpuListError as e:
+        raise SystemExit(f"RLHF_SERVING_CPUS: {e}") from None
     served_name = settings.served_model_name or model_display_name(settings.model)
 
     app = FastAPI(title="rlhf serving", lifespan=lifespan)

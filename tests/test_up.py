@@ -13,9 +13,10 @@ import httpx
 
 from feedback.broker import port_open
 from harness import ports
-from harness.procfs import cmdline, descendants
+from harness.procfs import cmdline, descendants, environ, thread_cpus
 from harness.up import UpProcess
 from harness.waiting import answers_200, wait_until
+from rlhf.cpu_share import parse_cpus
 
 
 def test_up_starts_supervises_and_stops_everything(tmp_path, tiny_model_path):
@@ -24,6 +25,7 @@ def test_up_starts_supervises_and_stops_everything(tmp_path, tiny_model_path):
     try:
         up.start(timeout=600)  # serving ready and the learner answering, each on its own port
         out = up.output
+        out.wait_for("serving's model computes on cores", 10)
         out.wait_for("broker listening at", 10)
         out.wait_for("chat page", 30)
         page = httpx.get(up.url + "/", timeout=10)
@@ -36,6 +38,16 @@ def test_up_starts_supervises_and_stops_everything(tmp_path, tiny_model_path):
         serve = [pid for pid, c in names.items() if c.endswith("rlhf.cli serve ")]
         learn = [pid for pid, c in names.items() if c.endswith("rlhf.cli learn ")]
         assert serve and learn and any("tansu" in c for c in names.values()), names
+
+        # The cores are shared out: serving's engine computes only on its share, the learner has the rest.
+        allowed = os.sched_getaffinity(0)
+        serving_cpus = set(parse_cpus(environ(serve[0])["RLHF_SERVING_CPUS"]))
+        learner_cpus = set(parse_cpus(environ(learn[0])["RLHF_LEARNER_CPUS"]))
+        assert serving_cpus | learner_cpus == allowed
+        if len(allowed) > 1:
+            assert not serving_cpus & learner_cpus
+            bound = [cpus for pid in descendants(serve[0]) for cpus in thread_cpus(pid).values() if cpus != allowed]
+            assert bound and all(cpus <= serving_cpus for cpus in bound), bound
 
         # A dead serving process is restarted (on the same port) and becomes ready again.
         os.kill(serve[0], signal.SIGKILL)
