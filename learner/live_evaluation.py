@@ -50,11 +50,16 @@ class VersionFigures:
     pairwise_win: Interval
 
 
+# The answers any joined feedback names, as one set that each interaction is looked up in: a correlated
+# EXISTS over the three id columns scanned the feedback table once per interaction (104 s on 12k
+# interactions and 12k feedback rows, against 0.07 s this way).
 ANSWERS = """
+WITH answered(id) AS (
+  SELECT response_id FROM feedback WHERE status = 'joined' AND response_id IS NOT NULL
+  UNION SELECT chosen_id FROM feedback WHERE status = 'joined' AND chosen_id IS NOT NULL
+  UNION SELECT rejected_id FROM feedback WHERE status = 'joined' AND rejected_id IS NOT NULL)
 SELECT COALESCE(i.adapter, 'base') AS version, COUNT(*) AS answers, AVG(i.completion_tokens) AS tokens,
-       SUM(EXISTS(SELECT 1 FROM feedback f WHERE f.status = 'joined' AND
-                  (f.response_id = i.response_id OR f.chosen_id = i.response_id OR f.rejected_id = i.response_id)))
-         AS with_feedback
+       SUM(i.response_id IN answered) AS with_feedback
 FROM interactions i GROUP BY version
 """
 
