@@ -650,10 +650,13 @@ class Learner:
                        seed=g.seed)
             cand_samples = self.engine.generate(held, lora=cand_lora, **gen)
             serv_samples = self.engine.generate(held, lora=serving_lora, **gen)
+            metrics["time_gate_sampling"], t_part = time.perf_counter() - t, time.perf_counter()
             cand_r = _per_prompt(cand_samples, self._rewards(rm, cand_samples))
             serv_r = _per_prompt(serv_samples, self._rewards(rm, serv_samples))
             common = sorted(set(cand_r) & set(serv_r))
+            metrics["time_gate_scoring"], t_part = time.perf_counter() - t_part, time.perf_counter()
             kl = trainer.answer_kl(cand_samples)
+            metrics["time_gate_kl"], t_part = time.perf_counter() - t_part, time.perf_counter()
             decision = decide([cand_r[i] for i in common], [serv_r[i] for i in common], kl, metrics["rm_accuracy"],
                               kl_budget=settings.kl_budget, rm_accuracy_floor=settings.rm_accuracy_floor, cfg=g)
             metrics.update(decision.metrics)
@@ -661,6 +664,7 @@ class Learner:
             metrics.update(offline_figures(trainer.policy, self.tokenizer, cand_samples, serv_samples,
                                            [cand_r[i] for i in common], [serv_r[i] for i in common],
                                            self.max_model_len))
+            metrics["time_offline_figures"] = time.perf_counter() - t_part
             metrics["time_gate"] = time.perf_counter() - t
             log.info("round %d: perplexity on the reference text %.2f (base %.2f), answer tokens %.1f (serving "
                      "%.1f), A/B win rate against %s %.2f [%.2f-%.2f] on %d prompts", round_id,
