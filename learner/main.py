@@ -1,16 +1,18 @@
 """`rlhf learn`: consume feedback, train when there is enough of it, publish what is better.
 
-Two threads and one HTTP server in one process:
+Three threads and one HTTP server in one process:
 - consume (background thread): `rlhf.interactions`, `rlhf.feedback`, `rlhf.adapters` ->
   learner store (one SQLite transaction per poll batch) -> then commit the Kafka offsets.
   A record the store cannot take (any error but the store's own, e.g. a locked or full disk) goes to
   `rlhf.deadletter` with the reason and consumption moves on; a failed batch is narrowed to its bad
   records by storing them one at a time.
   Every few seconds: feedback that waited too long for its interaction -> dead-letter outbox;
-  outbox (dead letters, announcements) -> Kafka. Every 10 s: live evaluation per version and
-  the promotion controller's turn on the canary (learner/live_metrics.py, learner/promotion.py),
-  its decision sent with the outbox. Every few minutes: prune old history
-  (learner/retention.py, `RLHF_LEARNER_KEEP_DAYS`, `RLHF_LEARNER_KEEP_EVENTS`).
+  outbox (dead letters, announcements, the promotion controller's decisions) -> Kafka. Every few
+  minutes: prune old history (learner/retention.py, `RLHF_LEARNER_KEEP_DAYS`, `RLHF_LEARNER_KEEP_EVENTS`).
+- evaluate (background thread, its own store connection): every 10 s, live evaluation per version
+  and the promotion controller's turn on the canary (learner/live_metrics.py, learner/promotion.py),
+  its decision queued in the outbox. Its queries read the whole store; in their own thread they
+  never hold up ingestion.
 - train (main thread): a round runs when at least `RLHF_LEARNER_MIN_FEEDBACK` new usable
   feedback events arrived since the last round, or `RLHF_LEARNER_INTERVAL_S` passed since it
   and there is any new feedback (learner/round.py), but not while the promotion controller judges a
@@ -157,8 +159,7 @@ class ConsumeLoop(threading.Thread):
         store = Store.open(self.settings, self.heldout_fraction)
         consumer = EventConsumer(self.settings, TOPICS, group_id=GROUP_ID, from_beginning=True)
         sender = None
-        live = LiveEvaluation(store, self.settings)
-        next_housekeeping = next_prune = next_evaluation = 0.0
+        next_housekeeping = next_prune = 0.0
         last_log, logged = time.monotonic(), 0
         try:
             while not self.stop.is_set():
@@ -185,10 +186,7 @@ class ConsumeLoop(threading.Thread):
                         if expired:
                             log.warning("%d feedback events never met their interaction within %g s: "
                                         "sent to the dead-letter topic", expired, self.settings.learner_join_wait_s)
-                        if time.monotonic() >= next_evaluation:  # may queue the controller's decision...
-                            next_evaluation = time.monotonic() + LIVE_EVERY_S
-                            live.tick()
-                        if store.unsent_outbox(1):                # ...sent here
+                        if store.unsent_outbox(1):
                             sender = sender or OutboxSender(self.settings)
                             sender.flush(store)
                         counts = store.counts()
@@ -221,6 +219,35 @@ class ConsumeLoop(threading.Thread):
             consumer.close()
             if sender is not None:
                 sender.close()
+            store.close()
+
+
+# ---------------------------------------------------------------------------- evaluate thread
+class EvaluateLoop(threading.Thread):
+    """Live evaluation and the promotion controller's turn every LIVE_EVERY_S, on its own store connection
+    (SQLite's write-ahead log lets it read while the consume thread writes)."""
+
+    def __init__(self, settings, heldout_fraction: float, stop: threading.Event):
+        super().__init__(name="learner-evaluate", daemon=True)
+        self.settings = settings
+        self.heldout_fraction = heldout_fraction
+        self.stop = stop
+        self.error: str | None = None
+
+    def run(self) -> None:
+        store = Store.open(self.settings, self.heldout_fraction)
+        live = LiveEvaluation(store, self.settings)
+        try:
+            while True:
+                try:
+                    live.tick()
+                    self.error = None
+                except Exception as e:  # noqa: BLE001 - the next turn reads the store again
+                    self.error = f"{type(e).__name__}: {e}"
+                    log.warning("live evaluation: %s; trying again in %g s", self.error, LIVE_EVERY_S)
+                if self.stop.wait(LIVE_EVERY_S):
+                    break
+        finally:
             store.close()
 
 
@@ -369,6 +396,8 @@ def run() -> int:
     consumer = ConsumeLoop(settings, cfg.heldout_fraction, stop)
     state["consumer"] = consumer
     consumer.start()
+    evaluator = EvaluateLoop(settings, cfg.heldout_fraction, stop)
+    evaluator.start()
     http = start_status_http(settings.host, settings.learner_port, lambda: learner_health(state),
                              name="learner-http")
     log.info("learner up: model %s, store %s, metrics on :%d; trains on >= %d new feedback or every %g s",
@@ -419,6 +448,7 @@ def run() -> int:
         # (or in the bookkeeping after it) leaves the row open: a stop mid-round is a failed round
         store.end_unfinished_rounds("failed", "the learner was stopped during the round")
         consumer.join(timeout=15)
+        evaluator.join(timeout=15)
         learner.close()
         http.shutdown()
         log.info("learner stopped")
