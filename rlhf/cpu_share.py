@@ -83,7 +83,8 @@ def split(cpus: list[int]) -> tuple[list[int], list[int]]:
 
 def shares_for_up(serving: str, learner: str) -> tuple[str, str]:
     """`rlhf up`'s two settings with the unset ones filled: both unset, `split()`; one set, the other
-    gets the cores it leaves (all of them if it leaves none). Raises CpuListError on unusable lists."""
+    gets the cores it leaves (if it leaves none, the other stays empty: vLLM's binding for serving,
+    every core for the learner). Raises CpuListError on unusable lists."""
     allowed = allowed_cpus()
     if not serving and not learner:
         s, le = split(allowed)
@@ -91,7 +92,7 @@ def shares_for_up(serving: str, learner: str) -> tuple[str, str]:
     if serving and learner:
         return format_cpus(usable(serving)), format_cpus(usable(learner))
     given = usable(serving or learner)
-    rest = [c for c in allowed if c not in given] or allowed
+    rest = [c for c in allowed if c not in given]
     return (format_cpus(given), format_cpus(rest)) if serving else (format_cpus(rest), format_cpus(given))
 
 

@@ -151,7 +151,8 @@ def run() -> int:
     except CpuListError as e:
         print(f"error: RLHF_SERVING_CPUS / RLHF_LEARNER_CPUS: {e}", file=sys.stderr)
         return 2
-    say(f"serving's model computes on cores {serving_cpus}, the learner on {learner_cpus} "
+    say(f"serving's model computes on {'cores ' + serving_cpus if serving_cpus else 'the cores vLLM chooses'}, "
+        f"the learner on {'cores ' + learner_cpus if learner_cpus else 'every core'} "
         f"(RLHF_SERVING_CPUS, RLHF_LEARNER_CPUS)")
 
     # The model once, here: serving and the learner would otherwise both prepare it at once.

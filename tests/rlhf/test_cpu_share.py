@@ -50,10 +50,12 @@ def test_up_fills_the_unset_share_with_the_cores_the_other_leaves():
     serving, learner = shares_for_up("", "")
     assert (parse_cpus(serving), parse_cpus(learner)) == split(allowed)
     first = str(allowed[0])
-    rest = format_cpus(allowed[1:]) or first  # a one-core machine: the other shares it
+    rest = format_cpus(allowed[1:])  # a one-core machine: empty (the other binds as it would alone)
     assert shares_for_up(first, "") == (first, rest)
     assert shares_for_up("", first) == (rest, first)
     assert shares_for_up(first, first) == (first, first)  # both given: as given
+    everything = format_cpus(allowed)
+    assert shares_for_up("", everything) == ("", everything)  # nothing left: serving binds as vLLM chooses
 
 
 def test_settings_refuse_a_bad_cpu_list(monkeypatch):
