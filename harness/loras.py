@@ -21,11 +21,12 @@ from learner.tokenization import encode_prompt
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def make_lora(model_path: Path, out: Path, seed: int, rank: int = 8) -> Path:
-    """A PEFT LoRA on q_proj/v_proj with random (not zero) A and B."""
+def make_lora(model_path: Path, out: Path, seed: int, rank: int = 8,
+              target_modules: tuple[str, ...] = ("q_proj", "v_proj")) -> Path:
+    """A PEFT LoRA (on q_proj/v_proj unless told) with random (not zero) A and B."""
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(model_path)
-    peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj"],
+    peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(target_modules),
                                                   init_lora_weights=False))
     peft_model.save_pretrained(out)  # adapter_model.safetensors + adapter_config.json (+ README.md)
     return out
