@@ -43,6 +43,7 @@ bench: install model tiny system-deps
 	$(BIN)/python bench/serving.py --model tiny
 	$(BIN)/python bench/feedback.py
 	$(BIN)/python bench/swap.py
+	$(BIN)/python bench/lora_sampling.py
 	$(BIN)/python bench/learner.py --skip-trl
 	$(BIN)/python bench/loop.py --model tiny --word happy --questions 700 --min-feedback 350 --kl-budget 8 --page
 
