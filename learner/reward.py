@@ -79,14 +79,16 @@ class RewardConfig(LoRAConfig):
     """AdamW weight decay."""
     batch_size: int = 16
     """Feedback examples per optimiser step (a pair counts as one example)."""
-    epochs: int = 3
+    epochs: int = 2
     """Passes over (new feedback + replay sample) per incremental update, at least..."""
-    min_steps: int = 30
+    min_steps: int = 20
     """...and at least this many optimiser steps; then more passes follow while the last pass's
     mean loss is above `target_loss`, up to `max_steps`. The fit often sits on a plateau near
     log 2 before it finds the feature users reward: measured on the tiny model, 268 examples of
     a word preference, 6 seeds, a fixed 51 steps ended at held-out accuracy 0.50-0.71; with this
-    rule (85-136 steps) at 0.75-1.0. Gemma 3 270M fits the same kind of data in 3-4 passes."""
+    rule (85-136 steps) at 0.75-1.0. Gemma 3 270M fits such data in 2 passes (176 examples of a
+    place taste: loss 0.105 after the second); a third pass only shook it (0.36) and brought a
+    fourth, 40 of the reward model's 98 s, for the same held-out accuracy (1.0)."""
     target_loss: float = 0.3
     """Mean loss of a pass under which training stops (after min_steps): fitted well enough."""
     max_steps: int = 200
