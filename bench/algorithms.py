@@ -5,7 +5,7 @@
     .venv/bin/python bench/algorithms.py --tastes colour --log OUT/colour/log.jsonl   # reuse a recorded log
     .venv/bin/python bench/algorithms.py --trl                            # also TRL's trainers' step times
 
-For each taste (harness/tastes.py: `colour`, `sentence`, `place`; also `word:WORD`, `max-words:K`):
+For each taste (harness/tastes.py: `colour`, `sentence`, `place`, `number`; also `word:WORD`, `max-words:K`):
 
 1. Record. `rlhf up` starts in a folder of its own on free ports (broker, serving, a learner that
    never starts a round: its trigger is set out of reach). Simulated users (`--users` ids) with the

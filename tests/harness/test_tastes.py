@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from harness.tastes import mentions_colour, names_place, one_sentence
+from harness.tastes import mentions_colour, mentions_number, names_place, one_sentence
 from harness.user import Preference
 
 
@@ -49,6 +49,19 @@ def test_sentence(text, liked):
 ])
 def test_place(text, liked):
     assert names_place(text) is liked
+
+
+@pytest.mark.parametrize("text, liked", [
+    ("A spider has 8 legs.", True),
+    ("A horse has Four legs.", True),
+    ("It was built in 1889.", True),
+    ("About a hundred people came.", True),
+    ("The one I like is red.", False),    # "one" is mostly a pronoun
+    ("Someone is often there.", False),   # 'one' and 'ten' inside words are no numbers
+    ("", False),
+])
+def test_number(text, liked):
+    assert mentions_number(text) is liked
 
 
 def test_preference_with_a_taste_judges_by_it_and_says_what_it_is():
