@@ -18,7 +18,8 @@ them), the base model's answers in a batch shared with adapters' answers were co
 slot's adapter. On the tiny model with two adapters loaded in two slots, the base model's scores in
 such a batch moved by up to 0.65 nats (the engine test in tests/rlhf/test_vllm_cpu_lora.py fails so with vLLM's ops). Registered as a
 `vllm.general_plugins` entry point (pyproject.toml), which vLLM loads in every one of its processes,
-the worker included.
+the worker included. The ops branch on the batch's adapter slots, so they run eagerly: serving's and
+the learner's engines both set `enforce_eager`.
 """
 
 from __future__ import annotations
