@@ -12,14 +12,14 @@ mostly running to 48 tokens): 120 -> 228 tokens a second, the base model's speed
 
 The results are those of vLLM's ops (tests/rlhf/test_vllm_cpu_lora.py compares them on random
 tensors), with one difference, a fix: a token whose index is -1 gets no LoRA, as vLLM documents for
-the index ("-1 means no lora should be applied") and its GPU kernels do. vLLM's torch ops index
-slot -1, the last adapter slot: once every slot holds an adapter (serving keeps RLHF_MAX_LORAS of
-them), the base model's answers in a batch shared with adapters' answers were computed with the last
-slot's adapter. On the tiny model with two adapters loaded in two slots, the base model's scores in
-such a batch moved by up to 0.65 nats (the engine test in tests/rlhf/test_vllm_cpu_lora.py fails so with vLLM's ops). Registered as a
-`vllm.general_plugins` entry point (pyproject.toml), which vLLM loads in every one of its processes,
-the worker included. The ops branch on the batch's adapter slots, so they run eagerly: serving's and
-the learner's engines both set `enforce_eager`.
+the index ("-1 means no lora should be applied") and its GPU kernels do. vLLM's torch ops index slot
+-1, the last adapter slot: once every slot holds an adapter (serving keeps RLHF_MAX_LORAS of them),
+the base model's answers in a batch shared with adapters' answers were computed with the last slot's
+adapter. On the tiny model with two adapters loaded in two slots, the base model's scores in such a
+batch moved by up to 0.65 nats (the engine test in tests/rlhf/test_vllm_cpu_lora.py fails so with
+vLLM's ops). Registered as a `vllm.general_plugins` entry point (pyproject.toml), which vLLM loads
+in every one of its processes, the worker included. The ops branch on the batch's adapter slots, so
+they run eagerly: serving's and the learner's engines both set `enforce_eager`.
 """
 
 from __future__ import annotations
