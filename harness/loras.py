@@ -16,9 +16,11 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from learner.policy_config import LORA_TARGETS
 from learner.tokenization import encode_prompt
 
-ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+ALL_LINEAR = LORA_TARGETS
+"""Every linear layer of a Llama or Gemma block: the layers the learner trains."""
 
 
 def make_lora(model_path: Path, out: Path, seed: int, rank: int = 8,
