@@ -16,14 +16,17 @@ For each taste (harness/tastes.py: `colour`, `sentence`, `place`, `number`; also
 2. Learn. For each of `--algorithms`, a process of its own (this script with `--worker learn`, so
    no engine or memory leaks from one to the next): a fresh learner (own store and adapter folder;
    the same settings, learner config and split key for all) publishes the starting adapter as
-   `rlhf learn` does when it starts, ingests the log, starts its vLLM engine, and runs one round.
+   `rlhf learn` does when it starts, ingests the log, starts its vLLM engine, has the base model
+   write the prose anchor's texts (learner/prose_anchor.py; a learner keeps them after its first
+   round), and runs one round.
    `round s` is from the end of the ingest to the published adapter (or the gate's rejection): in
    this offline replay, the time from the last feedback to a published adapter, for a learner
    whose engine is already up (as after its first round). `CPU s` is the CPU time of the worker and
    its engine processes over the same span (on two cores at most twice `round s`); `others` the
    cores other processes used meanwhile (bench/machine_load.py): times from a busy machine compare badly.
-   `ppl +%`: how much the candidate's perplexity on a fixed reference text rose over the base
-   model's (the round's own offline figure, learner/offline_figures.py): the capability kept.
+   `ppl +%`: how much the candidate's perplexity on a fixed reference text rose over the start's
+   (the round's reference, policy@v0 where the model has one), and `(base)` over the bare base
+   model's (the round's own offline figures, learner/offline_figures.py): the capability kept.
 3. Judge. One vLLM engine (`--worker judge`) samples the policy the users talked to (`start`: the
    starting adapter policy@v0 where the model has one, else the base model with serving's
    preamble) and each algorithm's adapter, published or rejected by the gate, on `--heldout`
@@ -195,6 +198,8 @@ def learn_worker(spec: dict) -> dict:
         ingest_s = time.perf_counter() - t
         log.info("%s: ingested %d events in %.1f s; starting the engine", spec["algorithm"], stored.new, ingest_s)
         learner.engine  # noqa: B018 - started before the clock, as in a learner that has run a round before
+        if learner.policy_cfg.anchor_coef > 0:
+            learner.prose_texts()  # likewise: the base model's texts for the prose anchor, written at a first round
         cpu0, t0 = own_cpu_seconds(), time.perf_counter()
         result = learner.run_round()
         round_s, cpu_s = time.perf_counter() - t0, own_cpu_seconds() - cpu0
@@ -308,6 +313,11 @@ def run_worker(kind: str, spec_path: str, out_path: str) -> int:
 
 
 # ------------------------------------------------------------------------------------------ the table
+def rise(perplexity: float | None, of: float | None) -> str:
+    """How much `perplexity` is above `of`, in per cent ("n/a" without both)."""
+    return f"{100 * (perplexity / of - 1):+.1f}" if perplexity and of else "n/a"
+
+
 def table(taste: str, rows: dict, judged: dict | None) -> str:
     start, base = (judged or {}).get("start"), (judged or {}).get("base")
     head = (f"\ntaste: {taste}" + (f"; start policy approved {start['liked']}/{start['answers']} "
@@ -316,7 +326,7 @@ def table(taste: str, rows: dict, judged: dict | None) -> str:
             + (f"; the base model with the preamble approved {base['liked'] / max(1, base['answers']):.1%}, named "
                f"{base['capital_accuracy']:.0%} of capitals" if base else "") + "\n")
     lines = [f"{'algorithm':<11} {'status':<10} {'approval start -> adapter':<27} {'+points':>8} {'z':>6} "
-             f"{'KL':>7} {'ppl +%':>7} {'capitals':>8} {'round s':>8} {'CPU s':>8} {'others':>6}"]
+             f"{'KL':>7} {'ppl +%':>7} {'(base)':>7} {'capitals':>8} {'round s':>8} {'CPU s':>8} {'others':>6}"]
     for algo, r in rows.items():
         if r is None:
             lines.append(f"{algo:<11} failed")
@@ -331,10 +341,10 @@ def table(taste: str, rows: dict, judged: dict | None) -> str:
             approval, points, z = "n/a", "", ""
         kl = f"{r['kl']:.2f}" if isinstance(r.get("kl"), (int, float)) else "n/a"
         m = r.get("metrics", {})
-        ppl = (f"{100 * (m['perplexity_candidate'] / m['perplexity_base'] - 1):+.1f}"
-               if m.get("perplexity_candidate") and m.get("perplexity_base") else "n/a")
+        ppl, ppl_base = (rise(m.get("perplexity_candidate"), m.get(of, m.get("perplexity_base")))
+                         for of in ("perplexity_reference", "perplexity_base"))
         capitals = f"{100 * j['capital_accuracy']:.0f}%" if j else "n/a"
-        lines.append(f"{algo:<11} {r['status']:<10} {approval:<27} {points:>8} {z:>6} {kl:>7} {ppl:>7} "
+        lines.append(f"{algo:<11} {r['status']:<10} {approval:<27} {points:>8} {z:>6} {kl:>7} {ppl:>7} {ppl_base:>7} "
                      f"{capitals:>8} {r['round_s']:8.0f} {r['cpu_s']:8.0f} {r.get('others_cores', 0.0):6.2f}")
     notes = [f"  {algo}: {'; '.join(r['reasons'])}" for algo, r in rows.items() if r and r["reasons"]]
     return head + "\n".join(lines) + ("\n gate's reasons:\n" + "\n".join(notes) if notes else "")

@@ -6,8 +6,9 @@
 What a reader compares version by version (`rlhf adapters status`, the learner's /metrics as
 `rlhf_version_offline{version,figure}`, the dashboard):
 - perplexity on a fixed reference text (learner/reference_text.py), exp(mean token NLL), of the
-  candidate and of the base model (the same weights with the LoRA off): how far the version has
-  drifted from fluent plain prose, beside the gate's KL on its own answers;
+  candidate, of the base model (the same weights with the LoRA off) and of the round's reference
+  adapter where it has one (the starting adapter): how far the version has drifted from fluent
+  plain prose, beside the gate's KL on its own answers;
 - mean answer length in tokens of the candidate and of the serving version on the gate's samples;
 - A/B win rate against the parent (the version serving when the round started): the share of
   held-out prompts on which the round's reward model scores the candidate's answers above the
@@ -22,7 +23,7 @@ import statistics
 
 import torch
 
-from learner.policy_model import answer_logprobs
+from learner.policy_model import REFERENCE, answer_logprobs, as_reference
 from learner.reference_text import REFERENCE_PARAGRAPHS
 from rlhf.intervals import wilson_interval
 
@@ -73,13 +74,18 @@ def reference_logprobs(policy, rows: list[list[int]]) -> list[float]:
 
 
 def reference_perplexity(policy, tokenizer, max_len: int) -> dict[str, float]:
-    """Perplexity of the policy (a PEFT model) on the reference text with its LoRA on, and off (the base)."""
+    """Perplexity of the policy (a PEFT model) on the reference text with its LoRA on, off (the base),
+    and, where the round has one, of its reference adapter (the starting adapter, e.g. policy@v0)."""
     rows = reference_ids(tokenizer, max_len)
     candidate = reference_logprobs(policy, rows)
     with policy.disable_adapter():
         base = reference_logprobs(policy, rows)
-    return {"perplexity_candidate": perplexity(candidate), "perplexity_base": perplexity(base),
-            "reference_tokens": len(candidate)}
+    out = {"perplexity_candidate": perplexity(candidate), "perplexity_base": perplexity(base),
+           "reference_tokens": len(candidate)}
+    if REFERENCE in policy.peft_config:
+        with as_reference(policy):
+            out["perplexity_reference"] = perplexity(reference_logprobs(policy, rows))
+    return out
 
 
 def offline_figures(policy, tokenizer, candidate_samples, serving_samples, candidate_rewards: list[float],

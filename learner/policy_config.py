@@ -56,6 +56,15 @@ class PolicyConfig(LoRAConfig):
     nothing themselves (DPO, KTO)."""
     missing_eos_penalty: float = 1.0
     """Subtracted from the (normalised) score of an answer cut off without EOS."""
+    anchor_coef: float = 1.0
+    """Weight of the prose anchor (learner/prose_anchor.py) in every update's loss: the policy's mean NLL
+    per token on plain text the base model wrote; 0 turns it off."""
+    anchor_texts: int = 32
+    """Texts the base model writes for the prose anchor, once per learner (they depend on the base only)."""
+    anchor_tokens: int = 48
+    """Longest prose-anchor text, in tokens."""
+    anchor_batch: int = 2
+    """Prose-anchor texts per update."""
     forward_batch_size: int = 8
     """Sequences per no-grad forward pass (scoring, reference log-probs, the gate's KL); Gemma's 262k-token
     vocabulary makes the logits of 8 answers of 48 tokens 400 MB."""

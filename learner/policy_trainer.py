@@ -25,6 +25,7 @@ from torch import nn
 
 from learner.policy_config import PolicyConfig
 from learner.policy_model import POLICY, load_policy, logprobs_with_reference, share_frozen_weights
+from learner.prose_anchor import ProseAnchor
 from learner.tokenization import pad_prompt_response
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 
 class PolicyTrainer:
     cfg: PolicyConfig
+    anchor: ProseAnchor | None = None
     samples_before_update = True
     """Whether `step` samples answers from the policy before its update and reports their KL to the
     reference as `kl` (PPO, RLOO, online DPO); otherwise the round samples the policy after it (DPO, KTO)."""
@@ -73,9 +75,16 @@ class PolicyTrainer:
         for group in self.optimizer.param_groups:
             group["lr"] *= factor
 
+    def set_prose_anchor(self, texts: list[list[int]]) -> None:
+        """From now on every update also keeps these texts of the base model likely (learner/prose_anchor.py)."""
+        self.anchor = ProseAnchor(self.policy, texts, self.cfg.anchor_batch)
+
     def optimise(self, loss: torch.Tensor) -> None:
-        """One optimiser step on this loss, gradients clipped to `max_grad_norm`."""
+        """One optimiser step on this loss (plus the prose anchor's, weighted, once it is set), gradients
+        clipped to `max_grad_norm`."""
         self.optimizer.zero_grad()
+        if self.anchor is not None:
+            loss = loss + self.cfg.anchor_coef * self.anchor.loss(self.policy)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
         self.optimizer.step()

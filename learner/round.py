@@ -55,6 +55,7 @@ from learner.kto import KTOConfig, KTOTrainer
 from learner.offline_figures import offline_figures
 from learner.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
 from learner.ppo import PPOConfig, PPOTrainer
+from learner.prose_anchor import sample_prose
 from learner.reward import RewardConfig, RewardModel, RewardTrainer
 from learner.rloo import RLOOConfig, RLOOTrainer
 from learner.sft import SFTConfig, SFTTrainer
@@ -185,8 +186,18 @@ class Learner:
         self.store = store or Store.open(settings, self.cfg.heldout_fraction)
         self.data_dir = Path(settings.data_dir)
         self._engine = engine
+        self._prose_texts: list[list[int]] | None = None
         self.rng = random.Random(self.policy_cfg.seed)
         self.max_model_len = context_length(self.model_path, settings.max_model_len)
+
+    def prose_texts(self) -> list[list[int]]:
+        """The prose anchor's texts (learner/prose_anchor.py): the base model writes them at the first
+        round that needs them; they depend on the base model only, so later rounds reuse them."""
+        if self._prose_texts is None:
+            pcfg = self.policy_cfg
+            self._prose_texts = sample_prose(self.engine, self.tokenizer, pcfg.anchor_texts, pcfg.anchor_tokens,
+                                             pcfg.seed)
+        return self._prose_texts
 
     @property
     def engine(self):
@@ -572,6 +583,12 @@ class Learner:
             except NoPreferencePairs as e:  # the round's sample of the feedback held no pair
                 shutil.rmtree(sft_dir, ignore_errors=True)
                 return self.end_early(round_id, metrics, [f"{e}: DPO skipped"], t_round, suspect_note)
+            if pcfg.anchor_coef > 0:
+                t_anchor = time.perf_counter()
+                trainer.set_prose_anchor(self.prose_texts())
+                metrics["time_prose_anchor"] = time.perf_counter() - t_anchor
+                log.info("round %d: prose anchor: %d texts of the base model (%d tokens), ready in %.1f s", round_id,
+                         len(trainer.anchor.texts), sum(map(len, trainer.anchor.texts)), metrics["time_prose_anchor"])
             history = defaultdict(list)
             guard = KLGuard(pcfg.kl_stop_fraction * settings.kl_budget, pcfg.kl_backoffs,
                             sampled_after_update=not trainer.samples_before_update)
@@ -627,6 +644,8 @@ class Learner:
                              "budget (%.3f); keeping the policy from before it", round_id, name, kl,
                              100 * pcfg.kl_stop_fraction, guard.limit)
             metrics[f"{stage}_iterations"] = len(history["kl"])
+            if trainer.anchor is not None:
+                metrics[f"{stage}_anchor_kl"] = trainer.anchor.kl
             if hasattr(trainer, "heldout_accuracy"):  # algorithms with an implicit reward (DPO, online DPO, KTO)
                 metrics[f"{stage}_heldout_accuracy"] = trainer.heldout_accuracy(held_ex)
             last = {key: v[-1] for key, v in history.items()}
@@ -666,9 +685,10 @@ class Learner:
                                            self.max_model_len))
             metrics["time_offline_figures"] = time.perf_counter() - t_part
             metrics["time_gate"] = time.perf_counter() - t
-            log.info("round %d: perplexity on the reference text %.2f (base %.2f), answer tokens %.1f (serving "
-                     "%.1f), A/B win rate against %s %.2f [%.2f-%.2f] on %d prompts", round_id,
-                     metrics["perplexity_candidate"], metrics["perplexity_base"], metrics["answer_tokens_candidate"],
+            log.info("round %d: perplexity on the reference text %.2f (base %.2f, reference %.2f), answer tokens "
+                     "%.1f (serving %.1f), A/B win rate against %s %.2f [%.2f-%.2f] on %d prompts", round_id,
+                     metrics["perplexity_candidate"], metrics["perplexity_base"],
+                     metrics.get("perplexity_reference", math.nan), metrics["answer_tokens_candidate"],
                      metrics["answer_tokens_serving"], parent or "the base model", metrics["win_rate_vs_parent"],
                      metrics["win_rate_vs_parent_low"], metrics["win_rate_vs_parent_high"],
                      metrics["win_rate_prompts"])

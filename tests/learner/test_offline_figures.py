@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from harness.loras import make_lora
 from learner.offline_figures import (
     mean_answer_tokens,
     perplexity,
@@ -66,3 +67,18 @@ def test_reference_perplexity_of_a_policy_and_its_base(tiny_model_path):
     moved = reference_perplexity(policy, tok, 512)
     assert moved["perplexity_base"] == pytest.approx(fresh["perplexity_base"], rel=1e-6)
     assert moved["perplexity_candidate"] != pytest.approx(fresh["perplexity_base"], rel=1e-3)
+
+
+def test_reference_perplexity_of_a_round_with_a_starting_adapter(tiny_model_path, tmp_path):
+    """With a reference LoRA (the starting adapter), its perplexity is reported too: that of the
+    starting adapter as a policy of its own; the candidate's and the base's are unchanged by it."""
+    tok = load_tokenizer(tiny_model_path)
+    starting = make_lora(tiny_model_path, tmp_path / "policy-v0", seed=3)
+    alone = reference_perplexity(load_policy(tiny_model_path, LoRAConfig(), init_adapter=starting), tok, 512)
+    assert "perplexity_reference" not in alone           # no reference adapter: the base is the reference
+    policy = load_policy(tiny_model_path, LoRAConfig(), init_adapter=starting, reference_adapter=starting)
+    figures = reference_perplexity(policy, tok, 512)
+    assert figures["perplexity_reference"] == pytest.approx(alone["perplexity_candidate"], rel=1e-5)
+    assert figures["perplexity_candidate"] == pytest.approx(alone["perplexity_candidate"], rel=1e-5)
+    assert figures["perplexity_base"] == pytest.approx(alone["perplexity_base"], rel=1e-5)
+    assert figures["perplexity_reference"] != pytest.approx(figures["perplexity_base"], rel=1e-3)

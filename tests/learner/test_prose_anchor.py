@@ -1,0 +1,122 @@
+"""The prose anchor (learner/prose_anchor.py) on the tiny model: its loss is the policy's mean NLL per
+token of the base model's texts, its KL estimate is the mean log-ratio to the base, and updates on it
+bring a policy that drifted back towards the base's prose; the texts come from the real vLLM engine."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from learner.policy_config import PolicyConfig
+from learner.policy_model import load_policy
+from learner.policy_trainer import PolicyTrainer
+from learner.prose_anchor import ProseAnchor, sample_prose
+from learner.rollout import RolloutEngine
+from learner.tokenization import load_tokenizer
+
+# texts of the tiny model's vocabulary, of different lengths (the batch is padded)
+TEXTS = ["The harbour is quiet in the morning.", "Cats sleep.", "A good recipe is a small promise to the cook."]
+
+
+@pytest.fixture(scope="module")
+def texts(tiny_model_path):
+    tok = load_tokenizer(tiny_model_path)
+    return [[tok.bos_token_id] + tok(t, add_special_tokens=False)["input_ids"] for t in TEXTS]
+
+
+def full_logits_nll(model, text: list[int]) -> torch.Tensor:
+    """Σ -log p(token | before) of a text from the model's full logits (not the learner's log-prob path)."""
+    logits = model(input_ids=torch.tensor([text])).logits[0, :-1].float()
+    return -torch.log_softmax(logits, -1).gather(1, torch.tensor(text[1:])[:, None]).sum()
+
+
+def drift(policy, seed: int = 0) -> None:
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.3, generator=torch.Generator().manual_seed(seed))
+
+
+def test_the_loss_is_the_mean_nll_per_token_and_the_kl_is_zero_at_the_base(tiny_model_path, texts):
+    policy = load_policy(tiny_model_path, PolicyConfig())       # fresh LoRA: B = 0, the base exactly
+    anchor = ProseAnchor(policy, texts, batch=2)                 # batches: texts 0-1, then text 2
+    first, second = anchor.loss(policy), anchor.loss(policy)
+    with torch.no_grad():
+        nll = [full_logits_nll(policy, t) for t in texts]
+    tokens = [len(t) - 1 for t in texts]
+    assert first.item() == pytest.approx(float(nll[0] + nll[1]) / (tokens[0] + tokens[1]), rel=1e-4)
+    assert second.item() == pytest.approx(float(nll[2]) / tokens[2], rel=1e-4)
+    assert first.requires_grad
+    assert anchor.kl == pytest.approx(0.0, abs=1e-5)
+
+
+def test_the_kl_is_the_mean_log_ratio_to_the_base_on_the_texts(tiny_model_path, texts):
+    policy = load_policy(tiny_model_path, PolicyConfig())
+    anchor = ProseAnchor(policy, texts, batch=4)
+    assert math.isnan(anchor.kl)                                 # no update yet
+    drift(policy)
+    anchor.loss(policy)
+    with torch.no_grad():
+        moved = [full_logits_nll(policy, t) for t in texts]
+        with policy.disable_adapter():
+            base = [full_logits_nll(policy, t) for t in texts]
+    tokens = sum(len(t) - 1 for t in texts)
+    assert anchor.kl == pytest.approx(float(sum(moved) - sum(base)) / tokens, rel=1e-4)
+    assert abs(anchor.kl) > 0.01
+
+
+def exact_kl(policy, texts: list[list[int]]) -> float:
+    """KL(base || policy) per position over the whole vocabulary, at every position of these texts."""
+    with torch.no_grad():
+        rows = [torch.tensor([t]) for t in texts]
+        logp = [torch.log_softmax(policy(input_ids=r).logits[0].float(), -1) for r in rows]
+        with policy.disable_adapter():
+            base = [torch.log_softmax(policy(input_ids=r).logits[0].float(), -1) for r in rows]
+    kls = [(b.exp() * (b - p)).sum(-1) for b, p in zip(base, logp)]
+    return float(torch.cat(kls).mean())
+
+
+def base_samples(policy, tok, n: int, tokens: int) -> list[list[int]]:
+    """n texts the base model writes from <bos> (transformers' sampler, seeded)."""
+    torch.manual_seed(0)
+    with torch.no_grad(), policy.disable_adapter():
+        out = policy.generate(input_ids=torch.full((n, 1), tok.bos_token_id), do_sample=True, max_new_tokens=tokens,
+                              min_new_tokens=tokens, pad_token_id=tok.pad_token_id)
+    return out.tolist()
+
+
+def test_updates_on_the_anchor_bring_a_drifted_policy_back_to_the_base(tiny_model_path):
+    """The anchor alone (the algorithm's loss 0) on texts the base model wrote: the exact KL to the
+    base, over the whole vocabulary at every position of other base texts, falls below half of
+    where the drift left it."""
+    tok = load_tokenizer(tiny_model_path)
+    cfg = PolicyConfig(learning_rate=3e-3, anchor_coef=1.0, anchor_batch=8)
+    trainer = PolicyTrainer()
+    trainer.init_policy(tiny_model_path, tok, cfg, None)
+    trainer.init_optimizer(trainer.policy)
+    samples = base_samples(trainer.policy, tok, 40, 16)
+    train, held = samples[:32], samples[32:]
+    assert exact_kl(trainer.policy, held) == pytest.approx(0.0, abs=1e-6)
+    drift(trainer.policy)
+    drifted = exact_kl(trainer.policy, held)
+    assert drifted > 0.05
+    trainer.set_prose_anchor(train)
+    for _ in range(40):
+        trainer.optimise(torch.zeros(()))
+    assert exact_kl(trainer.policy, held) < 0.5 * drifted
+
+
+def test_the_texts_come_from_the_base_model_in_the_real_engine(tiny_model_path):
+    tok = load_tokenizer(tiny_model_path)
+    engine = RolloutEngine(tiny_model_path, max_model_len=512, kv_cache_gb=0.5)
+    try:
+        texts = sample_prose(engine, tok, 6, 12, seed=1)
+        again = sample_prose(engine, tok, 6, 12, seed=1)
+    finally:
+        engine.close()
+    assert texts and all(t[0] == tok.bos_token_id and 2 < len(t) <= 13 for t in texts)
+    assert all(tok.eos_token_id not in t for t in texts)
+    assert texts == again                                        # seeded
+    assert len({tuple(t) for t in texts}) > 1                    # sampled, not one greedy text
