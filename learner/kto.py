@@ -69,6 +69,9 @@ class KTOConfig(DPOConfig):
     """Hyperparameters of KTO on the policy LoRA: DPO's (learner/dpo.py), an example being one labelled
     answer; `minibatch_size` is also the batch the KL estimate z_ref is taken on."""
 
+    beta: float = 0.1
+    """β of the implicit reward r = logπ - logπ_ref (the paper's default; larger: stays closer to the reference)."""
+
 
 # ------------------------------------------------------------------------------------------
 # The data: feedback examples -> weighted desirable / undesirable answers

@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from learner.dpo import logprob_sums_with_reference
+from learner.dpo import DPOConfig, logprob_sums_with_reference
 from learner.kto import KTOConfig, KTOTrainer
 from learner.round import LearnerConfig
 from tests.learner.rounds import make_learner, published_adapter, round_on_synthetic_feedback, taste_of
@@ -37,7 +37,7 @@ def _thumb(q: str, text: str, label: int) -> dict:
 
 def test_learner_config_reads_kto_options():
     cfg = LearnerConfig.from_dict({"kto": {"beta": 0.2, "minibatch_size": 4}})
-    assert cfg.kto.beta == 0.2 and cfg.kto.minibatch_size == 4 and cfg.dpo.beta == 0.1
+    assert cfg.kto.beta == 0.2 and cfg.kto.minibatch_size == 4 and cfg.dpo.beta == DPOConfig.beta
     with pytest.raises(ValueError, match="unknown kto options"):
         LearnerConfig.from_dict({"kto": {"num_samples": 2}})
 
