@@ -75,9 +75,9 @@ class PolicyTrainer:
         for group in self.optimizer.param_groups:
             group["lr"] *= factor
 
-    def set_prose_anchor(self, texts: list[list[int]]) -> None:
-        """From now on every update also keeps these texts of the base model likely (learner/prose_anchor.py)."""
-        self.anchor = ProseAnchor(self.policy, texts, self.cfg.anchor_batch)
+    def set_prose_anchor(self, anchor: ProseAnchor) -> None:
+        """From now on every update also keeps the anchor's texts of the base model likely (learner/prose_anchor.py)."""
+        self.anchor = anchor
 
     def optimise(self, loss: torch.Tensor) -> None:
         """One optimiser step on this loss (plus the prose anchor's, weighted, once it is set), gradients

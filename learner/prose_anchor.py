@@ -4,6 +4,7 @@ learned in chat answers does not wear down the model's general language (its per
     texts  = sample_prose(engine, tokenizer, n, max_tokens, seed)   # the base model writes, from <bos>
     anchor = ProseAnchor(policy, texts, batch)                       # base log-probs once, without gradients
     loss   = algorithm_loss + c · anchor.loss(policy)                # in PolicyTrainer.optimise
+    anchor.restarted()                                               # the same texts for the next round
 
 The texts are sampled from the base model (no adapter, no chat template, temperature 1) starting
 from the beginning-of-text token only: what the model writes when nothing asks it anything. On them
@@ -44,6 +45,13 @@ class ProseAnchor:
         policy.eval()
         with torch.no_grad(), policy.disable_adapter():
             self.base = [self._logprobs(policy, rows) for rows in self._chunks(range(len(texts)))]
+
+    def restarted(self) -> ProseAnchor:
+        """The same texts and base log-probs (they depend on the base model only), from the first batch,
+        with no KL estimates yet: for the next round's policy."""
+        fresh = object.__new__(ProseAnchor)
+        fresh.texts, fresh.batch, fresh.base, fresh._next, fresh.kls = self.texts, self.batch, self.base, 0, []
+        return fresh
 
     def _chunks(self, rows):
         rows = list(rows)

@@ -55,7 +55,7 @@ from learner.kto import KTOConfig, KTOTrainer
 from learner.offline_figures import offline_figures
 from learner.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
 from learner.ppo import PPOConfig, PPOTrainer
-from learner.prose_anchor import sample_prose
+from learner.prose_anchor import ProseAnchor, sample_prose
 from learner.reward import RewardConfig, RewardModel, RewardTrainer
 from learner.rloo import RLOOConfig, RLOOTrainer
 from learner.sft import SFTConfig, SFTTrainer
@@ -187,6 +187,7 @@ class Learner:
         self.data_dir = Path(settings.data_dir)
         self._engine = engine
         self._prose_texts: list[list[int]] | None = None
+        self._prose_anchor: ProseAnchor | None = None
         self.rng = random.Random(self.policy_cfg.seed)
         self.max_model_len = context_length(self.model_path, settings.max_model_len)
 
@@ -198,6 +199,13 @@ class Learner:
             self._prose_texts = sample_prose(self.engine, self.tokenizer, pcfg.anchor_texts, pcfg.anchor_tokens,
                                              pcfg.seed)
         return self._prose_texts
+
+    def prose_anchor(self, policy) -> ProseAnchor:
+        """The prose anchor for this round's policy: the texts, and the base model's log-probs on them,
+        computed at the first round and reused (both depend on the base model only)."""
+        if self._prose_anchor is None:
+            self._prose_anchor = ProseAnchor(policy, self.prose_texts(), self.policy_cfg.anchor_batch)
+        return self._prose_anchor.restarted()
 
     @property
     def engine(self):
@@ -585,7 +593,7 @@ class Learner:
                 return self.end_early(round_id, metrics, [f"{e}: DPO skipped"], t_round, suspect_note)
             if pcfg.anchor_coef > 0:
                 t_anchor = time.perf_counter()
-                trainer.set_prose_anchor(self.prose_texts())
+                trainer.set_prose_anchor(self.prose_anchor(trainer.policy))
                 metrics["time_prose_anchor"] = time.perf_counter() - t_anchor
                 log.info("round %d: prose anchor: %d texts of the base model (%d tokens), ready in %.1f s", round_id,
                          len(trainer.anchor.texts), sum(map(len, trainer.anchor.texts)), metrics["time_prose_anchor"])

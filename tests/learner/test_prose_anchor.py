@@ -52,6 +52,18 @@ def test_the_loss_is_the_mean_nll_per_token_and_the_kl_is_zero_at_the_base(tiny_
     assert anchor.kl == pytest.approx(0.0, abs=1e-5)
 
 
+def test_a_restarted_anchor_keeps_the_texts_and_base_and_starts_again(tiny_model_path, texts):
+    """The next round reuses the texts and the base log-probs, from the first batch, with no estimates."""
+    policy = load_policy(tiny_model_path, PolicyConfig())
+    anchor = ProseAnchor(policy, texts, batch=2)
+    first = anchor.loss(policy).item()
+    anchor.loss(policy)
+    again = anchor.restarted()
+    assert again.texts is anchor.texts and again.base is anchor.base and math.isnan(again.kl)
+    assert again.loss(policy).item() == pytest.approx(first, rel=1e-6)
+    assert len(anchor.kls) == 2                                  # the old round's estimates stay its own
+
+
 def test_the_kl_is_the_mean_log_ratio_to_the_base_on_the_texts(tiny_model_path, texts):
     policy = load_policy(tiny_model_path, PolicyConfig())
     anchor = ProseAnchor(policy, texts, batch=4)
@@ -102,7 +114,7 @@ def test_updates_on_the_anchor_bring_a_drifted_policy_back_to_the_base(tiny_mode
     drift(trainer.policy)
     drifted = exact_kl(trainer.policy, held)
     assert drifted > 0.05
-    trainer.set_prose_anchor(train)
+    trainer.set_prose_anchor(ProseAnchor(trainer.policy, train, cfg.anchor_batch))
     for _ in range(40):
         trainer.optimise(torch.zeros(()))
     assert exact_kl(trainer.policy, held) < 0.5 * drifted
