@@ -65,7 +65,7 @@ class OnlineDPOConfig(PolicyConfig):
 
     beta: float = 0.5
     """β of the implicit reward β (logπ - logπ_ref) (larger: stays closer to the reference). Larger than
-    offline DPO's 0.1: the loss saturates once β h is a few units, and the policy's own answers give
+    offline DPO's: the loss saturates once β h is a few units, and the policy's own answers give
     every iteration new pairs to push, so a small β lets the sampled KL run (on the tiny model, β 0.1
     crossed a KL budget of 5 within 9 iterations in one round, while moving the taste less)."""
     rollout_prompts: int = 16
