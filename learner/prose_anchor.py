@@ -28,12 +28,12 @@ from learner.tokenization import pad_prompt_response
 
 def sample_prose(engine, tokenizer, n: int, max_tokens: int, seed: int) -> list[list[int]]:
     """n texts the base model writes from its beginning-of-text token (EOS or `max_tokens` ends one),
-    each as [bos] + its tokens; texts of fewer than two tokens are left out."""
+    each as [bos] + its tokens; a text the model ended at once (nothing after [bos]) is left out."""
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     samples = engine.generate([[start]] * n, temperature=1.0, max_tokens=max_tokens, seed=seed)
     eos = tokenizer.eos_token_id
     texts = [[start] + [t for t in s.response_ids if t != eos] for s in samples]
-    return [t for t in texts if len(t) > 2]
+    return [t for t in texts if len(t) >= 2]
 
 
 class ProseAnchor:

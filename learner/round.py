@@ -200,11 +200,17 @@ class Learner:
                                              pcfg.seed)
         return self._prose_texts
 
-    def prose_anchor(self, policy) -> ProseAnchor:
+    def prose_anchor(self, policy) -> ProseAnchor | None:
         """The prose anchor for this round's policy: the texts, and the base model's log-probs on them,
-        computed at the first round and reused (both depend on the base model only)."""
+        computed at the first round and reused (both depend on the base model only). None when the
+        base model wrote no text of two tokens or more (it ended every one at once)."""
         if self._prose_anchor is None:
-            self._prose_anchor = ProseAnchor(policy, self.prose_texts(), self.policy_cfg.anchor_batch)
+            texts = self.prose_texts()
+            if not texts:
+                log.warning("prose anchor off: the base model ended all %d of its texts at once",
+                            self.policy_cfg.anchor_texts)
+                return None
+            self._prose_anchor = ProseAnchor(policy, texts, self.policy_cfg.anchor_batch)
         return self._prose_anchor.restarted()
 
     @property
@@ -591,9 +597,10 @@ class Learner:
             except NoPreferencePairs as e:  # the round's sample of the feedback held no pair
                 shutil.rmtree(sft_dir, ignore_errors=True)
                 return self.end_early(round_id, metrics, [f"{e}: DPO skipped"], t_round, suspect_note)
-            if pcfg.anchor_coef > 0:
-                t_anchor = time.perf_counter()
-                trainer.set_prose_anchor(self.prose_anchor(trainer.policy))
+            t_anchor = time.perf_counter()
+            anchor = self.prose_anchor(trainer.policy) if pcfg.anchor_coef > 0 else None
+            if anchor is not None:
+                trainer.set_prose_anchor(anchor)
                 metrics["time_prose_anchor"] = time.perf_counter() - t_anchor
                 log.info("round %d: prose anchor: %d texts of the base model (%d tokens), ready in %.1f s", round_id,
                          len(trainer.anchor.texts), sum(map(len, trainer.anchor.texts)), metrics["time_prose_anchor"])
