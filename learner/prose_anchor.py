@@ -20,6 +20,8 @@ the updates saw: 0 when the policy writes prose as the base does.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from learner.policy_model import answer_logprobs, trimmed
@@ -40,22 +42,19 @@ class ProseAnchor:
     def __init__(self, policy, texts: list[list[int]], batch: int):
         if not texts:
             raise ValueError("the prose anchor needs at least one text of two tokens or more")
-        self.texts, self.batch, self._next = texts, batch, 0
+        self.texts, self._next = texts, 0
+        self.chunks = [list(range(i, min(i + batch, len(texts)))) for i in range(0, len(texts), batch)]
         self.kls: list[float] = []
         policy.eval()
         with torch.no_grad(), policy.disable_adapter():
-            self.base = [self._logprobs(policy, rows) for rows in self._chunks(range(len(texts)))]
+            self.base = [self._logprobs(policy, rows) for rows in self.chunks]
 
     def restarted(self) -> ProseAnchor:
         """The same texts and base log-probs (they depend on the base model only), from the first batch,
         with no KL estimates yet: for the next round's policy."""
-        fresh = object.__new__(ProseAnchor)
-        fresh.texts, fresh.batch, fresh.base, fresh._next, fresh.kls = self.texts, self.batch, self.base, 0, []
+        fresh = copy.copy(self)
+        fresh._next, fresh.kls = 0, []
         return fresh
-
-    def _chunks(self, rows):
-        rows = list(rows)
-        return [rows[i: i + self.batch] for i in range(0, len(rows), self.batch)]
 
     def _logprobs(self, policy, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """(log π of every token after the first (b, T), its mask (b, T)) of these texts."""
@@ -68,10 +67,9 @@ class ProseAnchor:
     def loss(self, policy) -> torch.Tensor:
         """Mean NLL per token of the policy on the next batch of texts (cycling), with gradients; the
         batch's KL estimate is added to `kls`."""
-        chunks = self._chunks(range(len(self.texts)))
-        k = self._next % len(chunks)
+        k = self._next % len(self.chunks)
         self._next += 1
-        logp, tmask = self._logprobs(policy, chunks[k])
+        logp, tmask = self._logprobs(policy, self.chunks[k])
         base, _ = self.base[k]
         n = tmask.sum().clamp(min=1)
         self.kls.append(((base - logp.detach()) * tmask).sum().item() / n.item())
@@ -81,5 +79,5 @@ class ProseAnchor:
     def kl(self) -> float:
         """KL(base || policy) per token, the mean of the estimates of the last pass over the texts (NaN
         before any update)."""
-        last = self.kls[-len(self.base):]
+        last = self.kls[-len(self.chunks):]
         return sum(last) / len(last) if last else float("nan")
