@@ -57,8 +57,12 @@ class PolicyConfig(LoRAConfig):
     missing_eos_penalty: float = 1.0
     """Subtracted from the (normalised) score of an answer cut off without EOS."""
     anchor_coef: float = 1.0
-    """Weight of the prose anchor (learner/prose_anchor.py) in every update's loss: the policy's mean NLL
-    per token on plain text the base model wrote; 0 turns it off."""
+    """Weight of the prose anchor (learner/prose_anchor.py) in every update's loss: the policy's KL from
+    the base's next-token distribution on plain text the base model wrote, beyond `anchor_free_kl`;
+    0 turns it off."""
+    anchor_free_kl: float = 0.02
+    """Nats per position the policy may drift from the base on the anchor's texts before the anchor
+    pulls (about 2 % of perplexity on them)."""
     anchor_texts: int = 32
     """Texts the base model writes for the prose anchor, once per learner (they depend on the base only)."""
     anchor_tokens: int = 48

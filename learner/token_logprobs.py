@@ -52,23 +52,31 @@ def row_chunks(n_rows: int, vocab: int) -> list[slice]:
     return [slice(a, min(a + step, n_rows)) for a in range(0, n_rows, step)]
 
 
+def buffered_logits(h: torch.Tensor, weight: torch.Tensor, temperature: float, cap: float | None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(the buffer, z = softcap(h W^T) / T in it (N, V), logsumexp of each row of z (N,))."""
+    n, vocab = h.shape[0], weight.shape[0]
+    buf = BUFFERS.take(n * vocab)
+    z = buf[: n * vocab].view(n, vocab)
+    torch.mm(h, weight.t(), out=z)
+    lse = torch.empty(n)
+    for rows in row_chunks(n, vocab):
+        zc = z[rows]
+        if cap:
+            zc.div_(cap).tanh_().mul_(cap)
+        if temperature != 1.0:
+            zc.div_(temperature)
+        lse[rows] = torch.logsumexp(zc, dim=-1)
+    return buf, z, lse
+
+
 class _ChosenLogProb(torch.autograd.Function):
     """log softmax(softcap(h W^T) / T) at the chosen token, for rows of h: (N, H) -> (N,)."""
 
     @staticmethod
     def forward(ctx, h, weight, targets, temperature: float, cap: float | None):
         n, vocab = h.shape[0], weight.shape[0]
-        buf = BUFFERS.take(n * vocab)
-        z = buf[: n * vocab].view(n, vocab)
-        torch.mm(h, weight.t(), out=z)
-        lse = torch.empty(n)
-        for rows in row_chunks(n, vocab):
-            zc = z[rows]
-            if cap:
-                zc.div_(cap).tanh_().mul_(cap)
-            if temperature != 1.0:
-                zc.div_(temperature)
-            lse[rows] = torch.logsumexp(zc, dim=-1)
+        buf, z, lse = buffered_logits(h, weight, temperature, cap)
         chosen = z.gather(1, targets.unsqueeze(1)).squeeze(1)
         if ctx.needs_input_grad[0]:
             ctx.buf = buf  # keeps the buffer out of the pool until this graph is gone
