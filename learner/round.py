@@ -210,7 +210,7 @@ class Learner:
                 log.warning("prose anchor off: the base model ended all %d of its texts at once",
                             self.policy_cfg.anchor_texts)
                 return None
-            self._prose_anchor = ProseAnchor(policy, texts, self.policy_cfg.anchor_batch)
+            self._prose_anchor = ProseAnchor(policy, texts, self.policy_cfg.anchor_batch, self.policy_cfg.anchor_free_kl)
         return self._prose_anchor.restarted()
 
     @property
@@ -422,13 +422,21 @@ class Learner:
             return None, None
         return self.verified_copy("starting adapter", start.version, start.path, start.manifest_sha256)
 
-    def policy_trainer(self, rm, serving_dir: Path | None, reference_dir: Path | None, workdir: Path,
+    def round_algorithm(self, train_ex: list[dict]) -> str | None:
+        """The algorithm this round trains with: the configured one, except that DPO, when the round's
+        training feedback forms no pair, falls back to KTO, which learns from thumbs alone (None:
+        neither has anything to learn from)."""
+        if self.algorithm != "dpo" or preference_pairs(train_ex):
+            return self.algorithm
+        return "kto" if any(e["type"] == "thumbs" for e in train_ex) else None
+
+    def policy_trainer(self, algo: str, rm, serving_dir: Path | None, reference_dir: Path | None, workdir: Path,
                        fit: RewardFit):
-        """The chosen algorithm's trainer, its LoRA starting from the serving adapter (or fresh), its
+        """The algorithm's trainer, its LoRA starting from the serving adapter (or fresh), its
         reference `reference_dir` (or the base). PPO and RLOO sample and score with the reward model,
         online DPO ranks its samples with it; DPO and KTO learn from the round's training feedback
         under its capped weights (the reward model only judges at the gate)."""
-        algo, pcfg = self.algorithm, self.policy_cfg
+        pcfg = getattr(self.cfg, stage_name(algo))
         start = dict(init_adapter=serving_dir, reference_adapter=reference_dir)
         if algo in ("dpo", "kto"):
             offline = DPOTrainer if algo == "dpo" else KTOTrainer
@@ -529,10 +537,16 @@ class Learner:
             t = time.perf_counter()
             split, train_ex, held_ex = self.split_feedback(hwm)
             metrics["split"] = split
-            if algo == "dpo" and not preference_pairs(train_ex):
-                # nothing DPO could learn from: stop before the reward model; the feedback stays in the
-                # store, and the next round (after enough new feedback) trains on all of it
-                return self.end_early(round_id, metrics, [f"{NO_PAIRS}: DPO skipped"], t_round)
+            chosen = self.round_algorithm(train_ex)
+            if chosen is None:
+                # nothing DPO or KTO could learn from: stop before the reward model; the feedback stays in
+                # the store, and the next round (after enough new feedback) trains on all of it
+                return self.end_early(round_id, metrics, [f"{NO_PAIRS}, and no thumbs for KTO: DPO skipped"],
+                                      t_round)
+            if chosen != algo:
+                algo, stage, pcfg = chosen, stage_name(chosen), getattr(cfg, stage_name(chosen))
+                metrics.update(algorithm=algo, algorithm_configured=self.algorithm)
+                log.info("round %d: %s; KTO learns from the thumbs instead of DPO", round_id, NO_PAIRS)
             prev = store.latest_reward_model()
             rm = (RewardModel.load(self.model_path, prev["path"], cfg.reward) if prev
                   else RewardModel.create(self.model_path, cfg.reward))
@@ -593,7 +607,7 @@ class Learner:
             workdir = self.data_dir / algo / f"round-{round_id}"
             name = algo.upper()
             try:
-                trainer = self.policy_trainer(rm, start_dir, reference_dir, workdir, fit)
+                trainer = self.policy_trainer(algo, rm, start_dir, reference_dir, workdir, fit)
             except NoPreferencePairs as e:  # the round's sample of the feedback held no pair
                 shutil.rmtree(sft_dir, ignore_errors=True)
                 return self.end_early(round_id, metrics, [f"{e}: DPO skipped"], t_round, suspect_note)

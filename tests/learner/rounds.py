@@ -15,6 +15,7 @@ import json
 
 from adapters.store import verify_adapter
 from feedback.event_hmac import sealed
+from feedback.schema import TOPIC_FEEDBACK, TOPIC_INTERACTIONS, Thumbs
 from learner.round import Learner, LearnerConfig, RoundResult, stage_name
 from rlhf.models.dialogues import tiny_prompts
 from rlhf.settings import Settings
@@ -34,12 +35,27 @@ def make_learner(tmp_path_factory, algorithm: str, part: dict | None = None, kl_
     return Learner(settings, LearnerConfig.from_dict(config))
 
 
-def round_on_synthetic_feedback(learner: Learner, thumbs_share: float) -> tuple[RoundResult, dict]:
-    """The user's feedback on 700 prompts (about 400 events), ingested, then one round."""
+def round_on_synthetic_feedback(learner: Learner, thumbs_share: float, one_label_per_question: bool = False
+                                ) -> tuple[RoundResult, dict]:
+    """The user's feedback on 700 prompts (about 400 events), ingested, then one round. Questions come
+    back; with `one_label_per_question` the down thumbs of questions that also got an up are dropped,
+    so no question has both (nothing DPO could pair)."""
     events, stats = synthetic_events(learner.engine, learner.tokenizer, tiny_prompts(700, seed=11), seed=1,
                                      thumbs_share=thumbs_share)
+    if one_label_per_question:
+        events = single_labels(events)
+        stats["thumbs"] = sum(1 for t, e in events if t == TOPIC_FEEDBACK)
     learner.store.ingest([(t, sealed(e, learner.settings.event_hmac_key)) for t, e in events])
     return learner.run_round(), stats
+
+
+def single_labels(events: list) -> list:
+    """The events without the down thumbs of questions that also got an up thumb."""
+    question = {e.response_id: e.messages[-1].content for t, e in events if t == TOPIC_INTERACTIONS}
+    thumbs = [e for t, e in events if t == TOPIC_FEEDBACK and isinstance(e, Thumbs)]
+    liked = {question[e.response_id] for e in thumbs if e.value == "up"}
+    return [(t, e) for t, e in events
+            if not (isinstance(e, Thumbs) and e.value == "down" and question[e.response_id] in liked)]
 
 
 def published_adapter(learner: Learner) -> tuple[dict, dict]:

@@ -12,9 +12,7 @@ import math
 import pytest
 import torch
 
-from feedback.event_hmac import sealed
-from feedback.schema import TOPIC_FEEDBACK, TOPIC_INTERACTIONS, Interaction, Message, Thumbs
-from learner.dpo import NO_PAIRS, DPOConfig, DPOTrainer
+from learner.dpo import DPOConfig, DPOTrainer
 from learner.round import LearnerConfig
 from tests.learner.rounds import make_learner, published_adapter, round_on_synthetic_feedback, taste_of
 
@@ -93,6 +91,11 @@ def test_the_kl_guard_samples_dpo_s_policy_after_an_update(learner, tmp_path):
     assert [g["lr"] for g in dpo.optimizer.param_groups] == [pytest.approx(0.5 * DPOConfig().learning_rate)]
 
 
+def _thumb(q: str, text: str, label: int) -> dict:
+    return {"type": "thumbs", "messages": [{"role": "user", "content": q}], "response": text,
+            "finish_reason": "stop", "label": label, "user": "u", "client": "c"}
+
+
 def test_dpo_refuses_feedback_without_pairs(learner):
     thumbs = [{"type": "thumbs", "messages": [{"role": "user", "content": "q"}], "response": "x",
                "finish_reason": "stop", "label": 1}]
@@ -100,29 +103,14 @@ def test_dpo_refuses_feedback_without_pairs(learner):
         DPOTrainer(learner.model_path, learner.tokenizer, DPOConfig(), thumbs)
 
 
-def test_a_dpo_round_on_feedback_without_pairs_ends_before_training(tiny_model_path, tmp_path_factory):
-    # one thumb per prompt: nothing DPO can pair, however much of it there is
-    lrn = make_learner(tmp_path_factory, "dpo", DPO_FAST)
-    events = []
-    for i in range(60):
-        rid, conv = f"r{i}", f"c{i}"
-        events.append((TOPIC_INTERACTIONS, Interaction(
-            response_id=rid, completion_id=f"x{i}", conversation_id=conv, user=f"user{i % 20}",
-            messages=[Message(role="user", content=f"question {i}")], response=f"answer {i}", model="tiny")))
-        events.append((TOPIC_FEEDBACK, Thumbs(response_id=rid, conversation_id=conv, user=f"user{i % 20}",
-                                              value="up" if i % 2 else "down")))
-    lrn.store.ingest([(t, sealed(e, lrn.settings.event_hmac_key)) for t, e in events])
-    assert lrn.store.new_feedback_count() == 60
-
-    result = lrn.run_round()
-    assert result.status == "rejected"
-    assert result.reasons == [f"{NO_PAIRS}: DPO skipped"]
-    assert lrn.store.latest_reward_model() is None  # stopped before the reward model's costly fit
-    assert lrn._engine is None                      # and before starting vLLM
-    last = lrn.store.last_round()
-    assert last["status"] == "rejected" and "no preference pairs" in last["reason"]
-    assert lrn.store.new_feedback_count() == 0      # the next round waits for new feedback
-    lrn.close()
+def test_a_round_without_pairs_falls_back_to_kto_or_has_nothing_to_learn(learner):
+    """DPO needs pairs; thumbs alone go to KTO (tests/learner/test_kto.py runs such a round end to end)."""
+    up, down = _thumb("q", "x", 1), _thumb("q2", "y", 0)      # two prompts: no up and down on one
+    assert learner.algorithm == "dpo"
+    assert learner.round_algorithm([_pairwise("q", "a", "b"), up]) == "dpo"
+    assert learner.round_algorithm([up, _thumb("q", "z", 0)]) == "dpo"   # an up and a down of one prompt pair
+    assert learner.round_algorithm([up, down]) == "kto"
+    assert learner.round_algorithm([]) is None
 
 
 # ------------------------------------------------------------------------------------ a round

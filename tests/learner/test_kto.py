@@ -1,5 +1,6 @@
 """KTO on the tiny model: one step trains the policy LoRA from labelled answers (no rollouts), and a round
-with RLHF_LEARNER_ALGORITHM=kto learns a hidden preference from thumbs alone and publishes it.
+with RLHF_LEARNER_ALGORITHM=kto, or =dpo on feedback that forms no pair, learns a hidden preference from
+thumbs alone and publishes it.
 
 The simulated user prefers answers containing "happy" (test_dpo.py, test_rloo.py); here every piece
 of feedback is a thumb, most of them down (the tiny model seldom writes the word).
@@ -26,6 +27,14 @@ def learner(tiny_model_path, tmp_path_factory):
     # whatever its 20 iterations reach, and that varies with the generated tiny model: 0.78 nats on
     # one machine, 9.9 on another; the test is about learning the taste, within a budget
     lrn = make_learner(tmp_path_factory, "kto", KTO_FAST, kl_budget=15.0)
+    yield lrn
+    lrn.close()
+
+
+@pytest.fixture(scope="module")
+def dpo_learner(tiny_model_path, tmp_path_factory):
+    """Configured for DPO, with the same KTO settings for the rounds that have no pair."""
+    lrn = make_learner(tmp_path_factory, "dpo", kl_budget=15.0, round_options={"kto": KTO_FAST})
     yield lrn
     lrn.close()
 
@@ -72,15 +81,21 @@ def test_one_kto_step_moves_every_lora_tensor_and_nothing_frozen(learner):
 
 
 @pytest.mark.timeout(1800)  # shared 2-core machine
-def test_kto_round_from_thumbs_alone_learns_a_hidden_preference_and_publishes(learner):
-    result, stats = round_on_synthetic_feedback(learner, thumbs_share=1.0)
-    assert stats["pairwise"] == 0 and stats["thumbs"] > 300
+@pytest.mark.parametrize("configured", ["kto", "dpo"])
+def test_kto_round_from_thumbs_alone_learns_a_hidden_preference_and_publishes(configured, request):
+    """Chosen, or as DPO's fallback when the round's feedback forms no pair (no question got both an up
+    and a down thumb)."""
+    learner = request.getfixturevalue("learner" if configured == "kto" else "dpo_learner")
+    result, stats = round_on_synthetic_feedback(learner, thumbs_share=1.0,
+                                                one_label_per_question=configured == "dpo")
+    assert stats["pairwise"] == 0 and stats["thumbs"] > 250
     m = result.metrics
     print(f"\nfeedback {stats}; round: {result.status} {result.reasons}; KTO λ_D {m['kto_lambda_desirable']:.3f} "
           f"λ_U {m['kto_lambda_undesirable']:.3f}, score {m['kto_score_first']:.3f} -> {m['kto_score']:.3f}; reward "
           f"{m['reward_candidate']:.3f} vs base {m['reward_serving']:.3f}; KL {m['kl_candidate']:.3f}; "
           f"KTO {m['time_kto']:.0f} s of {m['round_seconds']:.0f} s")
     assert m["algorithm"] == "kto"
+    assert m.get("algorithm_configured", "kto") == configured
     assert m["kto_lambda_desirable"] == 1.0 and m["kto_lambda_undesirable"] < 1.0  # downs outnumber ups
     assert result.status == "published", result.reasons
 
