@@ -41,6 +41,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import get_args
 
 import httpx
 
@@ -53,6 +54,7 @@ from harness.up import UpProcess  # noqa: E402
 from harness.user import Preference, chat  # noqa: E402
 from learner.store import STORE_FILE  # noqa: E402
 from rlhf.models.dialogues import tiny_prompts  # noqa: E402
+from rlhf.settings import LearnerAlgorithm, Settings  # noqa: E402
 
 USERS = 20
 EVENT_TOPICS = (TOPIC_INTERACTIONS, TOPIC_FEEDBACK)
@@ -185,6 +187,8 @@ def main() -> int:
     p.add_argument("--max-tokens", type=int, default=24)
     p.add_argument("--kl-budget", type=float, default=8.0, help="RLHF_KL_BUDGET (the tiny model's tests use 8)")
     p.add_argument("--min-feedback", type=int, default=300, help="RLHF_LEARNER_MIN_FEEDBACK")
+    p.add_argument("--algorithm", choices=get_args(LearnerAlgorithm), default=Settings().learner_algorithm,
+                   help="RLHF_LEARNER_ALGORITHM (default: the service's default)")
     p.add_argument("--learner-config", default='{"newer_feedback_factor": 0.5}',
                    help="RLHF_LEARNER_CONFIG contents (JSON)")
     p.add_argument("--every", type=float, default=30.0, help="seconds between progress lines")
@@ -203,7 +207,8 @@ def main() -> int:
     (out / "learner.json").write_text(args.learner_config)
     env = {"RLHF_DATA_DIR": str(out / "data"), "RLHF_ADAPTER_DIR": str(out / "adapters"),
            "RLHF_FEEDBACK_RATE_LIMIT": "0", "RLHF_KL_BUDGET": str(args.kl_budget),
-           "RLHF_LEARNER_MIN_FEEDBACK": str(args.min_feedback), "RLHF_LEARNER_CONFIG": str(out / "learner.json")}
+           "RLHF_LEARNER_MIN_FEEDBACK": str(args.min_feedback), "RLHF_LEARNER_CONFIG": str(out / "learner.json"),
+           "RLHF_LEARNER_ALGORITHM": args.algorithm}
     pref = Preference(word=args.word)
     print(f"`rlhf up --model {args.model}` in {out}; users like answers containing {args.word!r}; "
           f"{args.rate:g} feedback events a second for {args.minutes:g} minutes", flush=True)

@@ -168,9 +168,10 @@ class Settings(BaseSettings):
                               "per core; empty: every core it may run on. `rlhf up` gives it the last quarter of the "
                               "machine's cores (at least one), serving the rest (rlhf/cpu_share.py).")
     learner_algorithm: LearnerAlgorithm = Field(
-        "ppo", description="How the learner trains the policy LoRA: `ppo` (learner/ppo.py, with a critic), "
-        "`rloo` (learner/rloo.py, k answers per prompt, leave-one-out baseline, no critic), `dpo` (learner/dpo.py, "
-        "from logged pairwise choices and up/down thumbs of one prompt, no rollouts), `online-dpo` "
+        "dpo", description="How the learner trains the policy LoRA: `dpo` (learner/dpo.py, from logged pairwise "
+        "choices and up/down thumbs of one prompt, no rollouts; a round whose feedback forms no pair trains with "
+        "KTO on its thumbs), `ppo` (learner/ppo.py, with a critic), "
+        "`rloo` (learner/rloo.py, k answers per prompt, leave-one-out baseline, no critic), `online-dpo` "
         "(learner/online_dpo.py, 2 answers per prompt ranked by the reward model, then the DPO loss) or `kto` "
         "(learner/kto.py, "
         "thumbs as desirable/undesirable answers, pairwise choices as one of each, no rollouts).")

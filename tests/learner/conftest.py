@@ -29,6 +29,10 @@ FAST_CONFIG = {
 # This one holds out a typical 4 of user0..user19 and 5 of app:user0..19, and puts all of the
 # attack test's mallory:m0..m2 on the training side (the strongest attack).
 SPLIT_KEY = "tests: fixed split key 17"
+# The loop's tests through a learner process (attack, canary, crash, round bounds, ...) train with PPO,
+# whose FAST_CONFIG above they are tuned to; the default algorithm, DPO (and its fall-back to KTO),
+# has its own rounds in test_dpo.py, test_kto.py and test_demonstrations_http.py.
+LOOP_ALGORITHM = "ppo"
 
 
 class LearnerProcess(ServerProcess):
@@ -47,7 +51,7 @@ class LearnerProcess(ServerProcess):
         super().__init__({"RLHF_MODEL": "tiny", "RLHF_DATA_DIR": str(self.data_dir),
                           "RLHF_ADAPTER_DIR": str(self.adapter_dir), "RLHF_MAX_MODEL_LEN": "512",
                           "RLHF_LEARNER_CONFIG": str(cfg_path), "RLHF_LOG_LEVEL": "INFO",
-                          "RLHF_LEARNER_SPLIT_KEY": SPLIT_KEY,
+                          "RLHF_LEARNER_SPLIT_KEY": SPLIT_KEY, "RLHF_LEARNER_ALGORITHM": LOOP_ALGORITHM,
                           **{k: str(v) for k, v in env.items()}},
                          tmp / "learner.log", (sys.executable, "-m", "rlhf.cli", "learn"),
                          port_env="RLHF_LEARNER_PORT", ready_path="/healthz", new_session=True)

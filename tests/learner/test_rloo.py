@@ -52,11 +52,11 @@ class RecordingEngine:
 
 # ------------------------------------------------------------------------------------ selection
 def test_the_setting_accepts_the_built_algorithms_only(monkeypatch, tmp_path):
-    assert Settings().learner_algorithm == "ppo"
-    for algo in ("rloo", "dpo", "online-dpo", "kto"):
+    assert Settings().learner_algorithm == "dpo"
+    for algo in ("ppo", "rloo", "online-dpo", "kto"):
         monkeypatch.setenv("RLHF_LEARNER_ALGORITHM", algo)
         assert Settings().learner_algorithm == algo
-    monkeypatch.setenv("RLHF_LEARNER_ALGORITHM", "grpo")  # not built: refused, not silently PPO
+    monkeypatch.setenv("RLHF_LEARNER_ALGORITHM", "grpo")  # not built: refused, not silently the default
     with pytest.raises(pydantic.ValidationError, match="RLHF_LEARNER_ALGORITHM must be one of ppo, rloo, dpo, "
                                                        "online-dpo, kto, not 'grpo'"):
         Settings()
