@@ -48,7 +48,7 @@ from typing import Callable
 
 from adapters.cache import cache_dir_of, private_copy
 from adapters.manifest import AdapterError
-from learner.dpo import NO_PAIRS, DPOConfig, DPOTrainer, NoPreferencePairs, preference_pairs
+from learner.dpo import NO_PAIRS, DPOConfig, DPOTrainer, preference_pairs
 from learner.gate import UNMEASURED, GateConfig, decide, reward_model_accuracy
 from learner.kl_guard import BACK_OFF, KEEP, LEARNING_RATE_FACTOR, KLGuard
 from learner.kto import KTOConfig, KTOTrainer
@@ -69,6 +69,8 @@ from rlhf.models.registry import model_display_name, resolve_model
 from rlhf.models.sizing import context_length
 
 log = logging.getLogger(__name__)
+
+NOTHING_TO_LEARN = f"{NO_PAIRS}, and no thumbs for KTO: DPO skipped"
 
 
 @dataclass
@@ -210,7 +212,8 @@ class Learner:
                 log.warning("prose anchor off: the base model ended all %d of its texts at once",
                             self.policy_cfg.anchor_texts)
                 return None
-            self._prose_anchor = ProseAnchor(policy, texts, self.policy_cfg.anchor_batch, self.policy_cfg.anchor_free_kl)
+            pcfg = self.policy_cfg
+            self._prose_anchor = ProseAnchor(policy, texts, pcfg.anchor_batch, pcfg.anchor_free_kl)
         return self._prose_anchor.restarted()
 
     @property
@@ -537,16 +540,10 @@ class Learner:
             t = time.perf_counter()
             split, train_ex, held_ex = self.split_feedback(hwm)
             metrics["split"] = split
-            chosen = self.round_algorithm(train_ex)
-            if chosen is None:
+            if self.round_algorithm(train_ex) is None:
                 # nothing DPO or KTO could learn from: stop before the reward model; the feedback stays in
                 # the store, and the next round (after enough new feedback) trains on all of it
-                return self.end_early(round_id, metrics, [f"{NO_PAIRS}, and no thumbs for KTO: DPO skipped"],
-                                      t_round)
-            if chosen != algo:
-                algo, stage, pcfg = chosen, stage_name(chosen), getattr(cfg, stage_name(chosen))
-                metrics.update(algorithm=algo, algorithm_configured=self.algorithm)
-                log.info("round %d: %s; KTO learns from the thumbs instead of DPO", round_id, NO_PAIRS)
+                return self.end_early(round_id, metrics, [NOTHING_TO_LEARN], t_round)
             prev = store.latest_reward_model()
             rm = (RewardModel.load(self.model_path, prev["path"], cfg.reward) if prev
                   else RewardModel.create(self.model_path, cfg.reward))
@@ -566,6 +563,15 @@ class Learner:
             if suspect_note:
                 log.warning("round %d: %s", round_id, suspect_note)
             progress("reward_model", metrics)
+            # DPO and KTO train on what the reward model did (the new feedback and a replay sample of the
+            # older): with no pair among it, KTO learns from its thumbs instead of DPO
+            chosen = self.round_algorithm(fit.examples)
+            if chosen is None:
+                return self.end_early(round_id, metrics, [NOTHING_TO_LEARN], t_round, suspect_note)
+            if chosen != algo:
+                algo, stage, pcfg = chosen, stage_name(chosen), getattr(cfg, stage_name(chosen))
+                metrics.update(algorithm=algo, algorithm_configured=self.algorithm)
+                log.info("round %d: %s; KTO learns from the thumbs instead of DPO", round_id, NO_PAIRS)
 
             # ---- 2. prompts, serving policy, normalisation --------------------------------
             t = time.perf_counter()
@@ -606,11 +612,7 @@ class Learner:
             t = time.perf_counter()
             workdir = self.data_dir / algo / f"round-{round_id}"
             name = algo.upper()
-            try:
-                trainer = self.policy_trainer(algo, rm, start_dir, reference_dir, workdir, fit)
-            except NoPreferencePairs as e:  # the round's sample of the feedback held no pair
-                shutil.rmtree(sft_dir, ignore_errors=True)
-                return self.end_early(round_id, metrics, [f"{e}: DPO skipped"], t_round, suspect_note)
+            trainer = self.policy_trainer(algo, rm, start_dir, reference_dir, workdir, fit)
             t_anchor = time.perf_counter()
             anchor = self.prose_anchor(trainer.policy) if pcfg.anchor_coef > 0 else None
             if anchor is not None:
