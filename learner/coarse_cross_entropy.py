@@ -23,14 +23,10 @@ from __future__ import annotations
 
 import torch
 
-from learner.token_logprobs import buffered_logits, row_chunks
+from learner.token_logprobs import buffered_logits, buffered_weight, row_chunks, softcapped
 
 MAX_MASS = 1 - 1e-6
 """S is kept below this, so log(1 - S) stays finite when the top-k hold almost everything."""
-
-
-def softcapped(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
-    return torch.tanh(logits / cap) * cap if cap else logits
 
 
 def teacher_top_k(logits: torch.Tensor, k: int, cap: float | None = None
@@ -92,10 +88,8 @@ def coarse_cross_entropy(h: torch.Tensor, head: torch.nn.Module, ids: torch.Tens
                          cap: float | None = None) -> torch.Tensor:
     """Per row of h (N, H): the cross-entropy of softmax(softcap(head(h))) against the teacher's top-k
     (ids, q) (N, k) and the rest bucket. (N,)"""
-    weight = getattr(head, "weight", None)
-    plain = (weight is None or weight.requires_grad or getattr(head, "bias", None) is not None
-             or weight.dtype != torch.float32 or h.dtype != torch.float32)
-    if plain:
+    weight = buffered_weight(head, h)
+    if weight is None:
         logp = torch.log_softmax(softcapped(head(h).float(), cap), dim=-1)
         return _loss_rows(logp.gather(1, ids), q)[0]
     return _CoarseCrossEntropy.apply(h, weight, ids, q, cap)

@@ -107,16 +107,25 @@ class _ChosenLogProb(torch.autograd.Function):
         return grad_h, None, None, None, None
 
 
-def chosen_logprobs(h: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor, temperature: float = 1.0,
-                    cap: float | None = None) -> torch.Tensor:
-    """log softmax(softcap(head(h)) / temperature) at `targets`: h (..., H), targets (...) -> (...)."""
+def softcapped(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def buffered_weight(head: torch.nn.Module, h: torch.Tensor) -> torch.Tensor | None:
+    """The head's weight when the buffered passes apply (a frozen float32 weight, no bias, float32
+    hidden states); None: use plain autograd."""
     weight = getattr(head, "weight", None)
     plain = (weight is None or weight.requires_grad or getattr(head, "bias", None) is not None
              or weight.dtype != torch.float32 or h.dtype != torch.float32)
-    if plain:
-        logits = head(h).float()
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
+    return None if plain else weight
+
+
+def chosen_logprobs(h: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor, temperature: float = 1.0,
+                    cap: float | None = None) -> torch.Tensor:
+    """log softmax(softcap(head(h)) / temperature) at `targets`: h (..., H), targets (...) -> (...)."""
+    weight = buffered_weight(head, h)
+    if weight is None:
+        logits = softcapped(head(h).float(), cap)
         if temperature != 1.0:
             logits = logits / temperature
         return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
