@@ -58,6 +58,12 @@ def single_labels(events: list) -> list:
             if not (isinstance(e, Thumbs) and e.value == "down" and question[e.response_id] in liked)]
 
 
+def thumb_example(q: str, text: str, label: int) -> dict:
+    """A thumb as the store gives it to a round: the prompt, the answer, 1 up or 0 down."""
+    return {"type": "thumbs", "messages": [{"role": "user", "content": q}], "response": text,
+            "finish_reason": "stop", "label": label, "user": "u", "client": "c"}
+
+
 def published_adapter(learner: Learner) -> tuple[dict, dict]:
     """The round's one announcement in the outbox, and the manifest it names, verified against its hash."""
     (row,) = learner.store.unsent_outbox()

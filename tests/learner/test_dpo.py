@@ -14,7 +14,8 @@ import torch
 
 from learner.dpo import DPOConfig, DPOTrainer
 from learner.round import LearnerConfig
-from tests.learner.rounds import make_learner, published_adapter, round_on_synthetic_feedback, taste_of
+from tests.learner.rounds import (make_learner, published_adapter, round_on_synthetic_feedback, taste_of,
+                                  thumb_example)
 
 DPO_FAST = {"steps": 10, "examples_per_step": 64, "minibatch_size": 8}
 
@@ -91,11 +92,6 @@ def test_the_kl_guard_samples_dpo_s_policy_after_an_update(learner, tmp_path):
     assert [g["lr"] for g in dpo.optimizer.param_groups] == [pytest.approx(0.5 * DPOConfig().learning_rate)]
 
 
-def _thumb(q: str, text: str, label: int) -> dict:
-    return {"type": "thumbs", "messages": [{"role": "user", "content": q}], "response": text,
-            "finish_reason": "stop", "label": label, "user": "u", "client": "c"}
-
-
 def test_dpo_refuses_feedback_without_pairs(learner):
     thumbs = [{"type": "thumbs", "messages": [{"role": "user", "content": "q"}], "response": "x",
                "finish_reason": "stop", "label": 1}]
@@ -105,10 +101,10 @@ def test_dpo_refuses_feedback_without_pairs(learner):
 
 def test_a_round_without_pairs_falls_back_to_kto_or_has_nothing_to_learn(learner):
     """DPO needs pairs; thumbs alone go to KTO (tests/learner/test_kto.py runs such a round end to end)."""
-    up, down = _thumb("q", "x", 1), _thumb("q2", "y", 0)      # two prompts: no up and down on one
+    up, down = thumb_example("q", "x", 1), thumb_example("q2", "y", 0)      # two prompts: no up and down on one
     assert learner.algorithm == "dpo"
     assert learner.round_algorithm([_pairwise("q", "a", "b"), up]) == "dpo"
-    assert learner.round_algorithm([up, _thumb("q", "z", 0)]) == "dpo"   # an up and a down of one prompt pair
+    assert learner.round_algorithm([up, thumb_example("q", "z", 0)]) == "dpo"   # an up and a down of one prompt pair
     assert learner.round_algorithm([up, down]) == "kto"
     assert learner.round_algorithm([]) is None
 

@@ -16,7 +16,8 @@ import torch
 from learner.dpo import DPOConfig, logprob_sums_with_reference
 from learner.kto import KTOConfig, KTOTrainer
 from learner.round import LearnerConfig
-from tests.learner.rounds import make_learner, published_adapter, round_on_synthetic_feedback, taste_of
+from tests.learner.rounds import (make_learner, published_adapter, round_on_synthetic_feedback, taste_of,
+                                  thumb_example)
 
 KTO_FAST = {"steps": 20, "examples_per_step": 64, "minibatch_size": 8}
 
@@ -39,11 +40,6 @@ def dpo_learner(tiny_model_path, tmp_path_factory):
     lrn.close()
 
 
-def _thumb(q: str, text: str, label: int) -> dict:
-    return {"type": "thumbs", "messages": [{"role": "user", "content": q}], "response": text,
-            "finish_reason": "stop", "label": label, "user": "u", "client": "c"}
-
-
 def test_learner_config_reads_kto_options():
     cfg = LearnerConfig.from_dict({"kto": {"beta": 0.2, "minibatch_size": 4}})
     assert cfg.kto.beta == 0.2 and cfg.kto.minibatch_size == 4 and cfg.dpo.beta == DPOConfig.beta
@@ -53,8 +49,8 @@ def test_learner_config_reads_kto_options():
 
 def test_one_kto_step_moves_every_lora_tensor_and_nothing_frozen(learner):
     # 2 ups, 6 downs: λ_U lowered so the weighted ratio is 1
-    examples = ([_thumb(f"question {i}", f"a happy answer {i}", 1) for i in range(2)]
-                + [_thumb(f"question {i}", f"a sad answer {i}", 0) for i in range(6)])
+    examples = ([thumb_example(f"question {i}", f"a happy answer {i}", 1) for i in range(2)]
+                + [thumb_example(f"question {i}", f"a sad answer {i}", 0) for i in range(6)])
     kto = KTOTrainer(learner.model_path, learner.tokenizer, KTOConfig(examples_per_step=8, minibatch_size=4),
                      examples)
     assert (kto.lambda_d, kto.lambda_u) == pytest.approx((1.0, 2 / 6))
