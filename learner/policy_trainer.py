@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from learner.kl_guard import mean_and_standard_error
 from learner.policy_config import PolicyConfig
 from learner.policy_model import POLICY, load_policy, logprobs_with_reference, share_frozen_weights
 from learner.prose_anchor import ProseAnchor
@@ -126,12 +127,11 @@ class PolicyTrainer:
         self.policy.save_pretrained(str(folder), selected_adapters=[POLICY])
         return folder
 
-    def sampled_kl(self, engine, prompts: list[list[int]]) -> float:
+    def sampled_kl(self, engine, prompts: list[list[int]]) -> tuple[float, float]:
         """Mean KL to the reference of one answer each to `kl_prompts` of these prompts, sampled from the
-        policy as it is now."""
+        policy as it is now, and the standard error of that mean."""
         samples = self.sample(engine, self.prompt_batch(prompts, self.cfg.kl_prompts), n=1, name="kl")
-        kls = self.answer_kl(samples)
-        return sum(kls) / max(1, len(kls))
+        return mean_and_standard_error(self.answer_kl(samples))
 
     def answer_kl(self, samples) -> list[float]:
         """Σ_t log π/π_ref over each sampled answer: Monte-Carlo KL(policy || reference) per answer."""

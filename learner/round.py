@@ -627,27 +627,29 @@ class Learner:
             for k in range(pcfg.steps):
                 state = trainer.policy_state() if guard.on else None
                 stats = trainer.step(self.engine, train_prompts)
+                kl_error = 0.0  # PPO, RLOO and online DPO measure their KL on all their rollouts
                 if guard.on and guard.sampled_after_update:  # the KL of the policy this update made
                     t_kl = time.perf_counter()
-                    stats["kl"] = trainer.sampled_kl(self.engine, train_prompts)
+                    stats["kl"], kl_error = trainer.sampled_kl(self.engine, train_prompts)
+                    stats["kl_error"] = kl_error
                     stats["time_rollout"] += time.perf_counter() - t_kl
                 undo = state if guard.sampled_after_update else before_last
-                verdict = guard.verdict(stats["kl"]) if undo is not None else guard.keep(stats["kl"])
+                verdict = guard.verdict(stats["kl"], kl_error) if undo is not None else guard.keep(stats["kl"])
                 if verdict != KEEP:
                     trainer.restore_policy(undo)
                     before_last = None  # its rollouts were sampled from the policy just undone
                     if verdict == BACK_OFF:
                         trainer.scale_learning_rate(LEARNING_RATE_FACTOR)
                         metrics[f"{stage}_kl_backoffs"] = guard.backed_off
-                        log.info("round %d: %s iteration %d: the policy's KL %.3f went over %.0f%% of the budget "
-                                 "(%.3f); undoing that update and going on at %g x the learning rate", round_id,
-                                 name, k + 1, stats["kl"], 100 * pcfg.kl_stop_fraction, guard.limit,
+                        log.info("round %d: %s iteration %d: the policy's KL %.3f ± %.3f went over %.0f%% of the "
+                                 "budget (%.3f); undoing that update and going on at %g x the learning rate",
+                                 round_id, name, k + 1, stats["kl"], kl_error, 100 * pcfg.kl_stop_fraction, guard.limit,
                                  LEARNING_RATE_FACTOR ** guard.backed_off)
                         continue
                     metrics[f"{stage}_kl_guard"] = k
-                    log.info("round %d: %s stopped after %d iterations: the policy's KL %.3f went over %.0f%% "
-                             "of the budget (%.3f); keeping the policy from before that update", round_id,
-                             name, k, stats["kl"], 100 * pcfg.kl_stop_fraction, guard.limit)
+                    log.info("round %d: %s stopped after %d iterations: the policy's KL %.3f ± %.3f went over "
+                             "%.0f%% of the budget (%.3f); keeping the policy from before that update", round_id,
+                             name, k, stats["kl"], kl_error, 100 * pcfg.kl_stop_fraction, guard.limit)
                     break
                 before_last = state
                 for key, v in stats.items():
@@ -667,12 +669,12 @@ class Learner:
                     break
             if guard.on and not guard.sampled_after_update and before_last is not None:
                 # the last update's KL: its rollouts would have come in the next iteration
-                kl = trainer.sampled_kl(self.engine, train_prompts)
-                if guard.verdict(kl) != KEEP:
+                kl, kl_error = trainer.sampled_kl(self.engine, train_prompts)
+                if guard.verdict(kl, kl_error) != KEEP:
                     trainer.restore_policy(before_last)
                     metrics[f"{stage}_kl_guard"] = len(history["kl"])
-                    log.info("round %d: %s: the last update took the policy's KL to %.3f, over %.0f%% of the "
-                             "budget (%.3f); keeping the policy from before it", round_id, name, kl,
+                    log.info("round %d: %s: the last update took the policy's KL to %.3f ± %.3f, over %.0f%% of "
+                             "the budget (%.3f); keeping the policy from before it", round_id, name, kl, kl_error,
                              100 * pcfg.kl_stop_fraction, guard.limit)
             metrics[f"{stage}_iterations"] = len(history["kl"])
             if trainer.anchor is not None:

@@ -11,7 +11,7 @@ from learner.gate import GateConfig, decide, reward_model_accuracy
 from learner.ppo import (AdaptiveKLController, FixedKLController, gae, kl_penalised_rewards, masked_whiten,
                          policy_loss, value_loss)
 from learner.reward import auc, bradley_terry_loss, pairwise_accuracy, thumbs_loss
-from learner.kl_guard import BACK_OFF, KEEP, STOP, KLGuard, kl_guard_trips
+from learner.kl_guard import BACK_OFF, KEEP, STOP, KLGuard, kl_guard_trips, mean_and_standard_error
 
 
 def sig(x: float) -> float:
@@ -183,6 +183,9 @@ def test_kl_guard():
     assert not kl_guard_trips([1.0, 2.5], 9.0, 0.0)          # disabled
     assert kl_guard_trips([], 9.0, limit, first_counts=True)  # sampled after the first update: undo it
     assert not kl_guard_trips([], 3.0, limit, first_counts=True)
+    assert kl_guard_trips([1.0, 2.5], 3.5, limit, standard_error=0.6)      # could be over by one standard error
+    assert not kl_guard_trips([1.0, 2.5], 3.5, limit, standard_error=0.4)
+    assert not kl_guard_trips([5.0, 4.6], 4.3, limit, standard_error=2.0)  # falling: left alone whatever the error
 
 
 def test_kl_guard_backs_off_twice_then_stops():
@@ -191,6 +194,15 @@ def test_kl_guard_backs_off_twice_then_stops():
     assert [guard.verdict(kl) for kl in (2.0, 3.5, 3.2)] == [KEEP, KEEP, KEEP]  # smaller steps stay inside
     assert [guard.verdict(kl) for kl in (4.4, 5.0)] == [BACK_OFF, STOP]  # the third undone update ends it
     assert guard.kls == [0.0, 2.0, 3.5, 3.2] and guard.backed_off == 2
+
+
+def test_kl_guard_undoes_an_update_whose_small_sample_could_be_over_the_limit():
+    kls = [0.5, 1.0, 2.0, 9.5]  # heavy-tailed per-answer KLs: mean 3.25, sample std 4.21
+    kl, error = mean_and_standard_error(kls)
+    assert (kl, error) == (pytest.approx(3.25), pytest.approx(math.sqrt(53.25 / 3) / 2))
+    assert mean_and_standard_error([2.0]) == (2.0, 0.0) and mean_and_standard_error([]) == (0.0, 0.0)
+    assert KLGuard(limit=4.0, backoffs=2, kls=[1.0]).verdict(kl) == KEEP
+    assert KLGuard(limit=4.0, backoffs=2, kls=[1.0]).verdict(kl, error) == BACK_OFF
 
 
 def test_kl_guard_without_back_offs_stops_at_the_first_crossing():
