@@ -8,6 +8,7 @@
     as_reference(policy)                                      a context in which the policy is the reference
     answer_logprobs(policy, ids, mask, P, T)                  log π(y_t | x, y_<t) per answer token
     logprobs_with_reference(...)                              policy and reference, rows of similar length together
+    kl_to_reference(...)                                      each answer's KL to the reference, exact per token
     share_frozen_weights(src, dst)                            one copy of the frozen base for policy, critic, RM
 
 Batches are prompt-left-padded to column P and answer-right-padded (learner/tokenization.py
@@ -25,7 +26,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM
 
 from learner.policy_config import LoRAConfig
-from learner.token_logprobs import chosen_logprobs
+from learner.token_logprobs import chosen_logprobs, position_kl
 from learner.tokenization import position_ids
 
 
@@ -103,11 +104,18 @@ def answer_logprobs(policy, ids: torch.Tensor, mask: torch.Tensor, P: int, tempe
     Runs the decoder, then the LM head only on the answer positions: with Gemma's 262k-token
     vocabulary, logits over the prompt would cost more memory than the whole model (and the
     answers' logits live in a reused buffer: learner/token_logprobs.py)."""
+    lm = policy.get_base_model()
+    cap = getattr(lm.config, "final_logit_softcapping", None)
+    return chosen_logprobs(answer_hidden(policy, ids, mask, P), lm.get_output_embeddings(), ids[:, P:],
+                           temperature, cap)  # (B, R)
+
+
+def answer_hidden(policy, ids: torch.Tensor, mask: torch.Tensor, P: int) -> torch.Tensor:
+    """The decoder's last hidden state at the positions that predict each answer token: (B, R, H)."""
     lm = policy.get_base_model()                                     # the LoRA layers live inside it
     h = lm.get_decoder()(input_ids=ids, attention_mask=mask,
                          position_ids=position_ids(mask), use_cache=False).last_hidden_state  # (B, P+R, H)
-    cap = getattr(lm.config, "final_logit_softcapping", None)
-    return chosen_logprobs(h[:, P - 1: -1], lm.get_output_embeddings(), ids[:, P:], temperature, cap)  # (B, R)
+    return h[:, P - 1: -1]
 
 
 def trimmed(ids: torch.Tensor, mask: torch.Tensor, P: int, rows: torch.Tensor
@@ -143,3 +151,24 @@ def logprobs_with_reference(policy, ids: torch.Tensor, mask: torch.Tensor, P: in
             ref_logprobs[rows, :R] = answer_logprobs(policy, b_ids, b_mask, b_P, temperature)
     return logprobs * response_mask, ref_logprobs * response_mask
 
+
+@torch.no_grad()
+def kl_to_reference(policy, ids: torch.Tensor, mask: torch.Tensor, P: int, response_mask: torch.Tensor,
+                    chunk: int, temperature: float) -> torch.Tensor:
+    """KL(policy ‖ reference) of each answer (B,): Σ_t KL(π(·|x, y_<t) ‖ π_ref(·|x, y_<t)) over its tokens,
+    each term over the whole vocabulary. For answers sampled from the policy it has the expectation of
+    Σ_t log π/π_ref(y_t) and a smaller variance (bench/kl_estimators.py). The LM head runs on the
+    answers' real tokens only."""
+    lm = policy.get_base_model()
+    head, cap = lm.get_output_embeddings(), getattr(lm.config, "final_logit_softcapping", None)
+    kl = torch.zeros(ids.shape[0])
+    for rows in by_length(mask, chunk):
+        b_ids, b_mask, b_P = trimmed(ids, mask, P, rows)
+        real = response_mask[rows, : b_ids.shape[1] - b_P].bool()
+        h = answer_hidden(policy, b_ids, b_mask, b_P)[real]
+        with as_reference(policy):
+            h_ref = answer_hidden(policy, b_ids, b_mask, b_P)[real]
+        per_token = torch.zeros(real.shape)
+        per_token[real] = position_kl(h, h_ref, head, temperature, cap)
+        kl[rows] = per_token.sum(1)
+    return kl

@@ -25,7 +25,7 @@ from torch import nn
 
 from learner.kl_guard import mean_and_standard_error
 from learner.policy_config import PolicyConfig
-from learner.policy_model import POLICY, load_policy, logprobs_with_reference, share_frozen_weights
+from learner.policy_model import POLICY, kl_to_reference, load_policy, share_frozen_weights
 from learner.prose_anchor import ProseAnchor
 from learner.tokenization import pad_prompt_response
 
@@ -134,12 +134,12 @@ class PolicyTrainer:
         return mean_and_standard_error(self.answer_kl(samples))
 
     def answer_kl(self, samples) -> list[float]:
-        """Σ_t log π/π_ref over each sampled answer: Monte-Carlo KL(policy || reference) per answer."""
+        """KL(policy ‖ reference) of each answer sampled from the policy: the KL over the whole
+        vocabulary at each of its tokens, summed (`kl_to_reference`)."""
         if not samples:
             return []
         self.policy.eval()
         ids, mask, _, rmask, P = pad_prompt_response([s.prompt_ids for s in samples],
                                                      [s.response_ids for s in samples], self.pad_id)
-        lp, ref = logprobs_with_reference(self.policy, ids, mask, P, rmask, self.cfg.forward_batch_size,
-                                          self.cfg.temperature)
-        return (lp - ref).sum(1).tolist()
+        return kl_to_reference(self.policy, ids, mask, P, rmask, self.cfg.forward_batch_size,
+                               self.cfg.temperature).tolist()

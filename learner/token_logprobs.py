@@ -107,6 +107,26 @@ class _ChosenLogProb(torch.autograd.Function):
         return grad_h, None, None, None, None
 
 
+@torch.no_grad()
+def position_kl(h: torch.Tensor, h_ref: torch.Tensor, head: torch.nn.Module, temperature: float = 1.0,
+                cap: float | None = None) -> torch.Tensor:
+    """KL(softmax(z) ‖ softmax(z_ref)) over the whole vocabulary at each row, z = softcap(head(h)) / T
+    and z_ref the same of h_ref: (N, H) twice -> (N,). Both rows' logits sit in reused buffers."""
+    weight = buffered_weight(head, h)
+    if weight is None:
+        logp = torch.log_softmax(softcapped(head(h).float(), cap) / temperature, dim=-1)
+        logq = torch.log_softmax(softcapped(head(h_ref).float(), cap) / temperature, dim=-1)
+        return (logp.exp() * (logp - logq)).sum(-1)
+    _buf, z, lse = buffered_logits(h, weight, temperature, cap)
+    _buf_ref, z_ref, lse_ref = buffered_logits(h_ref, weight, temperature, cap)  # a second buffer: _buf is held
+    kl = torch.empty(h.shape[0])
+    for rows in row_chunks(h.shape[0], weight.shape[0]):
+        logp = z[rows] - lse[rows].unsqueeze(1)
+        logq = z_ref[rows] - lse_ref[rows].unsqueeze(1)
+        kl[rows] = (logp.exp() * (logp - logq)).sum(-1)
+    return kl
+
+
 def softcapped(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
     return torch.tanh(logits / cap) * cap if cap else logits
 

@@ -10,10 +10,11 @@ import torch
 from adapters.routing_state import KnownAdapter, RoutingState
 from harness.loras import make_lora
 from learner.policy_config import PolicyConfig
-from learner.policy_model import REFERENCE, answer_logprobs, load_policy, logprobs_with_reference
+from learner.policy_model import (REFERENCE, answer_logprobs, as_reference, kl_to_reference, load_policy,
+                                  logprobs_with_reference)
 from learner.policy_trainer import PolicyTrainer
 from learner.starting_adapter import STARTING_VERSION, starting_ancestor
-from learner.tokenization import encode_prompt, load_tokenizer, pad_prompt_response
+from learner.tokenization import encode_prompt, load_tokenizer, pad_prompt_response, position_ids
 
 CFG = PolicyConfig()
 QUESTIONS = ["Tell me about cats.", "What is the capital of France?", "Say something nice."]
@@ -70,6 +71,24 @@ def test_a_step_moves_the_policy_not_the_reference_and_only_the_policy_is_saved(
     assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == []  # no reference subfolder
     alone = load_policy(tiny_model_path, CFG, init_adapter=folder)
     assert torch.allclose(both(alone, batch)[0], lp, atol=1e-5)
+
+
+def test_kl_to_reference_sums_the_full_vocabulary_kl_at_each_answer_token(tiny_model_path, starting, batch):
+    ids, mask, P, rmask = batch
+    policy = load_policy(tiny_model_path, CFG, init_adapter=starting).eval()  # the reference is the base
+    with torch.no_grad():
+        logp = torch.log_softmax(policy(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits,
+                                 dim=-1)
+        with as_reference(policy):
+            logq = torch.log_softmax(policy(input_ids=ids, attention_mask=mask,
+                                            position_ids=position_ids(mask)).logits, dim=-1)
+    per_position = (logp.exp() * (logp - logq)).sum(-1)[:, P - 1: -1]  # the positions predicting answer tokens
+    by_hand = (per_position * rmask).sum(1)
+    assert by_hand.min() > 0  # the starting adapter moves every answer's distributions
+    assert torch.allclose(kl_to_reference(policy, ids, mask, P, rmask, chunk=2, temperature=1.0), by_hand,
+                          rtol=1e-4, atol=1e-5)
+    same = load_policy(tiny_model_path, CFG, init_adapter=starting, reference_adapter=starting)
+    assert kl_to_reference(same, ids, mask, P, rmask, chunk=2, temperature=1.0).abs().max() < 1e-5
 
 
 def known(version: str, parent: str | None) -> KnownAdapter:

@@ -1,21 +1,26 @@
 """chosen_logprobs: the reused-buffer path gives the plain autograd path's values and gradients,
-and its logits buffers are reused, never shared by two passes still waiting for their backward."""
+and its logits buffers are reused, never shared by two passes still waiting for their backward.
+position_kl: the KL between two rows' full next-token distributions, as full softmaxes give it."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from learner.token_logprobs import BUFFERS, chosen_logprobs, row_chunks
+from learner.token_logprobs import BUFFERS, chosen_logprobs, position_kl, row_chunks
 
 VOCAB = 2**18 + 3   # Gemma-sized rows: several elementwise chunks per call
 
 
-def plain(h, head, targets, temperature, cap):
+def plain_logits(h, head, temperature, cap):
     logits = head(h)
     if cap:
         logits = torch.tanh(logits / cap) * cap
-    logits = logits / temperature
+    return logits / temperature
+
+
+def plain(h, head, targets, temperature, cap):
+    logits = plain_logits(h, head, temperature, cap)
     return torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
@@ -70,3 +75,17 @@ def test_buffers_are_reused_and_never_shared_by_pending_passes():
     del dropped                                                 # a graph dropped without backward frees its buffer
     chosen_logprobs(h.clone().requires_grad_(), head, targets).sum().backward()
     assert len(BUFFERS.pool) == 2
+
+
+@pytest.mark.parametrize("temperature,cap", [(1.0, None), (0.7, 30.0)])
+def test_position_kl_is_the_kl_of_the_full_softmaxes(temperature, cap):
+    head, h, _, _ = case(3, rows=4, cols=3)
+    h, h_ref = h.reshape(-1, h.shape[-1]), h.reshape(-1, h.shape[-1]).flip(0) * 0.8
+    logp = torch.log_softmax(plain_logits(h, head, temperature, cap).double(), dim=-1)
+    logq = torch.log_softmax(plain_logits(h_ref, head, temperature, cap).double(), dim=-1)
+    by_hand = (logp.exp() * (logp - logq)).sum(-1).float()
+    assert by_hand.min() > 0.1  # the two rows' distributions differ: there is a KL to get right
+    torch.testing.assert_close(position_kl(h, h_ref, head, temperature, cap), by_hand, rtol=1e-4, atol=1e-4)
+    assert position_kl(h, h, head, temperature, cap).abs().max() < 1e-4  # no KL from a distribution to itself
+    head.weight.requires_grad_(True)  # the plain path: same values
+    torch.testing.assert_close(position_kl(h, h_ref, head, temperature, cap), by_hand, rtol=1e-4, atol=1e-4)
