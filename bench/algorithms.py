@@ -444,6 +444,12 @@ def main() -> int:
         p.error("--log holds one taste's feedback: give that one taste with --tastes")
     if args.log and not Path(args.log).is_file():
         p.error(f"--log {args.log}: no such file")
+    if args.learner_config:
+        from learner.round import LearnerConfig  # the learner's imports, as the workers do
+        try:
+            LearnerConfig.from_file(args.learner_config)
+        except (OSError, ValueError, TypeError) as e:
+            p.error(f"--learner-config {args.learner_config}: {e}")
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="rlhf-algorithms-"))
     out.mkdir(parents=True, exist_ok=True)
     results = {"model": args.model, "args": {k: v for k, v in vars(args).items() if not k.startswith("worker")},
