@@ -655,8 +655,9 @@ class Learner:
                 for key, v in stats.items():
                     history[key].append(v)
                 vf = f" vf {stats['value_loss']:.4f}" if "value_loss" in stats else ""  # RLOO has no critic
-                log.info("round %d: %s %d/%d score %+.3f kl %.3f (β %.4f) pg %.4f%s clip %.3f eos %.2f "
-                         "len %.1f %.1f s", round_id, name, k + 1, pcfg.steps, stats["score"], stats["kl"],
+                error = f" ± {stats['kl_error']:.3f}" if "kl_error" in stats else ""  # the guard's own sample
+                log.info("round %d: %s %d/%d score %+.3f kl %.3f%s (β %.4f) pg %.4f%s clip %.3f eos %.2f "
+                         "len %.1f %.1f s", round_id, name, k + 1, pcfg.steps, stats["score"], stats["kl"], error,
                          stats["kl_coef"], stats["policy_loss"], vf, stats["clipfrac"],
                          stats["eos_fraction"], stats["response_tokens"],
                          stats["time_rollout"] + stats["time_score"] + stats["time_update"])
