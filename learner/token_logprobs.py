@@ -12,7 +12,8 @@ log-softmax happen in place, and the backward pass turns the same buffer into th
 the logits before one matmul with the head's weights. Elementwise work runs a few rows at a
 time, so its temporaries are small blocks glibc keeps in its heap. The head's weights must be
 frozen (the policy trains LoRA adapters only); otherwise, or for a head with a bias, the plain
-autograd path runs.
+autograd path runs. `position_kl` (no gradient) puts the policy's and the reference's logits in two
+such buffers for the KL between their whole next-token distributions.
 """
 
 from __future__ import annotations
