@@ -235,6 +235,14 @@ class RewardModel(nn.Module):
 
     @classmethod
     def create(cls, model_path: Path | str, cfg: RewardConfig) -> "RewardModel":
+        """A new reward model that depends on `cfg.seed` alone (PEFT draws the LoRA's A matrices from torch's
+        global generator: here a seeded copy of it, the caller's left as it was)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            return cls._create(model_path, cfg)
+
+    @classmethod
+    def _create(cls, model_path: Path | str, cfg: RewardConfig) -> "RewardModel":
         base = AutoModel.from_pretrained(str(model_path), dtype=torch.float32)
         lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
                           target_modules=list(cfg.target_modules), bias="none")
