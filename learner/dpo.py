@@ -160,7 +160,7 @@ def answer_logprob_sums(policy, prompts: list[list[int]], answers: list[list[int
     ids, mask, _, rmask, P = pad_prompt_response(prompts, answers, pad_id)
     ids, mask, P = trimmed(ids, mask, P, torch.arange(len(prompts)))
     rmask = rmask[:, : ids.shape[1] - P]
-    return sequence_logprob(answer_logprobs(policy, ids, mask, P, temperature), rmask)   # (B,)
+    return sequence_logprob(answer_logprobs(policy, ids, mask, P, temperature, rmask), rmask)   # (B,)
 
 
 @torch.no_grad()

@@ -6,7 +6,8 @@
                  base when the round's start descends from it; else the same model with the adapter
                  switched off (peft `disable_adapter()`). No copy of the base either way.
     as_reference(policy)                                      a context in which the policy is the reference
-    answer_logprobs(policy, ids, mask, P, T)                  log π(y_t | x, y_<t) per answer token
+    answer_logprobs(policy, ids, mask, P, T, answer_mask)     log π(y_t | x, y_<t) per answer token (the LM head
+                                                              on the mask's real tokens only)
     logprobs_with_reference(...)                              policy and reference, rows of similar length together
     kl_to_reference(...)                                      each answer's KL to the reference, exact per token
     share_frozen_weights(src, dst)                            one copy of the frozen base for policy, critic, RM
@@ -98,16 +99,22 @@ def as_reference(policy):
         policy.set_adapter(POLICY)
 
 
-def answer_logprobs(policy, ids: torch.Tensor, mask: torch.Tensor, P: int, temperature: float) -> torch.Tensor:
+def answer_logprobs(policy, ids: torch.Tensor, mask: torch.Tensor, P: int, temperature: float,
+                    answer_mask: torch.Tensor | None = None) -> torch.Tensor:
     """log π(y_t | x, y_<t) at temperature T for each answer token: (B, R).
 
     Runs the decoder, then the LM head only on the answer positions: with Gemma's 262k-token
     vocabulary, logits over the prompt would cost more memory than the whole model (and the
-    answers' logits live in a reused buffer: learner/token_logprobs.py)."""
+    answers' logits live in a reused buffer: learner/token_logprobs.py). With `answer_mask` (B, R)
+    the head runs on its real tokens only, and padding gets 0."""
     lm = policy.get_base_model()
-    cap = getattr(lm.config, "final_logit_softcapping", None)
-    return chosen_logprobs(answer_hidden(policy, ids, mask, P), lm.get_output_embeddings(), ids[:, P:],
-                           temperature, cap)  # (B, R)
+    head, cap = lm.get_output_embeddings(), getattr(lm.config, "final_logit_softcapping", None)
+    h, targets = answer_hidden(policy, ids, mask, P), ids[:, P:]                    # (B, R, H), (B, R)
+    if answer_mask is None:
+        return chosen_logprobs(h, head, targets, temperature, cap)                  # (B, R)
+    real = answer_mask[:, : targets.shape[1]].bool()
+    return torch.zeros(real.shape).masked_scatter(real, chosen_logprobs(h[real], head, targets[real],
+                                                                        temperature, cap))
 
 
 def answer_hidden(policy, ids: torch.Tensor, mask: torch.Tensor, P: int) -> torch.Tensor:
@@ -146,10 +153,11 @@ def logprobs_with_reference(policy, ids: torch.Tensor, mask: torch.Tensor, P: in
     for rows in by_length(mask, chunk):
         b_ids, b_mask, b_P = trimmed(ids, mask, P, rows)
         R = b_ids.shape[1] - b_P
-        logprobs[rows, :R] = answer_logprobs(policy, b_ids, b_mask, b_P, temperature)
+        real = response_mask[rows, :R]
+        logprobs[rows, :R] = answer_logprobs(policy, b_ids, b_mask, b_P, temperature, real)
         with as_reference(policy):
-            ref_logprobs[rows, :R] = answer_logprobs(policy, b_ids, b_mask, b_P, temperature)
-    return logprobs * response_mask, ref_logprobs * response_mask
+            ref_logprobs[rows, :R] = answer_logprobs(policy, b_ids, b_mask, b_P, temperature, real)
+    return logprobs, ref_logprobs
 
 
 @torch.no_grad()

@@ -275,7 +275,7 @@ class PPOTrainer(PolicyTrainer):
                 ids, mask, P = trimmed(exp.ids, exp.mask, exp.P, mb)  # without all-padding columns
                 R = ids.shape[1] - P
                 rmask = exp.response_mask[mb, :R]
-                new_logprobs = answer_logprobs(self.policy, ids, mask, P, cfg.temperature)   # (b, R)
+                new_logprobs = answer_logprobs(self.policy, ids, mask, P, cfg.temperature, rmask)   # (b, R)
                 new_values = self.critic(ids, mask, P)                                        # (b, R)
                 pg_loss, clipfrac, approxkl = policy_loss(new_logprobs, exp.logprobs[mb, :R],
                                                           exp.advantages[mb, :R], rmask, cfg.clip_range)

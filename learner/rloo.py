@@ -159,7 +159,7 @@ class RLOOTrainer(PolicyTrainer):
                 ids, mask, P = trimmed(exp.ids, exp.mask, exp.P, mb)  # without all-padding columns
                 R = ids.shape[1] - P
                 rmask = exp.response_mask[mb, :R]
-                new_logprobs = answer_logprobs(self.policy, ids, mask, P, cfg.temperature)   # (b, R)
+                new_logprobs = answer_logprobs(self.policy, ids, mask, P, cfg.temperature, rmask)   # (b, R)
                 advantages = exp.advantages[mb, None] * rmask                                    # (b, R)
                 loss, clipfrac, approxkl = policy_loss(new_logprobs, exp.logprobs[mb, :R], advantages, rmask,
                                                        cfg.clip_range)

@@ -51,7 +51,7 @@ def encode_demonstration(tokenizer, messages: list[dict], answer: str) -> tuple[
 
 def answer_nll(policy, ids: torch.Tensor, mask: torch.Tensor, answer_mask: torch.Tensor, P: int) -> torch.Tensor:
     """Mean -log π(y_t | x, y_<t) over the answer tokens of a batch (a scalar)."""
-    logp = answer_logprobs(policy, ids, mask, P, temperature=1.0)    # (B, R)
+    logp = answer_logprobs(policy, ids, mask, P, 1.0, answer_mask)    # (B, R)
     return -(logp * answer_mask).sum() / answer_mask.sum().clamp(min=1.0)
 
 

@@ -1,6 +1,7 @@
 """Grouping sequences by length: every sequence in exactly one group, the cost rule by hand, and
 rewards (reward model) and answer log-probs (policy) computed in groups or without the columns
-that are padding in every row equal those of one batch padded to the longest (tiny model)."""
+that are padding in every row equal those of one batch padded to the longest, and the LM head run
+on real answer tokens only gives the same log-probs and gradients as on every position (tiny model)."""
 
 from __future__ import annotations
 
@@ -72,3 +73,25 @@ def test_trimmed_rows_give_the_same_answer_logprobs(tiny_model_path):
             R = part.shape[1]
             assert R == int(rmask[rows].sum(1).max())
             torch.testing.assert_close(part * rmask[rows, :R], full[rows, :R], rtol=1e-4, atol=1e-4)
+
+
+def test_the_head_on_real_answer_tokens_only_gives_the_same_logprobs_and_gradients(tiny_model_path):
+    tok = load_tokenizer(tiny_model_path)
+    policy = load_policy(tiny_model_path, PPOConfig())
+    pairs = random_pairs(6, seed=3)
+    ids, mask, _, rmask, P = pad_prompt_response([p for p, _ in pairs], [a for _, a in pairs], tok.pad_token_id)
+    assert (rmask == 0).any()                                          # some answer is padded
+    params = [p for p in policy.parameters() if p.requires_grad]
+
+    def logprobs_and_grads(answer_mask):
+        policy.zero_grad()
+        lp = answer_logprobs(policy, ids, mask, P, 0.7, answer_mask)
+        (lp * rmask).sum().backward()
+        return lp.detach(), [p.grad.clone() for p in params]
+
+    every_position, grads = logprobs_and_grads(None)
+    real_only, real_grads = logprobs_and_grads(rmask)
+    assert torch.equal(real_only[rmask == 0], torch.zeros(int((rmask == 0).sum())))
+    torch.testing.assert_close(real_only, every_position * rmask, rtol=1e-4, atol=1e-5)
+    for g, g_real in zip(grads, real_grads):
+        torch.testing.assert_close(g_real, g, rtol=1e-3, atol=1e-6)
