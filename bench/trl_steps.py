@@ -84,7 +84,7 @@ def trl(part: str, model_path, tok, log_path: str, steps: int) -> dict:
 
     from bench.learner import TARGETS, StepTimer
     from learner.dpo import preference_pairs
-    from learner.kto_loss import labelled_answers
+    from learner.kto import labelled_answers
 
     examples = log_examples(log_path)
     common = dict(per_device_train_batch_size=MINIBATCH, learning_rate=LR, beta=BETA, max_length=MAX_LENGTH,

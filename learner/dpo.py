@@ -18,17 +18,8 @@ a Reward Model" (2023, arXiv 2305.18290):
     L_DPO     = Σ_i w_i · -log σ(β h_i) / Σ_i w_i          over a minibatch of pairs
     β h       = the implicit-reward margin: > 0 when the policy prefers y_w more than the reference does
 
-Thumbs that make no pair (no opposite thumb on the same prompt: most thumbs, when each user rates
-one answer of a conversation) can add KTO's loss (learner/kto.py) with its class weights λ and
-z_ref = 0, weight `unpaired_weight` (0: pairs alone):
-
-    r       = logπ(y|x) - logπ_ref(y|x)           of an unpaired answer
-    L_U     = Σ_j w_j λ_j (1 - σ(±β r_j)) / Σ_j w_j   + for a thumb up, - for a thumb down
-    L       = L_DPO + unpaired_weight · L_U           `unpaired_per_minibatch` answers beside each minibatch
-
-The reference log-probs of every pair (and unpaired answer) are computed once, without gradients,
-when the trainer starts. One `step` is `examples_per_step` pairs (the data in a shuffled cycle) in
-minibatches.
+The reference log-probs of every pair are computed once, without gradients, when the trainer
+starts. One `step` is `examples_per_step` pairs (the data in a shuffled cycle) in minibatches.
 
 The round's stats, for DPO (`step` returns them; round.py logs them as for PPO):
     score           mean implicit-reward margin β h over the step's pairs (before its updates)
@@ -40,7 +31,6 @@ The round's stats, for DPO (`step` returns them; round.py logs them as for PPO):
     eos_fraction    share of the step's answers (chosen and rejected) that end with EOS
     response_tokens mean answer length of the step's answers, in tokens
     time_rollout    0: no rollouts;  time_score: the reference pass (first step only);  time_update
-    unpaired_loss, unpaired_score   with unpaired answers: mean L_U, and mean ±β r before the updates
 `heldout_accuracy` is the share of held-out pairs with β h > 0 (the round's `dpo_heldout_accuracy`).
 """
 
@@ -56,7 +46,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from learner.kto_loss import LabelledAnswer, class_weights, kto_loss, labelled_answers
 from learner.logged_feedback_trainer import LoggedFeedbackTrainer
 from learner.policy_config import PolicyConfig
 from learner.policy_model import answer_logprobs, logprobs_with_reference, trimmed
@@ -88,11 +77,6 @@ class DPOConfig(PolicyConfig):
     """Examples per optimiser step (DPO: 2 sequences each; KTO: 1, plus 1 mismatched without gradients)."""
     max_length: int = 512
     """Longest prompt + answer in tokens (the answer first cut to it, then the prompt from the left)."""
-    unpaired_weight: float = 0.0
-    """DPO only: weight of KTO's loss with z_ref 0 on the thumbs that make no pair, beside the pairs'
-    loss (0: the pairs alone)."""
-    unpaired_per_minibatch: int = 4
-    """DPO only: unpaired answers (a shuffled cycle over them) beside each minibatch of pairs."""
 
 
 # ------------------------------------------------------------------------------------------
@@ -128,19 +112,6 @@ def preference_pairs(examples: list[dict], weights: list[float] | None = None) -
                 pairs.append(PreferencePair(up["messages"], up["response"], up["finish_reason"], down["response"],
                                             down["finish_reason"], 0.5 * (w_up / len(downs) + w_down / len(ups))))
     return pairs
-
-
-def unpaired_thumbs(examples: list[dict], weights: list[float] | None = None) -> list[LabelledAnswer]:
-    """The thumbs `preference_pairs` pairs with nothing (their prompt has no opposite thumb), as
-    desirable (up) and undesirable (down) answers with their weights."""
-    weights = [1.0] * len(examples) if weights is None else weights
-    labels: dict[str, set[int]] = defaultdict(set)                     # prompt key -> labels of its thumbs
-    for ex in examples:
-        if ex["type"] == "thumbs":
-            labels[prompt_key(ex["messages"])].add(int(ex["label"]))
-    alone = [(ex, w) for ex, w in zip(examples, weights)
-             if ex["type"] == "thumbs" and len(labels[prompt_key(ex["messages"])]) == 1]
-    return labelled_answers([ex for ex, _ in alone], [w for _, w in alone])
 
 
 # ------------------------------------------------------------------------------------------
@@ -226,23 +197,9 @@ class DPOTrainer(LoggedFeedbackTrainer):
         _, ref = logprob_sums_with_reference(self.policy, prompts, answers, self.pad_id, cfg.forward_batch_size,
                                              cfg.temperature)
         self.ref_chosen, self.ref_rejected = ref[:n], ref[n:]                                # (N,), (N,)
-        self.init_unpaired(unpaired_thumbs(examples, weights) if cfg.unpaired_weight > 0 else [])
         self._time_reference = time.perf_counter() - t
-        log.info("DPO: %d pairs (%d from pairwise choices), %d unpaired answers (λ_D %.3f λ_U %.3f), reference "
-                 "log-probs in %.1f s", n, sum(e["type"] == "pairwise" for e in examples), len(self.unpaired),
-                 self.lambda_d, self.lambda_u, self._time_reference)
-
-    def init_unpaired(self, items: list[LabelledAnswer]) -> None:
-        """The unpaired answers' tokens, weights, labels, KTO class weights and reference log-probs."""
-        self.unpaired, self._unpaired_order = items, []
-        self.unpaired_prompts, self.unpaired_answers = encode_answers(
-            self.tokenizer, [(a.messages, a.response, a.finish_reason) for a in items], self.cfg.max_length)
-        self.unpaired_weights = torch.tensor([a.weight for a in items], dtype=torch.float32)      # (U,)
-        self.unpaired_desirable = torch.tensor([a.desirable for a in items], dtype=torch.bool)    # (U,)
-        self.lambda_d, self.lambda_u = class_weights(self.unpaired_weights, self.unpaired_desirable)
-        _, self.unpaired_ref = logprob_sums_with_reference(self.policy, self.unpaired_prompts, self.unpaired_answers,
-                                                           self.pad_id, self.cfg.forward_batch_size,
-                                                           self.cfg.temperature)                 # (U,)
+        log.info("DPO: %d pairs (%d from pairwise choices), reference log-probs in %.1f s", n,
+                 sum(e["type"] == "pairwise" for e in examples), self._time_reference)
 
     def step(self, engine=None, prompts=None) -> dict:
         """One iteration: `examples_per_step` logged pairs in minibatches. `engine` and `prompts` are unused
@@ -255,24 +212,13 @@ class DPOTrainer(LoggedFeedbackTrainer):
         for i in range(0, len(idx), cfg.minibatch_size):
             mb = idx[i: i + cfg.minibatch_size]
             b = len(mb)
-            um = self.shuffled_cycle(self._unpaired_order, len(self.unpaired),
-                                     cfg.unpaired_per_minibatch if self.unpaired else 0)
-            logp = answer_logprob_sums(self.policy, [self.prompts[j] for j in mb] * 2
-                                       + [self.unpaired_prompts[j] for j in um],
-                                       [self.chosen[j] for j in mb] + [self.rejected[j] for j in mb]
-                                       + [self.unpaired_answers[j] for j in um],
-                                       self.pad_id, cfg.temperature)                          # (2b + u,)
-            loss, margin = dpo_loss(logp[:b], logp[b:2 * b], self.ref_chosen[mb], self.ref_rejected[mb], cfg.beta,
+            logp = answer_logprob_sums(self.policy, [self.prompts[j] for j in mb] * 2,
+                                       [self.chosen[j] for j in mb] + [self.rejected[j] for j in mb],
+                                       self.pad_id, cfg.temperature)                          # (2b,)
+            loss, margin = dpo_loss(logp[:b], logp[b:], self.ref_chosen[mb], self.ref_rejected[mb], cfg.beta,
                                     self.weights[mb])
-            stats["policy_loss"].append(loss.item())
-            if um:
-                loss_u, margin_u = kto_loss(logp[2 * b:], self.unpaired_ref[um], self.unpaired_desirable[um],
-                                            torch.tensor(0.0), cfg.beta, self.lambda_d, self.lambda_u,
-                                            self.unpaired_weights[um])
-                loss = loss + cfg.unpaired_weight * loss_u
-                stats["unpaired_loss"].append(loss_u.item())
-                stats["unpaired_score"] += margin_u.tolist()
             self.optimise(loss)
+            stats["policy_loss"].append(loss.item())
             stats["score"] += margin.tolist()
             stats["kl"] += (logp[:b] - self.ref_chosen[mb]).tolist()
         return {**self.step_stats(stats, [self.chosen[j] for j in idx] + [self.rejected[j] for j in idx], t0),

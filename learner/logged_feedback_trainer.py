@@ -36,15 +36,10 @@ class LoggedFeedbackTrainer(PolicyTrainer):
 
     def next_indices(self, n: int) -> list[int]:
         """The next n items of a shuffled cycle over the data (reshuffled at each pass)."""
-        return self.shuffled_cycle(self._order, len(self.weights), n)
-
-    def shuffled_cycle(self, order: list[int], size: int, n: int) -> list[int]:
-        """The next n indices of a shuffled cycle over range(size) whose rest is `order` (refilled and
-        reshuffled in place at each pass)."""
         out = []
         while len(out) < n:
-            if not order:
-                order.extend(range(size))
-                self.rng.shuffle(order)
-            out.append(order.pop())
+            if not self._order:
+                self._order = list(range(len(self.weights)))
+                self.rng.shuffle(self._order)
+            out.append(self._order.pop())
         return out

@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from learner.dpo import DPOConfig, DPOTrainer, logprob_sums_with_reference
+from learner.dpo import DPOConfig, DPOTrainer
 from learner.round import LearnerConfig
 from tests.learner.rounds import (make_learner, published_adapter, round_on_synthetic_feedback, taste_of,
                                   thumb_example)
@@ -76,31 +76,6 @@ def test_one_dpo_step_moves_every_lora_tensor_and_nothing_frozen(learner):
     assert all(torch.equal(before[n][1], p.detach()) for n, p in dpo.policy.named_parameters())
     assert dpo.heldout_accuracy(examples) == 0.0  # policy = reference: no margin > 0
 
-
-def test_unpaired_thumbs_raise_the_ups_and_lower_the_downs_beside_the_pairs(learner):
-    examples = [_pairwise(f"question {i}", f"a happy answer {i}", f"a sad answer {i}") for i in range(4)]
-    # 3 up, 3 down, one thumb per prompt (no pair); the ups' texts unlike the downs'
-    examples += [thumb_example(f"lone {i}", "bright blue sky" if i % 2 else f"{i} dark cellars", i % 2)
-                 for i in range(6)]
-    pairs_only = DPOTrainer(learner.model_path, learner.tokenizer, DPOConfig(examples_per_step=4, minibatch_size=2),
-                            examples)
-    assert pairs_only.unpaired == [] and "unpaired_loss" not in pairs_only.step()  # off by default
-
-    cfg = DPOConfig(examples_per_step=2, minibatch_size=2, unpaired_weight=5.0, unpaired_per_minibatch=3)
-    dpo = DPOTrainer(learner.model_path, learner.tokenizer, cfg, examples)
-    assert len(dpo.weights) == 4 and len(dpo.unpaired) == 6
-    assert dpo.unpaired_desirable.tolist() == [False, True, False, True, False, True]
-    assert (dpo.lambda_d, dpo.lambda_u) == (1.0, 1.0)  # 3 ups, 3 downs: balanced
-    s1 = dpo.step()  # one minibatch, read before its update: the fresh LoRA is the reference, r = 0
-    assert s1["unpaired_loss"] == pytest.approx(0.5, abs=1e-4)  # 1 - σ(0) for every answer
-    assert s1["unpaired_score"] == pytest.approx(0.0, abs=1e-4)
-    for _ in range(10):
-        dpo.step()
-    dpo.policy.eval()
-    lp, ref = logprob_sums_with_reference(dpo.policy, dpo.unpaired_prompts, dpo.unpaired_answers, dpo.pad_id, 8,
-                                          cfg.temperature)
-    r = lp - ref  # each unpaired answer's implicit reward, from 0 at the start
-    assert (r[dpo.unpaired_desirable] > 0).all() and (r[~dpo.unpaired_desirable] < 0).all()
 
 def test_the_kl_guard_samples_dpo_s_policy_after_an_update(learner, tmp_path):
     examples = [_pairwise(f"question {i}", f"a happy answer {i}", f"a sad answer {i}") for i in range(6)]

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from learner.dpo import dpo_loss, preference_pairs, sequence_logprob, unpaired_thumbs
+from learner.dpo import dpo_loss, preference_pairs, sequence_logprob
 
 
 def _sigmoid(x: float) -> float:
@@ -67,17 +67,3 @@ def test_pairs_from_pairwise_choices_and_thumbs_of_the_same_prompt():
     # no weights: every example counts 1
     assert [p.weight for p in preference_pairs(examples)] == pytest.approx([1.0, 0.75, 0.75])
     assert preference_pairs([_thumb("q", "x", 1), _thumb("q", "y", 1)]) == []
-
-
-def test_unpaired_thumbs_are_the_thumbs_no_pair_uses():
-    examples = [_thumb("q1", "up1", 1), _thumb("q1", "down1", 0),         # paired: not unpaired
-                _thumb("q2", "up-alone", 1), _thumb("q2", "up-again", 1),  # q2 has ups only
-                _thumb("q3", "down-alone", 0, "length"),
-                {"type": "pairwise", "messages": [{"role": "user", "content": "q0"}], "chosen": "a",
-                 "chosen_finish": "stop", "rejected": "b", "rejected_finish": "length"}]
-    items = unpaired_thumbs(examples, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
-    assert [(a.response, a.desirable, a.weight, a.finish_reason) for a in items] == [
-        ("up-alone", True, 0.3, "stop"), ("up-again", True, 0.4, "stop"), ("down-alone", False, 0.5, "length")]
-    assert items[0].messages == [{"role": "user", "content": "q2"}]
-    assert [a.weight for a in unpaired_thumbs(examples)] == [1.0, 1.0, 1.0]
-    assert unpaired_thumbs(examples[:2]) == []

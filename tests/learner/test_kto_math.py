@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from learner.dpo import sequence_logprob
-from learner.kto_loss import class_weights, kl_estimate, kto_loss, labelled_answers
+from learner.kto import class_weights, kl_estimate, kto_loss, labelled_answers
 
 
 def _sigmoid(x: float) -> float:
