@@ -12,7 +12,10 @@ For each taste (harness/tastes.py: `colour`, `sentence`, `place`, `number`; also
    hidden taste ask `--questions` questions through the public HTTP API, two answers each (n=2),
    and send pairwise choices or thumbs through /v1/feedback (harness/user.py `converse`), at most
    `--events` feedback events. The sealed events serving wrote are read back from the broker and
-   saved as OUT/<taste>/log.jsonl (bench/feedback_log.py), then `rlhf up` stops.
+   saved as OUT/<taste>/log.jsonl (bench/feedback_log.py), then `rlhf up` stops. Printed then: how
+   the taste falls on the log's answers (`taste_spread`): the share liked, and how often the two
+   answers to one question differ, beside how often they would if each were liked by chance. Far
+   fewer says the question decides, not the sample: few pairs, logged or sampled.
 2. Learn. For each of `--algorithms`, a process of its own (this script with `--worker learn`, so
    no engine or memory leaks from one to the next): a fresh learner (own store and adapter folder;
    the same settings, learner config and split key for all) publishes the starting adapter as
@@ -68,7 +71,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import feedback_log  # noqa: E402
-from bench.feedback_log import EVENT_KEY, load_log, log_counts, questions_of  # noqa: E402
+from bench.feedback_log import EVENT_KEY, load_log, log_counts, questions_of, taste_spread  # noqa: E402
 from harness.capitals import CAPITAL_QUESTIONS, capital_accuracy  # noqa: E402
 from harness.proportions import two_proportion_z  # noqa: E402
 from harness.questions import questions as everyday_questions  # noqa: E402
@@ -370,6 +373,10 @@ def bench_taste(taste: str, args, out: Path) -> dict:
         print(f"  only {len(heldout)} held-out questions exist in this question space (asked for {args.heldout})",
               flush=True)
 
+    spread = taste_spread(events, pref.likes)
+    print(f"  the taste on the log's answers: {spread['liked']:.1%} liked; the two answers to one question differ "
+          f"in {spread['differ']:.1%} of {spread['questions_with_two_answers']} questions ({spread['independent']:.1%} "
+          "if each answer were liked by chance, whatever its question)", flush=True)
     print(f"  phase 2: one round per algorithm on {log_counts(events)}", flush=True)
     rows: dict = {}
     for algo in args.algorithms:
@@ -399,6 +406,7 @@ def bench_taste(taste: str, args, out: Path) -> dict:
     if trl:
         print("\nseconds per step on the log's data, ours and TRL's\n" + steps_table(trl), flush=True)
     return {"taste": taste, "description": str(pref), "log": str(log_path), "log_counts": log_counts(events),
+            "taste_spread": spread,
             "heldout_questions": len(heldout), "algorithms": rows, "judge": judged, "trl": trl}
 
 

@@ -4,10 +4,11 @@ each algorithm of bench/algorithms.py learns from what the users sent, nothing l
 
 from __future__ import annotations
 
+import pytest
 from kafka import KafkaProducer
 
 from adapters.signing import ControlKeys, TrustedKeys
-from bench.feedback_log import load_log, log_counts, questions_of, recorded, save_log
+from bench.feedback_log import load_log, log_counts, questions_of, recorded, save_log, taste_spread
 from feedback.event_hmac import sealed
 from feedback.schema import (
     TOPIC_FEEDBACK,
@@ -90,3 +91,13 @@ def test_a_recorded_log_replays_into_the_same_store_as_the_stream(tmp_path):
     assert log_counts(first_four) == {"interactions": 12, "thumbs": 2, "pairwise": 2}
     assert [e.event_id for t, e in first_four if t == TOPIC_FEEDBACK] == [
         e.event_id for t, e in events if t == TOPIC_FEEDBACK][:4]
+
+
+def test_taste_spread_tells_a_question_that_decides_from_a_sample_that_does():
+    events = stream()  # six conversations, answers "answer i.0" and "answer i.1"
+    by_question = taste_spread(events, lambda text: text.startswith(("answer 0.", "answer 1.")))
+    # 4 of 12 answers liked; the two answers of each question agree, by chance they would differ 2 p (1 - p)
+    assert by_question == {"liked": pytest.approx(4 / 12), "questions_with_two_answers": 6, "differ": 0.0,
+                           "independent": pytest.approx(2 * (1 / 3) * (2 / 3))}
+    by_sample = taste_spread(events, lambda text: text.endswith(".0"))   # one answer of every question
+    assert (by_sample["differ"], by_sample["independent"]) == (1.0, 0.5)
