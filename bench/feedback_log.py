@@ -71,18 +71,18 @@ def questions_of(events: list[Record]) -> set[str]:
 
 
 def taste_spread(events: list[Record], likes: Callable[[str], bool]) -> dict[str, float]:
-    """How a taste falls on a log's answers: `liked`, the share of answers it likes; over conversations
-    with two answers to one question, `differ`, the share where it likes exactly one, and `independent`,
+    """How a taste falls on a log's answers: `liked`, the share of answers it likes; over the questions
+    answered twice in one conversation, `differ`, the share where it likes exactly one, and `independent`,
     2p(1 - p) with p the liked share of those answers: what `differ` would be if each answer were liked
     by chance, whatever its question. `differ` far below `independent` says the question decides, not
     the sample: then users seldom see two answers to choose between, and the policy's own answers to a
     question seldom make a pair either (online DPO, RLOO and a reward model's ranking have little to go on)."""
-    by_conversation: dict[str, list[bool]] = defaultdict(list)
+    by_question: dict[tuple, list[bool]] = defaultdict(list)   # (conversation, messages) -> liked, per answer
     for _, e in events:
         if isinstance(e, Interaction):
-            by_conversation[e.conversation_id].append(likes(e.response))
-    answers = [x for v in by_conversation.values() for x in v]
-    twos = [v for v in by_conversation.values() if len(v) == 2]
+            by_question[e.conversation_id, tuple((m.role, m.content) for m in e.messages)].append(likes(e.response))
+    answers = [x for v in by_question.values() for x in v]
+    twos = [v for v in by_question.values() if len(v) == 2]
     p = sum(map(sum, twos)) / (2 * len(twos)) if twos else 0.0
     return {"liked": sum(answers) / len(answers) if answers else 0.0, "questions_with_two_answers": len(twos),
             "differ": sum(a != b for a, b in twos) / len(twos) if twos else 0.0, "independent": 2 * p * (1 - p)}

@@ -101,3 +101,10 @@ def test_taste_spread_tells_a_question_that_decides_from_a_sample_that_does():
                            "independent": pytest.approx(2 * (1 / 3) * (2 / 3))}
     by_sample = taste_spread(events, lambda text: text.endswith(".0"))   # one answer of every question
     assert (by_sample["differ"], by_sample["independent"]) == (1.0, 0.5)
+    # a second turn in a conversation is another question: its one answer is not paired with the first turn's
+    follow_up = Interaction(response_id="r0-x", completion_id="c0x", conversation_id="conv0", user="user0",
+                            messages=[Message(role="user", content="question 0"), Message(role="assistant",
+                                      content="answer 0.0"), Message(role="user", content="and then?")],
+                            response="answer 0.x", finish_reason="stop", model="tiny", ts=5_000.0)
+    longer = taste_spread([*events, (TOPIC_INTERACTIONS, follow_up)], lambda text: text.endswith(".0"))
+    assert (longer["questions_with_two_answers"], longer["differ"]) == (6, 1.0)
