@@ -25,6 +25,7 @@ from feedback.schema import (
     parse_event,
 )
 from harness.kafka import read_topic
+from learner.store import prompt_key
 
 Record = tuple[str, Event]
 # The event HMAC key of the logs bench/algorithms.py records: its serving seals with it, its replays check it
@@ -77,10 +78,11 @@ def taste_spread(events: list[Record], likes: Callable[[str], bool]) -> dict[str
     by chance, whatever its question. `differ` far below `independent` says the question decides, not
     the sample: then users seldom see two answers to choose between, and the policy's own answers to a
     question seldom make a pair either (online DPO, RLOO and a reward model's ranking have little to go on)."""
-    by_question: dict[tuple, list[bool]] = defaultdict(list)   # (conversation, messages) -> liked, per answer
+    by_question: dict[tuple[str, str], list[bool]] = defaultdict(list)  # (conversation, prompt key) -> liked
     for _, e in events:
         if isinstance(e, Interaction):
-            by_question[e.conversation_id, tuple((m.role, m.content) for m in e.messages)].append(likes(e.response))
+            key = (e.conversation_id, prompt_key([m.model_dump() for m in e.messages]))  # as the store keys a prompt
+            by_question[key].append(likes(e.response))
     answers = [x for v in by_question.values() for x in v]
     twos = [v for v in by_question.values() if len(v) == 2]
     p = sum(map(sum, twos)) / (2 * len(twos)) if twos else 0.0
