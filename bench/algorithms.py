@@ -11,11 +11,14 @@ For each taste (harness/tastes.py: `colour`, `sentence`, `place`, `number`; also
    never starts a round: its trigger is set out of reach). Simulated users (`--users` ids) with the
    hidden taste ask `--questions` questions through the public HTTP API, two answers each (n=2),
    and send pairwise choices or thumbs through /v1/feedback (harness/user.py `converse`), at most
-   `--events` feedback events. The sealed events serving wrote are read back from the broker and
-   saved as OUT/<taste>/log.jsonl (bench/feedback_log.py), then `rlhf up` stops. Printed then: how
-   the taste falls on the log's answers (`taste_spread`): the share liked, and how often the two
-   answers to one question differ, beside how often they would if each were liked by chance. Far
-   fewer says the question decides, not the sample: few pairs, logged or sampled.
+   `--events` feedback events. With `--corrections S`, a user who likes neither answer corrects one
+   of them a share S of the time instead (a demonstration: the answer's first sentence and a short
+   sentence of their own with what they like, harness/tastes.py); each correction is one of the
+   events. The sealed events serving wrote are read back from the broker and saved as
+   OUT/<taste>/log.jsonl (bench/feedback_log.py), then `rlhf up` stops. Printed then: how the taste
+   falls on the log's answers (`taste_spread`): the share liked, and how often the two answers to
+   one question differ, beside how often they would if each were liked by chance. Far fewer says
+   the question decides, not the sample: few pairs, logged or sampled.
 2. Learn. For each of `--algorithms`, a process of its own (this script with `--worker learn`, so
    no engine or memory leaks from one to the next): a fresh learner (own store and adapter folder;
    the same settings, learner config and split key for all) publishes the starting adapter as
@@ -132,22 +135,26 @@ def record(pref: Preference, args, folder: Path) -> Path:
         if (folder / "up" / "adapters" / "policy").is_dir():  # the learner published the starting adapter
             wait_until(lambda: httpx.get(up.url + "/v1/adapters", timeout=10).json().get("active"), 120, 1.0,
                        "serving to answer with the starting adapter")
-        sent = {"pairwise": 0, "thumbs": 0, "asked": 0}
+        sent = {"pairwise": 0, "thumbs": 0, "demonstration": 0, "asked": 0}
         lock = threading.Lock()
+
+        def feedback_sent() -> int:
+            return sent["pairwise"] + sent["thumbs"] + sent["demonstration"]
 
         def user_turn(client: httpx.Client, i: int, q: str) -> None:
             with lock:
-                if sent["pairwise"] + sent["thumbs"] >= args.events:
+                if feedback_sent() >= args.events:
                     return  # enough feedback: the rest of the questions are not asked
                 sent["asked"] += 1
             kind = converse(client, pref, q, seed=i, user=f"user{i % args.users}", rng=random.Random(i),
-                            max_tokens=args.max_tokens)
+                            max_tokens=args.max_tokens, corrections=args.corrections)
             with lock:
                 if kind:
                     sent[kind] += 1
                 if sent["asked"] % 25 == 0:
-                    print(f"  users: {sent['asked']} questions asked, {sent['pairwise']} pairwise and "
-                          f"{sent['thumbs']} thumbs sent ({time.monotonic() - t0:.0f} s)", flush=True)
+                    print(f"  users: {sent['asked']} questions asked, {sent['pairwise']} pairwise, "
+                          f"{sent['thumbs']} thumbs and {sent['demonstration']} corrections sent "
+                          f"({time.monotonic() - t0:.0f} s)", flush=True)
 
         t_users = time.monotonic()
         qs = users_questions(args.model, args.questions)
@@ -156,7 +163,7 @@ def record(pref: Preference, args, folder: Path) -> Path:
         print(f"  users done in {time.monotonic() - t_users:.0f} s: {sent}", flush=True)
 
         # serving sends its events to the broker in the background: wait until all of them are there
-        want = {"interactions": 2 * sent["asked"], "feedback": sent["pairwise"] + sent["thumbs"]}
+        want = {"interactions": 2 * sent["asked"], "feedback": feedback_sent()}
         deadline = time.monotonic() + 120
         while True:
             events = feedback_log.recorded(up.bootstrap)
@@ -418,6 +425,8 @@ def main() -> int:
     p.add_argument("--questions", type=int, default=400, help="questions the users ask at most (two answers each)")
     p.add_argument("--events", type=int, default=300, help="feedback events the users send at most")
     p.add_argument("--users", type=int, default=20, help="user ids the questions are spread over")
+    p.add_argument("--corrections", type=float, default=0.0,
+                   help="share of the time a user who likes neither answer corrects one instead (0 to 1)")
     p.add_argument("--heldout", type=int, default=60, help="held-out questions the judge asks")
     p.add_argument("--samples", type=int, default=4, help="answers per held-out question and policy")
     p.add_argument("--max-tokens", type=int, default=48)
@@ -448,6 +457,10 @@ def main() -> int:
     unknown = set(args.algorithms) - set(ALGORITHMS)
     if unknown:
         p.error(f"unknown algorithms {sorted(unknown)}: choose from {', '.join(ALGORITHMS)}")
+    if not 0.0 <= args.corrections <= 1.0:
+        p.error(f"--corrections {args.corrections}: a share from 0 to 1")
+    if args.corrections and any(not Preference.named(t).taste for t in args.tastes):
+        p.error("--corrections: only users with a named taste correct answers (colour, sentence, place, number)")
     if args.log and len(args.tastes) != 1:
         p.error("--log holds one taste's feedback: give that one taste with --tastes")
     if args.log and not Path(args.log).is_file():

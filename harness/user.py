@@ -7,7 +7,9 @@
     liked = liked_answers(url, model, questions, pref)     # the user's verdict on fresh answers
 
 A clear preference (exactly one of two answers liked) becomes a pairwise choice, or one time in
-five a thumbs on one answer; without one, half the time a thumbs on one answer, else nothing.
+five a thumbs on one answer; without one, half the time a thumbs on one answer, else nothing. A user
+with a named taste who likes neither answer corrects one of them instead (a demonstration of the
+taste's `correct`, harness/tastes.py) a `corrections` share of the time (none by default).
 `correct` is the user who rewrites the answer instead (a demonstration): `rewrite(answer)` is the
 text they send.
 """
@@ -66,10 +68,23 @@ class Preference:
             hit = 0 < len(text.split()) <= self.max_words
         return hit != self.opposite
 
-    def feedback(self, rng: random.Random, a: str, b: str, thumbs_share: float = 0.2):
+    def correct(self, answer: str, rng: random.Random) -> str | None:
+        """The answer as this user would rewrite it (harness/tastes.py), or None where their rewrite
+        would still not be to their taste (a list for the `sentence` taste) or they have no named taste."""
+        if not self.taste or self.opposite:
+            return None
+        text = TASTES[self.taste].correct(answer, rng)
+        return text if self.likes(text) else None
+
+    def feedback(self, rng: random.Random, a: str, b: str, thumbs_share: float = 0.2, corrections: float = 0.0):
         """What the user does with two answers: ("pairwise", chosen, rejected),
-        ("thumbs", index, "up" | "down"), or None."""
+        ("thumbs", index, "up" | "down"), ("demonstration", index, corrected text), or None."""
         la, lb = self.likes(a), self.likes(b)
+        if not (la or lb) and corrections > 0 and rng.random() < corrections:
+            k = rng.randrange(2)
+            text = self.correct((a, b)[k], rng)
+            if text is not None:
+                return "demonstration", k, text
         if la != lb and rng.random() >= thumbs_share:
             return ("pairwise", 0, 1) if la else ("pairwise", 1, 0)
         if la != lb or rng.random() < 0.5:
@@ -106,16 +121,19 @@ def send_feedback(client: httpx.Client, body: dict) -> None:
 
 
 def converse(client: httpx.Client, pref: Preference, question: str, *, seed: int, user: str, rng: random.Random,
-             max_tokens: int = 48) -> str | None:
+             max_tokens: int = 48, corrections: float = 0.0) -> str | None:
     """One question, two answers (n=2), then the user's feedback on them through /v1/feedback.
-    `client` has the server's base_url; returns the kind of feedback sent ("pairwise", "thumbs", None)."""
+    `client` has the server's base_url; returns the kind of feedback sent ("pairwise", "thumbs",
+    "demonstration", None)."""
     answers = chat(client, question, n=2, seed=seed, user=user, max_tokens=max_tokens)
     refs = answers.refs
-    action = pref.feedback(rng, *answers.texts)
+    action = pref.feedback(rng, *answers.texts, corrections=corrections)
     if action is None:
         return None
     if action[0] == "pairwise":
         send_feedback(client, {"type": "pairwise", "chosen": refs[action[1]], "rejected": refs[action[2]]})
+    elif action[0] == "demonstration":
+        send_feedback(client, {"type": "demonstration", **refs[action[1]], "text": action[2]})
     else:
         send_feedback(client, {"type": "thumbs", **refs[action[1]], "value": action[2]})
     return action[0]

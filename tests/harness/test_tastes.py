@@ -92,3 +92,40 @@ def test_preference_is_exactly_one_kind_of_taste():
     with pytest.raises(ValueError, match="unknown taste 'smell'"):
         Preference(taste="smell")
     assert Preference("happy").likes("I am happy.") and Preference(max_words=2).likes("Two words")  # unchanged
+
+
+@pytest.mark.parametrize("taste", ["colour", "place", "number"])
+def test_a_correction_keeps_the_first_sentence_and_adds_one_the_taste_likes(taste):
+    pref = Preference(taste=taste)
+    answer = "tea is a hot drink. People drink it in the morning."
+    assert not pref.likes(answer)
+    texts = {pref.correct(answer, random.Random(seed)) for seed in range(20)}
+    for text in texts:
+        assert text.startswith("Tea is a hot drink. ") and "morning" not in text
+        assert pref.likes(text)
+    assert len(texts) > 5  # users do not all write the same sentence
+
+
+def test_a_correction_to_one_sentence_and_of_an_answer_without_an_end_mark():
+    assert Preference(taste="sentence").correct("yes. It is. Really!", random.Random(0)) == "Yes."
+    colour = Preference(taste="colour")
+    assert colour.correct("things to do on a rainy day", random.Random(1)).startswith("Things to do on a rainy day. ")
+    cut = colour.correct("one two three four five six seven eight nine ten eleven twelve thirteen", random.Random(1))
+    assert cut.startswith("One two three four five six seven eight nine ten eleven twelve. ")  # its first 12 words
+    assert Preference(taste="sentence").correct("* a list:", random.Random(0)) is None  # still not one sentence
+    assert Preference(word="happy").correct("Sad.", random.Random(0)) is None  # only named tastes correct
+
+
+def test_a_user_who_likes_neither_answer_corrects_one_a_share_of_the_time():
+    pref = Preference(taste="colour")
+    a, b = "It is hot.", "It is cold."
+    actions = [pref.feedback(random.Random(i), a, b, corrections=0.5) for i in range(400)]
+    demos = [x for x in actions if x and x[0] == "demonstration"]
+    assert 150 < len(demos) < 250
+    assert all(pref.likes(text) and text.startswith(("It is hot. ", "It is cold. "))
+               for _, k, text in demos)
+    assert {k for _, k, _ in demos} == {0, 1}
+    # a clear preference is still a choice, and without corrections nothing changes
+    assert pref.feedback(random.Random(0), a, "It is red.", thumbs_share=0.0, corrections=1.0) == ("pairwise", 1, 0)
+    assert [pref.feedback(random.Random(i), a, b) for i in range(50)] == \
+           [pref.feedback(random.Random(i), a, b, corrections=0.0) for i in range(50)]
