@@ -682,7 +682,7 @@ class Learner:
                 metrics[f"{stage}_anchor_kl"] = trainer.anchor.kl
             if hasattr(trainer, "heldout_accuracy"):  # algorithms with an implicit reward (DPO, online DPO, KTO)
                 metrics[f"{stage}_heldout_accuracy"] = trainer.heldout_accuracy(held_ex)
-            last = {key: v[-1] for key, v in history.items()}
+            last = {key: v[-1] for key, v in history.items() if v}  # none when the guard undid every update
             metrics.update({f"{stage}_{key}": v for key, v in last.items()})
             metrics[f"{stage}_score_first"] = history["score"][0] if history["score"] else math.nan
             metrics[f"time_{stage}"] = time.perf_counter() - t

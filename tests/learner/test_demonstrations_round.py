@@ -57,3 +57,21 @@ def test_corrected_answers_alone_teach_a_taste(learner):
     ann, _ = published_adapter(learner)
     _, _, z = taste_of(learner, ann)
     assert z > 3
+
+
+def test_a_round_whose_kl_guard_undoes_every_update_is_rejected_cleanly(tiny_model_path, tmp_path_factory):
+    """The same corrections under a budget of 1 nat: the supervised stage alone takes the policy past
+    it (20+ nats on this model), so the KL guard undoes every DPO update; the round still ends, with
+    the gate's KL reason, instead of failing on an empty history."""
+    lrn = make_learner(tmp_path_factory, "dpo", DPO_FAST, kl_budget=1.0)
+    try:
+        events = corrected_answers(lrn.engine, lrn.tokenizer, tiny_prompts(300, seed=21))
+        lrn.store.ingest([(t, sealed(e, lrn.settings.event_hmac_key)) for t, e in events])
+        result = lrn.run_round()
+    finally:
+        lrn.close()
+    m = result.metrics
+    assert m["sft_demonstrations"] > 100 and m["dpo_iterations"] == 0 and "dpo_kl_guard" in m
+    assert result.status == "rejected"
+    assert any(r.startswith("KL to the reference") for r in result.reasons), result.reasons
+    assert m["kl_candidate"] > 1.0
