@@ -1,15 +1,21 @@
 """The gate: a candidate adapter is published only when it is measurably better and still close.
 
-Three conditions, all on data the candidate was not trained on:
+Four conditions, all on data the candidate was not trained on:
 1. Reward: on held-out prompts (asked by users kept out of training), the candidate's mean
    reward beats the adapter serving now (or the base model) by more than `min_reward_gain`
    and by more than `z` standard errors of the per-prompt difference. Both policies answer
    the same prompts with the same sampling seeds; reward = the normalised reward-model score,
    minus the missing-EOS penalty for answers cut off without EOS (what PPO optimised).
 2. KL: the candidate's mean KL to the reference per answer, Σ_t log π/π_ref over its own samples,
-   is at most `RLHF_KL_BUDGET`. The reference is the starting adapter `policy@v0` when the candidate
-   descends from it, else the base model (learner/round.py `reference_adapter_dir`).
-3. Reward model: its held-out accuracy is at least `RLHF_RM_ACCURACY_FLOOR`: the lower of
+   is at most `RLHF_KL_BUDGET`. The reference is the round's supervised policy when it learned users'
+   corrected answers first (DPO's recipe takes the SFT policy as the reference), else the nearest of
+   the version it starts from and its ancestors that learned corrections or is the starting adapter
+   `policy@v0`, else the base model (learner/round.py `reference_adapter_dir`).
+3. Language, when the reference is neither `policy@v0` nor the base: the KL budget then bounds the
+   distance from a policy whose language no one measured against the base, so the gate checks it
+   directly: perplexity on the fixed reference text (learner/reference_text.py) at most
+   `max_perplexity_rise` above the base model's.
+4. Reward model: its held-out accuracy is at least `RLHF_RM_ACCURACY_FLOOR`: the lower of
    pairwise accuracy (when there are `min_heldout_pairs` held-out pairs) and thumbs AUC (when
    there are `min_heldout_thumbs` ups and as many downs), each weighted by its held-out user's
    capped share. Not enough held-out feedback: no publishing, and the round stops before PPO
@@ -46,6 +52,9 @@ class GateConfig:
     """Held-out pairs needed for pairwise accuracy to count."""
     min_heldout_thumbs: int = 4
     """Held-out ups (and as many downs) needed for the thumbs AUC to count."""
+    max_perplexity_rise: float = 0.10
+    """Largest relative rise of perplexity on the reference text over the base model's, checked when
+    the round's reference is neither `policy@v0` nor the base (condition 3 above)."""
     seed: int = 1234
     """Sampling seed, the same for candidate and serving policy."""
 
@@ -79,8 +88,10 @@ def per_prompt_means(rewards: list[float], n_prompts: int, per_prompt: int) -> l
 
 
 def decide(candidate: list[float], serving: list[float], kl_per_answer: list[float], rm_accuracy: float | None,
-           *, kl_budget: float, rm_accuracy_floor: float, cfg: GateConfig) -> GateDecision:
-    """candidate/serving: mean reward per held-out prompt (same prompts, same order)."""
+           *, kl_budget: float, rm_accuracy_floor: float, cfg: GateConfig,
+           perplexity: tuple[float, float] | None = None) -> GateDecision:
+    """candidate/serving: mean reward per held-out prompt (same prompts, same order); perplexity:
+    (candidate's, base's) on the reference text when the language is checked (condition 3), else None."""
     reasons = []
     n = min(len(candidate), len(serving))
     diffs = [c - s for c, s in zip(candidate, serving)]
@@ -99,6 +110,12 @@ def decide(candidate: list[float], serving: list[float], kl_per_answer: list[flo
                        f"(need > {cfg.min_reward_gain:g} and > {cfg.z:g} standard errors)")
     if math.isnan(kl) or kl > kl_budget:
         reasons.append(f"KL to the reference {kl:.3f} nats per answer exceeds the budget {kl_budget:g}")
+    if perplexity is not None:
+        rise = perplexity[0] / perplexity[1] - 1
+        metrics["perplexity_rise"] = rise
+        if not rise <= cfg.max_perplexity_rise:
+            reasons.append(f"perplexity on the reference text {perplexity[0]:.2f} is {100 * rise:+.1f}% over the base "
+                           f"model's {perplexity[1]:.2f} (at most {100 * cfg.max_perplexity_rise:+g}%)")
     if rm_accuracy is None:
         reasons.append(UNMEASURED)
     elif rm_accuracy < rm_accuracy_floor:

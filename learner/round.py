@@ -59,7 +59,7 @@ from learner.prose_anchor import ProseAnchor, sample_prose
 from learner.reward import RewardConfig, RewardModel, RewardTrainer
 from learner.rloo import RLOOConfig, RLOOTrainer
 from learner.sft import SFTConfig, SFTTrainer
-from learner.starting_adapter import starting_ancestor
+from learner.starting_adapter import STARTING_VERSION, reference_ancestor
 from learner.store import Store
 from learner.suspects import SuspectConfig, UserAgreement, consensus_rate, find_suspects
 from learner.tokenization import encode_feedback_answer, encode_prompt, load_tokenizer, stop_strings
@@ -418,12 +418,13 @@ class Learner:
         return self.verified_copy("serving adapter", serving["version"], serving["path"], serving["manifest_sha256"])
 
     def reference_adapter_dir(self, serving: str | None) -> tuple[str | None, Path | None]:
-        """(version, verified folder) of the policy's reference: the starting adapter when `serving` is
-        it or descends from it (learner/starting_adapter.py); (None, None): the base, adapter off."""
-        start = starting_ancestor(self.store.routing(), serving)
-        if start is None:
+        """(version, verified folder) of the policy's reference: the nearest of `serving` and its ancestors
+        that is the starting adapter or learned users' corrected answers (learner/starting_adapter.py
+        `reference_ancestor`); (None, None): the base, adapter off."""
+        ref = reference_ancestor(self.store.routing(), serving, self.store.corrected_versions())
+        if ref is None:
             return None, None
-        return self.verified_copy("starting adapter", start.version, start.path, start.manifest_sha256)
+        return self.verified_copy("reference adapter", ref.version, ref.path, ref.manifest_sha256)
 
     def round_algorithm(self, train_ex: list[dict]) -> str | None:
         """The algorithm this round trains with: the configured one, except that DPO, when the round's
@@ -467,15 +468,19 @@ class Learner:
                                         fit.examples[idx[j]]["chosen"], "stop", self.cfg.reward.max_length)
                  for j in draws]
         trainer = SFTTrainer(self.model_path, self.tokenizer, self.cfg.sft, init_adapter=start)
+        anchor = self.prose_anchor(trainer.policy) if self.cfg.sft.anchor_coef > 0 else None
+        if anchor is not None:
+            trainer.set_prose_anchor(anchor)
         stats = trainer.train(pairs)
         shutil.rmtree(folder, ignore_errors=True)
         trainer.save(folder)
         del trainer
         gc.collect()
-        log.info("supervised steps on %d corrected answers: answer loss %s in %.1f s", len(idx),
-                 " -> ".join(f"{x:.3f}" for x in stats["epoch_losses"]), stats["seconds"])
+        log.info("supervised steps on %d corrected answers: answer loss %s, prose anchor KL %.4f, in %.1f s",
+                 len(idx), " -> ".join(f"{x:.3f}" for x in stats["epoch_losses"]), stats["anchor_kl"],
+                 stats["seconds"])
         return folder, {"sft_demonstrations": len(idx), "sft_steps": stats["steps"],
-                        "sft_loss": stats["epoch_losses"][-1]}
+                        "sft_loss": stats["epoch_losses"][-1], "sft_anchor_kl": stats["anchor_kl"]}
 
     def _rewards(self, rm, samples) -> list[float]:
         """The gate's rewards: the members' mean (no uncertainty penalty), the score whose held-out
@@ -609,12 +614,19 @@ class Learner:
             sft_dir = self.data_dir / "sft" / f"round-{round_id}"
             start_dir, sft_metrics = self.demonstration_sft(fit, serving_dir, sft_dir)
             metrics.update(sft_metrics, time_sft=time.perf_counter() - t)
+            if start_dir == sft_dir:  # DPO's recipe: the supervised policy is the reference from here on
+                reference_dir, reference = sft_dir, f"supervised steps of round {round_id}"
+                metrics["reference"] = reference
             t = time.perf_counter()
             workdir = self.data_dir / algo / f"round-{round_id}"
             name = algo.upper()
             trainer = self.policy_trainer(algo, rm, start_dir, reference_dir, workdir, fit)
             t_anchor = time.perf_counter()
             anchor = self.prose_anchor(trainer.policy) if pcfg.anchor_coef > 0 else None
+            if anchor is not None and reference_dir == sft_dir:
+                # hold the language where the supervised steps left it (the gate checks it) rather than pull
+                # the policy away from the reference its KL is measured to
+                anchor.free_kl = max(anchor.free_kl, sft_metrics["sft_anchor_kl"])
             if anchor is not None:
                 trainer.set_prose_anchor(anchor)
                 metrics["time_prose_anchor"] = time.perf_counter() - t_anchor
@@ -710,14 +722,19 @@ class Learner:
             metrics["time_gate_scoring"], t_part = time.perf_counter() - t_part, time.perf_counter()
             kl = trainer.answer_kl(cand_samples)
             metrics["time_gate_kl"], t_part = time.perf_counter() - t_part, time.perf_counter()
-            decision = decide([cand_r[i] for i in common], [serv_r[i] for i in common], kl, metrics["rm_accuracy"],
-                              kl_budget=settings.kl_budget, rm_accuracy_floor=settings.rm_accuracy_floor, cfg=g)
-            metrics.update(decision.metrics)
-            metrics["eos_fraction_candidate"] = sum(s.finished for s in cand_samples) / max(1, len(cand_samples))
             metrics.update(offline_figures(trainer.policy, self.tokenizer, cand_samples, serv_samples,
                                            [cand_r[i] for i in common], [serv_r[i] for i in common],
                                            self.max_model_len))
             metrics["time_offline_figures"] = time.perf_counter() - t_part
+            # from a reference other than the starting adapter or the base, the KL budget does not bound the
+            # distance from a policy whose language is known: the gate checks the language itself
+            language = ((metrics["perplexity_candidate"], metrics["perplexity_base"])
+                        if reference_dir is not None and reference not in (STARTING_VERSION, None) else None)
+            decision = decide([cand_r[i] for i in common], [serv_r[i] for i in common], kl, metrics["rm_accuracy"],
+                              kl_budget=settings.kl_budget, rm_accuracy_floor=settings.rm_accuracy_floor, cfg=g,
+                              perplexity=language)
+            metrics.update(decision.metrics)
+            metrics["eos_fraction_candidate"] = sum(s.finished for s in cand_samples) / max(1, len(cand_samples))
             metrics["time_gate"] = time.perf_counter() - t
             log.info("round %d: perplexity on the reference text %.2f (base %.2f, reference %.2f), answer tokens "
                      "%.1f (serving %.1f), A/B win rate against %s %.2f [%.2f-%.2f] on %d prompts", round_id,

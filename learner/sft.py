@@ -22,6 +22,7 @@ import torch
 
 from learner.policy_config import LoRAConfig
 from learner.policy_model import answer_logprobs, load_policy
+from learner.prose_anchor import ProseAnchor
 from learner.tokenization import encode_prompt, encode_response, pad_prompt_response
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,11 @@ class SFTConfig(LoRAConfig):
     """Passes over the demonstrations."""
     batch_size: int = 8
     """Demonstrations per optimiser step."""
+    anchor_coef: float = 5.0
+    """Weight of the prose anchor (learner/prose_anchor.py) in each step's loss, when the caller sets
+    one (the round does): the policy learns the demonstrations without losing the base's prose. On the
+    default model's colour corrections, 1 left perplexity on the reference text 17.7 % over the base's,
+    5 left it 8.9 % over (README, "Users' corrected answers")."""
 
 
 def encode_demonstration(tokenizer, messages: list[dict], answer: str) -> tuple[list[int], list[int]]:
@@ -65,6 +71,11 @@ class SFTTrainer:
         self.params = [p for p in self.policy.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, fused=True)
         self.rng = random.Random(cfg.seed)
+        self.anchor: ProseAnchor | None = None
+
+    def set_prose_anchor(self, anchor: ProseAnchor) -> None:
+        """From now on every step also keeps the anchor's texts of the base model likely."""
+        self.anchor = anchor
 
     def batch_loss(self, pairs: list[tuple[list[int], list[int]]]) -> torch.Tensor:
         ids, mask, _, answer_mask, P = pad_prompt_response([p for p, _ in pairs], [a for _, a in pairs], self.pad_id)
@@ -82,7 +93,8 @@ class SFTTrainer:
             for b in range(0, len(order), cfg.batch_size):
                 loss = self.batch_loss([pairs[i] for i in order[b: b + cfg.batch_size]])
                 self.optimizer.zero_grad()
-                loss.backward()
+                total = loss + cfg.anchor_coef * self.anchor.loss(self.policy) if self.anchor is not None else loss
+                total.backward()
                 torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
                 self.optimizer.step()
                 losses.append(loss.item())
@@ -94,6 +106,7 @@ class SFTTrainer:
             log.info("sft epoch %d/%d: mean answer loss %.3f", epoch + 1, cfg.epochs, epoch_losses[-1])
         self.policy.eval()
         return {"examples": len(pairs), "steps": steps, "epoch_losses": epoch_losses,
+                "anchor_kl": self.anchor.kl if self.anchor is not None else float("nan"),
                 "seconds": time.perf_counter() - start}
 
     def save(self, folder: Path | str) -> Path:

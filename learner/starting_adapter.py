@@ -23,7 +23,9 @@ Reference: `starting_ancestor(routing, version)` is `policy@v0` when `version` i
 from it. A round that starts from such a version uses it as the policy's reference (the SFT model
 of the seed documents' first stage), so its KL terms and the gate's KL budget bound the drift
 from the model users started with. The starting adapter alone may be further from the bare base
-than the budget allows.
+than the budget allows. `reference_ancestor(routing, version, corrected)` also stops at a version
+that learned users' corrected answers (its round took its own supervised policy as the reference,
+and the gate checked its language): the rounds after it measure their KL from it.
 """
 
 from __future__ import annotations
@@ -203,9 +205,17 @@ def starting_ancestor(routing: RoutingState, version: str | None) -> KnownAdapte
     """The starting adapter, when `version` is it or descends from it through announced parents;
     None for the base model, a lineage that began elsewhere (a fresh LoRA after a rollback to the
     base), or a chain whose ancestors are no longer known."""
+    return reference_ancestor(routing, version, set())
+
+
+def reference_ancestor(routing: RoutingState, version: str | None, corrected: set[str]) -> KnownAdapter | None:
+    """The reference of a round that starts from `version`: the nearest of it and its ancestors (through
+    announced parents) that is the starting adapter or was trained on users' corrected answers
+    (`corrected`: such a round took its supervised policy as the reference, and the gate checked the
+    version's language). None as in `starting_ancestor`: the base model is the reference."""
     seen = set()
     while version in routing.known and version not in seen:
-        if version == STARTING_VERSION:
+        if version == STARTING_VERSION or version in corrected:
             return routing.known[version]
         seen.add(version)
         version = routing.known[version].parent

@@ -462,6 +462,13 @@ class Store:
         k = state.known[state.active]
         return {"version": k.version, "path": k.path, "manifest_sha256": k.manifest_sha256, "parent": k.parent}
 
+    def corrected_versions(self) -> set[str]:
+        """Versions this learner published from rounds that learned users' corrected answers (the
+        supervised stage ran: `sft_demonstrations` > 0 in their metrics)."""
+        rows = self.db.execute("SELECT version, metrics FROM adapters WHERE status='published'").fetchall()
+        return {r["version"] for r in rows
+                if r["metrics"] and json.loads(r["metrics"]).get("sft_demonstrations", 0) > 0}
+
     def record_adapter(self, version: str, status: str, *, path: str | None = None, parent: str | None = None,
                        manifest_sha256: str | None = None, reason: str | None = None, round_id: int | None = None,
                        metrics: dict | None = None) -> None:

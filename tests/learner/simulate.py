@@ -19,12 +19,6 @@ from learner.tokenization import encode_prompt
 
 WORD = "happy"  # the tiny model writes it in about 13 % of its answers
 
-# KL budget of the rounds that learn from corrected answers: the corrections add a sentence the base
-# model almost never writes, and the round learns to write it: far more nats per answer than the
-# default budget allows on this model (20-27 measured with the tiny model generated on one machine,
-# 58 on another), so those tests allow 100; the gate still measures and enforces it.
-CORRECTIONS_KL_BUDGET = 100.0
-
 
 def happy_correction(answer: str) -> str:
     """The corrected answer of a user with the hidden taste: a happy remark, then the answer."""

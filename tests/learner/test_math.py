@@ -157,6 +157,22 @@ def test_gate_decisions():
     assert not few.publish and "held-out prompts" in few.reasons[0]
 
 
+def test_the_gate_checks_the_language_only_when_given_the_perplexities():
+    """A candidate whose reference is its round's supervised policy: perplexity on the reference text at
+    most `max_perplexity_rise` over the base's, else rejected with both figures in the reason."""
+    g = GateConfig(min_prompts=3, z=1.0, max_perplexity_rise=0.10)
+    args = ([1.0, 1.2, 0.9, 1.1], [0.0, 0.1, -0.1, 0.0], [1.0, 2.0], 0.8)
+    kw = dict(kl_budget=5.0, rm_accuracy_floor=0.6, cfg=g)
+    assert "perplexity_rise" not in decide(*args, **kw).metrics
+    within = decide(*args, **kw, perplexity=(32.7, 30.0))
+    assert within.publish and within.metrics["perplexity_rise"] == pytest.approx(0.09)
+    over = decide(*args, **kw, perplexity=(35.4, 30.0))
+    assert not over.publish and over.metrics["perplexity_rise"] == pytest.approx(0.18)
+    assert over.reasons == ["perplexity on the reference text 35.40 is +18.0% over the base model's 30.00 "
+                            "(at most +10%)"]
+    assert not decide(*args, **kw, perplexity=(math.nan, 30.0)).publish  # unmeasured is not within
+
+
 def test_reward_model_accuracy_takes_the_lower_measure():
     g = GateConfig(min_heldout_pairs=2, min_heldout_thumbs=2)
     m = {"rm_heldout_pairs": 10, "rm_pairwise_accuracy": 0.9, "rm_heldout_thumbs": 6, "rm_heldout_ups": 3,

@@ -13,7 +13,7 @@ from learner.policy_config import PolicyConfig
 from learner.policy_model import (REFERENCE, answer_logprobs, as_reference, kl_to_reference, load_policy,
                                   logprobs_with_reference)
 from learner.policy_trainer import PolicyTrainer
-from learner.starting_adapter import STARTING_VERSION, starting_ancestor
+from learner.starting_adapter import STARTING_VERSION, reference_ancestor, starting_ancestor
 from learner.tokenization import encode_prompt, load_tokenizer, pad_prompt_response, position_ids
 
 CFG = PolicyConfig()
@@ -107,3 +107,17 @@ def test_starting_ancestor_follows_parents_and_stops_where_the_lineage_began_els
     assert starting_ancestor(state, None) is None           # the base model
     state.known["policy@v6"], state.known["policy@v7"] = known("policy@v6", "policy@v7"), known("policy@v7", "policy@v6")
     assert starting_ancestor(state, "policy@v6") is None   # a cycle ends the walk
+
+
+def test_the_reference_is_the_nearest_ancestor_that_learned_corrections_or_the_starting_adapter():
+    state = RoutingState()
+    for v, parent in [(STARTING_VERSION, None), ("policy@v1", STARTING_VERSION), ("policy@v2", "policy@v1"),
+                      ("policy@v3", "policy@v2"), ("policy@v4", None), ("policy@v5", "policy@v4")]:
+        state.known[v] = known(v, parent)
+    corrected = {"policy@v2", "policy@v4"}
+    assert reference_ancestor(state, "policy@v3", corrected).version == "policy@v2"
+    assert reference_ancestor(state, "policy@v2", corrected).version == "policy@v2"   # itself
+    assert reference_ancestor(state, "policy@v1", corrected).version == STARTING_VERSION
+    assert reference_ancestor(state, "policy@v5", corrected).version == "policy@v4"   # a lineage from the base
+    assert reference_ancestor(state, "policy@v5", set()) is None
+    assert reference_ancestor(state, None, corrected) is None

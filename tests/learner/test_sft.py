@@ -1,14 +1,19 @@
 """Supervised LoRA steps on demonstrations (learner/sft.py), on the tiny model: the loss counts
-answer tokens only, and training moves the LoRA and lowers the answers' loss."""
+answer tokens only, training moves the LoRA and lowers the answers' loss, and the prose anchor
+keeps the base's prose while it does."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
+from learner.prose_anchor import ProseAnchor
 from learner.sft import SFTConfig, SFTTrainer, encode_demonstration
 from learner.tokenization import load_tokenizer
 
 PAIRS = [("What colour is the sky?", "The sky is blue."), ("Hello!", "Hello! How can I help you today?")]
+PROSE = ["The harbour is quiet in the morning.", "Cats sleep.", "A good recipe is a small promise to the cook."]
 
 
 def encoded(tok):
@@ -45,3 +50,32 @@ def test_training_moves_the_lora_and_lowers_the_answers_loss(tiny_model_path, tm
     assert changed and all("lora" in n for n in changed)
     folder = trainer.save(tmp_path / "sft")
     assert (folder / "adapter_config.json").is_file() and (folder / "adapter_model.safetensors").is_file()
+
+
+def test_the_prose_anchor_keeps_the_base_prose_while_the_answers_are_learned(tiny_model_path):
+    """The same steps with and without the prose anchor: both learn the answers, and with it the
+    policy's KL from the base on the anchor's texts ends far lower."""
+    tok = load_tokenizer(tiny_model_path)
+    texts = [[tok.bos_token_id] + tok(t, add_special_tokens=False)["input_ids"] for t in PROSE]
+    pairs = encoded(tok)
+
+    def trained(anchor_coef: float) -> tuple[dict, float, float]:
+        trainer = SFTTrainer(tiny_model_path, tok, SFTConfig(learning_rate=1e-2, epochs=15, batch_size=2,
+                                                              anchor_coef=anchor_coef))
+        if anchor_coef > 0:
+            trainer.set_prose_anchor(ProseAnchor(trainer.policy, texts, batch=len(texts)))
+        with torch.no_grad():
+            loss_before = trainer.batch_loss(pairs).item()
+        stats = trainer.train(pairs)
+        with torch.no_grad():
+            loss_after = trainer.batch_loss(pairs).item()
+            drift = ProseAnchor(trainer.policy, texts, batch=len(texts))
+            drift.loss(trainer.policy)
+        assert loss_after < 0.5 * loss_before, (anchor_coef, loss_before, loss_after)
+        return stats, drift.kl, loss_after
+
+    free, free_kl, _ = trained(0.0)
+    held, held_kl, _ = trained(5.0)
+    assert math.isnan(free["anchor_kl"]) and held["anchor_kl"] >= 0
+    print(f"\nKL from the base on the texts: {free_kl:.4f} without the anchor, {held_kl:.4f} with it")
+    assert held_kl < 0.5 * free_kl, (held_kl, free_kl)
