@@ -42,7 +42,7 @@ class SFTConfig(LoRAConfig):
     """Weight of the prose anchor (learner/prose_anchor.py) in each step's loss, when the caller sets
     one (the round does): the policy learns the demonstrations without losing the base's prose. On the
     default model's colour corrections, 1 left perplexity on the reference text 17.7 % over the base's,
-    5 left it 8.9 % over (README, "Users' corrected answers")."""
+    5 left it 8.9 % over (README, "Corrections with the prose anchor")."""
 
 
 def encode_demonstration(tokenizer, messages: list[dict], answer: str) -> tuple[list[int], list[int]]:
