@@ -729,7 +729,7 @@ class Learner:
             # from a reference other than the starting adapter or the base, the KL budget does not bound the
             # distance from a policy whose language is known: the gate checks the language itself
             language = ((metrics["perplexity_candidate"], metrics["perplexity_base"])
-                        if reference_dir is not None and reference not in (STARTING_VERSION, None) else None)
+                        if reference not in (STARTING_VERSION, None) else None)
             decision = decide([cand_r[i] for i in common], [serv_r[i] for i in common], kl, metrics["rm_accuracy"],
                               kl_budget=settings.kl_budget, rm_accuracy_floor=settings.rm_accuracy_floor, cfg=g,
                               perplexity=language)

@@ -19,13 +19,13 @@ stores the prepared folder as `policy@v0` and announces it (learner/publish.py) 
 serving answers with it and the first round starts from it; `rlhf adapters rollback` still
 returns to the bare base model.
 
-Reference: `starting_ancestor(routing, version)` is `policy@v0` when `version` is it or descends
-from it. A round that starts from such a version uses it as the policy's reference (the SFT model
-of the seed documents' first stage), so its KL terms and the gate's KL budget bound the drift
+Reference: `reference_ancestor(routing, version, corrected)` is `policy@v0` when `version` is it or
+descends from it. A round that starts from such a version uses it as the policy's reference (the SFT
+model of the seed documents' first stage), so its KL terms and the gate's KL budget bound the drift
 from the model users started with. The starting adapter alone may be further from the bare base
-than the budget allows. `reference_ancestor(routing, version, corrected)` also stops at a version
-that learned users' corrected answers (its round took its own supervised policy as the reference,
-and the gate checked its language): the rounds after it measure their KL from it.
+than the budget allows. The walk also stops at a version that learned users' corrected answers
+(`corrected`: its round took its own supervised policy as the reference, and the gate checked its
+language): the rounds after it measure their KL from it.
 """
 
 from __future__ import annotations
@@ -201,18 +201,13 @@ def build_starting_adapter(settings, model_path: Path | str, *, samples_per_ques
     return final
 
 
-def starting_ancestor(routing: RoutingState, version: str | None) -> KnownAdapter | None:
-    """The starting adapter, when `version` is it or descends from it through announced parents;
-    None for the base model, a lineage that began elsewhere (a fresh LoRA after a rollback to the
-    base), or a chain whose ancestors are no longer known."""
-    return reference_ancestor(routing, version, set())
-
-
 def reference_ancestor(routing: RoutingState, version: str | None, corrected: set[str]) -> KnownAdapter | None:
     """The reference of a round that starts from `version`: the nearest of it and its ancestors (through
     announced parents) that is the starting adapter or was trained on users' corrected answers
     (`corrected`: such a round took its supervised policy as the reference, and the gate checked the
-    version's language). None as in `starting_ancestor`: the base model is the reference."""
+    version's language). None: the base model is the reference (for the base model itself, a lineage
+    that began elsewhere, e.g. a fresh LoRA after a rollback to the base, or a chain whose ancestors
+    are no longer known)."""
     seen = set()
     while version in routing.known and version not in seen:
         if version == STARTING_VERSION or version in corrected:

@@ -1,6 +1,6 @@
 """The policy's reference (learner/policy_model.py): with a starting adapter, that LoRA, frozen, on the
 same base; without one, the base with the adapter off. Which versions get the starting adapter as
-their reference (learner/starting_adapter.py `starting_ancestor`)."""
+their reference (learner/starting_adapter.py `reference_ancestor`)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from learner.policy_config import PolicyConfig
 from learner.policy_model import (REFERENCE, answer_logprobs, as_reference, kl_to_reference, load_policy,
                                   logprobs_with_reference)
 from learner.policy_trainer import PolicyTrainer
-from learner.starting_adapter import STARTING_VERSION, reference_ancestor, starting_ancestor
+from learner.starting_adapter import STARTING_VERSION, reference_ancestor
 from learner.tokenization import encode_prompt, load_tokenizer, pad_prompt_response, position_ids
 
 CFG = PolicyConfig()
@@ -95,18 +95,18 @@ def known(version: str, parent: str | None) -> KnownAdapter:
     return KnownAdapter(version, f"policy/{version.split('@')[1]}", "0" * 64, parent)
 
 
-def test_starting_ancestor_follows_parents_and_stops_where_the_lineage_began_elsewhere():
+def test_without_corrections_the_reference_is_the_starting_ancestor_or_the_base():
     state = RoutingState()
     for v, parent in [(STARTING_VERSION, None), ("policy@v1", STARTING_VERSION), ("policy@v2", "policy@v1"),
                       ("policy@v3", None), ("policy@v4", "policy@v3"), ("policy@v5", "policy@v9")]:
         state.known[v] = known(v, parent)
-    assert starting_ancestor(state, STARTING_VERSION).version == STARTING_VERSION
-    assert starting_ancestor(state, "policy@v2").version == STARTING_VERSION
-    assert starting_ancestor(state, "policy@v4") is None   # a fresh LoRA trained after a rollback to the base
-    assert starting_ancestor(state, "policy@v5") is None   # its parent is not known
-    assert starting_ancestor(state, None) is None           # the base model
+    assert reference_ancestor(state, STARTING_VERSION, set()).version == STARTING_VERSION
+    assert reference_ancestor(state, "policy@v2", set()).version == STARTING_VERSION
+    assert reference_ancestor(state, "policy@v4", set()) is None   # a fresh LoRA trained after a rollback to the base
+    assert reference_ancestor(state, "policy@v5", set()) is None   # its parent is not known
+    assert reference_ancestor(state, None, set()) is None           # the base model
     state.known["policy@v6"], state.known["policy@v7"] = known("policy@v6", "policy@v7"), known("policy@v7", "policy@v6")
-    assert starting_ancestor(state, "policy@v6") is None   # a cycle ends the walk
+    assert reference_ancestor(state, "policy@v6", set()) is None   # a cycle ends the walk
 
 
 def test_the_reference_is_the_nearest_ancestor_that_learned_corrections_or_the_starting_adapter():

@@ -11,9 +11,9 @@ import torch
 from learner.prose_anchor import ProseAnchor
 from learner.sft import SFTConfig, SFTTrainer, encode_demonstration
 from learner.tokenization import load_tokenizer
+from tests.learner.test_prose_anchor import TEXTS
 
 PAIRS = [("What colour is the sky?", "The sky is blue."), ("Hello!", "Hello! How can I help you today?")]
-PROSE = ["The harbour is quiet in the morning.", "Cats sleep.", "A good recipe is a small promise to the cook."]
 
 
 def encoded(tok):
@@ -56,7 +56,7 @@ def test_the_prose_anchor_keeps_the_base_prose_while_the_answers_are_learned(tin
     """The same steps with and without the prose anchor: both learn the answers, and with it the
     policy's KL from the base on the anchor's texts ends far lower."""
     tok = load_tokenizer(tiny_model_path)
-    texts = [[tok.bos_token_id] + tok(t, add_special_tokens=False)["input_ids"] for t in PROSE]
+    texts = [[tok.bos_token_id] + tok(t, add_special_tokens=False)["input_ids"] for t in TEXTS]
     pairs = encoded(tok)
 
     def trained(anchor_coef: float) -> tuple[dict, float, float]:
