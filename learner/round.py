@@ -435,17 +435,16 @@ class Learner:
         return "kto" if any(e["type"] == "thumbs" for e in train_ex) else None
 
     def policy_trainer(self, algo: str, rm, serving_dir: Path | None, reference_dir: Path | None, workdir: Path,
-                       fit: RewardFit):
+                       feedback: tuple[list[dict], list[float]]):
         """The algorithm's trainer, its LoRA starting from the serving adapter (or fresh), its
         reference `reference_dir` (or the base). PPO and RLOO sample and score with the reward model,
-        online DPO ranks its samples with it; DPO and KTO learn from the round's training feedback
-        under its capped weights (the reward model only judges at the gate)."""
+        online DPO ranks its samples with it; DPO and KTO learn from `feedback` (examples, their
+        capped weights: `policy_feedback`); the reward model only judges at the gate."""
         pcfg = getattr(self.cfg, stage_name(algo))
         start = dict(init_adapter=serving_dir, reference_adapter=reference_dir)
         if algo in ("dpo", "kto"):
             offline = DPOTrainer if algo == "dpo" else KTOTrainer
-            return offline(self.model_path, self.tokenizer, pcfg, fit.examples, fit.weights.weights,
-                           workdir=workdir, **start)
+            return offline(self.model_path, self.tokenizer, pcfg, *feedback, workdir=workdir, **start)
         if algo == "online-dpo":
             return OnlineDPOTrainer(self.model_path, self.tokenizer, pcfg, rm, workdir=workdir, **start)
         if algo == "rloo":  # a fixed β: nothing carried across rounds
@@ -453,6 +452,19 @@ class Learner:
         beta = self.store.get_meta("kl_coef")
         return PPOTrainer(self.model_path, self.tokenizer, pcfg, rm, workdir=workdir,
                           kl_coef=float(beta) if beta else None, **start)
+
+    @staticmethod
+    def policy_feedback(fit: RewardFit) -> tuple[list[dict], list[float]]:
+        """What DPO and KTO learn from (examples and their capped weights): the round's training feedback,
+        without the corrected answers when there is other feedback. The supervised steps learn those
+        answers (`demonstration_sft`) and their policy is the reference from then on; the pairs
+        "correction over the answer it corrects" would push a policy that already writes the
+        corrections tens of nats further (README, "Corrections with the prose anchor"). A round with
+        corrections alone keeps them: they are all the preferences it has."""
+        keep = [i for i, e in enumerate(fit.examples) if not e.get("demonstration")]
+        if not keep or len(keep) == len(fit.examples):
+            return fit.examples, fit.weights.weights
+        return [fit.examples[i] for i in keep], [fit.weights.weights[i] for i in keep]
 
     def demonstration_sft(self, fit: RewardFit, start: Path | None, folder: Path) -> tuple[Path | None, dict]:
         """Supervised steps on the round's corrected answers (the loss on the answer tokens only),
@@ -570,7 +582,8 @@ class Learner:
             progress("reward_model", metrics)
             # DPO and KTO train on what the reward model did (the new feedback and a replay sample of the
             # older): with no pair among it, KTO learns from its thumbs instead of DPO
-            chosen = self.round_algorithm(fit.examples)
+            feedback = self.policy_feedback(fit)
+            chosen = self.round_algorithm(feedback[0])
             if chosen is None:
                 return self.end_early(round_id, metrics, [NOTHING_TO_LEARN], t_round, suspect_note)
             if chosen != algo:
@@ -620,13 +633,9 @@ class Learner:
             t = time.perf_counter()
             workdir = self.data_dir / algo / f"round-{round_id}"
             name = algo.upper()
-            trainer = self.policy_trainer(algo, rm, start_dir, reference_dir, workdir, fit)
+            trainer = self.policy_trainer(algo, rm, start_dir, reference_dir, workdir, feedback)
             t_anchor = time.perf_counter()
             anchor = self.prose_anchor(trainer.policy) if pcfg.anchor_coef > 0 else None
-            if anchor is not None and reference_dir == sft_dir:
-                # hold the language where the supervised steps left it (the gate checks it) rather than pull
-                # the policy away from the reference its KL is measured to
-                anchor.free_kl = max(anchor.free_kl, sft_metrics["sft_anchor_kl"])
             if anchor is not None:
                 trainer.set_prose_anchor(anchor)
                 metrics["time_prose_anchor"] = time.perf_counter() - t_anchor
@@ -680,11 +689,13 @@ class Learner:
                     log.info("round %d: %s stops after %d of %d iterations: %s", round_id, name, k + 1,
                              pcfg.steps, cut)
                     break
+            kept = len(history["kl"])  # updates the candidate carries
             if guard.on and not guard.sampled_after_update and before_last is not None:
                 # the last update's KL: its rollouts would have come in the next iteration
                 kl, kl_error = trainer.sampled_kl(self.engine, train_prompts)
                 if guard.verdict(kl, kl_error) != KEEP:
                     trainer.restore_policy(before_last)
+                    kept -= 1
                     metrics[f"{stage}_kl_guard"] = len(history["kl"])
                     log.info("round %d: %s: the last update took the policy's KL to %.3f ± %.3f, over %.0f%% of "
                              "the budget (%.3f); keeping the policy from before it", round_id, name, kl, kl_error,
@@ -720,7 +731,12 @@ class Learner:
             serv_r = _per_prompt(serv_samples, self._rewards(rm, serv_samples))
             common = sorted(set(cand_r) & set(serv_r))
             metrics["time_gate_scoring"], t_part = time.perf_counter() - t_part, time.perf_counter()
-            kl = trainer.answer_kl(cand_samples)
+            if kept == 0 and (start_dir == reference_dir or reference == parent):
+                # the candidate is its reference (the guard undid every update): KL 0 by construction
+                kl = [0.0] * len(cand_samples)
+                log.info("round %d: the candidate is its reference, %s: KL 0", round_id, reference or "the base")
+            else:
+                kl = trainer.answer_kl(cand_samples)
             metrics["time_gate_kl"], t_part = time.perf_counter() - t_part, time.perf_counter()
             metrics.update(offline_figures(trainer.policy, self.tokenizer, cand_samples, serv_samples,
                                            [cand_r[i] for i in common], [serv_r[i] for i in common],

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from learner.dpo import DPOConfig, DPOTrainer
-from learner.round import LearnerConfig
+from learner.round import Learner, LearnerConfig, RewardFit
+from learner.weighting import CappedWeights
 from tests.learner.rounds import (make_learner, published_adapter, round_on_synthetic_feedback, taste_of,
                                   thumb_example)
 
@@ -109,6 +110,19 @@ def test_a_round_without_pairs_falls_back_to_kto_or_has_nothing_to_learn(learner
     assert learner.round_algorithm([up, thumb_example("q", "z", 0)]) == "dpo"   # an up and a down of one prompt pair
     assert learner.round_algorithm([up, down]) == "kto"
     assert learner.round_algorithm([]) is None
+
+
+def test_after_the_supervised_steps_dpo_and_kto_learn_from_the_other_feedback():
+    """The corrections leave DPO's and KTO's feedback when there is other feedback (the supervised
+    steps learned them), each remaining example with its own weight; corrections alone stay."""
+    correction = {**_pairwise("q", "a corrected answer", "the answer"), "demonstration": True}
+    up, pair = thumb_example("q2", "x", 1), _pairwise("q3", "a", "b")
+    mixed = RewardFit([correction, up, correction, pair], CappedWeights([0.1, 0.2, 0.3, 0.4]), {}, 0.5, {})
+    assert Learner.policy_feedback(mixed) == ([up, pair], [0.2, 0.4])
+    alone = RewardFit([correction, correction], CappedWeights([0.5, 0.5]), {}, 0.5, {})
+    assert Learner.policy_feedback(alone) == ([correction, correction], [0.5, 0.5])
+    plain = RewardFit([up, pair], CappedWeights([0.5, 0.5]), {}, 0.5, {})
+    assert Learner.policy_feedback(plain) == ([up, pair], [0.5, 0.5])
 
 
 # ------------------------------------------------------------------------------------ a round
