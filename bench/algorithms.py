@@ -23,8 +23,8 @@ For each taste (harness/tastes.py: `colour`, `sentence`, `place`, `number`; also
    no engine or memory leaks from one to the next): a fresh learner (own store and adapter folder;
    the same settings, learner config and split key for all) publishes the starting adapter as
    `rlhf learn` does when it starts, ingests the log, starts its vLLM engine, has the base model
-   write the prose anchor's texts (learner/prose_anchor.py; a learner keeps them after its first
-   round), and runs one round.
+   write the prose anchor's texts and computes its own distributions on them (learner/prose_anchor.py;
+   a learner keeps both after its first round), and runs one round.
    `round s` is from the end of the ingest to the published adapter (or the gate's rejection): in
    this offline replay, the time from the last feedback to a published adapter, for a learner
    whose engine is already up (as after its first round). `CPU s` is the CPU time of the worker and
@@ -187,6 +187,7 @@ def record(pref: Preference, args, folder: Path) -> Path:
 def learn_worker(spec: dict) -> dict:
     """One algorithm's round on the log, in this process: a fresh learner, as `rlhf learn` would be."""
     from bench.machine_load import own_cpu_seconds
+    from learner.policy_model import load_policy
     from learner.round import Learner, LearnerConfig
     from learner.starting_adapter import publish_starting_adapter
     from rlhf.settings import Settings
@@ -208,8 +209,9 @@ def learn_worker(spec: dict) -> dict:
         ingest_s = time.perf_counter() - t
         log.info("%s: ingested %d events in %.1f s; starting the engine", spec["algorithm"], stored.new, ingest_s)
         learner.engine  # noqa: B018 - started before the clock, as in a learner that has run a round before
-        if learner.policy_cfg.anchor_coef > 0:
-            learner.prose_texts()  # likewise: the base model's texts for the prose anchor, written at a first round
+        if learner.policy_cfg.anchor_coef > 0 or learner.cfg.sft.anchor_coef > 0:
+            # likewise: the prose anchor's texts and the base's distributions on them, made at a first round
+            learner.prose_anchor(load_policy(learner.model_path, learner.policy_cfg))
         cpu0, t0 = own_cpu_seconds(), time.perf_counter()
         result = learner.run_round()
         round_s, cpu_s = time.perf_counter() - t0, own_cpu_seconds() - cpu0

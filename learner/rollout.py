@@ -41,6 +41,7 @@ class Sample:
     response_ids: list[int]  # generated ids (the policy's actions), incl. EOS / the stop string's tokens
     text: str                # decoded answer, without EOS or the stop string
     finished: bool           # stopped on EOS or a stop string (False: cut off at max_tokens)
+    answer_index: int = 0    # which of the n answers to that prompt
 
 
 class RolloutEngine:
@@ -79,8 +80,8 @@ class RolloutEngine:
                                  use_tqdm=False)
         samples = []
         for (i, p), out in zip(kept, outs):
-            for c in out.outputs:
-                samples.append(Sample(i, list(p), list(c.token_ids), c.text, c.finish_reason == "stop"))
+            for j, c in enumerate(out.outputs):
+                samples.append(Sample(i, list(p), list(c.token_ids), c.text, c.finish_reason == "stop", j))
         return samples
 
     def close(self) -> None:

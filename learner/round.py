@@ -731,12 +731,13 @@ class Learner:
             serv_r = _per_prompt(serv_samples, self._rewards(rm, serv_samples))
             common = sorted(set(cand_r) & set(serv_r))
             metrics["time_gate_scoring"], t_part = time.perf_counter() - t_part, time.perf_counter()
+            kl_samples = [s for s in cand_samples if s.answer_index < g.kl_answers_per_prompt]
             if kept == 0 and (start_dir == reference_dir or reference == parent):
                 # the candidate is its reference (the guard undid every update): KL 0 by construction
-                kl = [0.0] * len(cand_samples)
+                kl = [0.0] * len(kl_samples)
                 log.info("round %d: the candidate is its reference, %s: KL 0", round_id, reference or "the base")
             else:
-                kl = trainer.answer_kl(cand_samples)
+                kl = trainer.answer_kl(kl_samples)
             metrics["time_gate_kl"], t_part = time.perf_counter() - t_part, time.perf_counter()
             metrics.update(offline_figures(trainer.policy, self.tokenizer, cand_samples, serv_samples,
                                            [cand_r[i] for i in common], [serv_r[i] for i in common],
@@ -759,11 +760,12 @@ class Learner:
                      metrics["answer_tokens_serving"], parent or "the base model", metrics["win_rate_vs_parent"],
                      metrics["win_rate_vs_parent_low"], metrics["win_rate_vs_parent_high"],
                      metrics["win_rate_prompts"])
-            log.info("round %d: gate: reward %.3f vs serving %.3f (gain %+.3f ± %.3f), KL %.3f (budget %g), "
-                     "RM accuracy %s (floor %g) -> %s", round_id, metrics["reward_candidate"],
+            log.info("round %d: gate: reward %.3f vs serving %.3f (gain %+.3f ± %.3f), KL %.3f ± %.3f "
+                     "(budget %g), RM accuracy %s (floor %g) -> %s", round_id, metrics["reward_candidate"],
                      metrics["reward_serving"], metrics["reward_gain"], metrics["reward_gain_se"],
-                     metrics["kl_candidate"], settings.kl_budget, _fmt(metrics["rm_accuracy"]),
-                     settings.rm_accuracy_floor, "publish" if decision.publish else "; ".join(decision.reasons))
+                     metrics["kl_candidate"], metrics["kl_candidate_se"], settings.kl_budget,
+                     _fmt(metrics["rm_accuracy"]), settings.rm_accuracy_floor,
+                     "publish" if decision.publish else "; ".join(decision.reasons))
             del trainer, rm, rm_trainer
             gc.collect()
 

@@ -151,6 +151,7 @@ def test_gate_decisions():
                 rm_accuracy_floor=0.6, cfg=g)
     assert ok.publish and ok.reasons == []
     assert ok.metrics["reward_gain"] == pytest.approx(1.05)
+    assert ok.metrics["kl_candidate"] == 1.5 and ok.metrics["kl_candidate_se"] == pytest.approx(0.5)
     bad = decide([0.0, 0.1, 0.0], [0.0, 0.0, 0.1], [6.0], 0.5, kl_budget=5.0, rm_accuracy_floor=0.6, cfg=g)
     assert not bad.publish and len(bad.reasons) == 3
     few = decide([1.0], [0.0], [0.1], 0.9, kl_budget=5.0, rm_accuracy_floor=0.6, cfg=g)

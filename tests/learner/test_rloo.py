@@ -96,6 +96,7 @@ def test_one_rloo_step_with_vllm_rollouts(learner, tmp_path):
     for g in range(4):
         group = samples[g * k: (g + 1) * k]
         assert len({s.prompt_index for s in group}) == 1 and len({tuple(s.prompt_ids) for s in group}) == 1
+        assert [s.answer_index for s in group] == list(range(k))
     assert s1["prompts"] == 4 and s1["tokens"] > 0
     assert all(torch.isfinite(torch.tensor(float(v))) for v in s1.values())
     assert "value_loss" not in s1 and 0.0 <= s1["clipfrac"] <= 1.0
