@@ -143,3 +143,12 @@ class PolicyTrainer:
                                                      [s.response_ids for s in samples], self.pad_id)
         return kl_to_reference(self.policy, ids, mask, P, rmask, self.cfg.forward_batch_size,
                                self.cfg.temperature).tolist()
+
+
+class UnchangedPolicy(PolicyTrainer):
+    """A policy stage with nothing to learn: the policy as it starts (the supervised steps' policy, in a
+    round whose other feedback forms no pair), loaded for the gate's figures and the candidate's folder."""
+
+    def __init__(self, model_path: Path | str, tokenizer, cfg: PolicyConfig, init_adapter: Path | str | None, *,
+                 reference_adapter: Path | str | None = None):
+        self.init_policy(model_path, tokenizer, cfg, init_adapter, reference_adapter=reference_adapter)

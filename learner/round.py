@@ -54,6 +54,7 @@ from learner.kl_guard import BACK_OFF, KEEP, LEARNING_RATE_FACTOR, KLGuard
 from learner.kto import KTOConfig, KTOTrainer
 from learner.offline_figures import offline_figures
 from learner.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
+from learner.policy_trainer import UnchangedPolicy
 from learner.ppo import PPOConfig, PPOTrainer
 from learner.prose_anchor import ProseAnchor, sample_prose
 from learner.reward import RewardConfig, RewardModel, RewardTrainer
@@ -71,6 +72,9 @@ from rlhf.models.sizing import context_length
 log = logging.getLogger(__name__)
 
 NOTHING_TO_LEARN = f"{NO_PAIRS}, and no thumbs for KTO: DPO skipped"
+SUPERVISED_ONLY = "sft"
+"""The round's `algorithm` when only the supervised steps made the candidate: after them, the other
+feedback formed no preference pair for DPO (KTO on thumbs alone is not run then: `Learner.policy_feedback`)."""
 
 
 @dataclass
@@ -459,8 +463,10 @@ class Learner:
         without the corrected answers when there is other feedback. The supervised steps learn those
         answers (`demonstration_sft`) and their policy is the reference from then on; the pairs
         "correction over the answer it corrects" would push a policy that already writes the
-        corrections tens of nats further (README, "Corrections with the prose anchor"). A round with
-        corrections alone keeps them: they are all the preferences it has."""
+        corrections tens of nats further (README, "Corrections with the prose anchor"). When what is left
+        forms no pair for DPO, the supervised policy is the round's candidate (`SUPERVISED_ONLY`): KTO on
+        the thumbs would take minutes more. A round with corrections alone keeps them: they are all the
+        preferences it has."""
         keep = [i for i, e in enumerate(fit.examples) if not e.get("demonstration")]
         if not keep or len(keep) == len(fit.examples):
             return fit.examples, fit.weights.weights
@@ -581,12 +587,18 @@ class Learner:
                 log.warning("round %d: %s", round_id, suspect_note)
             progress("reward_model", metrics)
             # DPO and KTO train on what the reward model did (the new feedback and a replay sample of the
-            # older): with no pair among it, KTO learns from its thumbs instead of DPO
+            # older): with no pair among it, KTO learns from its thumbs instead of DPO; after supervised steps
+            # on corrections, the supervised policy is the candidate instead
             feedback = self.policy_feedback(fit)
             chosen = self.round_algorithm(feedback[0])
-            if chosen is None:
+            supervised_only = len(feedback[0]) < len(fit.examples) and chosen != algo
+            if supervised_only:
+                metrics.update(algorithm=SUPERVISED_ONLY, algorithm_configured=self.algorithm)
+                log.info("round %d: the feedback besides the corrected answers forms no preference pair: the "
+                         "supervised steps' policy is the candidate", round_id)
+            elif chosen is None:
                 return self.end_early(round_id, metrics, [NOTHING_TO_LEARN], t_round, suspect_note)
-            if chosen != algo:
+            elif chosen != algo:
                 algo, stage, pcfg = chosen, stage_name(chosen), getattr(cfg, stage_name(chosen))
                 metrics.update(algorithm=algo, algorithm_configured=self.algorithm)
                 log.info("round %d: %s; KTO learns from the thumbs instead of DPO", round_id, NO_PAIRS)
@@ -633,9 +645,13 @@ class Learner:
             t = time.perf_counter()
             workdir = self.data_dir / algo / f"round-{round_id}"
             name = algo.upper()
-            trainer = self.policy_trainer(algo, rm, start_dir, reference_dir, workdir, feedback)
+            if supervised_only:
+                trainer = UnchangedPolicy(self.model_path, self.tokenizer, pcfg, start_dir,
+                                          reference_adapter=reference_dir)
+            else:
+                trainer = self.policy_trainer(algo, rm, start_dir, reference_dir, workdir, feedback)
             t_anchor = time.perf_counter()
-            anchor = self.prose_anchor(trainer.policy) if pcfg.anchor_coef > 0 else None
+            anchor = self.prose_anchor(trainer.policy) if pcfg.anchor_coef > 0 and not supervised_only else None
             if anchor is not None:
                 trainer.set_prose_anchor(anchor)
                 metrics["time_prose_anchor"] = time.perf_counter() - t_anchor
@@ -645,7 +661,7 @@ class Learner:
             guard = KLGuard(pcfg.kl_stop_fraction * settings.kl_budget, pcfg.kl_backoffs,
                             sampled_after_update=not trainer.samples_before_update)
             before_last = None  # the policy before the latest kept update (PPO, RLOO, online DPO)
-            for k in range(pcfg.steps):
+            for k in range(0 if supervised_only else pcfg.steps):
                 state = trainer.policy_state() if guard.on else None
                 stats = trainer.step(self.engine, train_prompts)
                 kl_error = 0.0  # PPO, RLOO and online DPO measure their KL on all their rollouts

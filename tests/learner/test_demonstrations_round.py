@@ -14,7 +14,7 @@ import pytest
 
 from feedback.event_hmac import sealed
 from feedback.schema import (TOPIC_ADAPTERS, TOPIC_FEEDBACK, TOPIC_INTERACTIONS, Demonstration, Interaction, Message,
-                             parse_event)
+                             Thumbs, parse_event)
 from learner.tokenization import encode_prompt
 from rlhf.models.dialogues import tiny_prompts
 from tests.learner.rounds import make_learner, published_adapter, taste_of
@@ -29,8 +29,9 @@ def learner(tiny_model_path, tmp_path_factory):
     lrn.close()
 
 
-def corrected_answers(engine, tokenizer, questions: list[str], seed: int = 0) -> list:
-    """One base-model answer per question, and its user's correction (a happy remark, then the answer)."""
+def answered(engine, tokenizer, questions: list[str], seed: int, feedback) -> list:
+    """One base-model answer per question from a random user of 20, and `feedback(response_id,
+    conversation_id, user, answer)`: that user's feedback event on it."""
     rng = random.Random(seed)
     prompts = [encode_prompt(tokenizer, [{"role": "user", "content": q}]) for q in questions]
     events = []
@@ -38,11 +39,22 @@ def corrected_answers(engine, tokenizer, questions: list[str], seed: int = 0) ->
         conv, rid, user = uuid.uuid4().hex, "r_" + uuid.uuid4().hex, f"user{rng.randrange(20)}"
         events.append((TOPIC_INTERACTIONS, Interaction(
             response_id=rid, completion_id="c_" + conv, conversation_id=conv, user=user,
-            messages=[Message(role="user", content=q)], response=s.text, finish_reason="stop" if s.finished else "length",
-            model="tiny", completion_tokens=len(s.response_ids))))
-        events.append((TOPIC_FEEDBACK, Demonstration(response_id=rid, conversation_id=conv, user=user,
-                                                     text=happy_correction(s.text))))
+            messages=[Message(role="user", content=q)], response=s.text,
+            finish_reason="stop" if s.finished else "length", model="tiny", completion_tokens=len(s.response_ids))))
+        events.append((TOPIC_FEEDBACK, feedback(rid, conv, user, s.text)))
     return events
+
+
+def corrected_answers(engine, tokenizer, questions: list[str], seed: int = 0) -> list:
+    """Each answer with its user's correction (a happy remark, then the answer)."""
+    return answered(engine, tokenizer, questions, seed, lambda rid, conv, user, text: Demonstration(
+        response_id=rid, conversation_id=conv, user=user, text=happy_correction(text)))
+
+
+def thumbs_up_on_answers(engine, tokenizer, questions: list[str], seed: int = 1) -> list:
+    """Each answer with a thumbs up: feedback that forms no preference pair."""
+    return answered(engine, tokenizer, questions, seed, lambda rid, conv, user, text: Thumbs(
+        response_id=rid, conversation_id=conv, user=user, value="up"))
 
 
 def test_corrected_answers_alone_teach_a_taste(learner):
@@ -86,3 +98,26 @@ def test_a_round_whose_kl_guard_undoes_every_update_ends_with_the_gate_verdict(t
     assert m["sft_demonstrations"] > 100 and m["dpo_iterations"] == 0 and "dpo_kl_guard" in m
     assert result.status in ("published", "rejected") and m["gate_prompts"] > 0
     assert m["kl_candidate"] == pytest.approx(0.0, abs=1e-4)  # the policy is its reference
+
+
+def test_corrections_with_feedback_that_forms_no_pair_make_the_supervised_policy_the_candidate(
+        tiny_model_path, tmp_path_factory):
+    """Corrections and thumbs up on other answers: the supervised steps learn the corrections, DPO has
+    no pair left (and KTO is not run on the thumbs), so the candidate is the supervised policy, at KL 0
+    from itself; the gate still decides on it."""
+    lrn = make_learner(tmp_path_factory, "dpo", DPO_FAST)
+    try:
+        events = (corrected_answers(lrn.engine, lrn.tokenizer, tiny_prompts(300, seed=21))
+                  + thumbs_up_on_answers(lrn.engine, lrn.tokenizer, tiny_prompts(60, seed=22)))
+        lrn.store.ingest([(t, sealed(e, lrn.settings.event_hmac_key)) for t, e in events])
+        result = lrn.run_round()
+    finally:
+        lrn.close()
+    m = result.metrics
+    print(f"\nround: {result.status} {result.reasons}; algorithm {m['algorithm']}, KL {m['kl_candidate']}")
+    assert m["sft_demonstrations"] > 100 and m["examples_thumbs"] > 0 and m["examples_pairwise"] == 0
+    assert m["algorithm"] == "sft" and m["algorithm_configured"] == "dpo"
+    assert m["dpo_iterations"] == 0 and "kto_iterations" not in m
+    assert m["reference"] == f"supervised steps of round {result.round_id}"
+    assert m["kl_candidate"] == 0.0
+    assert result.status in ("published", "rejected") and m["gate_prompts"] > 0
