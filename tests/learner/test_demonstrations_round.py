@@ -57,8 +57,24 @@ def thumbs_up_on_answers(engine, tokenizer, questions: list[str], seed: int = 1)
         response_id=rid, conversation_id=conv, user=user, value="up"))
 
 
+def corrections(engine, tokenizer) -> list:
+    """The corrected answers of every test here: 300 questions of the tiny model's."""
+    return corrected_answers(engine, tokenizer, tiny_prompts(300, seed=21))
+
+
+def fresh_round(tmp_path_factory, make_events, kl_budget: float = 5.0):
+    """One round of a new DPO learner on the events `make_events(engine, tokenizer)` returns."""
+    lrn = make_learner(tmp_path_factory, "dpo", DPO_FAST, kl_budget=kl_budget)
+    try:
+        events = make_events(lrn.engine, lrn.tokenizer)
+        lrn.store.ingest([(t, sealed(e, lrn.settings.event_hmac_key)) for t, e in events])
+        return lrn.run_round()
+    finally:
+        lrn.close()
+
+
 def test_corrected_answers_alone_teach_a_taste(learner):
-    events = corrected_answers(learner.engine, learner.tokenizer, tiny_prompts(300, seed=21))
+    events = corrections(learner.engine, learner.tokenizer)
     learner.store.ingest([(t, sealed(e, learner.settings.event_hmac_key)) for t, e in events])
     result = learner.run_round()
     m = result.metrics
@@ -86,13 +102,7 @@ def test_a_round_whose_kl_guard_undoes_every_update_ends_with_the_gate_verdict(t
     """The same corrections under a budget of 0.001 nats from the supervised policy: every DPO update
     goes over it, so the KL guard undoes them all; the round still ends with a verdict of the gate
     (instead of failing on an empty history), and its candidate is the supervised policy itself."""
-    lrn = make_learner(tmp_path_factory, "dpo", DPO_FAST, kl_budget=0.001)
-    try:
-        events = corrected_answers(lrn.engine, lrn.tokenizer, tiny_prompts(300, seed=21))
-        lrn.store.ingest([(t, sealed(e, lrn.settings.event_hmac_key)) for t, e in events])
-        result = lrn.run_round()
-    finally:
-        lrn.close()
+    result = fresh_round(tmp_path_factory, corrections, kl_budget=0.001)
     m = result.metrics
     print(f"\nround: {result.status} {result.reasons}; KL {m['kl_candidate']:.6f}")
     assert m["sft_demonstrations"] > 100 and m["dpo_iterations"] == 0 and "dpo_kl_guard" in m
@@ -105,14 +115,8 @@ def test_corrections_with_feedback_that_forms_no_pair_make_the_supervised_policy
     """Corrections and thumbs up on other answers: the supervised steps learn the corrections, DPO has
     no pair left (and KTO is not run on the thumbs), so the candidate is the supervised policy, at KL 0
     from itself; the gate still decides on it."""
-    lrn = make_learner(tmp_path_factory, "dpo", DPO_FAST)
-    try:
-        events = (corrected_answers(lrn.engine, lrn.tokenizer, tiny_prompts(300, seed=21))
-                  + thumbs_up_on_answers(lrn.engine, lrn.tokenizer, tiny_prompts(60, seed=22)))
-        lrn.store.ingest([(t, sealed(e, lrn.settings.event_hmac_key)) for t, e in events])
-        result = lrn.run_round()
-    finally:
-        lrn.close()
+    result = fresh_round(tmp_path_factory, lambda engine, tok: (
+        corrections(engine, tok) + thumbs_up_on_answers(engine, tok, tiny_prompts(60, seed=22))))
     m = result.metrics
     print(f"\nround: {result.status} {result.reasons}; algorithm {m['algorithm']}, KL {m['kl_candidate']}")
     assert m["sft_demonstrations"] > 100 and m["examples_thumbs"] > 0 and m["examples_pairwise"] == 0
