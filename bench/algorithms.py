@@ -356,7 +356,7 @@ def table(taste: str, rows: dict, judged: dict | None) -> str:
         ppl, ppl_base = (rise(m.get("perplexity_candidate"), m.get(of, m.get("perplexity_base")))
                          for of in ("perplexity_reference", "perplexity_base"))
         capitals = f"{100 * j['capital_accuracy']:.0f}%" if j else "n/a"
-        ran = m.get("algorithm", algo)  # DPO falls back to KTO in a round without pairs
+        ran = m.get("algorithm", algo)  # dpo>kto: no pair; dpo>sft: none besides corrections
         label = algo if ran == algo else f"{algo}>{ran}"
         lines.append(f"{label:<11} {r['status']:<10} {approval:<27} {points:>8} {z:>6} {kl:>7} {ppl:>7} {ppl_base:>7} "
                      f"{capitals:>8} {r['round_s']:8.0f} {r['cpu_s']:8.0f} {r.get('others_cores', 0.0):6.2f}")
