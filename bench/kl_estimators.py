@@ -34,9 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from harness.questions import questions as everyday_questions  # noqa: E402
 from learner.policy_config import PolicyConfig  # noqa: E402
 from learner.policy_model import kl_to_reference, load_policy, logprobs_with_reference  # noqa: E402
-from harness.questions import questions as everyday_questions  # noqa: E402
 from learner.tokenization import encode_prompt, load_tokenizer, pad_prompt_response  # noqa: E402
 from rlhf.models.registry import resolve_model  # noqa: E402
 
@@ -78,6 +78,8 @@ def main() -> int:
     args = p.parse_args()
     if args.answers < 2:
         p.error("--answers must be at least 2")
+    if args.questions is not None and not 1 <= args.questions <= args.answers:
+        p.error("--questions must be between 1 and --answers")
     for folder in filter(None, (args.adapter, args.reference)):
         if not (Path(folder) / "adapter_config.json").is_file():
             p.error(f"{folder} is not a LoRA folder (no adapter_config.json)")
