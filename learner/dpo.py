@@ -77,6 +77,10 @@ class DPOConfig(PolicyConfig):
     """Examples per optimiser step (DPO: 2 sequences each; KTO: 1, plus 1 mismatched without gradients)."""
     max_length: int = 512
     """Longest prompt + answer in tokens (the answer first cut to it, then the prompt from the left)."""
+    kl_backoffs: int = 1
+    """One undone update halves the learning rate; the next ends the iterations. On the default model's
+    recorded logs a third attempt at a quarter of the rate was undone too, so a second back-off cost
+    36-46 s of a round for the same candidate (README)."""
 
 
 # ------------------------------------------------------------------------------------------
