@@ -44,8 +44,9 @@ For each taste (harness/tastes.py: `colour`, `sentence`, `place`, `number`; also
    as serving answers a request that sets none) that name the capital: the other capability kept.
    Where the model has a starting adapter, the bare base model with serving's preamble is judged
    too (`base` in the table's head line).
-4. TRL (`--trl`, needs `trl==1.16.0`): see bench/trl_steps.py; TRL's DPOTrainer, KTOTrainer and
-   RLOOTrainer on the log's data beside ours, seconds per optimiser step.
+4. TRL (`--trl`, needs `trl==1.16.0`): see bench/trl_steps.py; TRL's DPOTrainer, KTOTrainer, RLOOTrainer
+   and OnlineDPOTrainer on the log's data beside ours, seconds per step (`--trl-parts` picks some;
+   with `--algorithms ""` only these run).
 
 Prints one table per taste and writes OUT/results.json (after each taste, so a later failure keeps
 what was measured). A benchmark, not a test: on the default model and two cores it takes hours.
@@ -75,6 +76,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench import feedback_log  # noqa: E402
 from bench.feedback_log import EVENT_KEY, load_log, log_counts, questions_of, taste_spread  # noqa: E402
+from bench.trl_steps import PARTS as TRL_PARTS  # noqa: E402
+from bench.trl_steps import compare_steps, steps_table  # noqa: E402
 from harness.capitals import CAPITAL_QUESTIONS, capital_accuracy  # noqa: E402
 from harness.proportions import two_proportion_z  # noqa: E402
 from harness.questions import questions as everyday_questions  # noqa: E402
@@ -399,19 +402,20 @@ def bench_taste(taste: str, args, out: Path) -> dict:
             print(f"  {algo}: {r['version'] or r['status']}, KL {kl}, {r['round_s']:.0f} s ({r['cpu_s']:.0f} CPU s) "
                   f"{'; '.join(r['reasons'])}", flush=True)
 
-    print(f"  phase 3: judging the start policy and the adapters on {len(heldout)} held-out questions x "
-          f"{args.samples} answers", flush=True)
-    adapters = {a: r["adapter"] for a, r in rows.items() if r and r["adapter"]}
-    judged = in_worker("judge", {"model": args.model, "taste": taste, "questions": heldout, "adapters": adapters,
-                                 "samples": args.samples, "seed": 50_000, "max_tokens": args.max_tokens},
-                       "judge")
+    judged = None
+    if args.algorithms:
+        print(f"  phase 3: judging the start policy and the adapters on {len(heldout)} held-out questions x "
+              f"{args.samples} answers", flush=True)
+        adapters = {a: r["adapter"] for a, r in rows.items() if r and r["adapter"]}
+        judged = in_worker("judge", {"model": args.model, "taste": taste, "questions": heldout, "adapters": adapters,
+                                     "samples": args.samples, "seed": 50_000, "max_tokens": args.max_tokens},
+                           "judge")
     trl = None
     if args.trl:
-        from bench.trl_steps import compare_steps, steps_table
-
         print(f"  TRL beside ours: {args.trl_steps} timed steps per trainer, each side in its own process", flush=True)
-        trl = compare_steps(args.model, log_path, args.trl_steps, in_worker)
-    print(table(taste, rows, judged), flush=True)
+        trl = compare_steps(args.model, log_path, args.trl_steps, in_worker, args.trl_parts)
+    if rows:
+        print(table(taste, rows, judged), flush=True)
     if trl:
         print("\nseconds per step on the log's data, ours and TRL's\n" + steps_table(trl), flush=True)
     return {"taste": taste, "description": str(pref), "log": str(log_path), "log_counts": log_counts(events),
@@ -436,7 +440,9 @@ def main() -> int:
     p.add_argument("--learner-config", help="JSON file of LearnerConfig overrides, the same for every algorithm")
     p.add_argument("--kl-budget", type=float, help="RLHF_KL_BUDGET of every learner (default: the setting's)")
     p.add_argument("--out", help="output folder (default: a new temporary one)")
-    p.add_argument("--trl", action="store_true", help="also time TRL's DPO, KTO and RLOO trainers on the log's data")
+    p.add_argument("--trl", action="store_true",
+                   help="also time TRL's DPO, KTO, RLOO and online-DPO trainers on the log's data")
+    p.add_argument("--trl-parts", default=",".join(TRL_PARTS), help="comma-separated trainers `--trl` times")
     p.add_argument("--trl-steps", type=int, default=5, help="timed optimiser steps per trainer (after one warm-up)")
     p.add_argument("--verbose", action="store_true", help="echo every line `rlhf up` prints")
     p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)  # one part, in its own process
@@ -451,6 +457,11 @@ def main() -> int:
 
     args.tastes = [t.strip() for t in args.tastes.split(",") if t.strip()]
     args.algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
+    args.trl_parts = tuple(t.strip() for t in args.trl_parts.split(",") if t.strip())
+    if set(args.trl_parts) - set(TRL_PARTS) or not args.trl_parts:
+        p.error(f"--trl-parts {','.join(args.trl_parts) or '(none)'}: choose from {', '.join(TRL_PARTS)}")
+    if not args.algorithms and not args.trl:
+        p.error("--algorithms is empty: give at least one, or --trl to time the trainers only")
     for t in args.tastes:
         try:
             Preference.named(t)

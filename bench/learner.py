@@ -162,19 +162,26 @@ def trl_reward(model_path, tokenizer, steps: int) -> dict:
     return {"rm_step_s": step_s, "rm_examples_per_s": RM_BATCH / step_s}
 
 
+def trl_reward_function(model_path, tokenizer):
+    """Our (untrained) reward model as a TRL reward function of conversational prompts and completions, the
+    reward ours is given."""
+    rm = RewardModel.create(model_path, RewardConfig()).eval()
+
+    def reward(prompts, completions, **kw) -> list[float]:
+        pairs = [(encode_prompt(tokenizer, p), encode_response(tokenizer, c[0]["content"], True))
+                 for p, c in zip(prompts, completions)]
+        return rm.score_ids(pairs, tokenizer.pad_token_id)
+
+    return reward
+
+
 def trl_rloo(model_path, tokenizer, iterations: int, questions: list[str] | None = None) -> dict:
     # TRL and its datasets dependency are optional (`--skip-trl`): imported only to compare
     from datasets import Dataset
     from peft import LoraConfig
     from trl import RLOOConfig, RLOOTrainer
 
-    rm = RewardModel.create(model_path, RewardConfig()).eval()
-
-    def reward(prompts, completions, **kw) -> list[float]:  # our reward model, as for ours
-        pairs = [(encode_prompt(tokenizer, p), encode_response(tokenizer, c[0]["content"], True))
-                 for p, c in zip(prompts, completions)]
-        return rm.score_ids(pairs, tokenizer.pad_token_id)
-
+    reward = trl_reward_function(model_path, tokenizer)
     lengths: list[int] = []
 
     def count(prompts, completions, completion_ids, **kw) -> list[float]:
