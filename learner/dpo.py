@@ -78,9 +78,9 @@ class DPOConfig(PolicyConfig):
     max_length: int = 512
     """Longest prompt + answer in tokens (the answer first cut to it, then the prompt from the left)."""
     kl_backoffs: int = 1
-    """One undone update halves the learning rate; the next ends the iterations. On the default model's
-    recorded logs a third attempt at a quarter of the rate was undone too, so a second back-off cost
-    36-46 s of a round for the same candidate (README)."""
+    """One undone update halves the learning rate; the next ends the iterations. On four recorded logs of
+    the default model, a third attempt at a quarter of the rate was undone in three and gained nothing
+    the judge saw in the fourth, and it cost 36-46 s of a round (an update and a KL check; README)."""
 
 
 # ------------------------------------------------------------------------------------------
