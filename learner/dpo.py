@@ -77,10 +77,11 @@ class DPOConfig(PolicyConfig):
     """Examples per optimiser step (DPO: 2 sequences each; KTO: 1, plus 1 mismatched without gradients)."""
     max_length: int = 512
     """Longest prompt + answer in tokens (the answer first cut to it, then the prompt from the left)."""
-    kl_backoffs: int = 1
-    """One undone update halves the learning rate; the next ends the iterations. On four recorded logs of
-    the default model, a third attempt at a quarter of the rate was undone in three and gained nothing
-    the judge saw in the fourth, and it cost 36-46 s of a round (an update and a KL check; README)."""
+    kl_backoffs_after_supervised: int | None = 1
+    """After the supervised steps on corrections, one undone update halves the learning rate and the next
+    ends the iterations. On the default model's colour and place logs with corrections, a third attempt at
+    a quarter of the rate was undone too, and it cost 36-46 s of the round (an update and a KL check;
+    README). Without corrections a third attempt was once kept, so rounds without them keep two."""
 
 
 # ------------------------------------------------------------------------------------------

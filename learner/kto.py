@@ -71,8 +71,8 @@ class KTOConfig(DPOConfig):
 
     beta: float = 0.1
     """β of the implicit reward r = logπ - logπ_ref (the paper's default; larger: stays closer to the reference)."""
-    kl_backoffs: int = 2
-    """Undone updates before the KL guard ends the iterations (learner/policy_config.py)."""
+    kl_backoffs_after_supervised: int | None = None
+    """As `kl_backoffs` (KTO was not measured with fewer)."""
 
 
 # ------------------------------------------------------------------------------------------

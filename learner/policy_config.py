@@ -51,6 +51,8 @@ class PolicyConfig(LoRAConfig):
     kl_backoffs: int = 2
     """Undone updates after which the KL guard halves the learning rate and goes on; the next one
     ends the iterations with the policy from before it."""
+    kl_backoffs_after_supervised: int | None = None
+    """`kl_backoffs` in a round whose policy stage starts from the supervised steps' policy (None: the same)."""
     kl_prompts: int = 16
     """Prompts sampled once each to measure the KL after an update, for algorithms that sample
     nothing themselves (DPO, KTO)."""

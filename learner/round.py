@@ -658,7 +658,10 @@ class Learner:
                 log.info("round %d: prose anchor: %d texts of the base model (%d tokens), ready in %.1f s", round_id,
                          len(trainer.anchor.texts), sum(map(len, trainer.anchor.texts)), metrics["time_prose_anchor"])
             history = defaultdict(list)
-            guard = KLGuard(pcfg.kl_stop_fraction * settings.kl_budget, pcfg.kl_backoffs,
+            backoffs = pcfg.kl_backoffs
+            if start_dir == sft_dir and pcfg.kl_backoffs_after_supervised is not None:
+                backoffs = pcfg.kl_backoffs_after_supervised
+            guard = KLGuard(pcfg.kl_stop_fraction * settings.kl_budget, backoffs,
                             sampled_after_update=not trainer.samples_before_update)
             before_last = None  # the policy before the latest kept update (PPO, RLOO, online DPO)
             for k in range(0 if supervised_only else pcfg.steps):
